@@ -1,0 +1,1 @@
+"""bftchat replica side: PBFT core, chat application, storage and runtime."""

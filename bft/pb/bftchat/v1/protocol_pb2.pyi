@@ -1,0 +1,215 @@
+from google.protobuf.internal import containers as _containers
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class Envelope(_message.Message):
+    __slots__ = ("body", "signer", "signature")
+    BODY_FIELD_NUMBER: _ClassVar[int]
+    SIGNER_FIELD_NUMBER: _ClassVar[int]
+    SIGNATURE_FIELD_NUMBER: _ClassVar[int]
+    body: bytes
+    signer: int
+    signature: bytes
+    def __init__(self, body: _Optional[bytes] = ..., signer: _Optional[int] = ..., signature: _Optional[bytes] = ...) -> None: ...
+
+class PeerMessage(_message.Message):
+    __slots__ = ("envelope", "batch", "batch_reply", "state_chunk")
+    ENVELOPE_FIELD_NUMBER: _ClassVar[int]
+    BATCH_FIELD_NUMBER: _ClassVar[int]
+    BATCH_REPLY_FIELD_NUMBER: _ClassVar[int]
+    STATE_CHUNK_FIELD_NUMBER: _ClassVar[int]
+    envelope: Envelope
+    batch: bytes
+    batch_reply: BatchReply
+    state_chunk: StateChunk
+    def __init__(self, envelope: _Optional[_Union[Envelope, _Mapping]] = ..., batch: _Optional[bytes] = ..., batch_reply: _Optional[_Union[BatchReply, _Mapping]] = ..., state_chunk: _Optional[_Union[StateChunk, _Mapping]] = ...) -> None: ...
+
+class Frame(_message.Message):
+    __slots__ = ("messages",)
+    MESSAGES_FIELD_NUMBER: _ClassVar[int]
+    messages: _containers.RepeatedCompositeFieldContainer[PeerMessage]
+    def __init__(self, messages: _Optional[_Iterable[_Union[PeerMessage, _Mapping]]] = ...) -> None: ...
+
+class RequestBody(_message.Message):
+    __slots__ = ("session", "timestamp", "op", "read_only", "min_seq")
+    SESSION_FIELD_NUMBER: _ClassVar[int]
+    TIMESTAMP_FIELD_NUMBER: _ClassVar[int]
+    OP_FIELD_NUMBER: _ClassVar[int]
+    READ_ONLY_FIELD_NUMBER: _ClassVar[int]
+    MIN_SEQ_FIELD_NUMBER: _ClassVar[int]
+    session: int
+    timestamp: int
+    op: bytes
+    read_only: bool
+    min_seq: int
+    def __init__(self, session: _Optional[int] = ..., timestamp: _Optional[int] = ..., op: _Optional[bytes] = ..., read_only: _Optional[bool] = ..., min_seq: _Optional[int] = ...) -> None: ...
+
+class Batch(_message.Message):
+    __slots__ = ("timestamp_us", "requests")
+    TIMESTAMP_US_FIELD_NUMBER: _ClassVar[int]
+    REQUESTS_FIELD_NUMBER: _ClassVar[int]
+    timestamp_us: int
+    requests: _containers.RepeatedScalarFieldContainer[bytes]
+    def __init__(self, timestamp_us: _Optional[int] = ..., requests: _Optional[_Iterable[bytes]] = ...) -> None: ...
+
+class PrePrepare(_message.Message):
+    __slots__ = ("view", "seq", "digest")
+    VIEW_FIELD_NUMBER: _ClassVar[int]
+    SEQ_FIELD_NUMBER: _ClassVar[int]
+    DIGEST_FIELD_NUMBER: _ClassVar[int]
+    view: int
+    seq: int
+    digest: bytes
+    def __init__(self, view: _Optional[int] = ..., seq: _Optional[int] = ..., digest: _Optional[bytes] = ...) -> None: ...
+
+class Prepare(_message.Message):
+    __slots__ = ("view", "seq", "digest")
+    VIEW_FIELD_NUMBER: _ClassVar[int]
+    SEQ_FIELD_NUMBER: _ClassVar[int]
+    DIGEST_FIELD_NUMBER: _ClassVar[int]
+    view: int
+    seq: int
+    digest: bytes
+    def __init__(self, view: _Optional[int] = ..., seq: _Optional[int] = ..., digest: _Optional[bytes] = ...) -> None: ...
+
+class Commit(_message.Message):
+    __slots__ = ("view", "seq", "digest")
+    VIEW_FIELD_NUMBER: _ClassVar[int]
+    SEQ_FIELD_NUMBER: _ClassVar[int]
+    DIGEST_FIELD_NUMBER: _ClassVar[int]
+    view: int
+    seq: int
+    digest: bytes
+    def __init__(self, view: _Optional[int] = ..., seq: _Optional[int] = ..., digest: _Optional[bytes] = ...) -> None: ...
+
+class ReplyRoot(_message.Message):
+    __slots__ = ("view", "seq", "root")
+    VIEW_FIELD_NUMBER: _ClassVar[int]
+    SEQ_FIELD_NUMBER: _ClassVar[int]
+    ROOT_FIELD_NUMBER: _ClassVar[int]
+    view: int
+    seq: int
+    root: bytes
+    def __init__(self, view: _Optional[int] = ..., seq: _Optional[int] = ..., root: _Optional[bytes] = ...) -> None: ...
+
+class ClientReply(_message.Message):
+    __slots__ = ("root", "session", "timestamp", "result", "index", "path", "client_key")
+    ROOT_FIELD_NUMBER: _ClassVar[int]
+    SESSION_FIELD_NUMBER: _ClassVar[int]
+    TIMESTAMP_FIELD_NUMBER: _ClassVar[int]
+    RESULT_FIELD_NUMBER: _ClassVar[int]
+    INDEX_FIELD_NUMBER: _ClassVar[int]
+    PATH_FIELD_NUMBER: _ClassVar[int]
+    CLIENT_KEY_FIELD_NUMBER: _ClassVar[int]
+    root: Envelope
+    session: int
+    timestamp: int
+    result: bytes
+    index: int
+    path: _containers.RepeatedScalarFieldContainer[bytes]
+    client_key: bytes
+    def __init__(self, root: _Optional[_Union[Envelope, _Mapping]] = ..., session: _Optional[int] = ..., timestamp: _Optional[int] = ..., result: _Optional[bytes] = ..., index: _Optional[int] = ..., path: _Optional[_Iterable[bytes]] = ..., client_key: _Optional[bytes] = ...) -> None: ...
+
+class Checkpoint(_message.Message):
+    __slots__ = ("seq", "state_digest")
+    SEQ_FIELD_NUMBER: _ClassVar[int]
+    STATE_DIGEST_FIELD_NUMBER: _ClassVar[int]
+    seq: int
+    state_digest: bytes
+    def __init__(self, seq: _Optional[int] = ..., state_digest: _Optional[bytes] = ...) -> None: ...
+
+class Status(_message.Message):
+    __slots__ = ("view", "view_changing", "last_executed", "stable_seq")
+    VIEW_FIELD_NUMBER: _ClassVar[int]
+    VIEW_CHANGING_FIELD_NUMBER: _ClassVar[int]
+    LAST_EXECUTED_FIELD_NUMBER: _ClassVar[int]
+    STABLE_SEQ_FIELD_NUMBER: _ClassVar[int]
+    view: int
+    view_changing: bool
+    last_executed: int
+    stable_seq: int
+    def __init__(self, view: _Optional[int] = ..., view_changing: _Optional[bool] = ..., last_executed: _Optional[int] = ..., stable_seq: _Optional[int] = ...) -> None: ...
+
+class CommitProof(_message.Message):
+    __slots__ = ("preprepare", "batch", "commits")
+    PREPREPARE_FIELD_NUMBER: _ClassVar[int]
+    BATCH_FIELD_NUMBER: _ClassVar[int]
+    COMMITS_FIELD_NUMBER: _ClassVar[int]
+    preprepare: Envelope
+    batch: bytes
+    commits: _containers.RepeatedCompositeFieldContainer[Envelope]
+    def __init__(self, preprepare: _Optional[_Union[Envelope, _Mapping]] = ..., batch: _Optional[bytes] = ..., commits: _Optional[_Iterable[_Union[Envelope, _Mapping]]] = ...) -> None: ...
+
+class PreparedProof(_message.Message):
+    __slots__ = ("preprepare", "prepares")
+    PREPREPARE_FIELD_NUMBER: _ClassVar[int]
+    PREPARES_FIELD_NUMBER: _ClassVar[int]
+    preprepare: Envelope
+    prepares: _containers.RepeatedCompositeFieldContainer[Envelope]
+    def __init__(self, preprepare: _Optional[_Union[Envelope, _Mapping]] = ..., prepares: _Optional[_Iterable[_Union[Envelope, _Mapping]]] = ...) -> None: ...
+
+class ViewChange(_message.Message):
+    __slots__ = ("new_view", "stable_seq", "stable_digest", "checkpoint_proof", "prepared")
+    NEW_VIEW_FIELD_NUMBER: _ClassVar[int]
+    STABLE_SEQ_FIELD_NUMBER: _ClassVar[int]
+    STABLE_DIGEST_FIELD_NUMBER: _ClassVar[int]
+    CHECKPOINT_PROOF_FIELD_NUMBER: _ClassVar[int]
+    PREPARED_FIELD_NUMBER: _ClassVar[int]
+    new_view: int
+    stable_seq: int
+    stable_digest: bytes
+    checkpoint_proof: _containers.RepeatedCompositeFieldContainer[Envelope]
+    prepared: _containers.RepeatedCompositeFieldContainer[PreparedProof]
+    def __init__(self, new_view: _Optional[int] = ..., stable_seq: _Optional[int] = ..., stable_digest: _Optional[bytes] = ..., checkpoint_proof: _Optional[_Iterable[_Union[Envelope, _Mapping]]] = ..., prepared: _Optional[_Iterable[_Union[PreparedProof, _Mapping]]] = ...) -> None: ...
+
+class NewView(_message.Message):
+    __slots__ = ("view", "view_changes", "preprepares")
+    VIEW_FIELD_NUMBER: _ClassVar[int]
+    VIEW_CHANGES_FIELD_NUMBER: _ClassVar[int]
+    PREPREPARES_FIELD_NUMBER: _ClassVar[int]
+    view: int
+    view_changes: _containers.RepeatedCompositeFieldContainer[Envelope]
+    preprepares: _containers.RepeatedCompositeFieldContainer[Envelope]
+    def __init__(self, view: _Optional[int] = ..., view_changes: _Optional[_Iterable[_Union[Envelope, _Mapping]]] = ..., preprepares: _Optional[_Iterable[_Union[Envelope, _Mapping]]] = ...) -> None: ...
+
+class Fetch(_message.Message):
+    __slots__ = ("batch_digest", "state_seq", "preprepare")
+    BATCH_DIGEST_FIELD_NUMBER: _ClassVar[int]
+    STATE_SEQ_FIELD_NUMBER: _ClassVar[int]
+    PREPREPARE_FIELD_NUMBER: _ClassVar[int]
+    batch_digest: bytes
+    state_seq: int
+    preprepare: FetchPrePrepare
+    def __init__(self, batch_digest: _Optional[bytes] = ..., state_seq: _Optional[int] = ..., preprepare: _Optional[_Union[FetchPrePrepare, _Mapping]] = ...) -> None: ...
+
+class FetchPrePrepare(_message.Message):
+    __slots__ = ("view", "seq")
+    VIEW_FIELD_NUMBER: _ClassVar[int]
+    SEQ_FIELD_NUMBER: _ClassVar[int]
+    view: int
+    seq: int
+    def __init__(self, view: _Optional[int] = ..., seq: _Optional[int] = ...) -> None: ...
+
+class BatchReply(_message.Message):
+    __slots__ = ("batch",)
+    BATCH_FIELD_NUMBER: _ClassVar[int]
+    batch: bytes
+    def __init__(self, batch: _Optional[bytes] = ...) -> None: ...
+
+class StateChunk(_message.Message):
+    __slots__ = ("seq", "index", "total", "data", "proof")
+    SEQ_FIELD_NUMBER: _ClassVar[int]
+    INDEX_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    PROOF_FIELD_NUMBER: _ClassVar[int]
+    seq: int
+    index: int
+    total: int
+    data: bytes
+    proof: _containers.RepeatedCompositeFieldContainer[Envelope]
+    def __init__(self, seq: _Optional[int] = ..., index: _Optional[int] = ..., total: _Optional[int] = ..., data: _Optional[bytes] = ..., proof: _Optional[_Iterable[_Union[Envelope, _Mapping]]] = ...) -> None: ...
