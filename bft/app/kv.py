@@ -1,0 +1,142 @@
+"""A tiny deterministic key-value application, so the core and its simulator run without chat.
+
+Operations are plain bytes, split on single spaces (keys contain no space; values may):
+
+* ``set k v`` -> ``OK``
+* ``get k``   -> the value, or ``NOTFOUND``
+* ``add k n`` -> the new value; adds the signed decimal ``n`` to the key's integer value (0 if
+  absent); ``ERR not an integer`` if either is not one
+* anything else -> ``ERR ...``
+
+Results are deterministic bytes. The digest is an LtHash over one element per key, so it costs
+O(1) per write; the snapshot lists the entries sorted by key with length prefixes.
+"""
+
+from __future__ import annotations
+
+import struct
+
+from bft.app.base import ExecContext, ExecResult, Request
+from bft.lthash import LtHash
+
+MAX_KEY = 256
+MAX_VALUE = 64 * 1024
+MAX_INT_DIGITS = 64  # bounds the work of int() on adversarial input
+
+_U32 = struct.Struct(">I")
+_SNAPSHOT_MAGIC = b"KV1\0"
+
+
+def _element(key: bytes, value: bytes) -> bytes:
+    return b"kv\0" + _U32.pack(len(key)) + key + value
+
+
+def _parse_int(data: bytes) -> int | None:
+    if not 0 < len(data) <= MAX_INT_DIGITS:
+        return None
+    body = data[1:] if data[:1] in (b"-", b"+") else data
+    if not body or not body.isdigit():
+        return None
+    return int(data)
+
+
+class KVApp:
+    """A dict of bytes to bytes with an incremental LtHash digest."""
+
+    def __init__(self) -> None:
+        self._data: dict[bytes, bytes] = {}
+        self._hash = LtHash()
+
+    # ---- Application protocol ---------------------------------------------------------------
+
+    def execute(self, request: Request, ctx: ExecContext) -> ExecResult:
+        return ExecResult(self._apply(request.op, write=True))
+
+    def query(self, request: Request) -> bytes:
+        return self._apply(request.op, write=False)
+
+    def digest(self) -> bytes:
+        return self._hash.digest()
+
+    def snapshot(self) -> bytes:
+        parts = [_SNAPSHOT_MAGIC, _U32.pack(len(self._data))]
+        for key in sorted(self._data):
+            value = self._data[key]
+            parts += [_U32.pack(len(key)), key, _U32.pack(len(value)), value]
+        return b"".join(parts)
+
+    def restore(self, data: bytes) -> None:
+        """Replace the state; ValueError (state untouched) if ``data`` is not a valid snapshot."""
+        entries = _decode(data)
+        lthash = LtHash()
+        for key, value in entries.items():
+            lthash.add(_element(key, value))
+        self._data, self._hash = entries, lthash
+
+    # ---- operations ------------------------------------------------------------------------
+
+    def _apply(self, op: bytes, *, write: bool) -> bytes:
+        parts = op.split(b" ", 2)
+        verb = parts[0]
+        if verb == b"get" and len(parts) == 2:
+            return self._data.get(parts[1], b"NOTFOUND")
+        if verb not in (b"set", b"add") or len(parts) != 3:
+            return b"ERR bad op"
+        if not write:
+            return b"ERR read-only"
+        key, arg = parts[1], parts[2]
+        if not key or len(key) > MAX_KEY:
+            return b"ERR bad key"
+        if verb == b"set":
+            if len(arg) > MAX_VALUE:
+                return b"ERR value too large"
+            self._put(key, arg)
+            return b"OK"
+        delta = _parse_int(arg)
+        current = _parse_int(self._data.get(key, b"0"))
+        if delta is None or current is None:
+            return b"ERR not an integer"
+        new = str(current + delta).encode()
+        if len(new) > MAX_INT_DIGITS:
+            return b"ERR overflow"
+        self._put(key, new)
+        return new
+
+    def _put(self, key: bytes, value: bytes) -> None:
+        old = self._data.get(key)
+        if old is not None:
+            self._hash.remove(_element(key, old))
+        self._data[key] = value
+        self._hash.add(_element(key, value))
+
+
+def _decode(data: bytes) -> dict[bytes, bytes]:
+    if data[:4] != _SNAPSHOT_MAGIC:
+        raise ValueError("not a KV snapshot")
+    pos = 4
+
+    def take(n: int) -> bytes:
+        nonlocal pos
+        if n < 0 or pos + n > len(data):
+            raise ValueError("truncated KV snapshot")
+        chunk = data[pos : pos + n]
+        pos += n
+        return chunk
+
+    (count,) = _U32.unpack(take(4))
+    entries: dict[bytes, bytes] = {}
+    previous: bytes | None = None
+    for _ in range(count):
+        (klen,) = _U32.unpack(take(4))
+        key = take(klen)
+        (vlen,) = _U32.unpack(take(4))
+        value = take(vlen)
+        if previous is not None and key <= previous:
+            raise ValueError("KV snapshot keys not strictly sorted")
+        if not key or len(key) > MAX_KEY or b" " in key or len(value) > MAX_VALUE:
+            raise ValueError("invalid KV snapshot entry")
+        previous = key
+        entries[key] = value
+    if pos != len(data):
+        raise ValueError("trailing bytes in KV snapshot")
+    return entries
