@@ -1,0 +1,405 @@
+"""The replicated chat application: accounts, end-to-end encrypted messages, inboxes.
+
+A deterministic state machine driven by the PBFT core (see ``bft/app/base.py``): no clocks, no
+randomness, no unordered iteration (dicts are only looked up, never iterated for output; ordered
+output comes from the sorted name list and the id-ordered inboxes). Operations and results are the
+``ChatOp``/``ChatResult`` protobufs of ``proto/bftchat/v1/chat.proto``; docs/CHAT.md gives the
+semantics. Every rejection is a ``ChatError`` with a fixed code and fixed text and leaves the state
+untouched: checks all come before the first mutation.
+
+The digest is maintained incrementally: an LtHash over one element per account and one per stored
+message, combined with the message-id counter, so ``digest()`` costs O(1) whatever the state size.
+"""
+
+from __future__ import annotations
+
+import bisect
+import hashlib
+import struct
+from dataclasses import dataclass
+
+from google.protobuf.message import DecodeError
+
+from bft.app.base import ExecContext, ExecResult, Request
+from bft.app.names import literal_prefix, matches, normalize_name, normalize_pattern
+from bft.crypto import KEY_LEN, SIG_LEN
+from bft.lthash import LtHash
+from bft.pb.bftchat.v1 import chat_pb2 as cpb
+from bft.wire import MAX_REQUEST_BYTES
+
+Code = cpb.ChatError.Code
+
+BOX_KEY_LEN = 32
+BOX_OVERHEAD = 40
+"""NaCl Box ciphertext = 24-byte nonce + 16-byte tag + plaintext; anything shorter is garbage."""
+SNAPSHOT_VERSION = 1
+
+_U64 = struct.Struct(">Q")
+_MSG_HEAD = struct.Struct(">QQQI")
+_DIGEST_DOMAIN = b"bftchat-chat-state-v1\0"
+
+
+@dataclass(frozen=True, slots=True)
+class ChatLimits:
+    """Resource limits. Part of the cluster configuration: every replica must use the same ones."""
+
+    max_op_bytes: int = 66 * 1024  # a full 64 KiB body plus names and keys
+    max_body_bytes: int = 64 * 1024  # ciphertext, nonce and tag included
+    max_inbox: int = 10_000  # undelivered messages per recipient
+    max_accounts_per_key: int = 4
+    list_page: int = 100
+    list_page_max: int = 1000
+    list_scan_max: int = 10_000  # names examined per List call: bounds the cost of `*x` patterns
+    fetch_page: int = 100
+    fetch_page_max: int = 1000
+    fetch_bytes_max: int = 1 << 20  # signed bytes per Fetch page (at least one message is returned)
+
+
+@dataclass(frozen=True, slots=True)
+class NewMessage:
+    """Event of an executed Send: tells the runtime whom to notify. Carries no content."""
+
+    recipient: str
+    recipient_key: bytes  # the recipient's Ed25519 signing key: the runtime's handle on the session
+    message_id: int
+    seq: int
+
+
+@dataclass(frozen=True, slots=True)
+class _Message:
+    id: int
+    seq: int
+    timestamp_us: int
+    signed: bytes
+    signature: bytes
+    element: bytes  # its LtHash element, kept (36 bytes) so removing it needs no rehash of the body
+
+
+@dataclass(slots=True)
+class _Account:
+    name: str
+    signing_key: bytes
+    box_key: bytes
+    inbox: list[_Message]  # undelivered messages, ascending id (= commit order)
+
+
+class _Reject(Exception):
+    """An operation refused before any mutation; becomes a ChatError result."""
+
+    def __init__(self, code: cpb.ChatError.Code, text: str) -> None:
+        super().__init__(text)
+        self.code = code
+        self.text = text
+
+
+def _account_element(name: str, signing_key: bytes, box_key: bytes) -> bytes:
+    raw = name.encode()
+    return b"chat-acct\0" + bytes((len(raw),)) + raw + signing_key + box_key
+
+
+def _message_element(recipient: str, msg_id: int, seq: int, ts: int, signed: bytes, sig: bytes) -> bytes:
+    raw = recipient.encode()
+    h = hashlib.sha256(bytes((len(raw),)) + raw)
+    h.update(_MSG_HEAD.pack(msg_id, seq, ts, len(signed)))
+    h.update(signed)
+    h.update(sig)
+    return b"chat-msg" + h.digest()
+
+
+def _encode(result: cpb.ChatResult) -> bytes:
+    return result.SerializeToString(deterministic=True)
+
+
+def error_result(code: cpb.ChatError.Code, text: str) -> bytes:
+    return _encode(cpb.ChatResult(error=cpb.ChatError(code=code, message=text)))
+
+
+class ChatApp:
+    """The chat state machine. ``ChatApp()`` uses the default limits."""
+
+    def __init__(self, limits: ChatLimits | None = None) -> None:
+        self.limits = limits or ChatLimits()
+        self._accounts: dict[str, _Account] = {}
+        self._names: list[str] = []  # sorted account names, for List
+        self._per_key: dict[bytes, int] = {}  # accounts owned by each signing key (derived)
+        self._next_id = 1
+        self._stored = 0  # undelivered messages in total (derived)
+        self._hash = LtHash()
+        self._digest: bytes | None = None
+
+    # ---- Application protocol -----------------------------------------------------------------
+
+    def execute(self, request: Request, ctx: ExecContext) -> ExecResult:
+        try:
+            op = self._parse(request.op)
+            kind = op.WhichOneof("op")
+            if kind == "register":
+                return ExecResult(self._register(request, op.register))
+            if kind == "send":
+                return self._send(request, op.send, ctx)
+            if kind == "ack":
+                return ExecResult(self._ack(request, op.ack))
+            if kind == "delete":
+                return ExecResult(self._delete(request, op.delete))
+            return ExecResult(self._read(request, op))
+        except _Reject as rej:
+            return ExecResult(error_result(rej.code, rej.text))
+
+    def query(self, request: Request) -> bytes:
+        try:
+            return self._read(request, self._parse(request.op))
+        except _Reject as rej:
+            return error_result(rej.code, rej.text)
+
+    def digest(self) -> bytes:
+        if self._digest is None:
+            state = _DIGEST_DOMAIN + _U64.pack(self._next_id) + self._hash.state()
+            self._digest = hashlib.sha256(state).digest()
+        return self._digest
+
+    def snapshot(self) -> bytes:
+        snap = cpb.ChatSnapshot(version=SNAPSHOT_VERSION, next_id=self._next_id)
+        for name in self._names:
+            acct = self._accounts[name]
+            rec = snap.accounts.add(name=name, signing_key=acct.signing_key, box_key=acct.box_key)
+            rec.inbox.extend(
+                cpb.ChatDelivered(
+                    id=m.id, seq=m.seq, timestamp_us=m.timestamp_us, signed=m.signed, signature=m.signature
+                )
+                for m in acct.inbox
+            )
+        return snap.SerializeToString(deterministic=True)
+
+    def restore(self, data: bytes) -> None:
+        """Replace the state with a snapshot's; ValueError, state untouched, on any defect."""
+        snap = cpb.ChatSnapshot()
+        try:
+            snap.ParseFromString(data)
+        except (DecodeError, ValueError, RuntimeError):
+            raise ValueError("malformed chat snapshot") from None
+        if snap.version != SNAPSHOT_VERSION:
+            raise ValueError(f"unsupported chat snapshot version {snap.version}")
+        next_id = snap.next_id
+        if next_id < 1:
+            raise ValueError("chat snapshot next_id must be at least 1")
+        lim = self.limits
+        accounts: dict[str, _Account] = {}
+        names: list[str] = []
+        per_key: dict[bytes, int] = {}
+        seen_ids: set[int] = set()
+        lthash = LtHash()
+        stored = 0
+        for rec in snap.accounts:
+            name = rec.name
+            if normalize_name(name) != name or (names and name <= names[-1]):
+                raise ValueError("chat snapshot account names invalid or not strictly sorted")
+            if len(rec.signing_key) != KEY_LEN or len(rec.box_key) != BOX_KEY_LEN:
+                raise ValueError(f"chat snapshot account {name}: bad key length")
+            count = per_key.get(rec.signing_key, 0) + 1
+            if count > lim.max_accounts_per_key:
+                raise ValueError("chat snapshot exceeds accounts per key")
+            if len(rec.inbox) > lim.max_inbox:
+                raise ValueError(f"chat snapshot inbox of {name} exceeds the limit")
+            per_key[rec.signing_key] = count
+            inbox: list[_Message] = []
+            for d in rec.inbox:
+                if not (0 < d.id < next_id) or d.id in seen_ids or (inbox and d.id <= inbox[-1].id):
+                    raise ValueError(f"chat snapshot inbox of {name}: bad message id {d.id}")
+                if inbox and d.seq < inbox[-1].seq:
+                    raise ValueError(f"chat snapshot inbox of {name}: seq out of order")
+                if len(d.signed) > MAX_REQUEST_BYTES or len(d.signature) != SIG_LEN:
+                    raise ValueError(f"chat snapshot message {d.id}: bad size")
+                seen_ids.add(d.id)
+                element = _message_element(name, d.id, d.seq, d.timestamp_us, d.signed, d.signature)
+                inbox.append(_Message(d.id, d.seq, d.timestamp_us, d.signed, d.signature, element))
+                lthash.add(element)
+            stored += len(inbox)
+            lthash.add(_account_element(name, rec.signing_key, rec.box_key))
+            accounts[name] = _Account(name, rec.signing_key, rec.box_key, inbox)
+            names.append(name)
+        self._accounts, self._names, self._per_key = accounts, names, per_key
+        self._next_id, self._stored, self._hash, self._digest = next_id, stored, lthash, None
+
+    # ---- introspection (tests, benchmarks, runtime metrics) -------------------------------------
+
+    @property
+    def account_count(self) -> int:
+        return len(self._names)
+
+    @property
+    def stored_messages(self) -> int:
+        return self._stored
+
+    # ---- parsing and authorisation --------------------------------------------------------------
+
+    def _parse(self, data: bytes) -> cpb.ChatOp:
+        if len(data) > self.limits.max_op_bytes:
+            raise _Reject(Code.OP_TOO_LARGE, f"operation exceeds {self.limits.max_op_bytes} bytes")
+        op = cpb.ChatOp()
+        try:
+            op.ParseFromString(data)
+        except (DecodeError, ValueError, RuntimeError):
+            raise _Reject(Code.MALFORMED, "operation does not parse") from None
+        if op.WhichOneof("op") is None:
+            raise _Reject(Code.MALFORMED, "no operation set")
+        return op
+
+    def _acting(self, request: Request, raw_name: str) -> _Account:
+        """The account the caller acts as, if its signing key owns it."""
+        name = normalize_name(raw_name)
+        if name is None:
+            raise _Reject(Code.INVALID_NAME, "invalid account name")
+        acct = self._accounts.get(name)
+        if acct is None:
+            raise _Reject(Code.NO_SUCH_ACCOUNT, "no such account")
+        if acct.signing_key != request.client_key:
+            raise _Reject(Code.NOT_OWNER, "account belongs to another key")
+        return acct
+
+    def _changed(self) -> None:
+        self._digest = None
+
+    # ---- read-only operations -------------------------------------------------------------------
+
+    def _read(self, request: Request, op: cpb.ChatOp) -> bytes:
+        kind = op.WhichOneof("op")
+        if kind == "list":
+            return self._list(op.list)
+        if kind == "fetch":
+            return self._fetch(request, op.fetch)
+        raise _Reject(Code.READ_ONLY, "write operation sent as a read-only query")
+
+    def _list(self, op: cpb.ChatList) -> bytes:
+        lim = self.limits
+        pattern = normalize_pattern(op.pattern)
+        if pattern is None:
+            raise _Reject(Code.INVALID_PATTERN, "invalid pattern")
+        after = ""
+        if op.after:
+            cursor = normalize_name(op.after)
+            if cursor is None:
+                raise _Reject(Code.INVALID_NAME, "invalid cursor")
+            after = cursor
+        limit = min(op.limit or lim.list_page, lim.list_page_max)
+        prefix = literal_prefix(pattern)
+        names = self._names
+        i = max(bisect.bisect_left(names, prefix), bisect.bisect_right(names, after) if after else 0)
+        out = cpb.ChatAccountList()
+        found = scanned = 0
+        while i < len(names) and found < limit and scanned < lim.list_scan_max:
+            name = names[i]
+            if not name.startswith(prefix):
+                break
+            scanned += 1
+            i += 1
+            if matches(pattern, name):
+                acct = self._accounts[name]
+                out.accounts.add(name=name, signing_key=acct.signing_key, box_key=acct.box_key)
+                found += 1
+        if i < len(names) and scanned and names[i].startswith(prefix):
+            out.next_after = names[i - 1]
+        return _encode(cpb.ChatResult(accounts=out))
+
+    def _fetch(self, request: Request, op: cpb.ChatFetch) -> bytes:
+        lim = self.limits
+        acct = self._acting(request, op.account)
+        inbox = acct.inbox
+        limit = min(op.limit or lim.fetch_page, lim.fetch_page_max)
+        start = bisect.bisect_right(inbox, op.after_id, key=lambda m: m.id)
+        out = cpb.ChatMessages(pending=len(inbox))
+        size = 0
+        end = start
+        while end < len(inbox) and end - start < limit:
+            m = inbox[end]
+            size += len(m.signed)
+            if size > lim.fetch_bytes_max and end > start:
+                break
+            out.messages.add(
+                id=m.id, seq=m.seq, timestamp_us=m.timestamp_us, signed=m.signed, signature=m.signature
+            )
+            end += 1
+        out.more = end < len(inbox)
+        return _encode(cpb.ChatResult(messages=out))
+
+    # ---- writes ---------------------------------------------------------------------------------
+
+    def _register(self, request: Request, op: cpb.ChatRegister) -> bytes:
+        name = normalize_name(op.name)
+        if name is None:
+            raise _Reject(Code.INVALID_NAME, "invalid account name")
+        if len(op.box_key) != BOX_KEY_LEN:
+            raise _Reject(Code.INVALID_KEY, "box key must be 32 bytes")
+        if name in self._accounts:
+            raise _Reject(Code.NAME_TAKEN, "name already taken")
+        key = request.client_key
+        if self._per_key.get(key, 0) >= self.limits.max_accounts_per_key:
+            raise _Reject(Code.TOO_MANY_ACCOUNTS, "this key owns the maximum number of accounts")
+        self._accounts[name] = _Account(name, key, op.box_key, [])
+        bisect.insort(self._names, name)
+        self._per_key[key] = self._per_key.get(key, 0) + 1
+        self._hash.add(_account_element(name, key, op.box_key))
+        self._changed()
+        return _encode(cpb.ChatResult(registered=cpb.ChatRegistered(name=name)))
+
+    def _send(self, request: Request, op: cpb.ChatSend, ctx: ExecContext) -> ExecResult:
+        lim = self.limits
+        sender = self._acting(request, op.sender)
+        to = normalize_name(op.recipient)
+        if to is None:
+            raise _Reject(Code.INVALID_NAME, "invalid recipient name")
+        if len(op.recipient_box_key) != BOX_KEY_LEN or len(op.sender_box_key) != BOX_KEY_LEN:
+            raise _Reject(Code.INVALID_KEY, "box keys must be 32 bytes")
+        if len(op.ciphertext) > lim.max_body_bytes:
+            raise _Reject(Code.BODY_TOO_LARGE, f"ciphertext exceeds {lim.max_body_bytes} bytes")
+        if len(op.ciphertext) < BOX_OVERHEAD:
+            raise _Reject(Code.BODY_TOO_SMALL, "ciphertext shorter than a Box nonce and tag")
+        if op.sender_box_key != sender.box_key:
+            raise _Reject(Code.SENDER_KEY_MISMATCH, "sender box key is not the account's")
+        rcpt = self._accounts.get(to)
+        if rcpt is None:
+            raise _Reject(Code.NO_SUCH_RECIPIENT, "no such recipient")
+        if op.recipient_box_key != rcpt.box_key:
+            raise _Reject(Code.RECIPIENT_KEY_MISMATCH, "recipient box key is not the recipient's current key")
+        if len(rcpt.inbox) >= lim.max_inbox:
+            raise _Reject(Code.INBOX_FULL, "recipient inbox is full")
+        msg_id = self._next_id
+        element = _message_element(to, msg_id, ctx.seq, ctx.timestamp_us, request.signed, request.signature)
+        rcpt.inbox.append(
+            _Message(msg_id, ctx.seq, ctx.timestamp_us, request.signed, request.signature, element)
+        )
+        self._next_id = msg_id + 1
+        self._stored += 1
+        self._hash.add(element)
+        self._changed()
+        result = cpb.ChatResult(sent=cpb.ChatSent(id=msg_id, seq=ctx.seq, timestamp_us=ctx.timestamp_us))
+        return ExecResult(_encode(result), (NewMessage(to, rcpt.signing_key, msg_id, ctx.seq),))
+
+    def _ack(self, request: Request, op: cpb.ChatAck) -> bytes:
+        acct = self._acting(request, op.account)
+        inbox = acct.inbox
+        k = bisect.bisect_right(inbox, op.up_to_id, key=lambda m: m.id)
+        if k:
+            for m in inbox[:k]:
+                self._hash.remove(m.element)
+            del inbox[:k]
+            self._stored -= k
+            self._changed()
+        return _encode(cpb.ChatResult(acked=cpb.ChatAcked(removed=k, remaining=len(inbox))))
+
+    def _delete(self, request: Request, op: cpb.ChatDelete) -> bytes:
+        acct = self._acting(request, op.account)
+        name, key = acct.name, acct.signing_key
+        dropped = len(acct.inbox)
+        for m in acct.inbox:
+            self._hash.remove(m.element)
+        self._hash.remove(_account_element(name, key, acct.box_key))
+        del self._accounts[name]
+        del self._names[bisect.bisect_left(self._names, name)]
+        left = self._per_key[key] - 1
+        if left:
+            self._per_key[key] = left
+        else:
+            del self._per_key[key]
+        self._stored -= dropped
+        self._changed()
+        return _encode(cpb.ChatResult(deleted=cpb.ChatDeleted(name=name, dropped=dropped)))
