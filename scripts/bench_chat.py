@@ -62,8 +62,10 @@ def main() -> None:
     args = ap.parse_args()
     n = 2000
 
-    print("LtHash primitives")
     h = LtHash()
+    for i in range(20 * n):  # warm up (allocator, caches, CPU clock) before measuring
+        h.add(b"warm %d" % i)
+    print("LtHash primitives")
     elements = [b"element %d" % i for i in range(n)]
     timed("LtHash.add (one element)", [partial(h.add, e) for e in elements])
     timed("LtHash.remove (one element)", [partial(h.remove, e) for e in elements])
