@@ -162,12 +162,9 @@ class ChatApp:
         for name in self._names:
             acct = self._accounts[name]
             rec = snap.accounts.add(name=name, signing_key=acct.signing_key, box_key=acct.box_key)
-            rec.inbox.extend(
-                cpb.ChatDelivered(
-                    id=m.id, seq=m.seq, timestamp_us=m.timestamp_us, signed=m.signed, signature=m.signature
-                )
-                for m in acct.inbox
-            )
+            add = rec.inbox.add
+            for m in acct.inbox:
+                add(id=m.id, seq=m.seq, timestamp_us=m.timestamp_us, signed=m.signed, signature=m.signature)
         return snap.SerializeToString(deterministic=True)
 
     def restore(self, data: bytes) -> None:
@@ -202,16 +199,17 @@ class ChatApp:
                 raise ValueError(f"chat snapshot inbox of {name} exceeds the limit")
             per_key[rec.signing_key] = count
             inbox: list[_Message] = []
+            last_id = 0
             for d in rec.inbox:
-                if not (0 < d.id < next_id) or d.id in seen_ids or (inbox and d.id <= inbox[-1].id):
-                    raise ValueError(f"chat snapshot inbox of {name}: bad message id {d.id}")
-                if inbox and d.seq < inbox[-1].seq:
-                    raise ValueError(f"chat snapshot inbox of {name}: seq out of order")
-                if len(d.signed) > MAX_REQUEST_BYTES or len(d.signature) != SIG_LEN:
-                    raise ValueError(f"chat snapshot message {d.id}: bad size")
-                seen_ids.add(d.id)
-                element = _message_element(name, d.id, d.seq, d.timestamp_us, d.signed, d.signature)
-                inbox.append(_Message(d.id, d.seq, d.timestamp_us, d.signed, d.signature, element))
+                msg_id, seq, ts, signed, sig = d.id, d.seq, d.timestamp_us, d.signed, d.signature
+                if not (last_id < msg_id < next_id) or msg_id in seen_ids:
+                    raise ValueError(f"chat snapshot inbox of {name}: bad message id {msg_id}")
+                if len(signed) > MAX_REQUEST_BYTES or len(sig) != SIG_LEN:
+                    raise ValueError(f"chat snapshot message {msg_id}: bad size")
+                seen_ids.add(msg_id)
+                last_id = msg_id
+                element = _message_element(name, msg_id, seq, ts, signed, sig)
+                inbox.append(_Message(msg_id, seq, ts, signed, sig, element))
                 lthash.add(element)
             stored += len(inbox)
             lthash.add(_account_element(name, rec.signing_key, rec.box_key))
