@@ -7,7 +7,7 @@ from chat_helpers import CLUSTER, Code, Driver, User, error_code
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bft.app.base import ExecContext, Request
+from bft.app.base import AppFactory, Application, ExecContext, Request
 from bft.app.chat import ChatApp, ChatLimits, NewMessage
 from bft.app.names import literal_prefix, matches, normalize_name, normalize_pattern
 from bft.pb.bftchat.v1 import chat_pb2 as cpb
@@ -392,3 +392,9 @@ def test_memory_bounded_by_undelivered() -> None:
     empty = ChatApp()
     empty.restore(d.app.snapshot())
     assert len(d.app.snapshot()) < 300  # two accounts and a counter, not fifty messages
+
+
+def test_conforms_to_application_protocol() -> None:
+    app: Application = ChatApp()  # checked by mypy; the factory shape the core uses
+    factory: AppFactory = ChatApp
+    assert factory().digest() == app.digest()

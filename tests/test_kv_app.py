@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bft.app.base import ExecContext, Request
+from bft.app.base import AppFactory, Application, ExecContext, Request
 from bft.app.kv import KVApp
 
 
@@ -83,3 +83,9 @@ def test_snapshot_matches_digest(seq: list[bytes]) -> None:
     b.restore(a.snapshot())
     assert b.digest() == a.digest()
     assert b.snapshot() == a.snapshot()
+
+
+def test_conforms_to_application_protocol() -> None:
+    app: Application = KVApp()  # checked by mypy; the factory shape the core uses
+    factory: AppFactory = KVApp
+    assert factory().digest() == app.digest()
