@@ -1,10 +1,20 @@
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from collections.abc import Iterable as _Iterable, Mapping as _Mapping
 from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class ReplyStatus(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    REPLY_OK: _ClassVar[ReplyStatus]
+    REPLY_STALE_TIMESTAMP: _ClassVar[ReplyStatus]
+    REPLY_INVALID_REQUEST: _ClassVar[ReplyStatus]
+REPLY_OK: ReplyStatus
+REPLY_STALE_TIMESTAMP: ReplyStatus
+REPLY_INVALID_REQUEST: ReplyStatus
 
 class Envelope(_message.Message):
     __slots__ = ("body", "signer", "signature")
@@ -17,16 +27,20 @@ class Envelope(_message.Message):
     def __init__(self, body: _Optional[bytes] = ..., signer: _Optional[int] = ..., signature: _Optional[bytes] = ...) -> None: ...
 
 class PeerMessage(_message.Message):
-    __slots__ = ("envelope", "batch", "batch_reply", "state_chunk")
+    __slots__ = ("envelope", "batch", "batch_reply", "state_chunk", "request", "commit_proof")
     ENVELOPE_FIELD_NUMBER: _ClassVar[int]
     BATCH_FIELD_NUMBER: _ClassVar[int]
     BATCH_REPLY_FIELD_NUMBER: _ClassVar[int]
     STATE_CHUNK_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_FIELD_NUMBER: _ClassVar[int]
+    COMMIT_PROOF_FIELD_NUMBER: _ClassVar[int]
     envelope: Envelope
     batch: bytes
     batch_reply: BatchReply
     state_chunk: StateChunk
-    def __init__(self, envelope: _Optional[_Union[Envelope, _Mapping]] = ..., batch: _Optional[bytes] = ..., batch_reply: _Optional[_Union[BatchReply, _Mapping]] = ..., state_chunk: _Optional[_Union[StateChunk, _Mapping]] = ...) -> None: ...
+    request: bytes
+    commit_proof: CommitProof
+    def __init__(self, envelope: _Optional[_Union[Envelope, _Mapping]] = ..., batch: _Optional[bytes] = ..., batch_reply: _Optional[_Union[BatchReply, _Mapping]] = ..., state_chunk: _Optional[_Union[StateChunk, _Mapping]] = ..., request: _Optional[bytes] = ..., commit_proof: _Optional[_Union[CommitProof, _Mapping]] = ...) -> None: ...
 
 class Frame(_message.Message):
     __slots__ = ("messages",)
@@ -97,7 +111,7 @@ class ReplyRoot(_message.Message):
     def __init__(self, view: _Optional[int] = ..., seq: _Optional[int] = ..., root: _Optional[bytes] = ...) -> None: ...
 
 class ClientReply(_message.Message):
-    __slots__ = ("root", "session", "timestamp", "result", "index", "path", "client_key")
+    __slots__ = ("root", "session", "timestamp", "result", "index", "path", "client_key", "status")
     ROOT_FIELD_NUMBER: _ClassVar[int]
     SESSION_FIELD_NUMBER: _ClassVar[int]
     TIMESTAMP_FIELD_NUMBER: _ClassVar[int]
@@ -105,6 +119,7 @@ class ClientReply(_message.Message):
     INDEX_FIELD_NUMBER: _ClassVar[int]
     PATH_FIELD_NUMBER: _ClassVar[int]
     CLIENT_KEY_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
     root: Envelope
     session: int
     timestamp: int
@@ -112,7 +127,44 @@ class ClientReply(_message.Message):
     index: int
     path: _containers.RepeatedScalarFieldContainer[bytes]
     client_key: bytes
-    def __init__(self, root: _Optional[_Union[Envelope, _Mapping]] = ..., session: _Optional[int] = ..., timestamp: _Optional[int] = ..., result: _Optional[bytes] = ..., index: _Optional[int] = ..., path: _Optional[_Iterable[bytes]] = ..., client_key: _Optional[bytes] = ...) -> None: ...
+    status: int
+    def __init__(self, root: _Optional[_Union[Envelope, _Mapping]] = ..., session: _Optional[int] = ..., timestamp: _Optional[int] = ..., result: _Optional[bytes] = ..., index: _Optional[int] = ..., path: _Optional[_Iterable[bytes]] = ..., client_key: _Optional[bytes] = ..., status: _Optional[int] = ...) -> None: ...
+
+class ClientEntry(_message.Message):
+    __slots__ = ("client_key", "session", "last_timestamp", "last_seq", "status", "result")
+    CLIENT_KEY_FIELD_NUMBER: _ClassVar[int]
+    SESSION_FIELD_NUMBER: _ClassVar[int]
+    LAST_TIMESTAMP_FIELD_NUMBER: _ClassVar[int]
+    LAST_SEQ_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    RESULT_FIELD_NUMBER: _ClassVar[int]
+    client_key: bytes
+    session: int
+    last_timestamp: int
+    last_seq: int
+    status: int
+    result: bytes
+    def __init__(self, client_key: _Optional[bytes] = ..., session: _Optional[int] = ..., last_timestamp: _Optional[int] = ..., last_seq: _Optional[int] = ..., status: _Optional[int] = ..., result: _Optional[bytes] = ...) -> None: ...
+
+class ClientTableSnapshot(_message.Message):
+    __slots__ = ("entries", "floor")
+    ENTRIES_FIELD_NUMBER: _ClassVar[int]
+    FLOOR_FIELD_NUMBER: _ClassVar[int]
+    entries: _containers.RepeatedCompositeFieldContainer[ClientEntry]
+    floor: int
+    def __init__(self, entries: _Optional[_Iterable[_Union[ClientEntry, _Mapping]]] = ..., floor: _Optional[int] = ...) -> None: ...
+
+class StateSnapshot(_message.Message):
+    __slots__ = ("seq", "last_timestamp_us", "app", "clients")
+    SEQ_FIELD_NUMBER: _ClassVar[int]
+    LAST_TIMESTAMP_US_FIELD_NUMBER: _ClassVar[int]
+    APP_FIELD_NUMBER: _ClassVar[int]
+    CLIENTS_FIELD_NUMBER: _ClassVar[int]
+    seq: int
+    last_timestamp_us: int
+    app: bytes
+    clients: ClientTableSnapshot
+    def __init__(self, seq: _Optional[int] = ..., last_timestamp_us: _Optional[int] = ..., app: _Optional[bytes] = ..., clients: _Optional[_Union[ClientTableSnapshot, _Mapping]] = ...) -> None: ...
 
 class Checkpoint(_message.Message):
     __slots__ = ("seq", "state_digest")

@@ -1,0 +1,113 @@
+"""The replicated client table: last timestamp and last reply per client session.
+
+It gives exactly-once execution per (client key, session, timestamp) and answers retransmissions.
+It is part of the replicated state and of the checkpoint digest. Anyone can make keys, so it is
+bounded: past ``capacity`` the least recently executed session is evicted (deterministic order:
+by last sequence number, then key, then session), and ``floor`` remembers the highest timestamp
+ever evicted. A session the table does not know must use a timestamp above the floor, so a request
+of an evicted session can never be executed a second time.
+"""
+
+from __future__ import annotations
+
+import heapq
+import struct
+from dataclasses import dataclass
+
+from bft.lthash import LtHash
+from bft.pb.bftchat.v1 import protocol_pb2 as pb
+
+ClientId = tuple[bytes, int]  # (public key, session)
+
+
+@dataclass(slots=True)
+class ClientEntry:
+    last_timestamp: int
+    last_seq: int
+    status: int
+    result: bytes
+
+    def element(self, cid: ClientId) -> bytes:
+        """The bytes this entry contributes to the table's multiset digest."""
+        return (
+            cid[0]
+            + struct.pack(">QQQI", cid[1], self.last_timestamp, self.last_seq, self.status)
+            + self.result
+        )
+
+
+class ClientTable:
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self.floor = 0
+        self._entries: dict[ClientId, ClientEntry] = {}
+        self._hash = LtHash()
+        self._hashed: dict[ClientId, bytes] = {}  # element as of the last digest()
+        self._dirty: set[ClientId] = set()
+        self._lru: list[tuple[int, bytes, int]] = []  # (last_seq, key, session), lazily cleaned
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def get(self, cid: ClientId) -> ClientEntry | None:
+        return self._entries.get(cid)
+
+    def min_timestamp(self, cid: ClientId) -> int:
+        """The smallest timestamp a new request of ``cid`` may carry."""
+        entry = self._entries.get(cid)
+        return (entry.last_timestamp if entry else self.floor) + 1
+
+    def record(self, cid: ClientId, timestamp: int, seq: int, status: int, result: bytes) -> None:
+        self._entries[cid] = ClientEntry(timestamp, seq, status, result)
+        self._dirty.add(cid)
+        heapq.heappush(self._lru, (seq, cid[0], cid[1]))
+
+    def evict_overflow(self) -> None:
+        """Drop least recently executed sessions until within capacity (called once per batch)."""
+        while len(self._entries) > self.capacity and self._lru:
+            seq, key, session = heapq.heappop(self._lru)
+            cid = (key, session)
+            entry = self._entries.get(cid)
+            if entry is None or entry.last_seq != seq:
+                continue  # stale heap item: the session ran again later
+            del self._entries[cid]
+            self._dirty.add(cid)
+            self.floor = max(self.floor, entry.last_timestamp)
+        if len(self._lru) > 4 * max(len(self._entries), 1024):
+            self._lru = [(e.last_seq, k, s) for (k, s), e in self._entries.items()]
+            heapq.heapify(self._lru)
+
+    def digest(self) -> bytes:
+        """Multiset hash of the entries plus the floor; costs only the sessions changed since last time."""
+        for cid in self._dirty:
+            old = self._hashed.pop(cid, None)
+            if old is not None:
+                self._hash.remove(old)
+            entry = self._entries.get(cid)
+            if entry is not None:
+                elem = entry.element(cid)
+                self._hash.add(elem)
+                self._hashed[cid] = elem
+        self._dirty.clear()
+        return self._hash.digest() + struct.pack(">Q", self.floor)
+
+    def snapshot(self) -> pb.ClientTableSnapshot:
+        snap = pb.ClientTableSnapshot(floor=self.floor)
+        for (key, session), e in sorted(self._entries.items()):
+            snap.entries.add(
+                client_key=key,
+                session=session,
+                last_timestamp=e.last_timestamp,
+                last_seq=e.last_seq,
+                status=e.status,
+                result=e.result,
+            )
+        return snap
+
+    @classmethod
+    def restore(cls, snap: pb.ClientTableSnapshot, capacity: int) -> ClientTable:
+        table = cls(capacity)
+        table.floor = snap.floor
+        for e in snap.entries:
+            table.record((e.client_key, e.session), e.last_timestamp, e.last_seq, e.status, e.result)
+        return table

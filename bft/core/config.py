@@ -1,0 +1,55 @@
+"""What a replica core needs to know about its cluster, and the protocol's tunables."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from bft.quorums import Quorums
+
+
+@dataclass(frozen=True)
+class Params:
+    """Protocol parameters. Times are seconds of the driver's clock."""
+
+    batch_max_requests: int = 512
+    batch_max_bytes: int = 2 * 1024 * 1024
+    max_in_flight: int = 4  # batches proposed but not yet executed
+    checkpoint_interval: int = 64  # K: a checkpoint every K sequence numbers
+    watermark_window: int = 256  # L: sequence numbers accepted above the stable checkpoint
+    view_change_timeout: float = 2.0  # initial; doubles per view change without progress
+    max_view_change_timeout: float = 60.0
+    status_interval: float = 0.2  # periodic status and retransmission
+    clock_skew_us: int = 10_000_000  # a PRE-PREPARE's timestamp may differ this much from ours
+    max_pending_per_client: int = 64
+    max_pending_total: int = 50_000
+    client_table_capacity: int = 100_000
+    max_pending_reads: int = 10_000
+    state_chunk_bytes: int = 1024 * 1024
+    max_snapshot_bytes: int = 4 * 1024 * 1024 * 1024
+    catchup_slots_per_status: int = 16
+
+    def __post_init__(self) -> None:
+        if self.checkpoint_interval < 1 or self.watermark_window < 2 * self.checkpoint_interval:
+            raise ValueError("need checkpoint_interval >= 1 and watermark_window >= 2 * checkpoint_interval")
+        if self.max_in_flight < 1 or self.batch_max_requests < 1:
+            raise ValueError("max_in_flight and batch_max_requests must be positive")
+
+
+@dataclass(frozen=True)
+class ClusterInfo:
+    """The public facts every member agrees on: replica keys, f, and the cluster id."""
+
+    public_keys: tuple[bytes, ...]
+    cluster_id: bytes
+    params: Params = field(default_factory=Params)
+
+    @property
+    def n(self) -> int:
+        return len(self.public_keys)
+
+    @property
+    def quorums(self) -> Quorums:
+        return Quorums.for_n(self.n)
+
+    def primary(self, view: int) -> int:
+        return view % self.n

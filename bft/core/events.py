@@ -1,0 +1,151 @@
+"""Typed outputs of the core, and the records it asks the driver to persist.
+
+The driver carries outputs out in order. A ``Persist`` must be durable (synced) before any later
+output that leaves the process (``Send``, ``ToClient``): that ordering is how the core keeps its
+promise never to sign two different things for one slot and never to lose an acknowledged commit.
+Consecutive ``Persist`` outputs may share one sync (group commit).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from bft.pb.bftchat.v1 import protocol_pb2 as pb
+
+
+@dataclass(frozen=True, slots=True)
+class Send:
+    """A serialised PeerMessage for replica ``to``, or for every other replica when ``to`` is None."""
+
+    to: int | None
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class ToClient:
+    """A serialised ClientReply for the client session (key, session)."""
+
+    client_key: bytes
+    session: int
+    timestamp: int
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class SetTimer:
+    name: str
+    at: float
+
+
+@dataclass(frozen=True, slots=True)
+class CancelTimer:
+    name: str
+
+
+@dataclass(frozen=True, slots=True)
+class Evidence:
+    """Two validly signed, conflicting messages from one replica: checkable with public keys alone."""
+
+    replica: int
+    what: str
+    first: pb.Envelope
+    second: pb.Envelope
+
+
+@dataclass(frozen=True, slots=True)
+class Committed:
+    """Notice: batch ``seq`` executed (for metrics, logs and the simulator's checkers)."""
+
+    seq: int
+    view: int
+    digest: bytes
+    executed: tuple[tuple[bytes, int, int], ...]  # (client key, session, timestamp) run by the app
+    state_digest: bytes | None  # set at checkpoints
+    app_events: tuple[object, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class ViewEntered:
+    view: int
+
+
+@dataclass(frozen=True, slots=True)
+class StateInstalled:
+    """Notice: state transfer installed the checkpoint at ``seq``."""
+
+    seq: int
+
+
+# ---- persisted records ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ViewRecord:
+    """Moving to ``view``: written before the VIEW-CHANGE for it is sent."""
+
+    view: int
+
+
+@dataclass(frozen=True, slots=True)
+class NewViewRecord:
+    """Entered ``view`` on this NEW-VIEW (serialised Envelope): written before PREPAREs for it."""
+
+    view: int
+    new_view: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class PrePrepareRecord:
+    """A PRE-PREPARE sent (primary) or accepted (backup): written before it or its PREPARE is sent."""
+
+    view: int
+    seq: int
+    digest: bytes
+    envelope: bytes
+    batch: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class PreparedRecord:
+    """A prepared certificate (serialised PreparedProof): written before the COMMIT is sent."""
+
+    view: int
+    seq: int
+    digest: bytes
+    proof: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class CommitRecord:
+    """An executed batch with its commit certificate (serialised CommitProof): before any reply."""
+
+    seq: int
+    view: int
+    digest: bytes
+    proof: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class CheckpointRecord:
+    """A stable checkpoint: snapshot (serialised StateSnapshot) and its 2f+1 CHECKPOINT proof.
+
+    Everything about sequence numbers at or below ``seq`` may be discarded once this is durable.
+    """
+
+    seq: int
+    state_digest: bytes
+    snapshot: bytes
+    proof: tuple[bytes, ...]
+
+
+Record = ViewRecord | NewViewRecord | PrePrepareRecord | PreparedRecord | CommitRecord | CheckpointRecord
+
+
+@dataclass(frozen=True, slots=True)
+class Persist:
+    record: Record
+
+
+Output = (
+    Send | ToClient | SetTimer | CancelTimer | Evidence | Committed | ViewEntered | StateInstalled | Persist
+)

@@ -1,0 +1,1311 @@
+"""The PBFT replica as a deterministic state machine.
+
+Entry points: ``on_message`` (a serialised PeerMessage from another replica), ``on_request`` (a
+serialised signed client request), ``on_timer`` and ``start``. Each call appends outputs that the
+driver collects with ``take_outputs`` and carries out in order (see ``bft.core.events``). Nothing
+here performs I/O or reads a clock: ``now`` (seconds) is an argument.
+
+Reading guide: normal case (pre-prepare → prepare → commit → execute), then checkpoints, view
+change, state transfer, retransmission and restart. docs/PROTOCOL.md walks through the same.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections import OrderedDict
+from dataclasses import dataclass, field
+
+from bft import merkle
+from bft.app.base import AppFactory, Application, ExecContext
+from bft.core.clients import ClientId, ClientTable
+from bft.core.config import ClusterInfo
+from bft.core.events import (
+    CancelTimer,
+    CheckpointRecord,
+    CommitRecord,
+    Committed,
+    Evidence,
+    NewViewRecord,
+    Output,
+    Persist,
+    PreparedRecord,
+    PrePrepareRecord,
+    Record,
+    Send,
+    SetTimer,
+    StateInstalled,
+    ToClient,
+    ViewEntered,
+    ViewRecord,
+)
+from bft.core.viewchange import (
+    NULL_DIGEST,
+    PreparedCert,
+    ValidViewChange,
+    check_checkpoint_proof,
+    check_view_change,
+    open_replica,
+    plan_new_view,
+)
+from bft.crypto import TAG_LEN, Kind, Signer, Verifier, sha256
+from bft.pb.bftchat.v1 import protocol_pb2 as pb
+from bft.quorums import Quorums
+from bft.wire import MAX_MESSAGE_BYTES, OpenedRequest, WireError, open_request, parse, peek_kind, seal
+
+STATUS_TIMER = "status"
+VIEW_TIMER = "view"
+
+ReqKey = tuple[bytes, int, int]  # (client key, session, timestamp)
+
+
+def leaf_bytes(key: bytes, session: int, timestamp: int, status: int, result: bytes) -> bytes:
+    """What a reply leaf commits to; clients recompute it from the ClientReply."""
+    return key + struct.pack(">QQI", session, timestamp, status) + result
+
+
+def state_digest(seq: int, app_digest: bytes, clients_digest: bytes, last_ts: int) -> bytes:
+    """The checkpoint digest: application state, client table and the clock clamp, at ``seq``."""
+    return sha256(b"bftchat state\0" + struct.pack(">QQ", seq, last_ts) + app_digest + clients_digest)
+
+
+@dataclass
+class Slot:
+    """Votes for one sequence number in the current view."""
+
+    seq: int
+    view: int
+    pp: pb.PrePrepare | None = None
+    pp_env: pb.Envelope | None = None
+    batch: bytes | None = None
+    prepares: dict[bytes, dict[int, pb.Envelope]] = field(default_factory=dict)
+    commits: dict[bytes, dict[int, pb.Envelope]] = field(default_factory=dict)
+    my_prepare: pb.Envelope | None = None
+    my_commit: pb.Envelope | None = None
+    prepared: bool = False
+    committed: bool = False
+    asked_pp_from: set[int] = field(default_factory=set)
+    age: int = 0  # status ticks spent undecided: retransmit when > 0
+
+
+@dataclass
+class Transfer:
+    """A state transfer in progress towards a certified checkpoint."""
+
+    seq: int
+    digest: bytes
+    proof: list[pb.Envelope]
+    source: int
+    chunks: dict[int, bytes] = field(default_factory=dict)
+    total: int = 0
+    chunk_seq: int = 0
+    chunk_digest: bytes = b""
+    chunk_proof: list[pb.Envelope] = field(default_factory=list)
+
+
+class Replica:
+    """One PBFT replica. ``records`` are the persisted records of a previous run, in write order."""
+
+    def __init__(
+        self,
+        cluster: ClusterInfo,
+        replica_id: int,
+        signer: Signer,
+        verifier: Verifier,
+        app_factory: AppFactory,
+        records: list[Record] | None = None,
+        quorums: Quorums | None = None,
+        recovering: bool = False,
+    ) -> None:
+        if not 0 <= replica_id < cluster.n:
+            raise ValueError(f"replica id {replica_id} not in 0..{cluster.n - 1}")
+        if signer.public_key != cluster.public_keys[replica_id]:
+            raise ValueError("signing key does not match the cluster's public key for this replica")
+        self.cluster = cluster
+        self.id = replica_id
+        self.signer = signer
+        self.verifier = verifier
+        self.q = quorums or cluster.quorums
+        self.p = cluster.params
+        self.cid = cluster.cluster_id
+        self._app_factory = app_factory
+        self.app: Application = app_factory()
+        self.clients = ClientTable(self.p.client_table_capacity)
+        self._out: list[Output] = []
+
+        # Ordering state.
+        self.view = 0
+        self.view_changing = False
+        self.h = 0  # low watermark = last stable checkpoint
+        self.stable_digest = b""
+        self.stable_proof: list[pb.Envelope] = []
+        self.stable_snapshot: bytes | None = None
+        self.last_executed = 0
+        self.last_ts = 0  # timestamp clamp of the last executed batch (replicated state)
+        self.slots: dict[int, Slot] = {}
+        self.prepared_certs: dict[int, PreparedCert] = {}
+        self.commit_proofs: dict[int, pb.CommitProof] = {}  # committed, seq > h
+        self.batches: dict[bytes, bytes] = {NULL_DIGEST: b""}
+        self.wanted_batches: set[bytes] = set()
+        self.next_seq = 1
+        self.last_proposed_ts = 0
+        self._decided: dict[bytes, int] = {}  # vote bodies already counted into a quorum -> seq
+
+        # Requests.
+        self.pending: OrderedDict[ReqKey, OpenedRequest] = OrderedDict()
+        self.pending_per_client: dict[ClientId, int] = {}
+        self.proposed: set[ReqKey] = set()
+        self.pending_reads: list[OpenedRequest] = []
+
+        # Checkpoints.
+        self.my_checkpoints: dict[int, tuple[bytes, bytes]] = {}  # seq -> (digest, snapshot)
+        self.ckpt_votes: dict[int, dict[bytes, dict[int, pb.Envelope]]] = {}
+        self.ckpt_seqs_by_sender: dict[int, set[int]] = {}
+        self.pending_stable: tuple[int, bytes, list[pb.Envelope]] | None = None
+
+        # View change.
+        self.vc_latest: dict[int, ValidViewChange] = {}  # sender -> its highest valid VIEW-CHANGE
+        self.my_vc: pb.Envelope | None = None
+        self.new_view_env: pb.Envelope | None = None
+        self.vc_timeouts = 0  # consecutive view changes without progress
+        self.vc_timer_view = -1  # the view whose NEW-VIEW timer is running
+        self.request_timer_on = False
+        self.timers: dict[str, float] = {}
+
+        self.transfer: Transfer | None = None
+        self.evidence: list[Evidence] = []
+        self._evidence_keys: set[tuple[int, str, bytes, bytes]] = set()
+        self.restoring = False
+
+        # Amnesia guard: a replica whose records were lost (wiped disk) may have signed votes it no
+        # longer remembers. It signs nothing until 2f+1 peers told it their views, then moves to a
+        # view above all of them, so it never votes again in a view where it might have voted.
+        self.recovering = recovering and not records
+        self.recovery_views: dict[int, int] = {}
+
+        if records:
+            self._restore(records)
+
+    # ------------------------------------------------------------------ driver interface
+
+    def take_outputs(self) -> list[Output]:
+        out, self._out = self._out, []
+        return out
+
+    @property
+    def primary(self) -> int:
+        return self.cluster.primary(self.view)
+
+    @property
+    def is_primary(self) -> bool:
+        return self.primary == self.id
+
+    def start(self, now: float) -> None:
+        """Arm timers after construction or restart; announce where we are."""
+        self._set_timer(STATUS_TIMER, now + self.p.status_interval)
+        if self.view_changing and self.my_vc is not None:
+            self._send(None, pb.PeerMessage(envelope=self.my_vc))
+        self._broadcast_status()
+
+    def on_timer(self, name: str, now: float) -> None:
+        at = self.timers.get(name)
+        if at is None or at > now:
+            return
+        del self.timers[name]
+        if name == STATUS_TIMER:
+            self._on_status_tick(now)
+            self._set_timer(STATUS_TIMER, now + self.p.status_interval)
+        elif name == VIEW_TIMER:
+            self.request_timer_on = False
+            self.vc_timer_view = -1
+            self.vc_timeouts += 1
+            self._start_view_change(self.view + 1, now)
+
+    def on_message(self, raw: bytes, now: float) -> None:
+        """A serialised PeerMessage from another replica. Never raises on bad input."""
+        if len(raw) > MAX_MESSAGE_BYTES:
+            return
+        try:
+            msg = parse(pb.PeerMessage, raw)
+        except WireError:
+            return
+        try:
+            self._dispatch(msg, now)
+        except WireError:
+            return
+
+    def on_request(self, raw: bytes, now: float, forwarded: bool = False) -> str | None:
+        """A serialised signed client request. Returns an error text for the client, or None."""
+        try:
+            opened = open_request(raw, self.cid, self.verifier)
+        except WireError as exc:
+            return str(exc)
+        req = opened.request
+        if self.recovering:
+            return "replica is recovering its state"
+        if opened.read_only:
+            if forwarded:
+                return None
+            return self._on_read(opened)
+        cid = (req.client_key, req.session)
+        entry = self.clients.get(cid)
+        if entry is not None and req.timestamp <= entry.last_timestamp:
+            if req.timestamp == entry.last_timestamp:
+                self._reply_cached(req.client_key, req.session, req.timestamp, entry.status, entry.result)
+            return None
+        key = (req.client_key, req.session, req.timestamp)
+        if key not in self.pending:
+            if len(self.pending) >= self.p.max_pending_total:
+                return "replica overloaded: too many pending requests"
+            if self.pending_per_client.get(cid, 0) >= self.p.max_pending_per_client:
+                return "too many pending requests for this client session"
+            self.pending[key] = opened
+            self.pending_per_client[cid] = self.pending_per_client.get(cid, 0) + 1
+        if self.view_changing:
+            return None
+        if self.is_primary:
+            self._try_propose(now)
+        else:
+            if not forwarded:
+                self._send(self.primary, pb.PeerMessage(request=raw))
+            self._arm_request_timer(now)
+        return None
+
+    # ------------------------------------------------------------------ small helpers
+
+    def _emit(self, out: Output) -> None:
+        if not self.restoring:
+            self._out.append(out)
+
+    def _persist(self, record: Record) -> None:
+        if not self.recovering:
+            self._emit(Persist(record))
+
+    def _send(self, to: int | None, msg: pb.PeerMessage) -> None:
+        if to == self.id:
+            return
+        self._emit(Send(to, msg.SerializeToString()))
+
+    def _seal(self, kind: Kind, message: object) -> pb.Envelope:
+        return seal(self.signer, self.id, kind, self.cid, message)  # type: ignore[arg-type]
+
+    def _set_timer(self, name: str, at: float) -> None:
+        self.timers[name] = at
+        self._emit(SetTimer(name, at))
+
+    def _cancel_timer(self, name: str) -> None:
+        if self.timers.pop(name, None) is not None:
+            self._emit(CancelTimer(name))
+
+    def _timeout(self) -> float:
+        return min(
+            self.p.view_change_timeout * (2 ** min(self.vc_timeouts, 16)), self.p.max_view_change_timeout
+        )
+
+    def _open(self, env: pb.Envelope, kind: Kind) -> bytes | None:
+        try:
+            return open_replica(env, kind, self.cluster, self.verifier)
+        except WireError:
+            return None
+
+    def _in_window(self, seq: int) -> bool:
+        return self.h < seq <= self.h + self.p.watermark_window
+
+    def _record_evidence(self, replica: int, what: str, a: pb.Envelope, b: pb.Envelope) -> None:
+        key = (replica, what, a.body, b.body)
+        if key in self._evidence_keys or len(self.evidence) >= 256:
+            return
+        self._evidence_keys.add(key)
+        ev = Evidence(replica, what, a, b)
+        self.evidence.append(ev)
+        self._emit(ev)
+
+    # ------------------------------------------------------------------ dispatch
+
+    def _dispatch(self, msg: pb.PeerMessage, now: float) -> None:
+        if msg.request:
+            self.on_request(msg.request, now, forwarded=True)
+        if msg.HasField("batch_reply"):
+            self._on_batch_reply(msg.batch_reply.batch, now)
+        if msg.HasField("state_chunk"):
+            self._on_state_chunk(msg.state_chunk, now)
+        if msg.HasField("commit_proof"):
+            self._on_commit_proof(msg.commit_proof, now)
+        if not msg.HasField("envelope"):
+            return
+        env = msg.envelope
+        if self.recovering and peek_kind(env, self.cid) not in (Kind.STATUS, Kind.CHECKPOINT, Kind.FETCH):
+            return
+        if env.signer >= self.cluster.n or env.signer == self.id:
+            return
+        kind = peek_kind(env, self.cid)
+        if kind is None:
+            return
+        if kind in (Kind.PREPARE, Kind.COMMIT) and env.body in self._decided:
+            # A vote whose exact bytes were already counted into a quorum is dropped unverified:
+            # the slot is decided, so verifying it could change nothing.
+            return
+        if kind == Kind.PREPREPARE:
+            self._on_preprepare(env, msg.batch, now)
+        elif kind == Kind.PREPARE:
+            self._on_prepare(env, now)
+        elif kind == Kind.COMMIT:
+            self._on_commit(env, now)
+        elif kind == Kind.CHECKPOINT:
+            self._on_checkpoint(env, now)
+        elif kind == Kind.VIEW_CHANGE:
+            self._on_view_change(env, now)
+        elif kind == Kind.NEW_VIEW:
+            self._on_new_view(env, now)
+        elif kind == Kind.STATUS:
+            self._on_status(env, now)
+        elif kind == Kind.FETCH:
+            self._on_fetch(env, now)
+
+    # ------------------------------------------------------------------ normal case: primary
+
+    def _try_propose(self, now: float) -> None:
+        if not self.is_primary or self.view_changing or self.transfer is not None:
+            return
+        while self.pending and self.next_seq - 1 - self.last_executed < self.p.max_in_flight:
+            if self.next_seq > self.h + self.p.watermark_window:
+                return
+            batch = pb.Batch()
+            size = 0
+            for key, opened in self.pending.items():
+                if key in self.proposed:
+                    continue
+                if len(batch.requests) >= self.p.batch_max_requests:
+                    break
+                if size + len(opened.raw) > self.p.batch_max_bytes and batch.requests:
+                    break
+                batch.requests.append(opened.raw)
+                size += len(opened.raw)
+                self.proposed.add(key)
+            if not batch.requests:
+                return
+            ts = max(int(now * 1_000_000), self.last_proposed_ts + 1, self.last_ts + 1)
+            batch.timestamp_us = ts
+            self.last_proposed_ts = ts
+            data = batch.SerializeToString()
+            digest = sha256(data)
+            seq = self.next_seq
+            self.next_seq += 1
+            pp = pb.PrePrepare(view=self.view, seq=seq, digest=digest)
+            env = self._seal(Kind.PREPREPARE, pp)
+            slot = self._slot(seq)
+            slot.pp, slot.pp_env, slot.batch = pp, env, data
+            self.batches[digest] = data
+            self._persist(PrePrepareRecord(self.view, seq, digest, env.SerializeToString(), data))
+            self._send(None, pb.PeerMessage(envelope=env, batch=data))
+            self._check_prepared(slot, now)
+
+    def _slot(self, seq: int) -> Slot:
+        slot = self.slots.get(seq)
+        if slot is None:
+            slot = self.slots[seq] = Slot(seq, self.view)
+        return slot
+
+    # ------------------------------------------------------------------ normal case: backups
+
+    def _validate_batch(self, data: bytes, now: float, seq: int, check_clock: bool) -> bool:
+        """Every request validly signed; the timestamp after the previous batch's and near our clock."""
+        try:
+            batch = parse(pb.Batch, data)
+        except WireError:
+            return False
+        if check_clock:
+            if abs(batch.timestamp_us - int(now * 1_000_000)) > self.p.clock_skew_us:
+                return False
+            prev = self.slots.get(seq - 1)
+            if prev is not None and prev.batch is not None and prev.batch:
+                prev_ts = parse(pb.Batch, prev.batch).timestamp_us
+                if batch.timestamp_us <= prev_ts:
+                    return False
+        if len(batch.requests) > self.p.batch_max_requests:
+            return False
+        for raw in batch.requests:
+            try:
+                opened = open_request(raw, self.cid, self.verifier)
+            except WireError:
+                return False
+            if opened.read_only:
+                return False
+        return True
+
+    def _on_preprepare(self, env: pb.Envelope, batch: bytes, now: float) -> None:
+        payload = self._open(env, Kind.PREPREPARE)
+        if payload is None:
+            return
+        pp = parse(pb.PrePrepare, payload)
+        if env.signer != self.cluster.primary(pp.view):
+            return
+        slot = self.slots.get(pp.seq)
+        if slot is not None and slot.view == pp.view and slot.pp is not None:
+            if slot.pp.digest != pp.digest:
+                assert slot.pp_env is not None
+                self._record_evidence(env.signer, "pre-prepare equivocation", slot.pp_env, env)
+                if pp.view == self.view and not self.view_changing:
+                    self._start_view_change(self.view + 1, now)
+            elif slot.batch is None and batch and sha256(batch) == pp.digest:
+                slot.batch = batch
+                self.batches[pp.digest] = batch
+                self._try_execute(now)
+            return
+        if pp.view != self.view or self.view_changing or not self._in_window(pp.seq):
+            return
+        if self.is_primary:
+            return
+        if sha256(batch) != pp.digest:
+            return
+        if not self._validate_batch(batch, now, pp.seq, check_clock=True):
+            return
+        slot = self._slot(pp.seq)
+        slot.pp, slot.pp_env, slot.batch = pp, env, batch
+        self.batches[pp.digest] = batch
+        self._persist(PrePrepareRecord(pp.view, pp.seq, pp.digest, env.SerializeToString(), batch))
+        self._send_prepare(slot)
+        self._check_prepared(slot, now)
+
+    def _send_prepare(self, slot: Slot) -> None:
+        assert slot.pp is not None
+        env = self._seal(Kind.PREPARE, pb.Prepare(view=slot.view, seq=slot.seq, digest=slot.pp.digest))
+        slot.my_prepare = env
+        slot.prepares.setdefault(slot.pp.digest, {})[self.id] = env
+        self._send(None, pb.PeerMessage(envelope=env))
+
+    def _on_prepare(self, env: pb.Envelope, now: float) -> None:
+        payload = self._open(env, Kind.PREPARE)
+        if payload is None:
+            return
+        p = parse(pb.Prepare, payload)
+        if p.view != self.view or self.view_changing or not self._in_window(p.seq):
+            return
+        if env.signer == self.cluster.primary(p.view):
+            return
+        slot = self._slot(p.seq)
+        for digest, votes in slot.prepares.items():
+            other = votes.get(env.signer)
+            if other is not None and digest != p.digest:
+                self._record_evidence(env.signer, "conflicting prepares", other, env)
+                return
+        slot.prepares.setdefault(p.digest, {})[env.signer] = env
+        if slot.pp is not None and p.digest != slot.pp.digest and env.signer not in slot.asked_pp_from:
+            # The sender accepted another PRE-PREPARE for this slot: fetch it to prove equivocation.
+            slot.asked_pp_from.add(env.signer)
+            fetch = pb.Fetch(preprepare=pb.FetchPrePrepare(view=p.view, seq=p.seq))
+            self._send(env.signer, pb.PeerMessage(envelope=self._seal(Kind.FETCH, fetch)))
+        self._check_prepared(slot, now)
+
+    def _check_prepared(self, slot: Slot, now: float) -> None:
+        if slot.prepared or slot.pp is None or slot.pp_env is None:
+            return
+        digest = slot.pp.digest
+        primary = self.cluster.primary(slot.view)
+        votes = {r: e for r, e in slot.prepares.get(digest, {}).items() if r != primary}
+        if len(votes) < self.q.prepare:
+            return
+        slot.prepared = True
+        chosen = [votes[r] for r in sorted(votes)][: self.q.prepare]
+        for e in chosen:
+            self._decided[e.body] = slot.seq
+        proof = pb.PreparedProof(preprepare=slot.pp_env, prepares=chosen)
+        cert = PreparedCert(slot.view, slot.seq, digest, proof)
+        old = self.prepared_certs.get(slot.seq)
+        if old is None or old.view <= slot.view:
+            self.prepared_certs[slot.seq] = cert
+        self._persist(PreparedRecord(slot.view, slot.seq, digest, proof.SerializeToString()))
+        env = self._seal(Kind.COMMIT, pb.Commit(view=slot.view, seq=slot.seq, digest=digest))
+        slot.my_commit = env
+        slot.commits.setdefault(digest, {})[self.id] = env
+        self._send(None, pb.PeerMessage(envelope=env))
+        self._check_committed(slot, now)
+
+    def _on_commit(self, env: pb.Envelope, now: float) -> None:
+        payload = self._open(env, Kind.COMMIT)
+        if payload is None:
+            return
+        c = parse(pb.Commit, payload)
+        if c.view != self.view or self.view_changing or not self._in_window(c.seq):
+            return
+        slot = self._slot(c.seq)
+        for digest, votes in slot.commits.items():
+            other = votes.get(env.signer)
+            if other is not None and digest != c.digest:
+                self._record_evidence(env.signer, "conflicting commits", other, env)
+                return
+        slot.commits.setdefault(c.digest, {})[env.signer] = env
+        self._check_committed(slot, now)
+
+    def _check_committed(self, slot: Slot, now: float) -> None:
+        if slot.committed or not slot.prepared or slot.pp is None or slot.pp_env is None:
+            return
+        digest = slot.pp.digest
+        votes = slot.commits.get(digest, {})
+        if len(votes) < self.q.commit:
+            return
+        slot.committed = True
+        chosen = [votes[r] for r in sorted(votes)][: self.q.commit]
+        for e in chosen:
+            self._decided[e.body] = slot.seq
+        if slot.seq > self.last_executed and slot.seq not in self.commit_proofs:
+            self.commit_proofs[slot.seq] = pb.CommitProof(
+                preprepare=slot.pp_env, batch=slot.batch or b"", commits=chosen
+            )
+        self._try_execute(now)
+
+    def _on_commit_proof(self, proof: pb.CommitProof, now: float) -> None:
+        """A committed batch retransmitted by a peer: trusted only through its 2f+1 signed COMMITs."""
+        payload = self._open(proof.preprepare, Kind.PREPREPARE)
+        if payload is None:
+            return
+        pp = parse(pb.PrePrepare, payload)
+        if proof.preprepare.signer != self.cluster.primary(pp.view):
+            return
+        if pp.seq <= self.last_executed or pp.seq in self.commit_proofs or not self._in_window(pp.seq):
+            return
+        if sha256(proof.batch) != pp.digest:
+            return
+        signers: set[int] = set()
+        for env in proof.commits:
+            body = self._open(env, Kind.COMMIT)
+            if body is None:
+                return
+            c = parse(pb.Commit, body)
+            if (c.view, c.seq, c.digest) != (pp.view, pp.seq, pp.digest):
+                return
+            signers.add(env.signer)
+        if len(signers) < self.q.commit:
+            return
+        self.batches[pp.digest] = proof.batch
+        self.commit_proofs[pp.seq] = proof
+        self._try_execute(now)
+
+    # ------------------------------------------------------------------ execution
+
+    def _try_execute(self, now: float) -> None:
+        progressed = False
+        while self.transfer is None:
+            seq = self.last_executed + 1
+            proof = self.commit_proofs.get(seq)
+            if proof is None:
+                break
+            pp = self._pp_from_env(proof.preprepare)
+            batch = proof.batch if sha256(proof.batch) == pp.digest else self.batches.get(pp.digest)
+            if batch is None:
+                self._want_batch(pp.digest)
+                break
+            if not proof.batch and batch:
+                proof.batch = batch
+            self._execute(seq, pp.view, pp.digest, batch, proof)
+            progressed = True
+        if progressed:
+            self.vc_timeouts = 0
+            self._serve_pending_reads()
+            self._refresh_request_timer(now)
+            self._try_propose(now)
+
+    def _execute(self, seq: int, view: int, digest: bytes, data: bytes, proof: pb.CommitProof) -> None:
+        batch = parse(pb.Batch, data) if data else pb.Batch()
+        ts = max(batch.timestamp_us, self.last_ts)
+        targets: list[tuple[bytes, int, int, int, bytes]] = []
+        executed: list[tuple[bytes, int, int]] = []
+        events: list[object] = []
+        for index, raw in enumerate(batch.requests):
+            try:
+                opened = open_request(raw, self.cid, self.verifier)
+            except WireError:
+                continue  # cannot happen for a batch honest replicas prepared; deterministic anyway
+            req = opened.request
+            cid = (req.client_key, req.session)
+            key = (req.client_key, req.session, req.timestamp)
+            self._drop_pending(key)
+            entry = self.clients.get(cid)
+            if entry is not None and req.timestamp <= entry.last_timestamp:
+                if req.timestamp == entry.last_timestamp:
+                    targets.append((req.client_key, req.session, req.timestamp, entry.status, entry.result))
+                continue  # duplicate: executed once already
+            if entry is None and req.timestamp <= self.clients.floor:
+                status, result = pb.REPLY_STALE_TIMESTAMP, struct.pack(">Q", self.clients.floor + 1)
+                targets.append((req.client_key, req.session, req.timestamp, status, result))
+                continue
+            res = self.app.execute(req, ExecContext(seq, index, ts))
+            self.clients.record(cid, req.timestamp, seq, pb.REPLY_OK, res.result)
+            targets.append((req.client_key, req.session, req.timestamp, pb.REPLY_OK, res.result))
+            executed.append(key)
+            events.extend(res.events)
+        self.clients.evict_overflow()
+        self.last_ts = ts
+        self.last_executed = seq
+        self.commit_proofs.setdefault(seq, proof)
+        self._persist(CommitRecord(seq, view, digest, proof.SerializeToString()))
+        if targets and not self.restoring:
+            self._send_replies(view, seq, targets)
+        ckpt_digest = None
+        if seq % self.p.checkpoint_interval == 0:
+            ckpt_digest = self._take_checkpoint(seq)
+        self._emit(Committed(seq, view, digest, tuple(executed), ckpt_digest, tuple(events)))
+
+    def _send_replies(self, view: int, seq: int, targets: list[tuple[bytes, int, int, int, bytes]]) -> None:
+        leaves = [merkle.leaf_hash(leaf_bytes(k, s, t, st, r)) for k, s, t, st, r in targets]
+        root, paths = merkle.build(leaves)
+        root_env = self._seal(Kind.REPLY, pb.ReplyRoot(view=view, seq=seq, root=root))
+        for i, (k, s, t, st, r) in enumerate(targets):
+            reply = pb.ClientReply(
+                root=root_env,
+                session=s,
+                timestamp=t,
+                result=r,
+                index=i,
+                path=paths[i],
+                client_key=k,
+                status=st,
+            )
+            self._emit(ToClient(k, s, t, reply.SerializeToString()))
+
+    def _reply_cached(self, key: bytes, session: int, timestamp: int, status: int, result: bytes) -> None:
+        self._send_replies(self.view, self.last_executed, [(key, session, timestamp, status, result)])
+
+    def _drop_pending(self, key: ReqKey) -> None:
+        if self.pending.pop(key, None) is not None:
+            cid = (key[0], key[1])
+            left = self.pending_per_client.get(cid, 1) - 1
+            if left > 0:
+                self.pending_per_client[cid] = left
+            else:
+                self.pending_per_client.pop(cid, None)
+        self.proposed.discard(key)
+
+    # ------------------------------------------------------------------ reads
+
+    def _on_read(self, opened: OpenedRequest) -> str | None:
+        if self.view_changing or self.last_executed < opened.min_seq:
+            if len(self.pending_reads) >= self.p.max_pending_reads:
+                return "replica overloaded: too many waiting reads"
+            self.pending_reads.append(opened)
+            return None
+        self._answer_read(opened)
+        return None
+
+    def _answer_read(self, opened: OpenedRequest) -> None:
+        req = opened.request
+        result = self.app.query(req)
+        self._send_replies(self.view, 0, [(req.client_key, req.session, req.timestamp, pb.REPLY_OK, result)])
+
+    def _serve_pending_reads(self) -> None:
+        if not self.pending_reads or self.view_changing:
+            return
+        waiting = []
+        for opened in self.pending_reads:
+            if self.last_executed >= opened.min_seq:
+                self._answer_read(opened)
+            else:
+                waiting.append(opened)
+        self.pending_reads = waiting
+
+    # ------------------------------------------------------------------ checkpoints
+
+    def _snapshot(self, seq: int) -> bytes:
+        snap = pb.StateSnapshot(seq=seq, last_timestamp_us=self.last_ts, app=self.app.snapshot())
+        snap.clients.CopyFrom(self.clients.snapshot())
+        return snap.SerializeToString()
+
+    def _current_state_digest(self, seq: int) -> bytes:
+        return state_digest(seq, self.app.digest(), self.clients.digest(), self.last_ts)
+
+    def _take_checkpoint(self, seq: int) -> bytes:
+        digest = self._current_state_digest(seq)
+        self.my_checkpoints[seq] = (digest, self._snapshot(seq))
+        if self.restoring:
+            return digest
+        env = self._seal(Kind.CHECKPOINT, pb.Checkpoint(seq=seq, state_digest=digest))
+        self.ckpt_votes.setdefault(seq, {}).setdefault(digest, {})[self.id] = env
+        self._send(None, pb.PeerMessage(envelope=env))
+        self._check_stable(seq)
+        if self.pending_stable is not None and self.pending_stable[0] == seq:
+            target = self.pending_stable
+            self.pending_stable = None
+            self._make_stable(*target)
+        return digest
+
+    def _on_checkpoint(self, env: pb.Envelope, now: float) -> None:
+        payload = self._open(env, Kind.CHECKPOINT)
+        if payload is None:
+            return
+        ck = parse(pb.Checkpoint, payload)
+        if ck.seq <= self.h or ck.seq % self.p.checkpoint_interval:
+            return
+        seqs = self.ckpt_seqs_by_sender.setdefault(env.signer, set())
+        if ck.seq not in seqs and len(seqs) >= 2 * self.p.watermark_window // self.p.checkpoint_interval + 2:
+            oldest = min(seqs)
+            if oldest > ck.seq:
+                return
+            seqs.discard(oldest)
+            for votes in self.ckpt_votes.get(oldest, {}).values():
+                votes.pop(env.signer, None)
+        seqs.add(ck.seq)
+        self.ckpt_votes.setdefault(ck.seq, {}).setdefault(ck.state_digest, {})[env.signer] = env
+        self._check_stable(ck.seq)
+
+    def _check_stable(self, seq: int) -> None:
+        for digest, votes in self.ckpt_votes.get(seq, {}).items():
+            if len(votes) >= self.q.checkpoint and seq > self.h:
+                proof = [votes[r] for r in sorted(votes)][: self.q.checkpoint]
+                self._make_stable(seq, digest, proof)
+                return
+
+    def _make_stable(self, seq: int, digest: bytes, proof: list[pb.Envelope]) -> None:
+        """A checkpoint certified by 2f+1: move the window, or fetch state if we lag or diverged."""
+        if seq <= self.h:
+            return
+        mine = self.my_checkpoints.get(seq)
+        if mine is not None and mine[0] == digest and seq <= self.last_executed:
+            self._install_stable(seq, digest, proof, mine[1])
+            return
+        if seq <= self.last_executed or mine is not None:
+            # Our state at seq differs from the certified one: we diverged. Fetch state, do not vote.
+            self._begin_transfer(seq, digest, proof)
+            return
+        # We are behind. If the slots up to seq are committed here, execution gets there by itself.
+        if all(s in self.commit_proofs for s in range(self.last_executed + 1, seq + 1)):
+            if self.pending_stable is None or self.pending_stable[0] < seq:
+                self.pending_stable = (seq, digest, proof)
+            return
+        self._begin_transfer(seq, digest, proof)
+
+    def _install_stable(self, seq: int, digest: bytes, proof: list[pb.Envelope], snapshot: bytes) -> None:
+        self.h = seq
+        self.stable_digest = digest
+        self.stable_proof = proof
+        self.stable_snapshot = snapshot
+        self._persist(CheckpointRecord(seq, digest, snapshot, tuple(e.SerializeToString() for e in proof)))
+        self._garbage_collect()
+
+    def _garbage_collect(self) -> None:
+        h = self.h
+        self.slots = {s: v for s, v in self.slots.items() if s > h}
+        self.prepared_certs = {s: v for s, v in self.prepared_certs.items() if s > h}
+        self.commit_proofs = {s: v for s, v in self.commit_proofs.items() if s > h}
+        for s in [s for s in self.my_checkpoints if s < h]:
+            del self.my_checkpoints[s]
+        for s in [s for s in self.ckpt_votes if s <= h]:
+            del self.ckpt_votes[s]
+        for seqs in self.ckpt_seqs_by_sender.values():
+            for s in [s for s in seqs if s <= h]:
+                seqs.discard(s)
+        self._decided = {k: s for k, s in self._decided.items() if s > h}
+        keep = {NULL_DIGEST}
+        for slot in self.slots.values():
+            if slot.pp is not None:
+                keep.add(slot.pp.digest)
+        for cert in self.prepared_certs.values():
+            keep.add(cert.digest)
+        self.batches = {d: b for d, b in self.batches.items() if d in keep}
+        self.wanted_batches &= keep
+        if self.pending_stable is not None and self.pending_stable[0] <= h:
+            self.pending_stable = None
+
+    # ------------------------------------------------------------------ view change
+
+    def _arm_request_timer(self, now: float) -> None:
+        if self.request_timer_on or self.view_changing or not self.pending or self.is_primary:
+            return
+        self.request_timer_on = True
+        self._set_timer(VIEW_TIMER, now + self._timeout())
+
+    def _refresh_request_timer(self, now: float) -> None:
+        """Progress was made: restart the timer if requests still wait, else stop it."""
+        if self.view_changing:
+            return
+        if self.request_timer_on:
+            self.request_timer_on = False
+            self._cancel_timer(VIEW_TIMER)
+        self._arm_request_timer(now)
+
+    def _start_view_change(self, new_view: int, now: float) -> None:
+        if new_view <= self.view and (self.view_changing or new_view < self.view):
+            return
+        self.view = new_view
+        self.view_changing = True
+        self.request_timer_on = False
+        self.vc_timer_view = -1
+        self._cancel_timer(VIEW_TIMER)
+        self.slots = {}
+        self.proposed.clear()
+        self._persist(ViewRecord(new_view))
+        self.my_vc = self._build_view_change(new_view)
+        vc = check_view_change(self.cluster, self.verifier, self.my_vc)
+        self.vc_latest[self.id] = vc
+        self._send(None, pb.PeerMessage(envelope=self.my_vc))
+        self._after_view_change_input(now)
+
+    def _build_view_change(self, new_view: int) -> pb.Envelope:
+        vc = pb.ViewChange(
+            new_view=new_view,
+            stable_seq=self.h,
+            stable_digest=self.stable_digest if self.h else b"",
+            checkpoint_proof=self.stable_proof if self.h else [],
+        )
+        for seq in sorted(self.prepared_certs):
+            if self._in_window(seq):
+                vc.prepared.append(self.prepared_certs[seq].proof)
+        return self._seal(Kind.VIEW_CHANGE, vc)
+
+    def _on_view_change(self, env: pb.Envelope, now: float) -> None:
+        try:
+            vc = check_view_change(self.cluster, self.verifier, env)
+        except WireError:
+            return
+        if vc.new_view < self.view or (vc.new_view == self.view and not self.view_changing):
+            if (
+                vc.new_view <= self.view
+                and not self.view_changing
+                and self.new_view_env is not None
+                and self.is_primary
+            ):
+                self._send(env.signer, pb.PeerMessage(envelope=self.new_view_env))
+            return
+        prev = self.vc_latest.get(env.signer)
+        if prev is not None and prev.new_view >= vc.new_view:
+            return
+        self.vc_latest[env.signer] = vc
+        self._after_view_change_input(now)
+
+    def _after_view_change_input(self, now: float) -> None:
+        # Join: f+1 replicas ask for views above ours -> ask for the smallest of them.
+        higher = sorted(
+            v.new_view for r, v in self.vc_latest.items() if r != self.id and v.new_view > self.view
+        )
+        if len(higher) >= self.q.join:
+            target = higher[-self.q.join]  # the smallest view that f+1 senders have all reached
+            self._start_view_change(target, now)
+            return
+        if not self.view_changing:
+            return
+        votes = [v for v in self.vc_latest.values() if v.new_view == self.view]
+        # The timer for this view runs once 2f+1 replicas have left the old one (VIEW-CHANGEs for
+        # this view or later): counting only exact matches deadlocks when a replica that helped
+        # form the quorum crashed and another has already timed out to the next view.
+        leaving = sum(1 for v in self.vc_latest.values() if v.new_view >= self.view)
+        if leaving >= self.q.view_change and self.vc_timer_view != self.view:
+            self.vc_timer_view = self.view
+            self._set_timer(VIEW_TIMER, now + self._timeout())
+        if self.is_primary and len(votes) >= self.q.view_change:
+            self._send_new_view(votes, now)
+
+    def _send_new_view(self, votes: list[ValidViewChange], now: float) -> None:
+        mine = self.vc_latest[self.id]
+        others = sorted((v for v in votes if v.sender != self.id), key=lambda v: v.sender)
+        chosen = [mine, *others][: self.q.view_change]
+        plan = plan_new_view(chosen)
+        nv = pb.NewView(view=self.view, view_changes=[v.envelope for v in chosen])
+        for seq, digest in plan.proposals:
+            nv.preprepares.append(
+                self._seal(Kind.PREPREPARE, pb.PrePrepare(view=self.view, seq=seq, digest=digest))
+            )
+        env = self._seal(Kind.NEW_VIEW, nv)
+        self._persist(NewViewRecord(self.view, env.SerializeToString()))
+        self._send(None, pb.PeerMessage(envelope=env))
+        self._enter_view(env, nv, plan.min_s, plan.stable_digest, list(plan.stable_proof), now)
+
+    def _on_new_view(self, env: pb.Envelope, now: float) -> None:
+        payload = self._open(env, Kind.NEW_VIEW)
+        if payload is None:
+            return
+        nv = parse(pb.NewView, payload)
+        if env.signer != self.cluster.primary(nv.view):
+            return
+        if nv.view < self.view or (nv.view == self.view and not self.view_changing):
+            return
+        plan = self._check_new_view(nv)
+        if plan is None:
+            # A wrong NEW-VIEW is proof that its primary is faulty: move on to the next view.
+            if nv.view == self.view and self.view_changing:
+                self._start_view_change(self.view + 1, now)
+            return
+        self.view = nv.view
+        self._persist(NewViewRecord(nv.view, env.SerializeToString()))
+        self._enter_view(env, nv, plan[0], plan[1], plan[2], now)
+
+    def _check_new_view(self, nv: pb.NewView) -> tuple[int, bytes, list[pb.Envelope]] | None:
+        vcs: list[ValidViewChange] = []
+        seen: set[int] = set()
+        for e in nv.view_changes:
+            try:
+                vc = check_view_change(self.cluster, self.verifier, e)
+            except WireError:
+                return None
+            if vc.new_view != nv.view or vc.sender in seen:
+                return None
+            seen.add(vc.sender)
+            vcs.append(vc)
+        if len(vcs) < self.q.view_change:
+            return None
+        plan = plan_new_view(vcs)
+        if len(nv.preprepares) != len(plan.proposals):
+            return None
+        primary = self.cluster.primary(nv.view)
+        for e, (seq, digest) in zip(nv.preprepares, plan.proposals, strict=True):
+            if e.signer != primary:
+                return None
+            body = self._open(e, Kind.PREPREPARE)
+            if body is None:
+                return None
+            pp = parse(pb.PrePrepare, body)
+            if (pp.view, pp.seq, pp.digest) != (nv.view, seq, digest):
+                return None
+        return plan.min_s, plan.stable_digest, list(plan.stable_proof)
+
+    def _enter_view(
+        self,
+        env: pb.Envelope,
+        nv: pb.NewView,
+        min_s: int,
+        stable_digest: bytes,
+        stable_proof: list[pb.Envelope],
+        now: float,
+    ) -> None:
+        self.view = nv.view
+        self.view_changing = False
+        self.new_view_env = env
+        self.vc_timer_view = -1
+        self._cancel_timer(VIEW_TIMER)
+        self.request_timer_on = False
+        self.slots = {}
+        self.proposed.clear()
+        self.vc_latest = {r: v for r, v in self.vc_latest.items() if v.new_view > self.view}
+        self._emit(ViewEntered(self.view))
+        if min_s > self.h:
+            self._make_stable(min_s, stable_digest, stable_proof)
+        max_s = min_s
+        for e in nv.preprepares:
+            pp = self._pp_from_env(e)
+            max_s = max(max_s, pp.seq)
+            if not self._in_window(pp.seq):
+                continue
+            slot = self._slot(pp.seq)
+            slot.pp, slot.pp_env = pp, e
+            slot.batch = self.batches.get(pp.digest)
+            if slot.batch is None and pp.seq > self.last_executed:
+                self._want_batch(pp.digest)
+            if not self.is_primary:
+                self._send_prepare(slot)
+        self.next_seq = max(max_s, self.last_executed) + 1
+        for slot in list(self.slots.values()):
+            self._check_prepared(slot, now)
+        self._arm_request_timer(now)
+        self._try_propose(now)
+
+    def _pp_from_env(self, env: pb.Envelope) -> pb.PrePrepare:
+        """The PRE-PREPARE inside an envelope this replica verified earlier (or signed itself)."""
+        return parse(pb.PrePrepare, env.body[TAG_LEN:])
+
+    # ------------------------------------------------------------------ fetching batches and state
+
+    def _want_batch(self, digest: bytes) -> None:
+        if digest in self.batches or digest in self.wanted_batches:
+            return
+        self.wanted_batches.add(digest)
+        self._send(None, pb.PeerMessage(envelope=self._seal(Kind.FETCH, pb.Fetch(batch_digest=digest))))
+
+    def _on_batch_reply(self, batch: bytes, now: float) -> None:
+        digest = sha256(batch)
+        if digest not in self.wanted_batches:
+            return
+        self.wanted_batches.discard(digest)
+        self.batches[digest] = batch
+        for slot in self.slots.values():
+            if slot.pp is not None and slot.pp.digest == digest and slot.batch is None:
+                slot.batch = batch
+        self._try_execute(now)
+
+    def _on_fetch(self, env: pb.Envelope, now: float) -> None:
+        payload = self._open(env, Kind.FETCH)
+        if payload is None:
+            return
+        fetch = parse(pb.Fetch, payload)
+        which = fetch.WhichOneof("what")
+        if which == "batch_digest":
+            batch = self.batches.get(fetch.batch_digest)
+            if batch is None:
+                for proof in self.commit_proofs.values():
+                    if sha256(proof.batch) == fetch.batch_digest:
+                        batch = proof.batch
+                        break
+            if batch is not None:
+                self._send(env.signer, pb.PeerMessage(batch_reply=pb.BatchReply(batch=batch)))
+        elif which == "preprepare":
+            slot = self.slots.get(fetch.preprepare.seq)
+            if slot is not None and slot.view == fetch.preprepare.view and slot.pp_env is not None:
+                self._send(env.signer, pb.PeerMessage(envelope=slot.pp_env, batch=slot.batch or b""))
+        elif which == "state_seq":
+            self._serve_state(env.signer, fetch.state_seq)
+
+    def _serve_state(self, to: int, seq: int) -> None:
+        if self.stable_snapshot is None or self.h < seq or self.h == 0:
+            return
+        data = self.stable_snapshot
+        size = self.p.state_chunk_bytes
+        total = max(1, (len(data) + size - 1) // size)
+        for i in range(total):
+            chunk = pb.StateChunk(seq=self.h, index=i, total=total, data=data[i * size : (i + 1) * size])
+            if i == 0:
+                chunk.proof.extend(self.stable_proof)
+            self._send(to, pb.PeerMessage(state_chunk=chunk))
+
+    def _begin_transfer(self, seq: int, digest: bytes, proof: list[pb.Envelope]) -> None:
+        if self.transfer is not None and self.transfer.seq >= seq:
+            return
+        sources = sorted({e.signer for e in proof} - {self.id}) or [
+            r for r in range(self.cluster.n) if r != self.id
+        ]
+        self.transfer = Transfer(seq, digest, proof, sources[0])
+        self._request_state()
+
+    def _request_state(self) -> None:
+        assert self.transfer is not None
+        fetch = pb.Fetch(state_seq=self.transfer.seq)
+        self._send(self.transfer.source, pb.PeerMessage(envelope=self._seal(Kind.FETCH, fetch)))
+
+    def _next_transfer_source(self) -> None:
+        assert self.transfer is not None
+        t = self.transfer
+        t.source = (t.source + 1) % self.cluster.n
+        if t.source == self.id:
+            t.source = (t.source + 1) % self.cluster.n
+        t.chunks.clear()
+        t.total = 0
+        self._request_state()
+
+    def _on_state_chunk(self, chunk: pb.StateChunk, now: float) -> None:
+        t = self.transfer
+        if t is None or chunk.seq < t.seq:
+            return
+        max_chunks = self.p.max_snapshot_bytes // self.p.state_chunk_bytes + 1
+        if chunk.total == 0 or chunk.total > max_chunks or chunk.index >= chunk.total:
+            return
+        if chunk.index == 0:
+            # The first chunk names the checkpoint and proves its digest (2f+1 signed CHECKPOINTs).
+            if not chunk.proof:
+                return
+            digest = self._proof_digest(list(chunk.proof))
+            if digest is None or not check_checkpoint_proof(
+                self.cluster, self.verifier, chunk.seq, digest, list(chunk.proof)
+            ):
+                return
+            if chunk.seq != t.chunk_seq:
+                t.chunks.clear()
+            t.chunk_seq, t.chunk_digest, t.chunk_proof, t.total = (
+                chunk.seq,
+                digest,
+                list(chunk.proof),
+                chunk.total,
+            )
+        elif chunk.seq != t.chunk_seq or chunk.total != t.total:
+            return
+        t.chunks[chunk.index] = chunk.data
+        if t.total and len(t.chunks) == t.total:
+            data = b"".join(t.chunks[i] for i in range(t.total))
+            if not self._install_snapshot(t.chunk_seq, t.chunk_digest, t.chunk_proof, data, now):
+                self._next_transfer_source()
+
+    def _proof_digest(self, proof: list[pb.Envelope]) -> bytes | None:
+        body = self._open(proof[0], Kind.CHECKPOINT)
+        return None if body is None else parse(pb.Checkpoint, body).state_digest
+
+    def _install_snapshot(
+        self, seq: int, digest: bytes, proof: list[pb.Envelope], data: bytes, now: float
+    ) -> bool:
+        try:
+            snap = parse(pb.StateSnapshot, data)
+            app = self._app_factory()
+            app.restore(snap.app)
+        except (WireError, ValueError):
+            return False
+        clients = ClientTable.restore(snap.clients, self.p.client_table_capacity)
+        if (
+            snap.seq != seq
+            or state_digest(seq, app.digest(), clients.digest(), snap.last_timestamp_us) != digest
+        ):
+            return False
+        self.app, self.clients = app, clients
+        self.last_ts = snap.last_timestamp_us
+        self.last_executed = seq
+        self.transfer = None
+        self.my_checkpoints = {seq: (digest, data)}
+        self.commit_proofs = {s: p for s, p in self.commit_proofs.items() if s > seq}
+        for key in [
+            k for k in self.pending if (e := self.clients.get((k[0], k[1]))) and k[2] <= e.last_timestamp
+        ]:
+            self._drop_pending(key)
+        self._install_stable(seq, digest, proof, data)
+        self._emit(StateInstalled(seq))
+        self.next_seq = max(self.next_seq, seq + 1)
+        self._try_execute(now)
+        return True
+
+    # ------------------------------------------------------------------ status and retransmission
+
+    def _broadcast_status(self) -> None:
+        st = pb.Status(
+            view=self.view,
+            view_changing=self.view_changing,
+            last_executed=self.last_executed,
+            stable_seq=self.h,
+        )
+        self._send(None, pb.PeerMessage(envelope=self._seal(Kind.STATUS, st)))
+
+    def _on_status_tick(self, now: float) -> None:
+        self._broadcast_status()
+        if self.view_changing and self.my_vc is not None:
+            self._send(None, pb.PeerMessage(envelope=self.my_vc))
+        if self.transfer is not None:
+            self._next_transfer_source()
+        for digest in list(self.wanted_batches):
+            self.wanted_batches.discard(digest)
+            self._want_batch(digest)
+        if not self.view_changing:
+            # Our own votes for slots still undecided after a tick: resend, since messages get lost.
+            for slot in self.slots.values():
+                if slot.committed or slot.seq <= self.last_executed:
+                    continue
+                slot.age += 1
+                if slot.age < 2:
+                    continue
+                if self.is_primary and slot.pp_env is not None:
+                    self._send(None, pb.PeerMessage(envelope=slot.pp_env, batch=slot.batch or b""))
+                if slot.my_prepare is not None:
+                    self._send(None, pb.PeerMessage(envelope=slot.my_prepare))
+                if slot.my_commit is not None:
+                    self._send(None, pb.PeerMessage(envelope=slot.my_commit))
+        if self.is_primary:
+            self._try_propose(now)
+
+    def _on_status(self, env: pb.Envelope, now: float) -> None:
+        payload = self._open(env, Kind.STATUS)
+        if payload is None:
+            return
+        st = parse(pb.Status, payload)
+        peer = env.signer
+        if self.recovering:
+            self.recovery_views[peer] = max(st.view, self.recovery_views.get(peer, 0))
+            if len(self.recovery_views) >= self.q.view_change:
+                self.recovering = False
+                if self.h:
+                    envs = tuple(e.SerializeToString() for e in self.stable_proof)
+                    assert self.stable_snapshot is not None
+                    self._persist(CheckpointRecord(self.h, self.stable_digest, self.stable_snapshot, envs))
+                self._start_view_change(max(self.recovery_views.values()) + 1, now)
+        if self.view_changing:
+            if self.my_vc is not None and st.view <= self.view:
+                self._send(peer, pb.PeerMessage(envelope=self.my_vc))
+        elif (
+            st.view <= self.view
+            and (st.view < self.view or st.view_changing)
+            and self.new_view_env is not None
+        ):
+            self._send(peer, pb.PeerMessage(envelope=self.new_view_env))
+        if st.last_executed < self.last_executed:
+            if st.last_executed < self.h and self.h > 0:
+                # The peer is behind our stable checkpoint: show it the proof; it will fetch state.
+                for e in self.stable_proof:
+                    self._send(peer, pb.PeerMessage(envelope=e))
+            else:
+                hi = min(self.last_executed, st.last_executed + self.p.catchup_slots_per_status)
+                for seq in range(st.last_executed + 1, hi + 1):
+                    proof = self.commit_proofs.get(seq)
+                    if proof is not None:
+                        self._send(peer, pb.PeerMessage(commit_proof=proof))
+        elif st.stable_seq < self.h and self.h > 0:
+            for e in self.stable_proof:
+                self._send(peer, pb.PeerMessage(envelope=e))
+
+    # ------------------------------------------------------------------ restart
+
+    def _restore(self, records: list[Record]) -> None:
+        """Rebuild from persisted records: last snapshot, then committed batches, then votes."""
+        self.restoring = True
+        try:
+            self._replay(records)
+        finally:
+            self.restoring = False
+
+    def _replay(self, records: list[Record]) -> None:
+        snap_rec: CheckpointRecord | None = None
+        for r in records:
+            if isinstance(r, CheckpointRecord) and (snap_rec is None or r.seq > snap_rec.seq):
+                snap_rec = r
+        if snap_rec is not None:
+            snap = parse(pb.StateSnapshot, snap_rec.snapshot)
+            self.app.restore(snap.app)
+            self.clients = ClientTable.restore(snap.clients, self.p.client_table_capacity)
+            self.last_ts = snap.last_timestamp_us
+            self.last_executed = self.h = snap_rec.seq
+            self.stable_digest = snap_rec.state_digest
+            self.stable_proof = [parse(pb.Envelope, e) for e in snap_rec.proof]
+            self.stable_snapshot = snap_rec.snapshot
+            self.my_checkpoints[snap_rec.seq] = (snap_rec.state_digest, snap_rec.snapshot)
+        commits = sorted(
+            (r for r in records if isinstance(r, CommitRecord) and r.seq > self.h), key=lambda r: r.seq
+        )
+        for r in commits:
+            if r.seq != self.last_executed + 1:
+                continue
+            proof = parse(pb.CommitProof, r.proof)
+            self._execute(r.seq, r.view, r.digest, proof.batch, proof)
+        view = 0
+        nv_rec: NewViewRecord | None = None
+        for r in records:
+            if isinstance(r, ViewRecord) and r.view > view:
+                view, nv_rec = r.view, None
+            elif isinstance(r, NewViewRecord) and r.view >= view:
+                view, nv_rec = r.view, r
+        self.view = view
+        self.view_changing = view > 0 and nv_rec is None
+        for r in records:
+            if isinstance(r, PreparedRecord) and r.seq > self.h:
+                old = self.prepared_certs.get(r.seq)
+                if old is None or old.view <= r.view:
+                    pproof = parse(pb.PreparedProof, r.proof)
+                    self.prepared_certs[r.seq] = PreparedCert(r.view, r.seq, r.digest, pproof)
+        for r in records:
+            # Batches of any view: a NEW-VIEW may re-propose them by digest.
+            if isinstance(r, PrePrepareRecord) and r.seq > self.h:
+                self.batches[r.digest] = r.batch
+        if self.view_changing:
+            self.my_vc = self._build_view_change(self.view)
+            self.vc_latest[self.id] = check_view_change(self.cluster, self.verifier, self.my_vc)
+            return
+        max_seq = self.last_executed
+        if nv_rec is not None:
+            env = parse(pb.Envelope, nv_rec.new_view)
+            nv = parse(pb.NewView, env.body[TAG_LEN:])
+            self.new_view_env = env
+            for e in nv.preprepares:
+                pp = self._pp_from_env(e)
+                max_seq = max(max_seq, pp.seq)
+                if self._in_window(pp.seq):
+                    slot = self._slot(pp.seq)
+                    slot.pp, slot.pp_env, slot.batch = pp, e, self.batches.get(pp.digest)
+        for r in records:
+            if isinstance(r, PrePrepareRecord) and r.view == self.view and self._in_window(r.seq):
+                env = parse(pb.Envelope, r.envelope)
+                slot = self._slot(r.seq)
+                slot.pp, slot.pp_env, slot.batch = self._pp_from_env(env), env, r.batch
+                self.batches[r.digest] = r.batch
+                max_seq = max(max_seq, r.seq)
+        for seq, slot in self.slots.items():
+            if slot.pp is None or seq <= self.last_executed:
+                continue
+            if self.primary != self.id:
+                slot.my_prepare = self._seal(
+                    Kind.PREPARE, pb.Prepare(view=self.view, seq=seq, digest=slot.pp.digest)
+                )
+                slot.prepares.setdefault(slot.pp.digest, {})[self.id] = slot.my_prepare
+            cert = self.prepared_certs.get(seq)
+            if cert is not None and cert.view == self.view and cert.digest == slot.pp.digest:
+                slot.prepared = True
+                slot.my_commit = self._seal(
+                    Kind.COMMIT, pb.Commit(view=self.view, seq=seq, digest=cert.digest)
+                )
+                slot.commits.setdefault(cert.digest, {})[self.id] = slot.my_commit
+        self.next_seq = max_seq + 1

@@ -1,0 +1,381 @@
+"""Byzantine behaviours, written once, as wrappers around a replica core and its outputs.
+
+The simulator assigns them to up to f replicas; the fault-injection tool switches them on in real
+replica processes. A behaviour signs its lies with the replica's own valid key where the lie needs
+it (equivocation, wrong digests, false checkpoints), and with nobody's key where the lie is a
+forgery. Link-level faults (drop to a peer, slowness) are a ``LinkPolicy`` that both the
+simulator's network and the runtime's transport consult.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from bft import merkle
+from bft.core.events import Output, Send, ToClient
+from bft.core.replica import Replica, leaf_bytes
+from bft.crypto import TAG_LEN, Kind, sha256
+from bft.pb.bftchat.v1 import protocol_pb2 as pb
+from bft.wire import WireError, parse, peek_kind, seal
+
+_MESSAGES: dict[Kind, type] = {
+    Kind.PREPREPARE: pb.PrePrepare,
+    Kind.PREPARE: pb.Prepare,
+    Kind.COMMIT: pb.Commit,
+    Kind.CHECKPOINT: pb.Checkpoint,
+    Kind.NEW_VIEW: pb.NewView,
+    Kind.VIEW_CHANGE: pb.ViewChange,
+}
+
+
+@dataclass
+class LinkPolicy:
+    """Transport-level faults of one replica's outgoing links."""
+
+    drop_to: set[int] = field(default_factory=set)
+    delay: float = 0.0  # seconds added to every outgoing message
+
+    def allows(self, to: int) -> bool:
+        return to not in self.drop_to
+
+
+class Behaviour:
+    """Transforms one replica's outputs. ``name`` is the command-line name of the behaviour."""
+
+    name = "honest"
+
+    def transform(self, node: ByzantineReplica, out: Output) -> list[Output]:
+        return [out]
+
+
+def _decode(out: Output, cluster_id: bytes) -> tuple[pb.PeerMessage, Kind, object] | None:
+    """An outgoing message with its kind and parsed payload (our own bytes: no need to verify)."""
+    if not isinstance(out, Send):
+        return None
+    try:
+        msg = parse(pb.PeerMessage, out.data)
+    except WireError:
+        return None
+    if not msg.HasField("envelope"):
+        return None
+    kind = peek_kind(msg.envelope, cluster_id)
+    if kind not in _MESSAGES:
+        return None
+    body = _MESSAGES[kind]()
+    body.ParseFromString(msg.envelope.body[TAG_LEN:])
+    return msg, kind, body
+
+
+class Silent(Behaviour):
+    """Sends nothing at all, to replicas or clients."""
+
+    name = "silent"
+
+    def transform(self, node: ByzantineReplica, out: Output) -> list[Output]:
+        return [] if isinstance(out, (Send, ToClient)) else [out]
+
+
+class Equivocate(Behaviour):
+    """As primary, sends one PRE-PREPARE to half the backups and a different one to the rest."""
+
+    name = "equivocate"
+
+    def transform(self, node: ByzantineReplica, out: Output) -> list[Output]:
+        dec = _decode(out, node.cid)
+        if dec is None or dec[1] != Kind.PREPREPARE or not isinstance(out, Send) or out.to is not None:
+            return [out]
+        msg, _, pp = dec
+        assert isinstance(pp, pb.PrePrepare)
+        batch = pb.Batch()
+        batch.ParseFromString(msg.batch)
+        batch.timestamp_us += 1
+        if len(batch.requests) > 1:
+            batch.requests.pop()
+        alt = batch.SerializeToString()
+        other = node.reseal(Kind.PREPREPARE, pb.PrePrepare(view=pp.view, seq=pp.seq, digest=sha256(alt)))
+        peers = node.peers()
+        node.rng.shuffle(peers)
+        half = len(peers) // 2
+        outs: list[Output] = [Send(r, out.data) for r in peers[:half]]
+        outs += [Send(r, pb.PeerMessage(envelope=other, batch=alt).SerializeToString()) for r in peers[half:]]
+        return outs
+
+
+class WrongDigest(Behaviour):
+    """PREPAREs and COMMITs for a batch nobody proposed (validly signed)."""
+
+    name = "wrong-digest"
+
+    def transform(self, node: ByzantineReplica, out: Output) -> list[Output]:
+        dec = _decode(out, node.cid)
+        if dec is None or dec[1] not in (Kind.PREPARE, Kind.COMMIT) or not isinstance(out, Send):
+            return [out]
+        _, kind, vote = dec
+        assert isinstance(vote, (pb.Prepare, pb.Commit))
+        vote.digest = sha256(vote.digest)
+        return [Send(out.to, pb.PeerMessage(envelope=node.reseal(kind, vote)).SerializeToString())]
+
+
+class Forge(Behaviour):
+    """Messages that claim other senders or carry bad signatures.
+
+    Besides garbling its own signatures, it forges, for each honest target separately, a whole
+    commit certificate for a different batch at the next sequence number: only signature checks
+    stop a target from executing it (the ``skip-signature-check`` mutation shows that they must).
+    """
+
+    name = "forge"
+
+    def transform(self, node: ByzantineReplica, out: Output) -> list[Output]:
+        dec = _decode(out, node.cid)
+        if dec is None or not isinstance(out, Send):
+            return [out]
+        msg, kind, body = dec
+        outs: list[Output] = []
+        # Our own message, attributed to another replica (signature cannot verify).
+        env = pb.Envelope()
+        env.CopyFrom(msg.envelope)
+        env.signer = node.rng.randrange(node.cluster_n)
+        outs.append(Send(out.to, pb.PeerMessage(envelope=env, batch=msg.batch).SerializeToString()))
+        # A garbled signature on a true message.
+        env2 = pb.Envelope()
+        env2.CopyFrom(msg.envelope)
+        env2.signature = bytes(64)
+        outs.append(Send(out.to, pb.PeerMessage(envelope=env2).SerializeToString()))
+        if kind in (Kind.PREPREPARE, Kind.PREPARE) and isinstance(body, (pb.PrePrepare, pb.Prepare)):
+            outs += self._forged_certificates(node, body.view, body.seq)
+        return outs
+
+    def _forged_certificates(self, node: ByzantineReplica, view: int, seq: int) -> list[Output]:
+        outs: list[Output] = []
+        primary = view % node.cluster_n
+        for target in node.peers():
+            batch = pb.Batch(timestamp_us=1_000_003 * (target + 1) + seq).SerializeToString()
+            digest = sha256(batch)
+            pp = node.forge_as(primary, Kind.PREPREPARE, pb.PrePrepare(view=view, seq=seq, digest=digest))
+            commits = [
+                node.forge_as(r, Kind.COMMIT, pb.Commit(view=view, seq=seq, digest=digest))
+                for r in range(node.cluster_n)
+            ]
+            proof = pb.CommitProof(preprepare=pp, batch=batch, commits=commits)
+            outs.append(Send(target, pb.PeerMessage(commit_proof=proof).SerializeToString()))
+        return outs
+
+
+class LieToClients(Behaviour):
+    """Replies with a wrong result, signed with the replica's own key (a consistent lie)."""
+
+    name = "lie-to-clients"
+
+    def transform(self, node: ByzantineReplica, out: Output) -> list[Output]:
+        if not isinstance(out, ToClient):
+            return [out]
+        try:
+            reply = parse(pb.ClientReply, out.data)
+            root = parse(pb.ReplyRoot, reply.root.body[TAG_LEN:])
+        except WireError:
+            return [out]
+        lie = reply.result + b" (a lie)"
+        leaf = merkle.leaf_hash(
+            leaf_bytes(reply.client_key, reply.session, reply.timestamp, reply.status, lie)
+        )
+        signed = node.reseal(Kind.REPLY, pb.ReplyRoot(view=root.view, seq=root.seq, root=leaf))
+        forged = pb.ClientReply(
+            root=signed,
+            session=reply.session,
+            timestamp=reply.timestamp,
+            result=lie,
+            index=0,
+            client_key=reply.client_key,
+            status=reply.status,
+        )
+        return [ToClient(out.client_key, out.session, out.timestamp, forged.SerializeToString())]
+
+
+class BadCheckpoint(Behaviour):
+    """CHECKPOINTs with a false state digest (validly signed)."""
+
+    name = "bad-checkpoint"
+
+    def transform(self, node: ByzantineReplica, out: Output) -> list[Output]:
+        dec = _decode(out, node.cid)
+        if dec is None or dec[1] != Kind.CHECKPOINT or not isinstance(out, Send):
+            return [out]
+        ck = dec[2]
+        assert isinstance(ck, pb.Checkpoint)
+        ck.state_digest = sha256(b"false" + ck.state_digest)
+        return [Send(out.to, pb.PeerMessage(envelope=node.reseal(Kind.CHECKPOINT, ck)).SerializeToString())]
+
+
+class BadNewView(Behaviour):
+    """As a new primary, a NEW-VIEW whose re-proposals differ from what its VIEW-CHANGEs prove."""
+
+    name = "bad-new-view"
+
+    def transform(self, node: ByzantineReplica, out: Output) -> list[Output]:
+        dec = _decode(out, node.cid)
+        if dec is None or dec[1] != Kind.NEW_VIEW or not isinstance(out, Send):
+            return [out]
+        nv = dec[2]
+        assert isinstance(nv, pb.NewView)
+        if nv.preprepares:
+            del nv.preprepares[-1]  # forget a re-proposal (possibly of a committed batch)
+        else:
+            bogus = pb.Batch(timestamp_us=7).SerializeToString()
+            pp = pb.PrePrepare(view=nv.view, seq=1, digest=sha256(bogus))
+            nv.preprepares.append(node.reseal(Kind.PREPREPARE, pp))
+        return [Send(out.to, pb.PeerMessage(envelope=node.reseal(Kind.NEW_VIEW, nv)).SerializeToString())]
+
+
+class Replay(Behaviour):
+    """Re-sends old messages (of earlier slots and views) to random replicas."""
+
+    name = "replay"
+
+    def __init__(self) -> None:
+        self.history: deque[bytes] = deque(maxlen=256)
+
+    def transform(self, node: ByzantineReplica, out: Output) -> list[Output]:
+        if not isinstance(out, Send):
+            return [out]
+        outs: list[Output] = [out]
+        if self.history and node.rng.random() < 0.3:
+            old = self.history[node.rng.randrange(len(self.history))]
+            outs.append(Send(node.rng.choice(node.peers()), old))
+        self.history.append(out.data)
+        return outs
+
+
+class Mutate(Behaviour):
+    """Small-scope mutations (ByzzFuzz): view or seq ±1, another digest, a subset of recipients."""
+
+    name = "mutate"
+
+    def transform(self, node: ByzantineReplica, out: Output) -> list[Output]:
+        dec = _decode(out, node.cid)
+        if dec is None or not isinstance(out, Send) or node.rng.random() < 0.5:
+            return [out]
+        msg, kind, body = dec
+        choice = node.rng.randrange(4)
+        if choice == 3 and out.to is None:
+            peers = node.peers()
+            return [Send(r, out.data) for r in node.rng.sample(peers, node.rng.randrange(1, len(peers) + 1))]
+        if isinstance(body, (pb.PrePrepare, pb.Prepare, pb.Commit)):
+            if choice == 0:
+                body.view = max(0, body.view + node.rng.choice((-1, 1)))
+            elif choice == 1:
+                body.seq = max(1, body.seq + node.rng.choice((-1, 1)))
+            else:
+                body.digest = sha256(body.digest)
+        elif isinstance(body, pb.Checkpoint):
+            body.seq += node.rng.choice((-1, 1)) * 1
+        elif isinstance(body, pb.ViewChange):
+            body.new_view += 1
+        else:
+            return [out]
+        return [
+            Send(
+                out.to, pb.PeerMessage(envelope=node.reseal(kind, body), batch=msg.batch).SerializeToString()
+            )
+        ]
+
+
+class Flood(Behaviour):
+    """Garbage bytes and oversized junk next to its normal traffic (bounded per output)."""
+
+    name = "flood"
+
+    def transform(self, node: ByzantineReplica, out: Output) -> list[Output]:
+        if not isinstance(out, Send):
+            return [out]
+        junk = node.rng.randbytes(node.rng.randrange(1, 200))
+        big = pb.PeerMessage(batch=bytes(64 * 1024)).SerializeToString()
+        return [out, Send(out.to, junk), Send(out.to, big)]
+
+
+class Targeted(Behaviour):
+    """Votes for the victim only, so the victim alone may see a quorum form; then, in the view
+    change, denies having prepared anything (its VIEW-CHANGEs carry no prepared certificates)."""
+
+    name = "targeted"
+
+    def __init__(self, victim: int) -> None:
+        self.victim = victim
+
+    def transform(self, node: ByzantineReplica, out: Output) -> list[Output]:
+        dec = _decode(out, node.cid)
+        if dec is None or not isinstance(out, Send):
+            return [out]
+        _, kind, body = dec
+        if kind in (Kind.PREPARE, Kind.COMMIT):
+            return [Send(self.victim, out.data)] if out.to in (None, self.victim) else []
+        if kind == Kind.VIEW_CHANGE and isinstance(body, pb.ViewChange):
+            del body.prepared[:]
+            return [Send(out.to, pb.PeerMessage(envelope=node.reseal(kind, body)).SerializeToString())]
+        return [out]
+
+
+BEHAVIOURS: dict[str, Callable[[], Behaviour]] = {
+    "silent": Silent,
+    "equivocate": Equivocate,
+    "wrong-digest": WrongDigest,
+    "forge": Forge,
+    "lie-to-clients": LieToClients,
+    "bad-checkpoint": BadCheckpoint,
+    "bad-new-view": BadNewView,
+    "replay": Replay,
+    "mutate": Mutate,
+    "flood": Flood,
+}
+
+
+class ByzantineReplica:
+    """A replica core whose outputs pass through Byzantine behaviours. Same driver interface."""
+
+    def __init__(self, inner: Replica, behaviours: list[Behaviour], rng: random.Random) -> None:
+        self.inner = inner
+        self.behaviours = behaviours
+        self.rng = rng
+        self.cid = inner.cid
+        self.cluster_n = inner.cluster.n
+
+    # driver interface ---------------------------------------------------------------------
+    def start(self, now: float) -> None:
+        self.inner.start(now)
+
+    def on_message(self, raw: bytes, now: float) -> None:
+        self.inner.on_message(raw, now)
+
+    def on_request(self, raw: bytes, now: float, forwarded: bool = False) -> str | None:
+        return self.inner.on_request(raw, now, forwarded)
+
+    def on_timer(self, name: str, now: float) -> None:
+        self.inner.on_timer(name, now)
+
+    def take_outputs(self) -> list[Output]:
+        outs = self.inner.take_outputs()
+        for b in self.behaviours:
+            nxt: list[Output] = []
+            for o in outs:
+                nxt.extend(b.transform(self, o))
+            outs = nxt
+        return outs
+
+    # helpers for behaviours ---------------------------------------------------------------
+    def peers(self) -> list[int]:
+        return [r for r in range(self.cluster_n) if r != self.inner.id]
+
+    def reseal(self, kind: Kind, message: object) -> pb.Envelope:
+        """Sign a (lying) message with this replica's own valid key."""
+        return seal(self.inner.signer, self.inner.id, kind, self.cid, message)  # type: ignore[arg-type]
+
+    def forge_as(self, replica: int, kind: Kind, message: object) -> pb.Envelope:
+        """A message that claims ``replica`` as its signer; the signature is ours, so it cannot verify."""
+        env = self.reseal(kind, message)
+        env.signer = replica
+        if replica == self.inner.id:
+            env.signature = bytes(64)
+        return env

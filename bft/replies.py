@@ -1,0 +1,67 @@
+"""Client-side acceptance of replies: one implementation for the client library and the simulator.
+
+A reply counts only if its replica signature over the batch's result root verifies and the
+client's own leaf hashes up to that root. A result is accepted once ``needed`` distinct replicas
+vouch for the same (status, result): f+1 for ordered requests, 2f+1 for one-round reads.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from bft import merkle
+from bft.core.config import ClusterInfo
+from bft.core.replica import leaf_bytes
+from bft.core.viewchange import open_replica
+from bft.crypto import Kind, Verifier
+from bft.pb.bftchat.v1 import protocol_pb2 as pb
+from bft.wire import WireError, parse
+
+
+@dataclass(frozen=True, slots=True)
+class CheckedReply:
+    replica: int
+    view: int
+    seq: int
+    status: int
+    result: bytes
+
+
+def check_reply(
+    raw: bytes, cluster: ClusterInfo, verifier: Verifier, key: bytes, session: int, timestamp: int
+) -> CheckedReply:
+    """Verify one serialised ClientReply for our request; WireError if it does not hold up."""
+    reply = parse(pb.ClientReply, raw)
+    if (reply.client_key, reply.session, reply.timestamp) != (key, session, timestamp):
+        raise WireError("reply for another request")
+    root = parse(pb.ReplyRoot, open_replica(reply.root, Kind.REPLY, cluster, verifier))
+    leaf = merkle.leaf_hash(leaf_bytes(key, session, timestamp, reply.status, reply.result))
+    if merkle.root_from_path(leaf, reply.index, list(reply.path)) != root.root:
+        raise WireError("reply leaf does not match the signed root")
+    return CheckedReply(reply.root.signer, root.view, root.seq, reply.status, reply.result)
+
+
+@dataclass
+class ReplyCollector:
+    """Tallies verified replies for one request until ``needed`` replicas agree."""
+
+    needed: int
+    votes: dict[int, CheckedReply] = field(default_factory=dict)
+
+    def add(self, reply: CheckedReply) -> CheckedReply | None:
+        """Record a reply (one per replica, the latest wins); return the accepted one, if any."""
+        self.votes[reply.replica] = reply
+        tally: dict[tuple[int, bytes], list[CheckedReply]] = {}
+        for r in self.votes.values():
+            tally.setdefault((r.status, r.result), []).append(r)
+        for group in tally.values():
+            if len(group) >= self.needed:
+                return max(group, key=lambda r: (r.view, r.seq))
+        return None
+
+    def disagreement(self) -> dict[tuple[int, bytes], list[int]]:
+        """Which replicas said what: for errors that name the disagreement."""
+        out: dict[tuple[int, bytes], list[int]] = {}
+        for r in self.votes.values():
+            out.setdefault((r.status, r.result), []).append(r.replica)
+        return out

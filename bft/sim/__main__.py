@@ -1,0 +1,114 @@
+"""``python -m bft.sim``: run random Byzantine scenarios and report violations.
+
+Scenario k of a run with ``--seed S`` has seed S + k, so ``--scenarios 1 --seed S+k`` (with the
+same ``--replicas`` and ``--mutate``) reproduces it alone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+
+from bft.sim.scenario import MUTATIONS, Scenario, generate, shrink_candidates
+from bft.sim.world import run_scenario
+
+
+@dataclass(frozen=True)
+class Outcome:
+    seed: int
+    n: int
+    violations: list[str]
+    events: int
+
+
+def _run_one(args: tuple[int, int | None, str | None, str]) -> Outcome:
+    seed, n, mutation, app = args
+    sc = generate(seed, n, mutation, app)
+    res = run_scenario(sc)
+    return Outcome(seed, sc.n, res.violations, res.stats.events)
+
+
+def reproduce_command(seed: int, n: int | None, mutation: str | None, app: str) -> str:
+    cmd = f"python -m bft.sim --scenarios 1 --seed {seed}"
+    if n is not None:
+        cmd += f" --replicas {n}"
+    if mutation:
+        cmd += f" --mutate {mutation}"
+    if app != "kv":
+        cmd += f" --app {app}"
+    return cmd
+
+
+def shrink(sc: Scenario) -> Scenario:
+    """Greedily remove components while the scenario still fails."""
+    current = sc
+    improved = True
+    while improved:
+        improved = False
+        for cand in shrink_candidates(current):
+            if run_scenario(cand).violations:
+                current = cand
+                improved = True
+                break
+    return current
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m bft.sim", description=__doc__)
+    ap.add_argument("--scenarios", type=int, default=100)
+    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--replicas", type=int, choices=(4, 7, 10), default=None)
+    ap.add_argument("--mutate", choices=MUTATIONS, default=None)
+    ap.add_argument("--jobs", type=int, default=1)
+    ap.add_argument("--app", choices=("kv", "chat"), default="kv")
+    ap.add_argument("--shrink", action="store_true", help="shrink each failing scenario and print it as JSON")
+    ap.add_argument("--scenario-json", help="run one scenario given as JSON (from --shrink)")
+    ap.add_argument("--verbose", action="store_true")
+    args = ap.parse_args(argv)
+
+    if args.scenario_json:
+        sc = Scenario.from_json(args.scenario_json)
+        res = run_scenario(sc)
+        for v in res.violations:
+            print(f"  {v}")
+        print(f"scenarios: 1, violations: {1 if res.violations else 0}")
+        return 1 if res.violations else 0
+
+    started = time.monotonic()
+    work = [(args.seed + k, args.replicas, args.mutate, args.app) for k in range(args.scenarios)]
+    failures = 0
+    events = 0
+    if args.jobs > 1:
+        with ProcessPoolExecutor(args.jobs) as pool:
+            outcomes = list(pool.map(_run_one, work, chunksize=8))
+    else:
+        outcomes = [_run_one(w) for w in work]
+    for o in outcomes:
+        events += o.events
+        if o.violations:
+            failures += 1
+            print(
+                f"FAIL n={o.n} seed={o.seed}: {o.violations[0]}  "
+                f"reproduce: {reproduce_command(o.seed, args.replicas, args.mutate, args.app)}"
+            )
+            if args.verbose:
+                for v in o.violations[1:]:
+                    print(f"    {v}")
+            if args.shrink:
+                small = shrink(generate(o.seed, args.replicas, args.mutate, args.app))
+                print(f"  shrunk: {small.to_json()}")
+    elapsed = time.monotonic() - started
+    print(
+        f"# {args.scenarios} scenarios in {elapsed:.1f}s ({args.scenarios / max(elapsed, 1e-9):.1f}/s), "
+        f"{events} events",
+        file=sys.stderr,
+    )
+    print(f"scenarios: {args.scenarios}, violations: {failures}")
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

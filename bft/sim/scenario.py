@@ -1,0 +1,205 @@
+"""Scenarios: everything a simulation run does, derived from one seed, as plain data.
+
+A scenario is JSON-serialisable so a failing one can be shrunk (components removed while it still
+fails) and kept as a regression test.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import asdict, dataclass, field
+
+# Behaviours a Byzantine replica may run in the simulator (names from bft.faults), plus "twin":
+# a second honest instance with the same key, and "crash": stops at a random time for good.
+REPLICA_ATTACKS = (
+    "silent",
+    "crash",
+    "equivocate",
+    "wrong-digest",
+    "forge",
+    "lie-to-clients",
+    "bad-checkpoint",
+    "bad-new-view",
+    "replay",
+    "mutate",
+    "flood",
+    "twin",
+    "targeted",
+)
+MUTATIONS = ("weak-commit-quorum", "skip-signature-check", "no-fsync")
+
+
+@dataclass
+class ByzSpec:
+    replica: int
+    behaviours: list[str]
+    crash_at: float = 0.0  # for "crash"
+    victim: int = -1  # for "targeted"
+    cut_until: float = 0.0  # for "targeted": honest peers of the victim cannot talk until then
+
+
+@dataclass
+class CrashSpec:
+    replica: int  # -1: every replica at once
+    at: float
+    down_for: float
+    wipe: bool = False  # lose the data directory too (recovers by state transfer)
+
+
+@dataclass
+class Partition:
+    start: float
+    end: float
+    group: list[int]  # cut off from the rest while active
+
+
+@dataclass
+class Scenario:
+    seed: int
+    n: int
+    clients: int = 2
+    requests: int = 4
+    read_share: float = 0.2
+    byz_clients: int = 0
+    byzantine: list[ByzSpec] = field(default_factory=list)
+    crashes: list[CrashSpec] = field(default_factory=list)
+    partitions: list[Partition] = field(default_factory=list)
+    gst: float = 2.0
+    drop: float = 0.0
+    dup: float = 0.0
+    max_delay: float = 0.05
+    real_crypto: bool = False
+    checkpoint_interval: int = 4
+    batch_max_requests: int = 4
+    max_in_flight: int = 2
+    app: str = "kv"
+    mutation: str | None = None
+
+    @property
+    def f(self) -> int:
+        return (self.n - 1) // 3
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> Scenario:
+        d = json.loads(text)
+        d["byzantine"] = [ByzSpec(**b) for b in d.get("byzantine", [])]
+        d["crashes"] = [CrashSpec(**c) for c in d.get("crashes", [])]
+        d["partitions"] = [Partition(**p) for p in d.get("partitions", [])]
+        return cls(**d)
+
+
+def generate(seed: int, n: int | None = None, mutation: str | None = None, app: str = "kv") -> Scenario:
+    """A random scenario. Weighted towards the attacks that break implementations."""
+    rng = random.Random(seed)
+    if n is None:
+        n = rng.choice((4, 4, 7, 7, 10))
+    f = (n - 1) // 3
+    sc = Scenario(seed=seed, n=n, mutation=mutation, app=app)
+    sc.clients = rng.randint(1, 3)
+    sc.requests = rng.randint(2, 6)
+    sc.read_share = rng.choice((0.0, 0.2, 0.5))
+    sc.byz_clients = 1 if rng.random() < 0.2 else 0
+    sc.gst = rng.uniform(0.5, 6.0)
+    sc.drop = rng.choice((0.0, 0.0, 0.05, 0.2, 0.4))
+    sc.dup = rng.choice((0.0, 0.05, 0.2))
+    sc.max_delay = rng.choice((0.005, 0.05, 0.3, 1.0))
+    sc.real_crypto = rng.random() < 0.05
+    sc.checkpoint_interval = rng.choice((2, 4, 8))
+    sc.batch_max_requests = rng.choice((1, 2, 4, 16))
+    sc.max_in_flight = rng.choice((1, 2, 4))
+
+    n_byz = rng.choice([0] + [f] * 3 + list(range(1, f + 1)))
+    byz_ids: list[int] = []
+    if n_byz:
+        candidates = list(range(n))
+        if rng.random() < 0.6:
+            byz_ids.append(0)  # the first primary, often
+            candidates.remove(0)
+        rng.shuffle(candidates)
+        byz_ids += candidates[: n_byz - len(byz_ids)]
+    honest = [r for r in range(n) if r not in byz_ids]
+    for r in byz_ids:
+        k = rng.choice((1, 1, 2))
+        behaviours = rng.sample(REPLICA_ATTACKS, k)
+        spec = ByzSpec(r, sorted(behaviours))
+        if "crash" in behaviours:
+            spec.crash_at = rng.uniform(0.0, sc.gst + 2.0)
+        if "targeted" in behaviours:
+            spec.victim = rng.choice(honest)
+            spec.cut_until = rng.uniform(sc.gst / 2, sc.gst)
+        sc.byzantine.append(spec)
+
+    # Crashes of honest replicas: one, several up to the remaining budget, or all at once.
+    budget = f - n_byz
+    roll = rng.random()
+    if roll < 0.12:
+        at = rng.uniform(0.2, sc.gst)
+        sc.crashes.append(CrashSpec(-1, at, rng.uniform(0.05, 1.0)))
+        if rng.random() < 0.5:
+            at2 = rng.uniform(at + 1.2, sc.gst + 2.0)
+            sc.crashes.append(CrashSpec(-1, at2, rng.uniform(0.05, 1.0)))
+    elif roll < 0.5 and honest:
+        for _ in range(rng.randint(1, 3)):
+            r = rng.choice(honest)
+            at = rng.uniform(0.1, sc.gst + 3.0)
+            long = rng.random() < 0.3
+            down = rng.uniform(3.0, 8.0) if long else rng.uniform(0.05, 1.5)
+            # A wiped replica forgot what it signed: it counts against f until it has recovered.
+            wipe = budget > 0 and rng.random() < 0.15
+            budget -= wipe
+            sc.crashes.append(CrashSpec(r, at, down, wipe))
+    if sc.crashes:
+        # Honest crashes (even of more than f replicas) happen before GST: safety must hold through
+        # them, and liveness is required once every honest replica is back.
+        sc.gst = max(sc.gst, max(c.at + c.down_for for c in sc.crashes) + 0.1)
+    if rng.random() < 0.25:
+        start = rng.uniform(0.0, sc.gst)
+        group = rng.sample(range(n), rng.randint(1, max(1, n // 2)))
+        sc.partitions.append(Partition(start, rng.uniform(start, sc.gst), sorted(group)))
+    return sc
+
+
+def shrink_candidates(sc: Scenario) -> list[Scenario]:
+    """Smaller variants of a scenario: one component removed or reduced each."""
+    out: list[Scenario] = []
+
+    def variant(**changes: object) -> None:
+        d = Scenario.from_json(sc.to_json())
+        for k, v in changes.items():
+            setattr(d, k, v)
+        out.append(d)
+
+    for i in range(len(sc.byzantine)):
+        variant(byzantine=[b for j, b in enumerate(sc.byzantine) if j != i])
+        b = sc.byzantine[i]
+        if len(b.behaviours) > 1:
+            for beh in b.behaviours:
+                nb = [
+                    ByzSpec(x.replica, list(x.behaviours), x.crash_at, x.victim, x.cut_until)
+                    for x in sc.byzantine
+                ]
+                nb[i].behaviours = [x for x in b.behaviours if x != beh]
+                variant(byzantine=nb)
+    for i in range(len(sc.crashes)):
+        variant(crashes=[c for j, c in enumerate(sc.crashes) if j != i])
+    for i in range(len(sc.partitions)):
+        variant(partitions=[p for j, p in enumerate(sc.partitions) if j != i])
+    if sc.clients > 1:
+        variant(clients=sc.clients - 1)
+    if sc.requests > 1:
+        variant(requests=sc.requests - 1)
+    if sc.byz_clients:
+        variant(byz_clients=0)
+    if sc.read_share:
+        variant(read_share=0.0)
+    if sc.drop:
+        variant(drop=0.0)
+    if sc.dup:
+        variant(dup=0.0)
+    if sc.max_delay > 0.005:
+        variant(max_delay=0.005)
+    return out

@@ -1,0 +1,600 @@
+"""One simulation run: replicas, clients and a faulty network in virtual time, with checkers.
+
+Determinism: all randomness comes from ``random.Random`` seeded by the scenario; events with equal
+times are ordered by insertion. No real clock is read and nothing sleeps.
+"""
+
+from __future__ import annotations
+
+import heapq
+import random
+import struct
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from bft.app.base import Application
+from bft.app.kv import KVApp
+from bft.core.config import ClusterInfo, Params
+from bft.core.events import (
+    CancelTimer,
+    Committed,
+    Evidence,
+    Output,
+    Persist,
+    Send,
+    SetTimer,
+    StateInstalled,
+    ToClient,
+    ViewEntered,
+)
+from bft.core.replica import Replica
+from bft.crypto import (
+    AcceptAllVerifier,
+    CachingVerifier,
+    Ed25519Signer,
+    Ed25519Verifier,
+    HashSigner,
+    HashVerifier,
+    Kind,
+    Signer,
+    Verifier,
+    cluster_id_from,
+)
+from bft.faults import BEHAVIOURS, Behaviour, ByzantineReplica, Targeted
+from bft.pb.bftchat.v1 import protocol_pb2 as pb
+from bft.quorums import Quorums, WeakCommitQuorums
+from bft.replies import ReplyCollector, check_reply
+from bft.sim.scenario import Scenario
+from bft.sim.storage import SimStorage
+from bft.wire import WireError, make_request, parse, peek_kind
+
+SETTLE = 3.0  # virtual seconds after the last client finishes, for stragglers to converge
+LIVENESS_BOUND = 90.0  # after GST, every honest client's requests must complete within this
+CLIENT_TIMEOUT = 0.8
+
+Core = Replica | ByzantineReplica
+
+
+@dataclass
+class Stats:
+    events: int = 0
+    messages: int = 0
+    view_changes: int = 0
+    state_transfers: int = 0
+    committed: int = 0
+    end_time: float = 0.0
+
+
+@dataclass
+class Result:
+    scenario: Scenario
+    violations: list[str]
+    stats: Stats
+
+
+def app_factory(name: str) -> Callable[[], Application]:
+    if name == "kv":
+        return KVApp
+    if name == "chat":
+        from bft.app.chat import ChatApp  # type: ignore[import-not-found,unused-ignore]
+
+        return ChatApp  # type: ignore[no-any-return,unused-ignore]
+    raise ValueError(f"unknown app {name!r}")
+
+
+@dataclass
+class Instance:
+    core: Core
+    storage: SimStorage
+    timers: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class Node:
+    id: int
+    honest: bool
+    instances: list[Instance]
+    alive: bool = True
+    wiped: bool = False
+    link: Callable[[int, int], bool] | None = None
+
+
+class SimClient:
+    """An honest client: sequential requests, f+1 matching replies (2f+1 for reads)."""
+
+    def __init__(self, world: World, index: int, signer: Signer, ops: list[tuple[bytes, bool]]) -> None:
+        self.world = world
+        self.index = index
+        self.signer = signer
+        self.key = signer.public_key
+        self.session = 1000 + index
+        self.ops = ops
+        self.next_op = 0
+        self.timestamp = 0
+        self.raw = b""
+        self.read_only = False
+        self.collector: ReplyCollector | None = None
+        self.attempt = 0
+        self.view = 0
+        self.last_seq = 0
+        self.done = False
+        self.token = 0
+        self.accepted: list[tuple[tuple[bytes, int, int], int, bytes, bool]] = []
+
+    def start(self, now: float) -> None:
+        self._issue(now)
+
+    def _issue(self, now: float, fallback: bool = False) -> None:
+        if self.next_op >= len(self.ops):
+            self.done = True
+            return
+        op, read_only = self.ops[self.next_op]
+        read_only = read_only and not fallback
+        self.timestamp += 1
+        self.read_only = read_only
+        self.raw = make_request(
+            self.signer,
+            self.world.cluster.cluster_id,
+            self.session,
+            self.timestamp,
+            op,
+            read_only=read_only,
+            min_seq=self.last_seq if read_only else 0,
+        )
+        q = self.world.cluster.quorums
+        self.collector = ReplyCollector(q.read if read_only else q.reply)
+        self.attempt = 0
+        self._send(now)
+
+    def _send(self, now: float) -> None:
+        n = self.world.cluster.n
+        targets = list(range(n)) if (self.attempt > 0 or self.read_only) else [self.view % n]
+        for r in targets:
+            self.world.client_to_replica(r, self.raw)
+        self.token += 1
+        self.world.schedule(
+            now + CLIENT_TIMEOUT * min(2**self.attempt, 8), ("ctimer", self.index, self.token)
+        )
+
+    def on_timer(self, token: int, now: float) -> None:
+        if token != self.token or self.done:
+            return
+        if self.read_only and self.attempt >= 1:
+            self._issue(now, fallback=True)  # one-round read failed: order it instead
+            return
+        self.attempt += 1
+        self._send(now)
+
+    def on_reply(self, data: bytes, now: float) -> None:
+        if self.done or self.collector is None:
+            return
+        try:
+            reply = check_reply(
+                data, self.world.cluster, self.world.verifier, self.key, self.session, self.timestamp
+            )
+        except WireError:
+            return
+        accepted = self.collector.add(reply)
+        if accepted is None:
+            return
+        self.view = max(self.view, accepted.view)
+        if accepted.seq:
+            self.last_seq = max(self.last_seq, accepted.seq)
+        key = (self.key, self.session, self.timestamp)
+        self.accepted.append((key, accepted.status, accepted.result, self.read_only))
+        self.world.checker.on_accept(self.index, key, accepted.status, accepted.result, self.read_only)
+        if accepted.status == pb.REPLY_STALE_TIMESTAMP:
+            self.timestamp = max(self.timestamp, struct.unpack(">Q", accepted.result)[0])
+        else:
+            self.next_op += 1
+        self._issue(now)
+
+
+class Checker:
+    """Safety checks on every honest output as it happens; liveness at the end."""
+
+    def __init__(self, world: World) -> None:
+        self.world = world
+        self.violations: list[str] = []
+        self.committed: dict[int, tuple[bytes, int]] = {}
+        self.executed_at: dict[tuple[bytes, int, int], int] = {}
+        self.checkpoints: dict[int, tuple[bytes, int]] = {}
+        self.results: dict[tuple[bytes, int, int], tuple[int, bytes]] = {}
+
+    def fail(self, text: str) -> None:
+        if len(self.violations) < 20:
+            self.violations.append(f"t={self.world.now:.3f} {text}")
+
+    def on_commit(self, replica: int, c: Committed) -> None:
+        prev = self.committed.get(c.seq)
+        if prev is None:
+            self.committed[c.seq] = (c.digest, replica)
+        elif prev[0] != c.digest:
+            self.fail(
+                f"agreement: seq {c.seq} committed as {prev[0].hex()[:8]} by r{prev[1]} "
+                f"and {c.digest.hex()[:8]} by r{replica}"
+            )
+        for key in c.executed:
+            at = self.executed_at.get(key)
+            if at is None:
+                self.executed_at[key] = c.seq
+            elif at != c.seq:
+                self.fail(f"exactly-once: request executed at seq {at} and again at seq {c.seq} (r{replica})")
+        if c.state_digest is not None:
+            prev_ck = self.checkpoints.get(c.seq)
+            if prev_ck is None:
+                self.checkpoints[c.seq] = (c.state_digest, replica)
+            elif prev_ck[0] != c.state_digest:
+                self.fail(f"state: digests differ at seq {c.seq} between r{prev_ck[1]} and r{replica}")
+
+    def on_reply(self, replica: int, data: bytes) -> None:
+        reply = parse(pb.ClientReply, data)
+        root = parse(pb.ReplyRoot, reply.root.body[22:])
+        if root.seq == 0:
+            return  # one-round read: answered from whatever state the replica had executed
+        key = (reply.client_key, reply.session, reply.timestamp)
+        got = (reply.status, reply.result)
+        prev = self.results.get(key)
+        if prev is None:
+            self.results[key] = got
+        elif prev != got:
+            self.fail(f"results: honest replicas disagree on a reply (r{replica})")
+
+    def on_accept(
+        self, client: int, key: tuple[bytes, int, int], status: int, result: bytes, read: bool
+    ) -> None:
+        if read:
+            return
+        honest = self.results.get(key)
+        if honest is None:
+            self.fail(f"client {client} accepted a result no honest replica produced: {result[:40]!r}")
+        elif honest != (status, result):
+            self.fail(f"client {client} accepted {result[:40]!r}, honest execution gave {honest[1][:40]!r}")
+
+    def on_evidence(self, replica: int, ev: Evidence) -> None:
+        if self.world.nodes[ev.replica].honest:
+            self.fail(f"evidence against honest replica r{ev.replica} ({ev.what}), reported by r{replica}")
+
+
+class World:
+    def __init__(self, sc: Scenario) -> None:
+        self.sc = sc
+        self.rng = random.Random(sc.seed * 7919 + 17)
+        self.now = 0.0
+        self.heap: list[tuple[float, int, tuple[Any, ...]]] = []
+        self.counter = 0
+        self.stats = Stats()
+        self.checker = Checker(self)
+        n = sc.n
+        hash_verifier = HashVerifier()
+        self.hash_verifier = hash_verifier
+        signers: list[Signer]
+        if sc.real_crypto:
+            signers = [Ed25519Signer(bytes([i + 1]) * 32) for i in range(n)]
+            base: Verifier = Ed25519Verifier()
+        else:
+            signers = [HashSigner(f"replica-{i}-{sc.seed}".encode(), hash_verifier) for i in range(n)]
+            base = hash_verifier
+        self.verifier = base  # what clients and checkers use (always real checks)
+        params = Params(
+            checkpoint_interval=sc.checkpoint_interval,
+            watermark_window=4 * sc.checkpoint_interval,
+            batch_max_requests=sc.batch_max_requests,
+            max_in_flight=sc.max_in_flight,
+            view_change_timeout=1.0,
+            max_view_change_timeout=8.0,
+            status_interval=0.3,
+            clock_skew_us=2_000_000,
+        )
+        keys = tuple(s.public_key for s in signers)
+        self.cluster = ClusterInfo(keys, cluster_id_from(b"sim %d" % sc.seed), params)
+        self.signers = signers
+        self.app = app_factory(sc.app)
+        quorums: Quorums | None = None
+        if sc.mutation == "weak-commit-quorum":
+            quorums = WeakCommitQuorums(n, sc.f)
+        self.quorums = quorums
+        replica_verifier: Verifier = AcceptAllVerifier() if sc.mutation == "skip-signature-check" else base
+        self.replica_verifier = replica_verifier
+        byz = {b.replica: b for b in sc.byzantine}
+        self.byz = byz
+        self.nodes: list[Node] = []
+        for i in range(n):
+            spec = byz.get(i)
+            count = 2 if spec and "twin" in spec.behaviours else 1
+            instances = [Instance(self._make_core(i, []), self._storage(i)) for _ in range(count)]
+            self.nodes.append(Node(i, spec is None, instances))
+        # Clients.
+        self.clients: list[SimClient] = []
+        for c in range(sc.clients):
+            csigner: Signer
+            if sc.real_crypto:
+                csigner = Ed25519Signer(bytes([100 + c]) * 32)
+            else:
+                csigner = HashSigner(f"client-{c}-{sc.seed}".encode(), hash_verifier)
+            ops: list[tuple[bytes, bool]] = []
+            for _ in range(sc.requests):
+                k = b"k%d" % self.rng.randrange(3)
+                roll = self.rng.random()
+                if roll < sc.read_share:
+                    ops.append((b"get " + k, True))
+                elif roll < 0.6:
+                    ops.append((b"add " + k + b" %d" % self.rng.randrange(1, 9), False))
+                else:
+                    ops.append((b"set " + k + b" v%d" % self.rng.randrange(100), False))
+            self.clients.append(SimClient(self, c, csigner, ops))
+        self.client_by_key = {(cl.key, cl.session): cl for cl in self.clients}
+
+    def _storage(self, i: int) -> SimStorage:
+        honest = i not in self.byz
+        return SimStorage(fsync_works=not (honest and self.sc.mutation == "no-fsync"))
+
+    def _make_core(self, i: int, records: list[object], recovering: bool = False) -> Core:
+        spec = self.byz.get(i)
+        honest = spec is None
+        verifier: Verifier = CachingVerifier(self.replica_verifier if honest else self.verifier, 4096)
+        core = Replica(
+            self.cluster,
+            i,
+            self.signers[i],
+            verifier,
+            self.app,
+            records=list(records),  # type: ignore[arg-type]
+            quorums=self.quorums if honest else None,
+            recovering=recovering,
+        )
+        if spec is None:
+            return core
+        behaviours: list[Behaviour] = []
+        for name in spec.behaviours:
+            if name in BEHAVIOURS:
+                behaviours.append(BEHAVIOURS[name]())
+            elif name == "targeted":
+                behaviours.append(Targeted(spec.victim))
+        return ByzantineReplica(core, behaviours, random.Random(self.sc.seed * 31 + i))
+
+    # ---------------------------------------------------------------- scheduling
+
+    def schedule(self, at: float, event: tuple[Any, ...]) -> None:
+        self.counter += 1
+        heapq.heappush(self.heap, (at, self.counter, event))
+
+    def _partitioned(self, a: int, b: int) -> bool:
+        for p in self.sc.partitions:
+            if p.start <= self.now < p.end and ((a in p.group) != (b in p.group)):
+                return True
+        return False
+
+    def _targeted_drop(self, a: int, b: int, data: bytes) -> bool:
+        """A network adversary helping a targeted attack (before ``cut_until``): the victim hears
+        every vote but is heard by nobody, and the other honest replicas cannot exchange votes."""
+        for spec in self.sc.byzantine:
+            if "targeted" not in spec.behaviours or self.now >= min(spec.cut_until, self.sc.gst):
+                continue
+            if a == spec.victim:
+                return True
+            if b == spec.victim or not (self.nodes[a].honest and self.nodes[b].honest):
+                continue
+            try:
+                msg = parse(pb.PeerMessage, data)
+            except WireError:
+                return False
+            if msg.HasField("commit_proof"):
+                return True
+            kind = peek_kind(msg.envelope, self.cluster.cluster_id) if msg.HasField("envelope") else None
+            if kind in (Kind.PREPARE, Kind.COMMIT):
+                return True
+        return False
+
+    def _delay(self) -> float:
+        if self.now < self.sc.gst:
+            return self.rng.uniform(0.0005, self.sc.max_delay)
+        return self.rng.uniform(0.0005, 0.005)
+
+    def _net(self, src: int, dst: int, event: tuple[Any, ...]) -> None:
+        """Carry one message across the faulty network (replica ids; clients use -1)."""
+        self.stats.messages += 1
+        if src >= 0 and dst >= 0:
+            if self._partitioned(src, dst):
+                return
+            if event[0] == "msg" and self._targeted_drop(src, dst, event[2]):
+                return
+        before_gst = self.now < self.sc.gst
+        if before_gst and self.rng.random() < self.sc.drop:
+            return
+        self.schedule(self.now + self._delay(), event)
+        if before_gst and self.rng.random() < self.sc.dup:
+            self.schedule(self.now + self._delay() * 3, event)
+
+    def client_to_replica(self, r: int, raw: bytes) -> None:
+        self._net(-1, r, ("request", r, raw))
+
+    # ---------------------------------------------------------------- node I/O
+
+    def _drain(self, node: Node, inst: Instance) -> None:
+        for out in inst.core.take_outputs():
+            self._carry(node, inst, out)
+
+    def _carry(self, node: Node, inst: Instance, out: Output) -> None:
+        if isinstance(out, Persist):
+            inst.storage.append(out.record)
+        elif isinstance(out, Send):
+            if inst.storage.dirty:
+                inst.storage.sync()
+            targets = [out.to] if out.to is not None else [r for r in range(self.sc.n) if r != node.id]
+            for t in targets:
+                self._net(node.id, t, ("msg", t, out.data))
+        elif isinstance(out, ToClient):
+            if inst.storage.dirty:
+                inst.storage.sync()
+            if node.honest:
+                self.checker.on_reply(node.id, out.data)
+            client = self.client_by_key.get((out.client_key, out.session))
+            if client is not None:
+                self._net(node.id, -1, ("reply", client.index, out.data))
+        elif isinstance(out, SetTimer):
+            inst.timers[out.name] = out.at
+            self.schedule(out.at, ("timer", node.id, node.instances.index(inst), out.name, out.at))
+        elif isinstance(out, CancelTimer):
+            inst.timers.pop(out.name, None)
+        elif isinstance(out, Committed):
+            if node.honest:
+                self.stats.committed += 1
+                self.checker.on_commit(node.id, out)
+        elif isinstance(out, Evidence):
+            if node.honest:
+                self.checker.on_evidence(node.id, out)
+        elif isinstance(out, ViewEntered):
+            self.stats.view_changes += 1
+        elif isinstance(out, StateInstalled):
+            self.stats.state_transfers += 1
+
+    def _each_instance(self, node: Node, fn: Callable[[Core], object]) -> None:
+        for inst in node.instances:
+            fn(inst.core)
+            self._drain(node, inst)
+
+    def _crash(self, i: int, wipe: bool) -> None:
+        node = self.nodes[i]
+        if not node.alive:
+            return
+        node.alive = False
+        for inst in node.instances:
+            inst.storage.crash()
+            if wipe:
+                inst.storage.wipe()
+                node.wiped = True
+            inst.timers.clear()
+
+    def _restart(self, i: int) -> None:
+        node = self.nodes[i]
+        if node.alive:
+            return
+        node.alive = True
+        for inst in node.instances:
+            recovering = node.wiped and not inst.storage.durable
+            inst.core = self._make_core(i, list(inst.storage.durable), recovering)
+            inst.core.start(self.now)
+            self._drain(node, inst)
+
+    # ---------------------------------------------------------------- run
+
+    def run(self) -> Result:
+        sc = self.sc
+        for node in self.nodes:
+            for inst in node.instances:
+                inst.core.start(0.0)
+                self._drain(node, inst)
+        for c in self.clients:
+            self.schedule(self.rng.uniform(0.0, 0.2), ("cstart", c.index))
+        for spec in sc.byzantine:
+            if "crash" in spec.behaviours:
+                self.schedule(spec.crash_at, ("crash", spec.replica, False, -1.0))
+        for cr in sc.crashes:
+            targets = range(sc.n) if cr.replica < 0 else [cr.replica]
+            for r in targets:
+                self.schedule(cr.at, ("crash", r, cr.wipe, cr.at + cr.down_for))
+        for b in range(sc.byz_clients):
+            self.schedule(0.1 + b * 0.05, ("byzclient", b))
+        deadline = sc.gst + LIVENESS_BOUND
+        done_at: float | None = None
+        while self.heap:
+            at, _, ev = heapq.heappop(self.heap)
+            if at > deadline:
+                self.now = deadline
+                break
+            self.now = at
+            self.stats.events += 1
+            self._handle(ev)
+            if done_at is None and all(c.done for c in self.clients):
+                done_at = max(self.now, sc.gst)
+            if done_at is not None and self.now >= done_at + SETTLE:
+                break
+            if self.checker.violations and len(self.checker.violations) >= 5:
+                break
+        self.stats.end_time = self.now
+        unfinished = [c.index for c in self.clients if not c.done]
+        if unfinished and not self.checker.violations:
+            self.checker.fail(f"liveness: clients {unfinished} unfinished {LIVENESS_BOUND:.0f}s after GST")
+        return Result(sc, self.checker.violations, self.stats)
+
+    def _handle(self, ev: tuple[Any, ...]) -> None:
+        kind = ev[0]
+        now = self.now
+        if kind == "msg":
+            _, dst, data = ev
+            node = self.nodes[dst]
+            if node.alive:
+                self._deliver(node, data)
+        elif kind == "request":
+            _, dst, raw = ev
+            node = self.nodes[dst]
+            if node.alive:
+                self._each_instance(node, lambda c: c.on_request(raw, now))
+        elif kind == "reply":
+            _, ci, data = ev
+            self.clients[ci].on_reply(data, now)
+        elif kind == "timer":
+            _, i, ii, name, at = ev
+            node = self.nodes[i]
+            inst = node.instances[ii]
+            if node.alive and inst.timers.get(name) == at:
+                del inst.timers[name]
+                inst.core.on_timer(name, now)
+                self._drain(node, inst)
+        elif kind == "ctimer":
+            _, ci, token = ev
+            self.clients[ci].on_timer(token, now)
+        elif kind == "cstart":
+            self.clients[ev[1]].start(now)
+        elif kind == "crash":
+            _, i, wipe, restart_at = ev
+            self._crash(i, bool(wipe))
+            if restart_at >= 0:
+                self.schedule(restart_at, ("restart", i))
+        elif kind == "restart":
+            self._restart(ev[1])
+        elif kind == "byzclient":
+            self._byzantine_client(ev[1])
+
+    def _deliver(self, node: Node, data: bytes) -> None:
+        if len(node.instances) == 1:
+            node.instances[0].core.on_message(data, self.now)
+            self._drain(node, node.instances[0])
+            return
+        # Twins: each message reaches one twin or both.
+        pick = self.rng.randrange(3)
+        for ii, inst in enumerate(node.instances):
+            if pick == 2 or pick == ii:
+                inst.core.on_message(data, self.now)
+                self._drain(node, inst)
+
+    def _byzantine_client(self, b: int) -> None:
+        """Bad signatures, garbage, oversized requests and replays of other clients' requests."""
+        count = 0
+        rng = self.rng
+        signer = HashSigner(b"byzclient-%d" % b, self.hash_verifier)
+        while count < 6:
+            count += 1
+            r = rng.randrange(self.sc.n)
+            roll = rng.randrange(4)
+            if roll == 0:
+                raw = make_request(signer, self.cluster.cluster_id, 1, count, b"set x y")
+                env = parse(pb.Envelope, raw)
+                env.signature = bytes(64)
+                raw = env.SerializeToString()
+            elif roll == 1:
+                raw = rng.randbytes(rng.randrange(1, 300))
+            elif roll == 2:
+                raw = make_request(signer, self.cluster.cluster_id, 1, count, b"set x " + bytes(200_000))
+            else:
+                reqs = [c.raw for c in self.clients if c.raw]
+                raw = rng.choice(reqs) if reqs else b""
+            self._net(-1, r, ("request", r, raw))
+        if self.now < self.sc.gst:
+            self.schedule(self.now + 0.5, ("byzclient", b))
+
+
+def run_scenario(sc: Scenario) -> Result:
+    return World(sc).run()
