@@ -199,6 +199,10 @@ class Replica:
     def is_primary(self) -> bool:
         return self.primary == self.id
 
+    def state_digest(self) -> bytes:
+        """Digest of the replicated state at ``last_executed`` (what a CHECKPOINT there would carry)."""
+        return self._current_state_digest(self.last_executed)
+
     def start(self, now: float) -> None:
         """Arm timers after construction or restart; announce where we are."""
         self._set_timer(STATUS_TIMER, now + self.p.status_interval)
