@@ -1,0 +1,171 @@
+"""The simulator end to end: random Byzantine scenarios stay safe and live; mutations are caught."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bft.sim.scenario import ByzSpec, CrashSpec, Scenario, generate
+from bft.sim.world import World, run_scenario
+
+ROOT = Path(__file__).resolve().parent.parent
+
+# Seeds on which each mutation is known to produce a violation (and the unmutated run does not).
+PINNED = {
+    "skip-signature-check": [4, 15, 24, 37],
+    "no-fsync": [16, 43, 68, 73],
+    "weak-commit-quorum": [132, 343, 380],
+}
+
+
+def sim(*args: str, timeout: float = 400) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    return subprocess.run(
+        [sys.executable, "-m", "bft.sim", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=ROOT,
+        env=env,
+        check=False,
+    )
+
+
+@pytest.mark.timeout(600)
+def test_thousand_random_scenarios_have_no_violations() -> None:
+    """1,000 scenarios spread over n = 4, 7, 10, kv app (the CI budget for the simulator)."""
+    res = sim("--scenarios", "1000", "--seed", "20261125", "--jobs", "2")
+    assert res.returncode == 0, res.stdout[-3000:]
+    assert res.stdout.strip().splitlines()[-1] == "scenarios: 1000, violations: 0"
+
+
+@pytest.mark.timeout(300)
+def test_chat_app_scenarios_have_no_violations() -> None:
+    res = sim("--scenarios", "150", "--seed", "777", "--jobs", "2", "--app", "chat")
+    assert res.returncode == 0, res.stdout[-3000:]
+    assert res.stdout.strip().splitlines()[-1] == "scenarios: 150, violations: 0"
+
+
+@pytest.mark.parametrize("n", [4, 7, 10])
+def test_every_cluster_size_runs(n: int) -> None:
+    res = sim("--scenarios", "12", "--seed", "99", "--replicas", str(n))
+    assert res.returncode == 0, res.stdout
+    assert res.stdout.strip().splitlines()[-1] == "scenarios: 12, violations: 0"
+
+
+@pytest.mark.parametrize("mutation", sorted(PINNED))
+def test_mutations_are_caught_on_pinned_seeds(mutation: str) -> None:
+    for seed in PINNED[mutation]:
+        assert run_scenario(generate(seed, None, mutation)).violations, (mutation, seed)
+        assert not run_scenario(generate(seed, None, None)).violations, (mutation, seed)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1800)
+@pytest.mark.parametrize("mutation", sorted(PINNED))
+def test_mutations_are_caught_within_1000_scenarios(mutation: str) -> None:
+    res = sim("--scenarios", "1000", "--seed", "424242", "--jobs", "2", "--mutate", mutation, timeout=1700)
+    last = res.stdout.strip().splitlines()[-1]
+    violations = int(last.split("violations: ")[1])
+    assert violations > 0, last
+
+
+def test_failing_scenario_prints_a_command_that_reproduces_it_alone() -> None:
+    res = sim("--scenarios", "6", "--seed", "4", "--mutate", "skip-signature-check")
+    assert res.returncode == 1
+    m = re.search(r"reproduce: python -m bft\.sim (.*)$", res.stdout, re.M)
+    assert m, res.stdout
+    again = sim(*m.group(1).split())
+    assert again.returncode == 1
+    assert again.stdout.strip().splitlines()[-1] == "scenarios: 1, violations: 1"
+
+
+def test_parallel_jobs_give_the_same_results() -> None:
+    one = sim("--scenarios", "24", "--seed", "300", "--mutate", "no-fsync")
+    two = sim("--scenarios", "24", "--seed", "300", "--mutate", "no-fsync", "--jobs", "2")
+    assert one.stdout == two.stdout
+    assert one.returncode == two.returncode
+
+
+def test_runs_are_deterministic() -> None:
+    sc = generate(12345)
+    a, b = World(sc).run(), World(generate(12345)).run()
+    assert (a.violations, a.stats) == (b.violations, b.stats)
+
+
+# ---- named scenarios: each attack does what it says ----------------------------------------
+
+
+def _core(world: World, i: int):  # type: ignore[no-untyped-def]
+    core = world.nodes[i].instances[0].core
+    return getattr(core, "inner", core)
+
+
+def test_silent_primary_is_replaced() -> None:
+    sc = Scenario(seed=1, n=4, clients=2, requests=3, gst=0.5, byzantine=[ByzSpec(0, ["silent"])])
+    w = World(sc)
+    res = w.run()
+    assert not res.violations
+    assert all(_core(w, i).view >= 1 for i in (1, 2, 3))
+    assert all(c.done for c in w.clients)
+
+
+def test_equivocating_primary_leaves_evidence_naming_it() -> None:
+    sc = Scenario(
+        seed=2, n=7, clients=3, requests=3, batch_max_requests=4, byzantine=[ByzSpec(0, ["equivocate"])]
+    )
+    w = World(sc)
+    res = w.run()
+    assert not res.violations
+    accused = {ev.replica for i in range(1, 7) for ev in _core(w, i).evidence}
+    assert accused == {0}
+    ev = next(ev for i in range(1, 7) for ev in _core(w, i).evidence)
+    assert ev.first.body != ev.second.body and ev.first.signer == ev.second.signer == 0
+
+
+def test_all_replicas_crash_and_restart_without_losing_commits() -> None:
+    sc = Scenario(
+        seed=3, n=4, clients=3, requests=5, crashes=[CrashSpec(-1, 0.4, 0.3), CrashSpec(-1, 1.5, 0.2)], gst=2
+    )
+    w = World(sc)
+    res = w.run()
+    assert not res.violations
+    assert all(c.done for c in w.clients)
+
+
+def test_wiped_replica_recovers_by_state_transfer() -> None:
+    sc = Scenario(
+        seed=4,
+        n=4,
+        clients=3,
+        requests=6,
+        checkpoint_interval=2,
+        crashes=[CrashSpec(2, 0.2, 3.0, wipe=True)],
+        gst=3.3,
+    )
+    w = World(sc)
+    res = w.run()
+    assert not res.violations
+    assert res.stats.state_transfers >= 1
+    assert _core(w, 2).last_executed == _core(w, 0).last_executed
+    assert _core(w, 2).state_digest() == _core(w, 0).state_digest()
+
+
+def test_lying_replicas_never_fool_a_client() -> None:
+    sc = Scenario(
+        seed=5,
+        n=7,
+        clients=3,
+        requests=4,
+        byzantine=[ByzSpec(1, ["lie-to-clients"]), ByzSpec(2, ["lie-to-clients"])],
+    )
+    w = World(sc)
+    res = w.run()
+    assert not res.violations
+    for c in w.clients:
+        assert all(b"lie" not in result for _, _, result, _ in c.accepted)
