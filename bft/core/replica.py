@@ -155,6 +155,8 @@ class Replica:
         self.pending_per_client: dict[ClientId, int] = {}
         self.proposed: set[ReqKey] = set()
         self.pending_reads: list[OpenedRequest] = []
+        self._opened: OrderedDict[bytes, OpenedRequest] = OrderedDict()
+        self._opened_cap = 2 * self.p.max_pending_total
 
         # Checkpoints.
         self.my_checkpoints: dict[int, tuple[bytes, bytes]] = {}  # seq -> (digest, snapshot)
@@ -240,7 +242,7 @@ class Replica:
     def on_request(self, raw: bytes, now: float, forwarded: bool = False) -> str | None:
         """A serialised signed client request. Returns an error text for the client, or None."""
         try:
-            opened = open_request(raw, self.cid, self.verifier)
+            opened = self._open_request(raw)
         except WireError as exc:
             return str(exc)
         req = opened.request
@@ -275,6 +277,17 @@ class Replica:
         return None
 
     # ------------------------------------------------------------------ small helpers
+
+    def _open_request(self, raw: bytes) -> OpenedRequest:
+        """Verify and parse a client request once per replica: it is seen again in the
+        PRE-PREPARE and at execution. WireError if invalid (failures are not cached)."""
+        opened = self._opened.get(raw)
+        if opened is None:
+            opened = open_request(raw, self.cid, self.verifier)
+            self._opened[raw] = opened
+            if len(self._opened) > self._opened_cap:
+                self._opened.popitem(last=False)
+        return opened
 
     def _emit(self, out: Output) -> None:
         if not self.restoring:
@@ -429,7 +442,7 @@ class Replica:
             return False
         for raw in batch.requests:
             try:
-                opened = open_request(raw, self.cid, self.verifier)
+                opened = self._open_request(raw)
             except WireError:
                 return False
             if opened.read_only:
@@ -616,9 +629,10 @@ class Replica:
         events: list[object] = []
         for index, raw in enumerate(batch.requests):
             try:
-                opened = open_request(raw, self.cid, self.verifier)
+                opened = self._open_request(raw)
             except WireError:
                 continue  # cannot happen for a batch honest replicas prepared; deterministic anyway
+            self._opened.pop(raw, None)
             req = opened.request
             cid = (req.client_key, req.session)
             key = (req.client_key, req.session, req.timestamp)
