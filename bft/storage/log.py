@@ -269,8 +269,8 @@ def wipe_state(data_dir: Path) -> None:
     """Discard this replica's persisted state (``--recover``); it then recovers by state transfer.
 
     The marker is made durable before anything is deleted, so a crash at any point leaves a data
-    dir that is still known to be recovering. IDENTITY is kept: the dir still belongs to the same
-    replica.
+    dir that is still known to be recovering. IDENTITY goes too (segments first, so a log never
+    outlives it): the next ``load()`` writes a new one, which is how a replica's key is rotated.
     """
     data_dir = Path(data_dir)
     data_dir.mkdir(parents=True, exist_ok=True)
@@ -280,6 +280,8 @@ def wipe_state(data_dir: Path) -> None:
         p.unlink()
     if log_dir.is_dir():
         _fsync_dir(log_dir)
+    (data_dir / IDENTITY_FILE).unlink(missing_ok=True)
+    _fsync_dir(data_dir)
 
 
 # ---------------------------------------------------------------- reading and verifying
@@ -645,21 +647,24 @@ class ReplicaLog:
             _fsync_dir(self.data_dir.parent)
         self._take_lock()
         warnings: list[str] = []
-        self._check_identity()
         if is_recovering(self.data_dir):
-            segs = _list_segments(self.log_dir)
-            for _, p in segs:
+            # Whatever was written since the wipe predates the first ViewRecord after recovery:
+            # discard it too (the core persists nothing while it recovers).
+            written = [p for _, p in _list_segments(self.log_dir) if p.stat().st_size]
+            for p in written:
                 p.unlink()
-            if segs:
+            if written:
                 _fsync_dir(self.log_dir)
                 warnings.append(
-                    f"recovering: discarded {len(segs)} segment(s) written before recovery completed"
+                    f"recovering: discarded {len(written)} segment(s) written before recovery completed"
                 )
             warnings.append("state was discarded (RECOVERING): start with recovering=True")
+            self._check_identity()
             self._recovering = True
             self._start_empty()
             self._loaded = True
             return [], LoadReport(0, 0, 0, warnings, 1, 0, True)
+        self._check_identity()
         segs = _list_segments(self.log_dir)
         if not segs:
             raise LogError(
@@ -809,12 +814,17 @@ class ReplicaLog:
         _write_atomic(self.data_dir / IDENTITY_FILE, mine.render().encode())
 
     def _start_empty(self) -> None:
-        self.log_dir.mkdir(exist_ok=True)
+        """A new log: segment 1 (empty) after the genesis hash. Other segments are already gone."""
+        for number, p in _list_segments(self.log_dir):
+            if number != 1:
+                p.unlink()
         self._segments = {}
-        self._seg_no = 1
         self._head_hash = genesis_hash(self.cluster.cluster_id, self.replica_id)
         self._head_index = 0
-        self._open_segment(1, create=True)
+        fd = os.open(self.log_dir / segment_name(1), os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        os.close(fd)
+        _fsync_dir(self.log_dir)
+        self._open_segment(1, create=False)
 
     def _open_segment(self, number: int, create: bool) -> None:
         flags = os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC | (os.O_CREAT | os.O_EXCL if create else 0)
