@@ -13,6 +13,7 @@ import shutil
 import struct
 import zlib
 from collections import Counter, deque
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -417,13 +418,13 @@ def test_flipping_a_byte_of_a_middle_record_is_detected(tmp_path: Path) -> None:
     reload(m, d)  # and the original is still fine
 
 
-def rewrite_frame(path: Path, index: int, fn: object) -> None:
+def rewrite_frame(path: Path, index: int, fn: Callable[[spb.LogFrame], None]) -> None:
     """Replace frame ``index``'s body by ``fn(LogFrame)`` with valid checksums: a careful forger."""
     data = path.read_bytes()
     start, end = frame_offsets(path)[index]
     frame = spb.LogFrame()
     frame.ParseFromString(data[start + HEADER_LEN : end])
-    fn(frame)  # type: ignore[operator]
+    fn(frame)
     body = frame.SerializeToString()
     head8 = struct.pack(">II", len(body), zlib.crc32(body))
     path.write_bytes(data[:start] + head8 + struct.pack(">I", zlib.crc32(head8)) + body + data[end:])
