@@ -859,5 +859,6 @@ def test_crash_during_first_use_is_harmless(tmp_path: Path) -> None:
     (tmp_path / "log").mkdir()
     (tmp_path / "log" / "000001.seg").write_bytes(b"")
     records, report = reload(m, tmp_path)
-    assert records == [] and report.warnings == []
+    assert records == [] and report.warnings == [] and report.fresh
     assert (tmp_path / "IDENTITY").exists()
+    assert not reload(m, tmp_path)[1].fresh

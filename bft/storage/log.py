@@ -97,6 +97,11 @@ class LogIOError(OSError):
 
 @dataclass
 class LoadReport:
+    """What ``load()`` found. ``recovering``: the state was wiped, start the core with
+    ``recovering=True``. ``fresh``: this data dir was created by this call (no IDENTITY before): a
+    replica that ever ran before and lost its whole data dir looks the same, so starting fresh dirs
+    recovering too is the safe choice (it costs one view change when a whole cluster starts)."""
+
     records: int
     last_seq: int
     truncated_tail_bytes: int
@@ -104,6 +109,7 @@ class LoadReport:
     segments: int = 0
     bytes: int = 0
     recovering: bool = False
+    fresh: bool = False
 
 
 @dataclass
@@ -659,12 +665,12 @@ class ReplicaLog:
                     f"recovering: discarded {len(written)} segment(s) written before recovery completed"
                 )
             warnings.append("state was discarded (RECOVERING): start with recovering=True")
-            self._check_identity()
+            fresh = self._check_identity()
             self._recovering = True
             self._start_empty()
             self._loaded = True
-            return [], LoadReport(0, 0, 0, warnings, 1, 0, True)
-        self._check_identity()
+            return [], LoadReport(0, 0, 0, warnings, 1, 0, recovering=True, fresh=fresh)
+        fresh = self._check_identity()
         segs = _list_segments(self.log_dir)
         if not segs:
             raise LogError(
@@ -715,7 +721,7 @@ class ReplicaLog:
         self._loaded = True
         warnings.extend(reader.warnings)
         report = LoadReport(
-            len(records), _last_seq(records), torn_bytes, warnings, len(kept), self.size_bytes
+            len(records), _last_seq(records), torn_bytes, warnings, len(kept), self.size_bytes, fresh=fresh
         )
         return records, report
 
@@ -778,8 +784,9 @@ class ReplicaLog:
             raise LogError("data dir is in use by another process", path=self.data_dir) from None
         self._lock_fd = fd
 
-    def _check_identity(self) -> None:
-        """Compare IDENTITY with our config; create it (and an empty first segment) on first use."""
+    def _check_identity(self) -> bool:
+        """Compare IDENTITY with our config; create it (and an empty first segment) on first use.
+        True if it was created now."""
         ident = read_identity(self.data_dir)
         mine = self._identity
         if ident is not None:
@@ -799,7 +806,7 @@ class ReplicaLog:
                     f"{mine.replica_id}'s key is now {mine.public_key.hex()[:16]}...",
                     path=self.data_dir / IDENTITY_FILE,
                 )
-            return
+            return False
         segs = _list_segments(self.log_dir)
         if any(p.stat().st_size for _, p in segs):
             raise LogError("log has records but the data dir has no IDENTITY file", path=self.data_dir)
@@ -812,6 +819,7 @@ class ReplicaLog:
             os.close(fd)
             _fsync_dir(self.log_dir)
         _write_atomic(self.data_dir / IDENTITY_FILE, mine.render().encode())
+        return True
 
     def _start_empty(self) -> None:
         """A new log: segment 1 (empty) after the genesis hash. Other segments are already gone."""
