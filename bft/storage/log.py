@@ -728,7 +728,10 @@ class ReplicaLog:
     def append(self, record: Record) -> None:
         """Buffer a record; it is not durable until ``sync()`` returns."""
         self._check_usable()
-        self._pending.append((record, codec.encode_entry(record)))
+        entry = codec.encode_entry(record)
+        if len(entry) > MAX_BODY - 4096:  # room for chain fields, framing and the seal
+            raise ValueError(f"{codec.kind_name(record)} record of {len(entry)} bytes is too large to log")
+        self._pending.append((record, entry))
 
     def sync(self) -> float:
         """Write everything appended as one group (one write, one fsync, one seal); returns the
@@ -750,9 +753,14 @@ class ReplicaLog:
         except OSError as exc:
             self._failed = exc
             raise LogIOError(exc.errno, f"log write failed, restart required: {exc}") from exc
+        except BaseException as exc:
+            self._failed = exc  # the group is lost: never let a later sync pretend it is durable
+            raise
         if self._recovering and any(isinstance(r, ViewRecord) for r, _ in pending):
-            (self.data_dir / RECOVERING_FILE).unlink(missing_ok=True)
-            _fsync_dir(self.data_dir)
+            # Best effort: if the marker survives, the next start just recovers again (safe).
+            with contextlib.suppress(OSError):
+                (self.data_dir / RECOVERING_FILE).unlink(missing_ok=True)
+                _fsync_dir(self.data_dir)
             self._recovering = False
         return time.perf_counter() - start
 
