@@ -1,0 +1,1 @@
+"""The networked replica: gRPC transport, TLS, cluster config, keys on disk, metrics."""
