@@ -98,7 +98,14 @@ def test_round_trip_with_every_optional_field(tmp_path: Path) -> None:
     path = tmp_path / "sub" / "config.toml"
     path.parent.mkdir()
     replicas = tuple(
-        ReplicaAddress(i, host, 7000 + i, KEYS[i], metrics_port=9000 + i if i % 2 else None)
+        ReplicaAddress(
+            i,
+            host,
+            7000 + i,
+            KEYS[i],
+            metrics_port=9000 + i if i % 2 else None,
+            peer_port=7500 + i if i > 2 else None,
+        )
         for i, host in enumerate(["10.0.0.1", "::1", "replica-2.example.com", "10.0.0.1", "a", "b", "c"])
     )
     cfg = ClusterConfig(
@@ -119,6 +126,8 @@ def test_round_trip_with_every_optional_field(tmp_path: Path) -> None:
     loaded = load_config(path)
     assert loaded == cfg
     assert loaded.replicas[1].endpoint == "[::1]:7001"
+    assert loaded.replicas[1].peer_link_port == 8001  # default: port + 1000
+    assert loaded.replicas[3].peer_link_port == 7503
 
 
 def test_minimal_config_defaults(tmp_path: Path) -> None:
@@ -229,6 +238,23 @@ def seven_replicas_for_n4(doc: dict[str, Any]) -> None:
         (replica(3, id=None), "replica[3].id", "missing"),
         (replica(2, port=7100), "replica[id=2].port", "127.0.0.1:7100 is already used by replica[id=0].port"),
         (replica(2, metrics_port=7101), "replica[id=2].metrics_port", "already used by replica[id=1].port"),
+        (
+            replica(2, peer_port=7101),
+            "replica[id=2].peer_port",
+            "127.0.0.1:7101 is already used by replica[id=1].port",
+        ),
+        (
+            replica(2, metrics_port=8101),
+            "replica[id=2].metrics_port",
+            "127.0.0.1:8101 is already used by replica[id=1].peer_port (default port + 1000)",
+        ),
+        (
+            replica(0, port=65000),
+            "replica[id=0].peer_port (default port + 1000)",
+            "must be 1..65535, got 66000",
+        ),
+        (replica(0, peer_port=0), "replica[id=0].peer_port", "must be 1..65535, got 0"),
+        (replica(0, peer_port="x"), "replica[0].peer_port", "must be an integer"),
         (replica(0, port=0), "replica[id=0].port", "must be 1..65535, got 0"),
         (replica(0, port=70000), "replica[id=0].port", "must be 1..65535, got 70000"),
         (replica(0, port="7100"), "replica[0].port", "must be an integer"),

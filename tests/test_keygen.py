@@ -68,9 +68,11 @@ def test_usage_errors_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str])
     assert main(["cluster", "--dir", str(tmp_path / "c"), "--base-port", "http"]) == 2
     assert main(["cluster", "--dir", str(tmp_path / "c"), "--hosts", "a,,b"]) == 2
     assert main(["cluster", "--dir", str(tmp_path / "c"), "--hosts", "a b"]) == 2
-    assert (
-        main(["cluster", "--dir", str(tmp_path / "c"), "--replicas", "4", "--metrics-base-port", "7102"]) == 2
-    )
+    c4 = ["cluster", "--dir", str(tmp_path / "c"), "--replicas", "4"]
+    assert main([*c4, "--metrics-base-port", "7102"]) == 2  # collides with client ports
+    assert main([*c4, "--peer-base-port", "7103"]) == 2
+    assert main([*c4, "--metrics-base-port", "8101"]) == 2  # collides with the default peer ports
+    assert main([*c4, "--base-port", "64600"]) == 2  # peer ports would pass 65535
     assert "Traceback" not in capsys.readouterr().err
     assert not (tmp_path / "c").exists() and not (tmp_path / "x.key").exists()
     assert main(["--help"]) == 0
@@ -116,7 +118,9 @@ def test_cluster_default_layout(tmp_path: Path, capsys: pytest.CaptureFixture[st
     check_cluster(directory, 7)
     cfg = load_config(directory / "config.toml")
     assert cfg.name == "local"
-    assert [(r.host, r.port) for r in cfg.replicas] == [("127.0.0.1", 7100 + i) for i in range(7)]
+    assert [(r.host, r.port, r.peer_port) for r in cfg.replicas] == [
+        ("127.0.0.1", 7100 + i, 8100 + i) for i in range(7)
+    ]
     assert mode(directory) == 0o700
     out = capsys.readouterr().out
     assert cfg.cluster_id.hex() in out and "next steps:" in out
@@ -159,12 +163,12 @@ def test_cluster_hosts_round_robin(tmp_path: Path, capsys: pytest.CaptureFixture
     directory = tmp_path / "multi"
     hosts = ["10.0.0.1", "node-b.example.com", "2001:db8::7"]
     args = ["cluster", "--dir", str(directory), "--hosts", ",".join(hosts), "--base-port", "8000"]
-    assert main([*args, "--metrics-base-port", "9100", "--name", "prod"]) == 0
+    assert main([*args, "--metrics-base-port", "9100", "--peer-base-port", "8500", "--name", "prod"]) == 0
     check_cluster(directory, 7)
     cfg = load_config(directory / "config.toml")
     assert cfg.name == "prod"
-    assert [(r.host, r.port, r.metrics_port) for r in cfg.replicas] == [
-        (hosts[i % 3], 8000 + i, 9100 + i) for i in range(7)
+    assert [(r.host, r.port, r.peer_port, r.metrics_port) for r in cfg.replicas] == [
+        (hosts[i % 3], 8000 + i, 8500 + i, 9100 + i) for i in range(7)
     ]
     out = capsys.readouterr().out
     assert "10.0.0.1 (replica 0, 3, 6): config.toml tls/ca.pem replica-{0,3,6}.key" in out

@@ -26,7 +26,8 @@ from bft.core.config import ClusterInfo, Params
 from bft.crypto import CLUSTER_ID_LEN, KEY_LEN
 
 _CLUSTER_KEYS = frozenset({"name", "n", "f", "cluster_id", "tls_ca", "admin_public_key"})
-_REPLICA_KEYS = frozenset({"id", "host", "port", "public_key", "metrics_port"})
+_REPLICA_KEYS = frozenset({"id", "host", "port", "peer_port", "public_key", "metrics_port"})
+DEFAULT_PEER_PORT_OFFSET = 1000  # peer links listen on port + this unless peer_port says otherwise
 _TOP_KEYS = frozenset({"cluster", "protocol", "replica"})
 _PARAM_TYPES: dict[str, type] = {
     f.name: typing.get_type_hints(Params)[f.name] for f in dataclasses.fields(Params)
@@ -39,13 +40,22 @@ class ConfigError(ValueError):
 
 @dataclass(frozen=True)
 class ReplicaAddress:
-    """Where replica ``id`` listens and the Ed25519 key its protocol messages are signed with."""
+    """Where replica ``id`` listens and the Ed25519 key its protocol messages are signed with.
+
+    ``port`` serves clients; peer links (mutual TLS) use ``peer_link_port``: ``peer_port`` if set,
+    else ``port + DEFAULT_PEER_PORT_OFFSET``.
+    """
 
     id: int
     host: str
     port: int
     public_key: bytes
     metrics_port: int | None = None
+    peer_port: int | None = None
+
+    @property
+    def peer_link_port(self) -> int:
+        return self.peer_port if self.peer_port is not None else self.port + DEFAULT_PEER_PORT_OFFSET
 
     @property
     def endpoint(self) -> str:
@@ -163,8 +173,11 @@ class _Parser:
             self.fail(where + ".host", "missing or not a string")
         port = self._int(table, "port", where + ".port", required=True)
         metrics = self._int(table, "metrics_port", where + ".metrics_port", required=False)
+        peer = self._int(table, "peer_port", where + ".peer_port", required=False)
         key = self._public_key(table, "public_key", where + ".public_key")
-        return ReplicaAddress(id=rid, host=host, port=port, public_key=key, metrics_port=metrics)
+        return ReplicaAddress(
+            id=rid, host=host, port=port, public_key=key, metrics_port=metrics, peer_port=peer
+        )
 
     def _params(self, table: Any) -> Params:
         if not isinstance(table, dict):
@@ -254,7 +267,13 @@ def _check(cfg: ClusterConfig) -> None:
         bad_host = host_problem(r.host)
         if bad_host:
             fail(f"{where}.host", bad_host)
-        for label, port in (("port", r.port), ("metrics_port", r.metrics_port)):
+        peer_label = (
+            "peer_port"
+            if r.peer_port is not None
+            else f"peer_port (default port + {DEFAULT_PEER_PORT_OFFSET})"
+        )
+        ports = (("port", r.port), (peer_label, r.peer_link_port), ("metrics_port", r.metrics_port))
+        for label, port in ports:
             if port is None:
                 continue
             if not 1 <= port <= 65535:
@@ -336,8 +355,10 @@ def dump_config(cfg: ClusterConfig) -> str:
             f"id = {r.id}",
             f"host = {_toml_string(r.host)}",
             f"port = {r.port}",
-            f'public_key = "{r.public_key.hex()}"',
         ]
+        if r.peer_port is not None:
+            lines.append(f"peer_port = {r.peer_port}")
+        lines.append(f'public_key = "{r.public_key.hex()}"')
         if r.metrics_port is not None:
             lines.append(f"metrics_port = {r.metrics_port}")
     return "\n".join(lines) + "\n"

@@ -2,11 +2,12 @@
 
     bftchat-keygen user --out FILE [--name NAME] [--force]
     bftchat-keygen cluster [--dir keys/cluster] [--replicas 7] [--hosts H1,H2,...] [--base-port 7100]
-                           [--metrics-base-port P] [--name NAME] [--force]
+                           [--peer-base-port P] [--metrics-base-port P] [--name NAME] [--force]
 
-Placement with ``--hosts``: replica ``i`` runs on ``hosts[i % len(hosts)]`` and listens on
-``base_port + i`` (metrics on ``metrics_base_port + i``). Ports are unique cluster-wide, so the same
-scheme works when several replicas share a machine, and a replica's port names it.
+Placement with ``--hosts``: replica ``i`` runs on ``hosts[i % len(hosts)]``, serves clients on
+``base_port + i``, peer links on ``peer_base_port + i`` (default ``base_port + 1000 + i``) and,
+if asked, metrics on ``metrics_base_port + i``. Ports are unique cluster-wide, so the same scheme
+works when several replicas share a machine, and a replica's port names it.
 
 Exit status: 0 done, 2 bad usage, 1 anything else the user can fix (an existing file, a directory
 that cannot be written), reported as one ``error: ...`` line on stderr.
@@ -32,7 +33,14 @@ from bft.keys import (
     write_replica_key,
     write_user_key,
 )
-from bft.runtime.clusterconf import ClusterConfig, ConfigError, ReplicaAddress, dump_config, host_problem
+from bft.runtime.clusterconf import (
+    DEFAULT_PEER_PORT_OFFSET,
+    ClusterConfig,
+    ConfigError,
+    ReplicaAddress,
+    dump_config,
+    host_problem,
+)
 from bft.runtime.tls import (
     CA_CERT_FILE,
     CA_KEY_FILE,
@@ -92,6 +100,7 @@ def plan_cluster(
     hosts: list[str],
     base_port: int,
     metrics_base_port: int | None,
+    peer_base_port: int | None = None,
     params: Params | None = None,
 ) -> tuple[ClusterConfig, list[Ed25519Signer], Ed25519Signer]:
     """The config and fresh signing keys of a new cluster (nothing written yet; validated)."""
@@ -103,7 +112,14 @@ def plan_cluster(
         problem = host_problem(host)
         if problem:
             raise UsageError(f"--hosts: {problem}")
-    for label, base in (("--base-port", base_port), ("--metrics-base-port", metrics_base_port)):
+    if peer_base_port is None:
+        peer_base_port = base_port + DEFAULT_PEER_PORT_OFFSET
+    bases = (
+        ("--base-port", base_port),
+        ("--peer-base-port", peer_base_port),
+        ("--metrics-base-port", metrics_base_port),
+    )
+    for label, base in bases:
         if base is not None and not (base >= 1 and base + replicas - 1 <= 65535):
             raise UsageError(f"{label} {base}: ports {base}..{base + replicas - 1} must lie in 1..65535")
     signers = [Ed25519Signer.generate() for _ in range(replicas)]
@@ -117,6 +133,7 @@ def plan_cluster(
             port=base_port + i,
             public_key=signers[i].public_key,
             metrics_port=None if metrics_base_port is None else metrics_base_port + i,
+            peer_port=peer_base_port + i,
         )
         for i in range(replicas)
     )
@@ -203,6 +220,7 @@ def cmd_cluster(args: argparse.Namespace) -> int:
         hosts=hosts,
         base_port=args.base_port,
         metrics_base_port=args.metrics_base_port,
+        peer_base_port=args.peer_base_port,
     )
     removed = write_cluster(cfg, signers, admin, force=args.force)
     _report_cluster(directory, cfg, removed)
@@ -225,8 +243,8 @@ def _report_cluster(directory: Path, cfg: ClusterConfig, removed: list[Path]) ->
         print(f"  removed {path} (from the cluster this one replaces)")
     print("replicas:")
     for r in cfg.replicas:
-        metrics = f"  metrics :{r.metrics_port}" if r.metrics_port is not None else ""
-        print(f"  {r.id}  {r.endpoint}{metrics}")
+        metrics = f", metrics :{r.metrics_port}" if r.metrics_port is not None else ""
+        print(f"  {r.id}  {r.endpoint}  (peers :{r.peer_link_port}{metrics})")
     hosts = sorted(
         {r.host for r in cfg.replicas}, key=lambda h: min(r.id for r in cfg.replicas if r.host == h)
     )
@@ -290,6 +308,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     cluster.add_argument(
         "--base-port", type=_port, default=7100, help="replica i listens on base + i (default 7100)"
+    )
+    cluster.add_argument(
+        "--peer-base-port",
+        type=_port,
+        help="replica i serves peer links on base + i (default base-port + 1000)",
     )
     cluster.add_argument(
         "--metrics-base-port", type=_port, help="replica i serves metrics on base + i (default none)"
