@@ -1,0 +1,120 @@
+from bft.pb.bftchat.v1 import protocol_pb2 as _protocol_pb2
+from google.protobuf.internal import containers as _containers
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class LinkUp(_message.Message):
+    __slots__ = ("hello", "messages")
+    HELLO_FIELD_NUMBER: _ClassVar[int]
+    MESSAGES_FIELD_NUMBER: _ClassVar[int]
+    hello: LinkHello
+    messages: _containers.RepeatedScalarFieldContainer[bytes]
+    def __init__(self, hello: _Optional[_Union[LinkHello, _Mapping]] = ..., messages: _Optional[_Iterable[bytes]] = ...) -> None: ...
+
+class LinkDown(_message.Message):
+    __slots__ = ("nonce",)
+    NONCE_FIELD_NUMBER: _ClassVar[int]
+    nonce: bytes
+    def __init__(self, nonce: _Optional[bytes] = ...) -> None: ...
+
+class LinkHello(_message.Message):
+    __slots__ = ("proof",)
+    PROOF_FIELD_NUMBER: _ClassVar[int]
+    proof: _protocol_pb2.Envelope
+    def __init__(self, proof: _Optional[_Union[_protocol_pb2.Envelope, _Mapping]] = ...) -> None: ...
+
+class LinkHelloBody(_message.Message):
+    __slots__ = ("from_replica", "to_replica", "nonce")
+    FROM_REPLICA_FIELD_NUMBER: _ClassVar[int]
+    TO_REPLICA_FIELD_NUMBER: _ClassVar[int]
+    NONCE_FIELD_NUMBER: _ClassVar[int]
+    from_replica: int
+    to_replica: int
+    nonce: bytes
+    def __init__(self, from_replica: _Optional[int] = ..., to_replica: _Optional[int] = ..., nonce: _Optional[bytes] = ...) -> None: ...
+
+class ClientFrame(_message.Message):
+    __slots__ = ("request", "auth")
+    REQUEST_FIELD_NUMBER: _ClassVar[int]
+    AUTH_FIELD_NUMBER: _ClassVar[int]
+    request: bytes
+    auth: AuthProof
+    def __init__(self, request: _Optional[bytes] = ..., auth: _Optional[_Union[AuthProof, _Mapping]] = ...) -> None: ...
+
+class AuthProof(_message.Message):
+    __slots__ = ("public_key", "signature")
+    PUBLIC_KEY_FIELD_NUMBER: _ClassVar[int]
+    SIGNATURE_FIELD_NUMBER: _ClassVar[int]
+    public_key: bytes
+    signature: bytes
+    def __init__(self, public_key: _Optional[bytes] = ..., signature: _Optional[bytes] = ...) -> None: ...
+
+class ServerFrame(_message.Message):
+    __slots__ = ("reply", "push", "error", "nonce", "subscribed", "auth_error")
+    REPLY_FIELD_NUMBER: _ClassVar[int]
+    PUSH_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    NONCE_FIELD_NUMBER: _ClassVar[int]
+    SUBSCRIBED_FIELD_NUMBER: _ClassVar[int]
+    AUTH_ERROR_FIELD_NUMBER: _ClassVar[int]
+    reply: bytes
+    push: _protocol_pb2.Envelope
+    error: RequestError
+    nonce: bytes
+    subscribed: bytes
+    auth_error: str
+    def __init__(self, reply: _Optional[bytes] = ..., push: _Optional[_Union[_protocol_pb2.Envelope, _Mapping]] = ..., error: _Optional[_Union[RequestError, _Mapping]] = ..., nonce: _Optional[bytes] = ..., subscribed: _Optional[bytes] = ..., auth_error: _Optional[str] = ...) -> None: ...
+
+class RequestError(_message.Message):
+    __slots__ = ("request_digest", "message")
+    REQUEST_DIGEST_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    request_digest: bytes
+    message: str
+    def __init__(self, request_digest: _Optional[bytes] = ..., message: _Optional[str] = ...) -> None: ...
+
+class Push(_message.Message):
+    __slots__ = ("recipient_key", "recipient", "message_id", "seq")
+    RECIPIENT_KEY_FIELD_NUMBER: _ClassVar[int]
+    RECIPIENT_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_ID_FIELD_NUMBER: _ClassVar[int]
+    SEQ_FIELD_NUMBER: _ClassVar[int]
+    recipient_key: bytes
+    recipient: str
+    message_id: int
+    seq: int
+    def __init__(self, recipient_key: _Optional[bytes] = ..., recipient: _Optional[str] = ..., message_id: _Optional[int] = ..., seq: _Optional[int] = ...) -> None: ...
+
+class StatusRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class StatusReply(_message.Message):
+    __slots__ = ("replica_id", "view", "primary", "view_changing", "last_executed", "stable_checkpoint", "state_digest", "recovering", "peers_connected", "log_bytes", "cluster_id")
+    REPLICA_ID_FIELD_NUMBER: _ClassVar[int]
+    VIEW_FIELD_NUMBER: _ClassVar[int]
+    PRIMARY_FIELD_NUMBER: _ClassVar[int]
+    VIEW_CHANGING_FIELD_NUMBER: _ClassVar[int]
+    LAST_EXECUTED_FIELD_NUMBER: _ClassVar[int]
+    STABLE_CHECKPOINT_FIELD_NUMBER: _ClassVar[int]
+    STATE_DIGEST_FIELD_NUMBER: _ClassVar[int]
+    RECOVERING_FIELD_NUMBER: _ClassVar[int]
+    PEERS_CONNECTED_FIELD_NUMBER: _ClassVar[int]
+    LOG_BYTES_FIELD_NUMBER: _ClassVar[int]
+    CLUSTER_ID_FIELD_NUMBER: _ClassVar[int]
+    replica_id: int
+    view: int
+    primary: int
+    view_changing: bool
+    last_executed: int
+    stable_checkpoint: int
+    state_digest: bytes
+    recovering: bool
+    peers_connected: int
+    log_bytes: int
+    cluster_id: bytes
+    def __init__(self, replica_id: _Optional[int] = ..., view: _Optional[int] = ..., primary: _Optional[int] = ..., view_changing: _Optional[bool] = ..., last_executed: _Optional[int] = ..., stable_checkpoint: _Optional[int] = ..., state_digest: _Optional[bytes] = ..., recovering: _Optional[bool] = ..., peers_connected: _Optional[int] = ..., log_bytes: _Optional[int] = ..., cluster_id: _Optional[bytes] = ...) -> None: ...
