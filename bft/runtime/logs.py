@@ -1,0 +1,107 @@
+"""Structured logs: one event per line, ``key=value`` pairs, always with replica id, view and seq.
+
+Quiet by default at INFO: start, stop, view changes, state transfers, peer links going up or down,
+evidence and errors. Per-batch events are DEBUG. Lines look like::
+
+    2025-01-02T03:04:05.678Z INFO replica=2 view=1 seq=130 event=view_entered primary=1
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from collections.abc import Callable
+
+LOGGER_NAME = "bftchat"
+
+
+def _quote(value: object) -> str:
+    text = value.hex() if isinstance(value, bytes) else str(value)
+    if text and not any(c in text for c in ' "=\n\r\t\\'):
+        return text
+    escaped = text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n").replace("\r", "\\r")
+    return f'"{escaped}"'
+
+
+class _Formatter(logging.Formatter):
+    """UTC timestamp, level, then the message (already ``key=value``); exceptions on one line."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        t = time.gmtime(record.created)
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%S", t) + f".{int(record.msecs):03d}Z"
+        line = f"{stamp} {record.levelname} {record.getMessage()}"
+        if record.exc_info:
+            line += " traceback=" + _quote(self.formatException(record.exc_info))
+        return line
+
+
+def setup(level: str = "INFO") -> None:
+    """Send this process's ``bftchat`` logs to stderr; gRPC's own chatter only from WARNING up."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_Formatter())
+    root = logging.getLogger(LOGGER_NAME)
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    root.propagate = False
+    logging.getLogger("grpc").setLevel(logging.WARNING)
+
+
+class EventLog:
+    """Writes events tagged with the replica's id and its current view and sequence number."""
+
+    def __init__(self, replica_id: int, where: Callable[[], tuple[int, int]] | None = None) -> None:
+        self._log = logging.getLogger(LOGGER_NAME)
+        self._replica = replica_id
+        self._where = where  # -> (view, last executed seq); set once the core exists
+
+    def bind(self, where: Callable[[], tuple[int, int]]) -> None:
+        self._where = where
+
+    def enabled(self, level: int) -> bool:
+        return self._log.isEnabledFor(level)
+
+    def _emit(self, level: int, event: str, fields: dict[str, object], exc: bool = False) -> None:
+        if not self._log.isEnabledFor(level):
+            return
+        parts = [f"replica={self._replica}"]
+        if self._where is not None:
+            view, seq = self._where()
+            parts.append(f"view={view} seq={seq}")
+        parts.append(f"event={event}")
+        parts.extend(f"{k}={_quote(v)}" for k, v in fields.items())
+        self._log.log(level, " ".join(parts), exc_info=exc)
+
+    def debug(self, event: str, **fields: object) -> None:
+        self._emit(logging.DEBUG, event, fields)
+
+    def info(self, event: str, **fields: object) -> None:
+        self._emit(logging.INFO, event, fields)
+
+    def warning(self, event: str, **fields: object) -> None:
+        self._emit(logging.WARNING, event, fields)
+
+    def error(self, event: str, exc: bool = False, **fields: object) -> None:
+        self._emit(logging.ERROR, event, fields, exc)
+
+
+class RateLimit:
+    """At most one event per ``interval`` seconds per key (for input that peers or clients control)."""
+
+    def __init__(self, interval: float = 5.0) -> None:
+        self.interval = interval
+        self._last: dict[str, float] = {}
+        self.suppressed: dict[str, int] = {}
+
+    def allow(self, key: str) -> bool:
+        now = time.monotonic()
+        if now - self._last.get(key, -1e9) < self.interval:
+            self.suppressed[key] = self.suppressed.get(key, 0) + 1
+            return False
+        if len(self._last) > 1024:
+            self._last.clear()
+        self._last[key] = now
+        return True
+
+    def take_suppressed(self, key: str) -> int:
+        return self.suppressed.pop(key, 0)

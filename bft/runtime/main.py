@@ -1,0 +1,314 @@
+"""``bftchat-replica``: run one replica process, or verify a replica's log offline.
+
+    bftchat-replica --config CONFIG --id I --key KEYFILE --data DIR [--insecure] [--recover]
+                    [--metrics-port P] [--log-level LEVEL]
+    bftchat-replica verify-log PATH --config CONFIG [--id I]
+
+Exit codes: 0 after a clean shutdown (SIGTERM/SIGINT) or a good log; 1 when the replica cannot
+start on its data (tampered or foreign log) or stops on a fatal error, or the log has a problem;
+2 for usage and configuration errors. Errors are one line on stderr, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+from bft.app.chat import ChatApp
+from bft.core.replica import Replica
+from bft.crypto import CachingVerifier, Ed25519Signer, Ed25519Verifier
+from bft.runtime import logs
+from bft.runtime.handshake import link_hello
+from bft.runtime.logs import EventLog
+from bft.runtime.metrics import Metrics
+from bft.runtime.node import Node, TimedVerifier
+from bft.runtime.peers import PeerLink, PeerLinks
+from bft.runtime.server import Servers
+
+SHUTDOWN_GRACE = 1.0
+PEER_PORT_OFFSET = 1000  # until the config names a peer port: peer port = client port + this
+
+
+class UsageError(Exception):
+    """Bad arguments, config, key or TLS files: exit 2 with this message."""
+
+
+class StartError(Exception):
+    """The replica refuses to start on its data: exit 1 with this message."""
+
+
+def peer_port(addr: Any) -> int:
+    """The port a replica serves peer links on (mutual TLS), separate from its client port."""
+    port = getattr(addr, "peer_port", None)
+    return int(port) if port else int(addr.port) + PEER_PORT_OFFSET
+
+
+def _host(addr: Any) -> str:
+    host = str(addr.host)
+    return f"[{host}]" if ":" in host else host
+
+
+@dataclass
+class Tls:
+    """gRPC credentials: the client port (server TLS), the peer port and peer links (mutual TLS)."""
+
+    client_port: grpc.ServerCredentials
+    peer_port: grpc.ServerCredentials
+    peer_links: grpc.ChannelCredentials
+
+
+def load_tls(config: Any, replica_id: int) -> Tls:
+    """The cluster CA and this replica's certificate and key, as ``bftchat-keygen`` laid them out."""
+    from bft.runtime.tls import TlsError, channel_credentials, replica_cert_paths, server_credentials
+
+    if config.tls_ca is None:
+        raise UsageError(f"{config.path}: no tls_ca in the config; pass --insecure to run without TLS")
+    ca = Path(config.tls_ca)
+    cert, key = replica_cert_paths(ca.parent, replica_id)
+    try:
+        return Tls(
+            server_credentials(ca, cert, key, require_client_auth=False),
+            server_credentials(ca, cert, key, require_client_auth=True),
+            channel_credentials(ca, cert, key),
+        )
+    except TlsError as exc:
+        raise UsageError(str(exc)) from None
+
+
+# ---------------------------------------------------------------- running a replica
+
+
+@dataclass
+class Prepared:
+    """Everything checked and loaded before any port is opened."""
+
+    config: Any
+    replica_id: int
+    signer: Ed25519Signer
+    tls: Tls | None
+    log: Any
+    core: Replica
+    timing: TimedVerifier
+    verifier: CachingVerifier
+    events: EventLog
+    metrics_port: int | None
+    load_seconds: float
+
+
+def prepare(args: argparse.Namespace) -> Prepared:
+    from bft.keys import KeyFileError, load_replica_key
+    from bft.runtime.clusterconf import ConfigError, load_config
+    from bft.storage.log import LogError, ReplicaLog, wipe_state
+
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        raise UsageError(str(exc)) from None
+    rid = args.id
+    if not 0 <= rid < config.n:
+        raise UsageError(f"--id {rid}: the cluster has replicas 0..{config.n - 1}")
+    events = EventLog(rid)
+    try:
+        key_id, signer = load_replica_key(args.key)
+    except KeyFileError as exc:
+        raise UsageError(str(exc)) from None
+    if key_id != rid:
+        raise UsageError(f"{args.key} is the key of replica {key_id}, not {rid}")
+    if signer.public_key != config.replicas[rid].public_key:
+        raise UsageError(f"{args.key}: public key does not match replica {rid} in {config.path}")
+    tls = None if args.insecure else load_tls(config, rid)
+    cluster = config.info()
+    timing = TimedVerifier(Ed25519Verifier())
+    verifier = CachingVerifier(timing)
+    data = Path(args.data)
+    started = time.perf_counter()
+    if args.recover:
+        try:
+            wipe_state(data)
+        except OSError as exc:
+            raise StartError(f"cannot wipe {data}: {exc}") from None
+        events.warning("state_wiped", data=str(data))
+    log = ReplicaLog(data, rid, signer, cluster, verifier)
+    try:
+        records, report = log.load()
+    except LogError as exc:
+        raise StartError(
+            f"refusing to start replica {rid}: {exc} "
+            "(inspect with 'bftchat-replica verify-log'; restart with --recover to rebuild from peers)"
+        ) from None
+    except OSError as exc:
+        raise StartError(f"cannot open the log in {data}: {exc}") from None
+    for warning in report.warnings:
+        events.warning("log_repaired", detail=warning)
+    recovering = report.recovering or getattr(report, "fresh", False)
+    core = Replica(cluster, rid, signer, verifier, ChatApp, records=records, recovering=recovering)
+    load_seconds = time.perf_counter() - started
+    events.info(
+        "log_loaded",
+        records=report.records,
+        last_seq=report.last_seq,
+        log_bytes=report.bytes,
+        recovering=recovering,
+        seconds=f"{load_seconds:.3f}",
+    )
+    metrics_port = args.metrics_port if args.metrics_port is not None else config.replicas[rid].metrics_port
+    return Prepared(config, rid, signer, tls, log, core, timing, verifier, events, metrics_port, load_seconds)
+
+
+async def serve(p: Prepared) -> int:
+    """Run until SIGTERM/SIGINT (exit 0) or a fatal error (exit 1)."""
+    config, rid, events = p.config, p.replica_id, p.events
+    cluster = config.info()
+    metrics = Metrics(rid)
+    me = config.replicas[rid]
+    if p.metrics_port:
+        try:
+            metrics.serve(p.metrics_port, me.host)
+        except OSError as exc:
+            raise StartError(f"cannot serve metrics on {me.host}:{p.metrics_port}: {exc}") from None
+    peers = PeerLinks(rid, metrics)
+    tls = p.tls
+    client_creds = tls.client_port if tls else None
+    peer_creds = tls.peer_port if tls else None
+    channel_creds = tls.peer_links if tls else None
+    node = Node(
+        replica_id=rid,
+        cluster=cluster,
+        signer=p.signer,
+        core=p.core,
+        storage=p.log,
+        peers=peers,
+        metrics=metrics,
+        events=events,
+        timing=p.timing,
+    )
+
+    def hello_for(peer: int) -> Any:
+        return lambda nonce: link_hello(p.signer, cluster.cluster_id, rid, peer, nonce)
+
+    for addr in config.replicas:
+        if addr.id != rid:
+            target = f"{_host(addr)}:{peer_port(addr)}"
+            peers.add(
+                PeerLink(
+                    addr.id, target, channel_creds, hello_for(addr.id), metrics, events, peers.update_gauge
+                )
+            )
+    servers = Servers(node, p.verifier, metrics, events, client_creds=client_creds, peer_creds=peer_creds)
+    try:
+        servers.bind(f"{_host(me)}:{me.port}", f"{_host(me)}:{peer_port(me)}")
+    except RuntimeError as exc:
+        raise StartError(f"cannot listen: {exc}") from None
+    await servers.start()
+    node.start()
+    peers.start()
+    await servers.set_serving(True)
+    events.info(
+        "started",
+        client_port=me.port,
+        peer_port=peer_port(me),
+        tls=p.tls is not None,
+        recovering=node.replica.recovering,
+        primary=node.replica.primary,
+    )
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    assert node.failed is not None
+    failed = node.failed
+    failed.add_done_callback(lambda _: stop.set())
+    await stop.wait()
+    code = 1 if failed.done() else 0
+    t0 = time.perf_counter()
+    await servers.set_serving(False)
+    node.stop()  # no more input to the core; the log is flushed
+    await servers.stop(SHUTDOWN_GRACE)
+    await peers.close()
+    p.log.close()
+    events.info("stopped", seconds=f"{time.perf_counter() - t0:.3f}", exit_code=code)
+    return code
+
+
+# ---------------------------------------------------------------- verify-log
+
+
+def verify_log_main(argv: Sequence[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="bftchat-replica verify-log",
+        description="Verify a replica's log with public keys only (read-only) and print a summary.",
+    )
+    parser.add_argument("path", help="a data dir, its log/ dir, or one segment file")
+    parser.add_argument("--config", required=True, help="the cluster config (TOML)")
+    parser.add_argument("--id", type=int, default=None, help="the replica the log must belong to")
+    args = parser.parse_args(argv)
+    from bft.runtime.clusterconf import ConfigError, load_config
+    from bft.storage.log import verify_log
+
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    summary = verify_log(Path(args.path), config.info(), args.id)
+    print(summary.render())
+    return 0 if summary.ok else 1
+
+
+# ---------------------------------------------------------------- entry point
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="bftchat-replica",
+        description="Run one replica of a bftchat cluster. "
+        "'bftchat-replica verify-log PATH --config CONFIG' checks a log offline.",
+    )
+    parser.add_argument("--config", required=True, help="the cluster config (TOML)")
+    parser.add_argument("--id", type=int, required=True, help="this replica's id")
+    parser.add_argument("--key", required=True, help="this replica's key file (mode 0600)")
+    parser.add_argument("--data", required=True, help="this replica's data directory")
+    parser.add_argument("--insecure", action="store_true", help="plaintext gRPC, no TLS (tests only)")
+    parser.add_argument(
+        "--recover", action="store_true", help="discard the local state and rebuild it from peers"
+    )
+    parser.add_argument("--metrics-port", type=int, default=None, help="serve Prometheus /metrics here")
+    parser.add_argument(
+        "--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"], type=str.upper
+    )
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "verify-log":
+        return verify_log_main(argv[1:])
+    args = _parser().parse_args(argv)
+    logs.setup(args.log_level)
+    try:
+        prepared = prepare(args)
+        return asyncio.run(serve(prepared))
+    except UsageError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except StartError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        logging.shutdown()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,409 @@
+"""The driver: feeds the sans-IO core from the network and the clock, and carries its outputs out.
+
+It is the second driver of ``bft.core.replica.Replica`` after the simulator (``bft.sim.world``) and
+carries outputs out the same way: records are appended to the log as they come, and the log is
+synced (one group commit) right before the first ``Send``/``ToClient``/push that follows them. It
+makes no protocol decisions.
+
+Everything runs on the event loop thread; the core is never touched from another thread. Input is
+queued by the gRPC handlers and processed in bursts: every message that arrived since the last turn
+is fed to the core (which verifies signatures as it goes), then the outputs of the whole burst are
+carried out once, so a burst's sends to one peer leave as one frame. A burst is cut after
+``BURST_INPUTS`` inputs or ``BURST_SECONDS`` so reads and writes keep flowing under load.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from typing import Protocol
+
+from bft.core.config import ClusterInfo
+from bft.core.events import (
+    CancelTimer,
+    Committed,
+    Evidence,
+    Output,
+    Persist,
+    Record,
+    Send,
+    SetTimer,
+    StateInstalled,
+    ToClient,
+    ViewEntered,
+)
+from bft.core.replica import Replica
+from bft.crypto import KEY_LEN, TAG_LEN, Signer, Verifier, sha256
+from bft.faults import ByzantineReplica, LinkPolicy
+from bft.pb.bftchat.v1 import protocol_pb2 as pb
+from bft.pb.bftchat.v1 import service_pb2 as spb
+from bft.runtime.handshake import seal_push
+from bft.runtime.logs import EventLog
+from bft.runtime.metrics import Metrics
+from bft.runtime.peers import PeerLinks
+from bft.wire import WireError, parse
+
+Core = Replica | ByzantineReplica
+
+BURST_INPUTS = 512
+BURST_SECONDS = 0.02
+MAX_ROUTES = 200_000  # (client key, session) -> session stream; oldest forgotten first
+MAX_SUBSCRIPTIONS_PER_KEY = 64
+
+
+class Storage(Protocol):
+    """What the node needs of the log (``bft.storage.log.ReplicaLog``)."""
+
+    @property
+    def dirty(self) -> bool: ...
+
+    @property
+    def size_bytes(self) -> int: ...
+
+    def append(self, record: Record) -> None: ...
+
+    def sync(self) -> float: ...
+
+    def close(self) -> None: ...
+
+
+class Sink(Protocol):
+    """A client session stream, as the node sees it: frames go out, never blocking."""
+
+    def send(self, frame: bytes) -> None: ...
+
+
+class TimedVerifier:
+    """Counts verifications and the time they take (the node reports it per burst)."""
+
+    def __init__(self, inner: Verifier) -> None:
+        self._inner = inner
+        self.seconds = 0.0
+        self.count = 0
+
+    def verify(self, public_key: bytes, data: bytes, signature: bytes) -> bool:
+        t = time.perf_counter()
+        try:
+            return self._inner.verify(public_key, data, signature)
+        finally:
+            self.seconds += time.perf_counter() - t
+            self.count += 1
+
+
+def request_route(raw: bytes) -> tuple[bytes, int] | None:
+    """(client key, session) of a request the core accepted (so already verified and parsed once)."""
+    try:
+        env = parse(pb.Envelope, raw)
+        body = parse(pb.RequestBody, env.body[TAG_LEN + KEY_LEN :])
+    except WireError:
+        return None
+    return env.body[TAG_LEN : TAG_LEN + KEY_LEN], body.session
+
+
+def _reply_frame(data: bytes) -> bytes:
+    return spb.ServerFrame(reply=data).SerializeToString()
+
+
+class FatalError(Exception):
+    """The process must stop (the log could not be synced)."""
+
+
+class Node:
+    """One replica's driver. ``core`` and ``link_policy`` are the seams for fault injection: a fault
+    endpoint may replace ``core`` with a ``ByzantineReplica`` wrapping it, and set the policy."""
+
+    def __init__(
+        self,
+        *,
+        replica_id: int,
+        cluster: ClusterInfo,
+        signer: Signer,
+        core: Core,
+        storage: Storage,
+        peers: PeerLinks,
+        metrics: Metrics,
+        events: EventLog,
+        timing: TimedVerifier | None = None,
+    ) -> None:
+        self.id = replica_id
+        self.cluster = cluster
+        self.signer = signer
+        self.core = core
+        self.storage = storage
+        self.peers = peers
+        self.metrics = metrics
+        self.events = events
+        self._timing = timing
+        self._inbox: deque[tuple[str, object, object]] = deque()
+        self._scheduled = False
+        self._timers: dict[str, asyncio.TimerHandle] = {}
+        self._routes: dict[tuple[bytes, int], Sink] = {}
+        self._subscribers: dict[bytes, set[Sink]] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self.stopping = False
+        self.failed: asyncio.Future[str] | None = None
+        self.started_at = 0.0
+        events.bind(self._where)
+
+    # ---------------------------------------------------------------- seams and views
+
+    @property
+    def replica(self) -> Replica:
+        """The honest core underneath (for status and metrics)."""
+        core = self.core
+        return core.inner if isinstance(core, ByzantineReplica) else core
+
+    @property
+    def link_policy(self) -> LinkPolicy:
+        return self.peers.policy
+
+    @link_policy.setter
+    def link_policy(self, policy: LinkPolicy) -> None:
+        self.peers.policy = policy
+
+    def _where(self) -> tuple[int, int]:
+        r = self.replica
+        return r.view, r.last_executed
+
+    def status(self) -> spb.StatusReply:
+        r = self.replica
+        return spb.StatusReply(
+            replica_id=self.id,
+            view=r.view,
+            primary=r.primary,
+            view_changing=r.view_changing,
+            last_executed=r.last_executed,
+            stable_checkpoint=r.h,
+            state_digest=r.state_digest(),
+            recovering=r.recovering,
+            peers_connected=self.peers.connected,
+            log_bytes=self.storage.size_bytes,
+            cluster_id=self.cluster.cluster_id,
+        )
+
+    # ---------------------------------------------------------------- lifecycle
+
+    def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self.failed = self._loop.create_future()
+        self.started_at = time.time()
+        self.core.start(self.started_at)
+        self._carry(self.core.take_outputs())
+        self._refresh_gauges()
+
+    def stop(self) -> None:
+        """Stop feeding the core and flush what it asked to persist (graceful shutdown)."""
+        self.stopping = True
+        self._inbox.clear()
+        for handle in self._timers.values():
+            handle.cancel()
+        self._timers.clear()
+        try:
+            if self.storage.dirty:
+                self.storage.sync()
+        except OSError as exc:
+            self.events.error("log_flush_failed", error=str(exc))
+
+    # ---------------------------------------------------------------- inputs
+
+    def deliver_peer(self, messages: list[bytes]) -> None:
+        """Serialised PeerMessages from an authenticated peer link."""
+        if self.stopping:
+            return
+        inbox = self._inbox
+        for m in messages:
+            inbox.append(("m", m, None))
+        self._schedule()
+
+    def submit_request(self, raw: bytes, sink: Sink) -> None:
+        """A signed client request from a session; the reply (or an error) goes back to ``sink``."""
+        if self.stopping:
+            return
+        self._inbox.append(("r", raw, sink))
+        self._schedule()
+
+    def subscribe(self, key: bytes, sink: Sink) -> bool:
+        subs = self._subscribers.setdefault(key, set())
+        if sink not in subs and len(subs) >= MAX_SUBSCRIPTIONS_PER_KEY:
+            return False
+        subs.add(sink)
+        return True
+
+    def forget(self, sink: Sink) -> None:
+        """A session ended: drop its routes and subscriptions."""
+        for route in [r for r, s in self._routes.items() if s is sink]:
+            del self._routes[route]
+        for key in [k for k, subs in self._subscribers.items() if sink in subs]:
+            subs = self._subscribers[key]
+            subs.discard(sink)
+            if not subs:
+                del self._subscribers[key]
+
+    def _schedule(self) -> None:
+        if not self._scheduled and self._loop is not None:
+            self._scheduled = True
+            self._loop.call_soon(self._process)
+
+    def _process(self) -> None:
+        """One burst: feed queued inputs to the core, then carry out all outputs once."""
+        self._scheduled = False
+        if self.stopping:
+            return
+        start = time.perf_counter()
+        v_seconds = self._timing.seconds if self._timing else 0.0
+        v_count = self._timing.count if self._timing else 0
+        core = self.core
+        inbox = self._inbox
+        n = 0
+        deadline = start + BURST_SECONDS
+        while inbox and n < BURST_INPUTS:
+            kind, item, extra = inbox.popleft()
+            n += 1
+            try:
+                if kind == "m":
+                    core.on_message(item, time.time())  # type: ignore[arg-type]
+                elif kind == "r":
+                    self._on_request(item, extra)  # type: ignore[arg-type]
+                else:
+                    core.on_timer(item, time.time())  # type: ignore[arg-type]
+            except Exception:  # a core bug must not take the process down with it
+                self.events.error("core_error", exc=True, input=kind)
+            if (n & 31) == 0 and time.perf_counter() > deadline:
+                break
+        try:
+            self._carry(core.take_outputs())
+        except FatalError:
+            return
+        if inbox:
+            self._schedule()
+        if self._timing is not None:
+            self.metrics.verify_seconds.observe(self._timing.seconds - v_seconds)
+            self.metrics.verifications.inc(self._timing.count - v_count)
+        self.metrics.burst_inputs.observe(n)
+        self.metrics.burst_seconds.observe(time.perf_counter() - start)
+        self._refresh_gauges()
+
+    def _on_request(self, raw: bytes, sink: Sink) -> None:
+        error = self.core.on_request(raw, time.time())
+        if error is not None:
+            self.metrics.client_errors.inc()
+            frame = spb.ServerFrame(error=spb.RequestError(request_digest=sha256(raw), message=error))
+            sink.send(frame.SerializeToString())
+            return
+        route = request_route(raw)
+        if route is not None:
+            routes = self._routes
+            routes.pop(route, None)  # re-insert: most recently used last
+            routes[route] = sink
+            if len(routes) > MAX_ROUTES:
+                del routes[next(iter(routes))]
+
+    # ---------------------------------------------------------------- timers
+
+    def _set_timer(self, name: str, at: float) -> None:
+        old = self._timers.pop(name, None)
+        if old is not None:
+            old.cancel()
+        loop = self._loop
+        assert loop is not None
+        delay = max(0.0, at - time.time())
+        self._timers[name] = loop.call_at(loop.time() + delay, self._fire, name, at)
+
+    def _fire(self, name: str, at: float) -> None:
+        self._timers.pop(name, None)
+        if self.stopping:
+            return
+        if time.time() < at:  # the loop clock ran ahead of the wall clock: wait for the rest
+            self._set_timer(name, at)
+            return
+        self._inbox.append(("t", name, None))
+        self._schedule()
+
+    # ---------------------------------------------------------------- outputs
+
+    def _sync(self) -> None:
+        storage = self.storage
+        if not storage.dirty:
+            return
+        try:
+            seconds = storage.sync()
+        except OSError as exc:
+            self._fail(f"log sync failed: {exc}")
+            raise FatalError(str(exc)) from None
+        self.metrics.fsync_seconds.observe(seconds)
+
+    def _fail(self, reason: str) -> None:
+        self.events.error("fatal", reason=reason)
+        self.stopping = True
+        if self.failed is not None and not self.failed.done():
+            self.failed.set_result(reason)
+
+    def _carry(self, outs: list[Output]) -> None:
+        for out in outs:
+            if isinstance(out, Send):
+                self._sync()
+                self.peers.send(out.to, out.data)
+            elif isinstance(out, Persist):
+                self.storage.append(out.record)
+            elif isinstance(out, ToClient):
+                self._sync()
+                sink = self._routes.get((out.client_key, out.session))
+                if sink is not None:
+                    sink.send(_reply_frame(out.data))
+            elif isinstance(out, SetTimer):
+                self._set_timer(out.name, out.at)
+            elif isinstance(out, CancelTimer):
+                handle = self._timers.pop(out.name, None)
+                if handle is not None:
+                    handle.cancel()
+            elif isinstance(out, Committed):
+                self._on_committed(out)
+            elif isinstance(out, ViewEntered):
+                self.metrics.view_changes.inc()
+                self.events.info("view_entered", primary=self.cluster.primary(out.view))
+            elif isinstance(out, StateInstalled):
+                self.metrics.state_transfers.inc()
+                self.events.info("state_installed", checkpoint=out.seq)
+            elif isinstance(out, Evidence):
+                self.metrics.evidence.inc()
+                self.events.warning("evidence", culprit=out.replica, what=out.what)
+
+    def _on_committed(self, c: Committed) -> None:
+        m = self.metrics
+        m.committed_batches.inc()
+        m.committed_requests.inc(len(c.executed))
+        if self.events.enabled(10):
+            self.events.debug("committed", batch_seq=c.seq, requests=len(c.executed), digest=c.digest[:8])
+        if c.state_digest is not None:
+            self.events.debug("checkpoint", checkpoint=c.seq, state_digest=c.state_digest[:8])
+        if not self._subscribers:
+            return
+        for ev in c.app_events:
+            key = getattr(ev, "recipient_key", None)
+            subs = self._subscribers.get(key) if isinstance(key, bytes) else None
+            if not subs:
+                continue
+            self._sync()  # a push names a committed message: durable before it leaves
+            env = seal_push(
+                self.signer,
+                self.id,
+                self.cluster.cluster_id,
+                key,  # type: ignore[arg-type]
+                str(getattr(ev, "recipient", "")),
+                int(getattr(ev, "message_id", 0)),
+                int(getattr(ev, "seq", c.seq)),
+            )
+            frame = spb.ServerFrame(push=env).SerializeToString()
+            for sink in list(subs):
+                sink.send(frame)
+            m.pushes.inc(len(subs))
+
+    def _refresh_gauges(self) -> None:
+        r = self.replica
+        m = self.metrics
+        m.view.set(r.view)
+        m.view_changing.set(1 if r.view_changing else 0)
+        m.last_executed.set(r.last_executed)
+        m.checkpoint_seq.set(r.h)
+        m.log_bytes.set(self.storage.size_bytes)

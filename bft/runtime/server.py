@@ -1,0 +1,315 @@
+"""The gRPC services of a replica: the peer link (peer port) and client sessions + status (client port).
+
+Handlers take and give raw bytes and parse them with ``bft.wire.parse``, so malformed input becomes
+a clear error for the sender instead of a gRPC deserialisation traceback. Size limits are enforced
+by gRPC itself (``grpc.max_receive_message_length``) before anything is read, and again by the core.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+from collections import deque
+from collections.abc import AsyncIterator, Sequence
+
+import grpc
+import grpc.aio
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1.health import aio as health_aio
+from grpc_reflection.v1alpha import reflection
+
+from bft.crypto import Verifier, sha256
+from bft.pb.bftchat.v1 import service_pb2 as spb
+from bft.runtime.handshake import NONCE_LEN, check_auth_proof, check_link_hello
+from bft.runtime.logs import EventLog, RateLimit
+from bft.runtime.metrics import Metrics
+from bft.runtime.node import Node
+from bft.runtime.peers import HANDSHAKE_TIMEOUT, MAX_FRAME_WIRE
+from bft.wire import MAX_REQUEST_BYTES, WireError, parse
+
+PEER_SERVICE = "bftchat.v1.ReplicaLink"
+CLIENT_SERVICE = "bftchat.v1.ClientService"
+MAX_CLIENT_FRAME = MAX_REQUEST_BYTES + 4096  # a signed request plus the ClientFrame around it
+MAX_SESSIONS = 10_000
+MAX_KEYS_PER_SESSION = 16
+SESSION_QUEUE_BYTES = 32 * 1024 * 1024  # frames waiting for a slow client; oldest dropped past this
+
+_REPLICA_NAME = re.compile(rb"(?:bftchat-)?replica-(\d+)")
+
+
+def server_options(max_receive: int) -> list[tuple[str, int]]:
+    return [
+        ("grpc.max_receive_message_length", max_receive),
+        ("grpc.max_send_message_length", 64 * 1024 * 1024),
+        ("grpc.keepalive_time_ms", 20_000),
+        ("grpc.keepalive_timeout_ms", 10_000),
+        ("grpc.http2.min_recv_ping_interval_without_data_ms", 5_000),
+        ("grpc.http2.max_ping_strikes", 0),
+        ("grpc.keepalive_permit_without_calls", 1),
+    ]
+
+
+def cert_replica_ids(auth: dict[str, Sequence[bytes]]) -> set[int]:
+    """Replica ids named by a verified peer certificate (CN or SAN ``replica-<i>``)."""
+    ids: set[int] = set()
+    for prop in ("x509_common_name", "x509_subject_alternative_name"):
+        for value in auth.get(prop, ()):
+            m = _REPLICA_NAME.fullmatch(value)
+            if m:
+                ids.add(int(m.group(1)))
+    return ids
+
+
+# ---------------------------------------------------------------- peer links
+
+
+class PeerLinkService:
+    """Inbound peer links: authenticate the sender, then hand each frame's messages to the node."""
+
+    def __init__(self, node: Node, verifier: Verifier, metrics: Metrics, events: EventLog, tls: bool) -> None:
+        self.node = node
+        self.verifier = verifier
+        self.metrics = metrics
+        self.events = events
+        self.tls = tls
+        self.inbound: dict[int, int] = {}
+        self._limit = RateLimit()
+
+    def _bad(self, what: str, peer: str, error: str) -> None:
+        self.metrics.bad_input.labels(what).inc()
+        if self._limit.allow(what + peer):
+            self.events.warning("bad_peer_input", what=what, remote=peer, error=error)
+
+    async def link(self, requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext) -> None:
+        node = self.node
+        nonce = os.urandom(NONCE_LEN)
+        await context.write(spb.LinkDown(nonce=nonce).SerializeToString())
+        it = requests.__aiter__()
+        try:
+            first = await asyncio.wait_for(it.__anext__(), HANDSHAKE_TIMEOUT)
+        except (StopAsyncIteration, TimeoutError):
+            return
+        try:
+            up = parse(spb.LinkUp, first)
+            if not up.HasField("hello"):
+                raise WireError("a link must start with a hello")
+            peer = check_link_hello(
+                up.hello, node.cluster.cluster_id, node.cluster.public_keys, node.id, nonce, self.verifier
+            )
+            if self.tls:
+                named = cert_replica_ids(context.auth_context())
+                if named and peer not in named:
+                    raise WireError(f"hello from replica {peer} over replica {sorted(named)}'s certificate")
+        except WireError as exc:
+            self._bad("peer_hello", context.peer(), str(exc))
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED, str(exc))
+            return
+        self.inbound[peer] = self.inbound.get(peer, 0) + 1
+        self.events.debug("peer_link_in", peer=peer)
+        try:
+            async for raw in it:
+                try:
+                    up = parse(spb.LinkUp, raw)
+                except WireError as exc:
+                    self._bad("peer_frame", str(peer), str(exc))
+                    continue
+                if up.messages:
+                    node.deliver_peer(list(up.messages))
+        finally:
+            self.inbound[peer] -= 1
+
+
+# ---------------------------------------------------------------- client sessions
+
+
+class ClientSession:
+    """One client's stream: the node routes replies and pushes here; a writer task sends them."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self.queue: deque[bytes] = deque()
+        self.queued = 0
+        self.wake = asyncio.Event()
+        self.keys: set[bytes] = set()
+        self.dropped = 0
+        self._metrics = metrics
+
+    def send(self, frame: bytes) -> None:
+        self.queue.append(frame)
+        self.queued += len(frame)
+        while self.queued > SESSION_QUEUE_BYTES and len(self.queue) > 1:
+            self.queued -= len(self.queue.popleft())
+            self.dropped += 1
+        self.wake.set()
+
+    def take(self) -> bytes:
+        frame = self.queue.popleft()
+        self.queued -= len(frame)
+        return frame
+
+
+def _error_frame(raw: bytes, message: str) -> bytes:
+    err = spb.RequestError(request_digest=sha256(raw), message=message)
+    return spb.ServerFrame(error=err).SerializeToString()
+
+
+class ClientSessionService:
+    """Client sessions (requests out, replies and pushes back) and the status call."""
+
+    def __init__(self, node: Node, verifier: Verifier, metrics: Metrics, events: EventLog) -> None:
+        self.node = node
+        self.verifier = verifier
+        self.metrics = metrics
+        self.events = events
+        self.sessions: set[ClientSession] = set()
+
+    async def session(self, requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext) -> None:
+        if len(self.sessions) >= MAX_SESSIONS or self.node.stopping:
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, "too many client sessions")
+            return
+        sess = ClientSession(self.metrics)
+        self.sessions.add(sess)
+        self.metrics.client_sessions.set(len(self.sessions))
+        nonce = os.urandom(NONCE_LEN)
+        sess.send(spb.ServerFrame(nonce=nonce).SerializeToString())
+        reader = asyncio.get_running_loop().create_task(self._read(requests, sess, nonce))
+        try:
+            while True:
+                while sess.queue:
+                    await context.write(sess.take())
+                if reader.done():
+                    break
+                sess.wake.clear()
+                if not sess.queue:
+                    await sess.wake.wait()
+        finally:
+            reader.cancel()
+            self.node.forget(sess)
+            self.sessions.discard(sess)
+            self.metrics.client_sessions.set(len(self.sessions))
+
+    async def _read(self, requests: AsyncIterator[bytes], sess: ClientSession, nonce: bytes) -> None:
+        node = self.node
+        try:
+            async for raw in requests:
+                try:
+                    frame = parse(spb.ClientFrame, raw)
+                except WireError as exc:
+                    self.metrics.bad_input.labels("client_frame").inc()
+                    sess.send(_error_frame(raw, str(exc)))
+                    continue
+                which = frame.WhichOneof("kind")
+                if which == "request":
+                    node.submit_request(frame.request, sess)
+                elif which == "auth":
+                    self._subscribe(frame.auth, sess, nonce)
+                else:
+                    self.metrics.bad_input.labels("client_frame").inc()
+                    sess.send(_error_frame(raw, "empty client frame"))
+        except (grpc.aio.AioRpcError, asyncio.InvalidStateError):
+            pass  # the client went away
+        finally:
+            sess.wake.set()
+
+    def _subscribe(self, proof: spb.AuthProof, sess: ClientSession, nonce: bytes) -> None:
+        node = self.node
+        try:
+            key = check_auth_proof(proof, node.cluster.cluster_id, node.id, nonce, self.verifier)
+        except WireError as exc:
+            self.metrics.bad_input.labels("auth").inc()
+            sess.send(spb.ServerFrame(auth_error=str(exc)).SerializeToString())
+            return
+        if key not in sess.keys and len(sess.keys) >= MAX_KEYS_PER_SESSION:
+            text = f"at most {MAX_KEYS_PER_SESSION} subscriptions per session"
+            sess.send(spb.ServerFrame(auth_error=text).SerializeToString())
+            return
+        if not node.subscribe(key, sess):
+            sess.send(
+                spb.ServerFrame(auth_error="too many sessions subscribed to this key").SerializeToString()
+            )
+            return
+        sess.keys.add(key)
+        sess.send(spb.ServerFrame(subscribed=key).SerializeToString())
+
+    async def status(self, request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        return self.node.status().SerializeToString()
+
+
+# ---------------------------------------------------------------- servers
+
+
+def _generic(service: str, handlers: dict[str, grpc.RpcMethodHandler]) -> grpc.GenericRpcHandler:
+    return grpc.method_handlers_generic_handler(service, handlers)
+
+
+class Servers:
+    """The two gRPC servers of a replica, with health checking and reflection on both."""
+
+    def __init__(
+        self,
+        node: Node,
+        verifier: Verifier,
+        metrics: Metrics,
+        events: EventLog,
+        *,
+        client_creds: grpc.ServerCredentials | None,
+        peer_creds: grpc.ServerCredentials | None,
+    ) -> None:
+        self.peer_service = PeerLinkService(node, verifier, metrics, events, tls=peer_creds is not None)
+        self.client_service = ClientSessionService(node, verifier, metrics, events)
+        self.client_creds = client_creds
+        self.peer_creds = peer_creds
+        self.client = grpc.aio.server(options=server_options(MAX_CLIENT_FRAME))
+        self.peer = grpc.aio.server(options=server_options(MAX_FRAME_WIRE))
+        self.health = [health_aio.HealthServicer(), health_aio.HealthServicer()]
+        self.client.add_generic_rpc_handlers(
+            (
+                _generic(
+                    CLIENT_SERVICE,
+                    {
+                        "Session": grpc.stream_stream_rpc_method_handler(self.client_service.session),
+                        "Status": grpc.unary_unary_rpc_method_handler(self.client_service.status),
+                    },
+                ),
+            )
+        )
+        self.peer.add_generic_rpc_handlers(
+            (_generic(PEER_SERVICE, {"Link": grpc.stream_stream_rpc_method_handler(self.peer_service.link)}),)
+        )
+        for server, health, service in zip(
+            (self.client, self.peer), self.health, (CLIENT_SERVICE, PEER_SERVICE), strict=True
+        ):
+            health_pb2_grpc.add_HealthServicer_to_server(health, server)
+            names = (
+                service,
+                health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+                reflection.SERVICE_NAME,
+            )
+            reflection.enable_server_reflection(names, server)
+
+    def bind(self, client_addr: str, peer_addr: str) -> None:
+        """Bind both ports (raises RuntimeError if a port is taken)."""
+        for server, addr, creds in (
+            (self.client, client_addr, self.client_creds),
+            (self.peer, peer_addr, self.peer_creds),
+        ):
+            port = (
+                server.add_secure_port(addr, creds) if creds is not None else server.add_insecure_port(addr)
+            )
+            if port == 0:
+                raise RuntimeError(f"cannot listen on {addr}")
+
+    async def start(self) -> None:
+        await self.client.start()
+        await self.peer.start()
+
+    async def set_serving(self, serving: bool) -> None:
+        status = (
+            health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
+        for health, service in zip(self.health, (CLIENT_SERVICE, PEER_SERVICE), strict=True):
+            await health.set("", status)
+            await health.set(service, status)
+
+    async def stop(self, grace: float) -> None:
+        await asyncio.gather(self.client.stop(grace), self.peer.stop(grace))

@@ -1,0 +1,361 @@
+"""A minimal asyncio client of a bftchat cluster: the seed of the client library.
+
+It holds one long-lived ``Session`` stream to every replica (reconnecting with backoff), sends each
+signed request to all of them, and accepts a result once enough replicas vouch for it: f+1 matching
+verified replies for ordered requests, 2f+1 for one-round reads (``bft.replies``). A read that does
+not gather 2f+1 quickly is re-sent as an ordered request. Live pushes are requested by proving the
+user's key on each stream and accepted once f+1 replicas signed the same (message id, seq).
+
+Nothing a single replica says is trusted: replies and pushes are checked against the replicas'
+public keys, and a refusal (``RequestError``) is only reported if the request times out.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import random
+import struct
+import time
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+import grpc.aio
+
+from bft.core.config import ClusterInfo
+from bft.crypto import CachingVerifier, Ed25519Verifier, Signer, sha256
+from bft.pb.bftchat.v1 import protocol_pb2 as pb
+from bft.pb.bftchat.v1 import service_pb2 as spb
+from bft.replies import CheckedReply, ReplyCollector, check_reply
+from bft.runtime.handshake import CheckedPush, auth_proof, check_push
+from bft.wire import WireError, make_request, parse
+
+SESSION_METHOD = "/bftchat.v1.ClientService/Session"
+STATUS_METHOD = "/bftchat.v1.ClientService/Status"
+RESEND_AFTER = 1.0  # seconds without an accepted result before a request is sent again
+READ_FALLBACK_AFTER = 1.0  # a one-round read that has not gathered 2f+1 by then is ordered instead
+MAX_RECEIVE = 64 * 1024 * 1024
+
+
+class RequestFailed(Exception):
+    """No result was accepted in time (the message lists the replies and refusals seen)."""
+
+
+@dataclass
+class _Pending:
+    timestamp: int
+    raw: bytes
+    digest: bytes
+    read_only: bool
+    collector: ReplyCollector
+    done: asyncio.Future[CheckedReply]
+    refusals: dict[int, str] = field(default_factory=dict)
+
+
+def channel(endpoint: str, ca_pem: bytes | None) -> grpc.aio.Channel:
+    """A channel to one replica's client port: TLS against the cluster CA, or plaintext."""
+    opts = [
+        ("grpc.max_receive_message_length", MAX_RECEIVE),
+        ("grpc.initial_reconnect_backoff_ms", 100),
+        ("grpc.min_reconnect_backoff_ms", 100),
+        ("grpc.max_reconnect_backoff_ms", 2000),
+        ("grpc.keepalive_time_ms", 20_000),
+    ]
+    if ca_pem is None:
+        return grpc.aio.insecure_channel(endpoint, options=opts)
+    return grpc.aio.secure_channel(endpoint, grpc.ssl_channel_credentials(root_certificates=ca_pem), opts)
+
+
+async def status(endpoint: str, ca_pem: bytes | None, timeout: float = 2.0) -> spb.StatusReply:
+    """One replica's status (unary call; raises grpc.aio.AioRpcError when unreachable)."""
+    async with channel(endpoint, ca_pem) as ch:
+        raw = await ch.unary_unary(STATUS_METHOD)(b"", timeout=timeout)
+        assert isinstance(raw, bytes)
+        return parse(spb.StatusReply, raw)
+
+
+class _Conn:
+    """The session stream to one replica, reconnected forever until the client closes."""
+
+    def __init__(self, client: TestClient, replica: int, endpoint: str) -> None:
+        self.client = client
+        self.replica = replica
+        self.endpoint = endpoint
+        self.channel = channel(endpoint, client.ca_pem)
+        self.out: deque[bytes] = deque()
+        self.wake = asyncio.Event()
+        self.up = False
+        self.subscribed = False
+        self.nonce = b""
+        self.task: asyncio.Task[None] | None = None
+
+    def prove(self) -> None:
+        """Send the subscription proof for this stream's nonce."""
+        client = self.client
+        if self.up and not self.subscribed:
+            proof = auth_proof(client.signer, client.cluster.cluster_id, self.replica, self.nonce)
+            self.send(spb.ClientFrame(auth=proof).SerializeToString())
+
+    def send(self, frame: bytes) -> None:
+        if self.up:
+            self.out.append(frame)
+            self.wake.set()
+
+    async def run(self) -> None:
+        backoff = 0.05
+        while True:
+            try:
+                await self._session()
+                backoff = 0.05
+            except asyncio.CancelledError:
+                raise
+            except (grpc.aio.AioRpcError, grpc.aio.UsageError, asyncio.InvalidStateError, WireError):
+                pass
+            self.up = self.subscribed = False
+            self.out.clear()
+            await asyncio.sleep(backoff * random.uniform(0.5, 1.0))
+            backoff = min(backoff * 2, 1.0)
+
+    async def _session(self) -> None:
+        call = self.channel.stream_stream(SESSION_METHOD)()
+        reader = asyncio.get_running_loop().create_task(self._read(call))
+        try:
+            while not reader.done():
+                while self.out:
+                    await call.write(self.out.popleft())
+                self.wake.clear()
+                if not self.out:
+                    waiter = asyncio.get_running_loop().create_task(self.wake.wait())
+                    await asyncio.wait({waiter, reader}, return_when=asyncio.FIRST_COMPLETED)
+                    waiter.cancel()
+            reader.result()
+        finally:
+            reader.cancel()
+            call.cancel()
+
+    async def _read(self, call: grpc.aio.StreamStreamCall) -> None:
+        client = self.client
+        while True:
+            raw = await call.read()
+            if raw is grpc.aio.EOF:
+                return
+            assert isinstance(raw, bytes)
+            frame = parse(spb.ServerFrame, raw)
+            which = frame.WhichOneof("kind")
+            if which == "nonce":
+                self.up = True
+                self.nonce = frame.nonce
+                if client.want_pushes:
+                    self.prove()
+                client.on_conn_up(self)
+            elif which == "reply":
+                client.on_reply(self.replica, frame.reply)
+            elif which == "error":
+                client.on_error(self.replica, frame.error)
+            elif which == "push":
+                client.on_push(frame.push)
+            elif which == "subscribed":
+                self.subscribed = frame.subscribed == client.key
+            elif which == "auth_error":
+                client.auth_errors.append((self.replica, frame.auth_error))
+
+
+class TestClient:
+    """One user's sessions to every replica of a cluster. Use as ``async with``."""
+
+    def __init__(
+        self,
+        cluster: ClusterInfo,
+        endpoints: Sequence[str],
+        signer: Signer,
+        *,
+        ca_pem: bytes | None = None,
+        session: int | None = None,
+    ) -> None:
+        if len(endpoints) != cluster.n:
+            raise ValueError("one endpoint per replica")
+        self.cluster = cluster
+        self.signer = signer
+        self.key = signer.public_key
+        self.ca_pem = ca_pem
+        self.session = session if session is not None else int.from_bytes(os.urandom(6), "big")
+        self.verifier = CachingVerifier(Ed25519Verifier(), 4096)
+        self.conns = [_Conn(self, i, ep) for i, ep in enumerate(endpoints)]
+        self.want_pushes = False
+        self.pushes: asyncio.Queue[CheckedPush] = asyncio.Queue()
+        self.auth_errors: list[tuple[int, str]] = []
+        self._push_votes: dict[tuple[str, int, int], set[int]] = {}
+        self._pushed: set[tuple[str, int, int]] = set()
+        self._pending: dict[int, _Pending] = {}
+        self._timestamp = 0
+        self.last_seq = 0
+
+    @classmethod
+    def from_config(cls, config: object, signer: Signer, *, insecure: bool = False) -> TestClient:
+        """From a ``bft.runtime.clusterconf.ClusterConfig``."""
+        replicas = getattr(config, "replicas")  # noqa: B009 - any object shaped like ClusterConfig
+        tls_ca = getattr(config, "tls_ca", None)
+        ca = None if insecure or tls_ca is None else Path(tls_ca).read_bytes()
+        info = getattr(config, "info")()  # noqa: B009
+        return cls(info, [r.endpoint for r in replicas], signer, ca_pem=ca)
+
+    async def __aenter__(self) -> TestClient:
+        await self.connect()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def connect(self) -> None:
+        loop = asyncio.get_running_loop()
+        for c in self.conns:
+            c.task = loop.create_task(c.run())
+
+    async def close(self) -> None:
+        for c in self.conns:
+            if c.task is not None:
+                c.task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await c.task
+            await c.channel.close(grace=None)
+        for p in self._pending.values():
+            if not p.done.done():
+                p.done.cancel()
+
+    async def wait_connected(self, count: int | None = None, timeout: float = 10.0) -> None:
+        """Until ``count`` (default all) session streams are up."""
+        need = self.cluster.n if count is None else count
+        deadline = time.monotonic() + timeout
+        while sum(c.up for c in self.conns) < need:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"only {sum(c.up for c in self.conns)} of {need} sessions up")
+            await asyncio.sleep(0.02)
+
+    # ---- requests
+
+    def _next_timestamp(self) -> int:
+        self._timestamp += 1
+        return self._timestamp
+
+    async def request(self, op: bytes, *, read_only: bool = False, timeout: float = 30.0) -> CheckedReply:
+        """Run one operation and return the result enough replicas agree on."""
+        deadline = time.monotonic() + timeout
+        while True:
+            reply = await self._attempt(op, read_only, deadline)
+            if reply is None:  # a read that did not gather 2f+1: order it
+                read_only = False
+                continue
+            if reply.status == pb.REPLY_STALE_TIMESTAMP:
+                self._timestamp = max(self._timestamp, struct.unpack(">Q", reply.result)[0] - 1)
+                continue
+            if reply.seq:
+                self.last_seq = max(self.last_seq, reply.seq)
+            return reply
+
+    async def _attempt(self, op: bytes, read_only: bool, deadline: float) -> CheckedReply | None:
+        ts = self._next_timestamp()
+        raw = make_request(
+            self.signer,
+            self.cluster.cluster_id,
+            self.session,
+            ts,
+            op,
+            read_only=read_only,
+            min_seq=self.last_seq if read_only else 0,
+        )
+        q = self.cluster.quorums
+        fut: asyncio.Future[CheckedReply] = asyncio.get_running_loop().create_future()
+        p = _Pending(ts, raw, sha256(raw), read_only, ReplyCollector(q.read if read_only else q.reply), fut)
+        self._pending[ts] = p
+        frame = spb.ClientFrame(request=raw).SerializeToString()
+        try:
+            first = True
+            while True:
+                for c in self.conns:
+                    c.send(frame)
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise RequestFailed(f"no agreed result in time; replies: {self._describe(p)}")
+                wait = min(left, READ_FALLBACK_AFTER if read_only else RESEND_AFTER)
+                try:
+                    return await asyncio.wait_for(asyncio.shield(fut), wait)
+                except TimeoutError:
+                    if read_only and first:
+                        return None
+                first = False
+        finally:
+            self._pending.pop(ts, None)
+
+    def _describe(self, p: _Pending) -> str:
+        votes = {
+            f"status={k[0]} result={sha256(k[1]).hex()[:8]}": v for k, v in p.collector.disagreement().items()
+        }
+        return f"{votes} refusals={p.refusals}"
+
+    def on_conn_up(self, conn: _Conn) -> None:
+        """A (re)connected stream: resend what is still waiting."""
+        for p in self._pending.values():
+            conn.send(spb.ClientFrame(request=p.raw).SerializeToString())
+
+    def on_reply(self, replica: int, data: bytes) -> None:
+        try:
+            ts = parse(pb.ClientReply, data).timestamp
+        except WireError:
+            return
+        p = self._pending.get(ts)
+        if p is None or p.done.done():
+            return
+        try:
+            reply = check_reply(data, self.cluster, self.verifier, self.key, self.session, ts)
+        except WireError:
+            return
+        if reply.replica != replica:
+            return  # a replica relaying another's reply gets no extra vote
+        accepted = p.collector.add(reply)
+        if accepted is not None:
+            p.done.set_result(accepted)
+
+    def on_error(self, replica: int, err: spb.RequestError) -> None:
+        """A refusal is only noted (shown if the request times out): one replica's word proves nothing,
+        and many refusals are transient (recovering, overloaded), so the request is simply resent."""
+        for p in self._pending.values():
+            if p.digest == err.request_digest:
+                p.refusals[replica] = err.message
+
+    # ---- pushes
+
+    async def subscribe(self, count: int | None = None, timeout: float = 10.0) -> None:
+        """Prove this key on every stream (and on every reconnect); wait until ``count`` (default all)
+        replicas confirmed the subscription."""
+        self.want_pushes = True
+        for c in self.conns:
+            c.prove()
+        need = self.cluster.n if count is None else count
+        deadline = time.monotonic() + timeout
+        while sum(c.subscribed for c in self.conns) < need:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"only {sum(c.subscribed for c in self.conns)} of {need} subscriptions")
+            await asyncio.sleep(0.02)
+
+    def on_push(self, env: pb.Envelope) -> None:
+        try:
+            push = check_push(env, self.cluster.cluster_id, self.cluster.public_keys, self.verifier)
+        except WireError:
+            return
+        if push.recipient_key != self.key:
+            return
+        ident = (push.recipient, push.message_id, push.seq)
+        if ident in self._pushed:
+            return
+        votes = self._push_votes.setdefault(ident, set())
+        votes.add(push.replica)
+        if len(votes) >= self.cluster.quorums.f + 1:
+            self._pushed.add(ident)
+            del self._push_votes[ident]
+            self.pushes.put_nowait(push)
+        if len(self._push_votes) > 10_000:  # pushes only f replicas sent: forget the oldest
+            del self._push_votes[next(iter(self._push_votes))]

@@ -1,0 +1,387 @@
+"""Real replica processes on 127.0.0.1 for the runtime tests.
+
+``Cluster`` writes keys, TLS files and a config into a temporary directory, starts replicas as
+``python -m bft.runtime.main`` subprocesses on free loopback ports, waits for gRPC health, and stops
+exactly the processes it started, by PID (SIGTERM, then SIGKILL). It can kill -9 one replica,
+restart it, or wipe its data dir and restart it with ``--recover``. Each replica's stderr goes to
+``replica-<i>.log`` beside its data dir (appended across restarts) for post-mortems.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from bft.core.config import Params
+from bft.crypto import Ed25519Signer, Ed25519Verifier, Signer, cluster_id_from
+from bft.keys import load_replica_key, write_replica_key
+from bft.pb.bftchat.v1 import service_pb2 as spb
+from bft.runtime.clusterconf import ClusterConfig, ReplicaAddress, dump_config, load_config
+from bft.runtime.main import peer_port
+from bft.storage.log import ReplicaLog
+from client import e2e, testclient
+
+REPO = Path(__file__).resolve().parent.parent
+
+# Faster than the defaults, so that view changes and checkpoints happen within a test's time.
+TEST_PARAMS = Params(
+    view_change_timeout=1.0,
+    max_view_change_timeout=8.0,
+    status_interval=0.2,
+    checkpoint_interval=16,
+    watermark_window=64,
+)
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def free_ports(count: int, taken: set[int]) -> list[int]:
+    """``count`` ports below the ephemeral range, free now along with port + PEER_PORT_OFFSET."""
+    out: list[int] = []
+    while len(out) < count:
+        p = random.randrange(20000, 29000)
+        if p in taken or p + 1000 in taken or p in out:
+            continue
+        if _port_free(p) and _port_free(p + 1000):
+            out.append(p)
+            taken.update((p, p + 1000))
+    return out
+
+
+def write_cluster(directory: Path, n: int, *, tls: bool = True, params: Params = TEST_PARAMS) -> Path:
+    """Keys, TLS files and config.toml for an n-replica cluster on 127.0.0.1; returns the config path."""
+    directory.mkdir(parents=True, exist_ok=True)
+    taken: set[int] = set()
+    ports = free_ports(n, taken)
+    metrics = free_ports(n, taken)
+    replicas = []
+    for i in range(n):
+        signer = Ed25519Signer.generate()
+        write_replica_key(directory / f"replica-{i}.key", i, signer)
+        replicas.append(ReplicaAddress(i, "127.0.0.1", ports[i], signer.public_key, metrics[i]))
+    tls_ca = None
+    if tls:
+        from bft.runtime import tls as tlsmod
+
+        tls_dir = directory / "tls"
+        ca = tlsmod.make_ca(tls_dir)
+        for i in range(n):
+            cert, key = tlsmod.make_replica_cert(ca, i, ["127.0.0.1"])
+            cert_path, key_path = tlsmod.replica_cert_paths(tls_dir, i)
+            tlsmod.write_cert_and_key(cert_path, key_path, cert, key)
+        tls_ca = tls_dir / "ca.pem"
+    path = directory / "config.toml"
+    cfg = ClusterConfig(
+        path=path,
+        name="test",
+        n=n,
+        f=(n - 1) // 3,
+        cluster_id=cluster_id_from(os.urandom(16)),
+        replicas=tuple(replicas),
+        params=params,
+        tls_ca=tls_ca,
+    )
+    path.write_text(dump_config(cfg))
+    return path
+
+
+@dataclass
+class Proc:
+    popen: subprocess.Popen[bytes]
+    stderr: object
+
+
+class Cluster:
+    """N replica processes of one cluster. Use as a context manager (stops all on exit)."""
+
+    def __init__(
+        self, directory: Path, n: int = 4, *, tls: bool = True, params: Params = TEST_PARAMS
+    ) -> None:
+        self.dir = directory
+        self.n = n
+        self.tls = tls
+        self.config_path = write_cluster(directory, n, tls=tls, params=params)
+        self.config = load_config(self.config_path)
+        self.cluster = self.config.info()
+        self.ca_pem = self.config.tls_ca.read_bytes() if tls and self.config.tls_ca else None
+        self.procs: dict[int, Proc] = {}
+        self._started_once: dict[int, bool] = {}
+
+    def __enter__(self) -> Cluster:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop_all()
+
+    # ---- paths
+
+    def data_dir(self, i: int) -> Path:
+        return self.dir / f"data-{i}"
+
+    def log_file(self, i: int) -> Path:
+        return self.dir / f"replica-{i}.log"
+
+    def endpoint(self, i: int) -> str:
+        return self.config.replicas[i].endpoint
+
+    def peer_endpoint(self, i: int) -> str:
+        return f"127.0.0.1:{peer_port(self.config.replicas[i])}"
+
+    def segments(self, i: int) -> list[Path]:
+        return sorted((self.data_dir(i) / "log").glob("*.seg"))
+
+    # ---- processes
+
+    def command(self, i: int, *extra: str) -> list[str]:
+        cmd = [
+            sys.executable,
+            "-m",
+            "bft.runtime.main",
+            "--config",
+            str(self.config_path),
+            "--id",
+            str(i),
+            "--key",
+            str(self.dir / f"replica-{i}.key"),
+            "--data",
+            str(self.data_dir(i)),
+        ]
+        if not self.tls:
+            cmd.append("--insecure")
+        return cmd + list(extra)
+
+    def init_data(self, i: int) -> None:
+        """Create replica ``i``'s data dir as at cluster genesis (an operator's first step).
+
+        A replica that finds no data dir at all starts *recovering* (it may be one that lost its
+        disk), which at genesis costs a view change and, when the replicas start far apart, can leave
+        a late one alone in a higher view; tests want a plain genesis in view 0.
+        """
+        if self.data_dir(i).exists():
+            return
+        _, signer = load_replica_key(self.dir / f"replica-{i}.key")
+        log = ReplicaLog(self.data_dir(i), i, signer, self.cluster, Ed25519Verifier())
+        log.load()
+        log.close()
+
+    def start(self, i: int, *extra: str) -> None:
+        assert i not in self.procs or self.procs[i].popen.poll() is not None, f"replica {i} is running"
+        if "--recover" not in extra and not self._started_once.get(i):
+            self.init_data(i)
+        self._started_once[i] = True
+        err = self.log_file(i).open("ab")
+        popen = subprocess.Popen(
+            self.command(i, *extra), stdout=subprocess.DEVNULL, stderr=err, cwd=REPO, start_new_session=True
+        )
+        self.procs[i] = Proc(popen, err)
+
+    def start_all(self, ids: Iterable[int] | None = None) -> None:
+        for i in range(self.n) if ids is None else ids:
+            self.start(i)
+
+    def run_once(self, i: int, *extra: str, timeout: float = 30.0) -> subprocess.CompletedProcess[str]:
+        """Run a replica command expected to exit by itself (e.g. refusing to start)."""
+        return subprocess.run(
+            self.command(i, *extra), capture_output=True, text=True, cwd=REPO, timeout=timeout, check=False
+        )
+
+    def alive(self, i: int) -> bool:
+        p = self.procs.get(i)
+        return p is not None and p.popen.poll() is None
+
+    def kill9(self, i: int) -> None:
+        p = self.procs.get(i)
+        if p is not None and p.popen.poll() is None:
+            os.kill(p.popen.pid, signal.SIGKILL)
+            p.popen.wait(10)
+        self._close(i)
+
+    def stop(self, i: int, timeout: float = 10.0) -> int | None:
+        """SIGTERM, wait (SIGKILL past ``timeout``); returns the exit code."""
+        p = self.procs.get(i)
+        if p is None:
+            return None
+        if p.popen.poll() is None:
+            os.kill(p.popen.pid, signal.SIGTERM)
+            try:
+                p.popen.wait(timeout)
+            except subprocess.TimeoutExpired:
+                os.kill(p.popen.pid, signal.SIGKILL)
+                p.popen.wait(10)
+        self._close(i)
+        return p.popen.returncode
+
+    def _close(self, i: int) -> None:
+        p = self.procs.get(i)
+        if p is not None:
+            with contextlib.suppress(Exception):
+                p.stderr.close()  # type: ignore[attr-defined]
+
+    def stop_all(self) -> None:
+        for i in list(self.procs):
+            self.stop(i)
+
+    def kill_all(self) -> None:
+        for i in list(self.procs):
+            self.kill9(i)
+
+    def wipe(self, i: int) -> None:
+        """Destroy replica ``i``'s data dir (it must be stopped)."""
+        import shutil
+
+        assert not self.alive(i)
+        shutil.rmtree(self.data_dir(i), ignore_errors=True)
+
+    # ---- waiting
+
+    def _channel(self, i: int) -> grpc.Channel:
+        if self.ca_pem is None:
+            return grpc.insecure_channel(self.endpoint(i))
+        return grpc.secure_channel(
+            self.endpoint(i), grpc.ssl_channel_credentials(root_certificates=self.ca_pem)
+        )
+
+    def healthy(self, i: int) -> bool:
+        try:
+            with self._channel(i) as ch:
+                stub = health_pb2_grpc.HealthStub(ch)
+                resp = stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=1.0)
+                return bool(resp.status == health_pb2.HealthCheckResponse.SERVING)
+        except grpc.RpcError:
+            return False
+
+    def wait_healthy(self, ids: Iterable[int] | None = None, timeout: float = 30.0) -> None:
+        wanted = list(range(self.n) if ids is None else ids)
+        deadline = time.monotonic() + timeout
+        for i in wanted:
+            while not self.healthy(i):
+                if not self.alive(i):
+                    raise RuntimeError(
+                        f"replica {i} exited ({self.procs[i].popen.returncode}): {self.tail(i)}"
+                    )
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"replica {i} not healthy: {self.tail(i)}")
+                time.sleep(0.05)
+
+    def tail(self, i: int, lines: int = 15) -> str:
+        try:
+            return "\n".join(self.log_file(i).read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+    def status(self, i: int) -> spb.StatusReply | None:
+        try:
+            with self._channel(i) as ch:
+                raw = ch.unary_unary(testclient.STATUS_METHOD)(b"", timeout=2.0)
+                return spb.StatusReply.FromString(raw)
+        except grpc.RpcError:
+            return None
+
+    def statuses(self, ids: Iterable[int] | None = None) -> dict[int, spb.StatusReply | None]:
+        return {i: self.status(i) for i in (range(self.n) if ids is None else ids)}
+
+    def wait_agree(self, ids: Sequence[int] | None = None, timeout: float = 60.0) -> spb.StatusReply:
+        """Until every replica in ``ids`` reports the same last executed seq and state digest."""
+        wanted = list(range(self.n) if ids is None else ids)
+        deadline = time.monotonic() + timeout
+        last: dict[int, spb.StatusReply | None] = {}
+        while time.monotonic() < deadline:
+            last = self.statuses(wanted)
+            got = [s for s in last.values() if s is not None]
+            settled = len(got) == len(wanted) and not any(s.recovering or s.view_changing for s in got)
+            if settled and len({(s.last_executed, s.state_digest) for s in got}) == 1:
+                return got[0]
+            time.sleep(0.2)
+        summary = {
+            i: None if s is None else (s.view, s.last_executed, s.state_digest.hex()[:8], s.recovering)
+            for i, s in last.items()
+        }
+        raise TimeoutError(f"replicas do not agree: {summary}")
+
+    # ---- clients
+
+    def client(self, signer: Signer | None = None, session: int | None = None) -> testclient.TestClient:
+        endpoints = [self.endpoint(i) for i in range(self.n)]
+        return testclient.TestClient(
+            self.cluster, endpoints, signer or Ed25519Signer.generate(), ca_pem=self.ca_pem, session=session
+        )
+
+
+def run(coro: object, timeout: float = 120.0) -> object:
+    """Run a coroutine from a sync test with a hard bound."""
+
+    async def bounded() -> object:
+        return await asyncio.wait_for(coro, timeout)  # type: ignore[arg-type]
+
+    return asyncio.run(bounded())
+
+
+# ---- chat users ---------------------------------------------------------------------------------
+
+
+class ChatUser:
+    """A chat account driven through a TestClient: signing key, box keys and the plain operations."""
+
+    def __init__(self, cluster: Cluster, name: str) -> None:
+        self.name = name
+        self.signer = Ed25519Signer.generate()
+        self.box = e2e.BoxKeys.generate()
+        self.client = cluster.client(self.signer)
+
+    async def __aenter__(self) -> ChatUser:
+        await self.client.connect()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.client.close()
+
+    async def op(self, op: bytes, *, read_only: bool = False, timeout: float = 30.0) -> object:
+        """Run ``op``; the parsed ChatResult (raises if the app returned an error)."""
+        reply = await self.client.request(op, read_only=read_only, timeout=timeout)
+        assert reply.status == 0, reply
+        result = e2e.parse_result(reply.result)
+        if result.WhichOneof("result") == "error":
+            raise AssertionError(f"{self.name}: {result.error.message}")
+        return result
+
+    async def register(self) -> object:
+        return await self.op(e2e.register_op(self.name, self.box.public))
+
+    async def send(self, to: ChatUser, text: bytes, timeout: float = 30.0) -> object:
+        op = e2e.encrypt_send_op(self.name, self.box, to.name, to.box.public, text)
+        return await self.op(op, timeout=timeout)
+
+    async def fetch_all(self, *, read_only: bool = True) -> list[tuple[int, bytes]]:
+        """Every undelivered message (id, plaintext), verified and decrypted, following pages."""
+        out: list[tuple[int, bytes]] = []
+        after = 0
+        while True:
+            res = await self.op(e2e.fetch_op(self.name, after_id=after), read_only=read_only)
+            msgs = res.messages  # type: ignore[attr-defined]
+            for m in msgs.messages:
+                got = e2e.open_delivered(m, self.client.cluster.cluster_id, self.name, self.box)
+                out.append((m.id, got.plaintext))
+                after = m.id
+            if not msgs.more:
+                return out
