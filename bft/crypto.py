@@ -163,7 +163,8 @@ class HashVerifier:
 
 
 class AcceptAllVerifier:
-    """Only for the ``skip-signature-check`` mutation: proves the simulator notices forgeries."""
+    """Accepts everything. Used for the ``skip-signature-check`` mutation (proving the simulator notices
+    forgeries) and for replaying a replica's own already-verified log on restart."""
 
     def verify(self, public_key: bytes, data: bytes, signature: bytes) -> bool:
         return True
