@@ -258,8 +258,10 @@ def _report_cluster(directory: Path, cfg: ClusterConfig, removed: list[Path]) ->
                 f"    {host} (replica {', '.join(ids)}): {CONFIG_FILE} tls/{CA_CERT_FILE} "
                 f"replica-{i}.key tls/replica-{i}.{{pem,key}}"
             )
-    print(f"  start each replica i with {d / CONFIG_FILE} and replica-i.key (docs/OPERATIONS.md)")
+    config = d / CONFIG_FILE
+    print(f"  start replica i: bftchat-replica --config {config} --id i --key {d}/replica-i.key --data DIR")
     print(f"  give clients {d / CONFIG_FILE} and {d / TLS_DIR / CA_CERT_FILE}")
+    print("  details: docs/OPERATIONS.md")
 
 
 # ---- entry point -------------------------------------------------------------------------------
