@@ -26,11 +26,11 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from bft.core.config import Params
-from bft.crypto import Ed25519Signer, Ed25519Verifier, Signer, cluster_id_from
-from bft.keys import load_replica_key, write_replica_key
+from bft.crypto import Ed25519Signer, Ed25519Verifier, Signer
+from bft.keys import load_replica_key
 from bft.pb.bftchat.v1 import service_pb2 as spb
-from bft.runtime.clusterconf import ClusterConfig, ReplicaAddress, dump_config, load_config
-from bft.runtime.main import peer_port
+from bft.runtime import keygen
+from bft.runtime.clusterconf import load_config
 from bft.storage.log import ReplicaLog
 from client import e2e, testclient
 
@@ -56,54 +56,32 @@ def _port_free(port: int) -> bool:
     return True
 
 
-def free_ports(count: int, taken: set[int]) -> list[int]:
-    """``count`` ports below the ephemeral range, free now along with port + PEER_PORT_OFFSET."""
-    out: list[int] = []
-    while len(out) < count:
-        p = random.randrange(20000, 29000)
-        if p in taken or p + 1000 in taken or p in out:
-            continue
-        if _port_free(p) and _port_free(p + 1000):
-            out.append(p)
-            taken.update((p, p + 1000))
-    return out
+def free_range(count: int, taken: set[int]) -> int:
+    """A base port with ``count`` consecutive free ports, below the ephemeral range."""
+    while True:
+        base = random.randrange(20000, 30000 - count)
+        ports = range(base, base + count)
+        if not taken.intersection(ports) and all(_port_free(p) for p in ports):
+            taken.update(ports)
+            return base
 
 
-def write_cluster(directory: Path, n: int, *, tls: bool = True, params: Params = TEST_PARAMS) -> Path:
-    """Keys, TLS files and config.toml for an n-replica cluster on 127.0.0.1; returns the config path."""
-    directory.mkdir(parents=True, exist_ok=True)
+def write_cluster(directory: Path, n: int, *, params: Params = TEST_PARAMS) -> Path:
+    """Keys, TLS files and config.toml for an n-replica cluster on 127.0.0.1 (``bftchat-keygen
+    cluster`` with free ports); returns the config path."""
     taken: set[int] = set()
-    ports = free_ports(n, taken)
-    metrics = free_ports(n, taken)
-    replicas = []
-    for i in range(n):
-        signer = Ed25519Signer.generate()
-        write_replica_key(directory / f"replica-{i}.key", i, signer)
-        replicas.append(ReplicaAddress(i, "127.0.0.1", ports[i], signer.public_key, metrics[i]))
-    tls_ca = None
-    if tls:
-        from bft.runtime import tls as tlsmod
-
-        tls_dir = directory / "tls"
-        ca = tlsmod.make_ca(tls_dir)
-        for i in range(n):
-            cert, key = tlsmod.make_replica_cert(ca, i, ["127.0.0.1"])
-            cert_path, key_path = tlsmod.replica_cert_paths(tls_dir, i)
-            tlsmod.write_cert_and_key(cert_path, key_path, cert, key)
-        tls_ca = tls_dir / "ca.pem"
-    path = directory / "config.toml"
-    cfg = ClusterConfig(
-        path=path,
+    cfg, signers, admin = keygen.plan_cluster(
+        directory,
         name="test",
-        n=n,
-        f=(n - 1) // 3,
-        cluster_id=cluster_id_from(os.urandom(16)),
-        replicas=tuple(replicas),
+        replicas=n,
+        hosts=["127.0.0.1"],
+        base_port=free_range(n, taken),
+        peer_base_port=free_range(n, taken),
+        metrics_base_port=free_range(n, taken),
         params=params,
-        tls_ca=tls_ca,
     )
-    path.write_text(dump_config(cfg))
-    return path
+    keygen.write_cluster(cfg, signers, admin, force=False)
+    return cfg.path
 
 
 @dataclass
@@ -121,7 +99,7 @@ class Cluster:
         self.dir = directory
         self.n = n
         self.tls = tls
-        self.config_path = write_cluster(directory, n, tls=tls, params=params)
+        self.config_path = write_cluster(directory, n, params=params)
         self.config = load_config(self.config_path)
         self.cluster = self.config.info()
         self.ca_pem = self.config.tls_ca.read_bytes() if tls and self.config.tls_ca else None
@@ -146,7 +124,7 @@ class Cluster:
         return self.config.replicas[i].endpoint
 
     def peer_endpoint(self, i: int) -> str:
-        return f"127.0.0.1:{peer_port(self.config.replicas[i])}"
+        return f"127.0.0.1:{self.config.replicas[i].peer_link_port}"
 
     def segments(self, i: int) -> list[Path]:
         return sorted((self.data_dir(i) / "log").glob("*.seg"))

@@ -36,7 +36,6 @@ from bft.runtime.peers import PeerLink, PeerLinks
 from bft.runtime.server import Servers
 
 SHUTDOWN_GRACE = 1.0
-PEER_PORT_OFFSET = 1000  # until the config names a peer port: peer port = client port + this
 
 
 class UsageError(Exception):
@@ -45,12 +44,6 @@ class UsageError(Exception):
 
 class StartError(Exception):
     """The replica refuses to start on its data: exit 1 with this message."""
-
-
-def peer_port(addr: Any) -> int:
-    """The port a replica serves peer links on (mutual TLS), separate from its client port."""
-    port = getattr(addr, "peer_port", None)
-    return int(port) if port else int(addr.port) + PEER_PORT_OFFSET
 
 
 def _host(addr: Any) -> str:
@@ -198,7 +191,7 @@ async def serve(p: Prepared) -> int:
 
     for addr in config.replicas:
         if addr.id != rid:
-            target = f"{_host(addr)}:{peer_port(addr)}"
+            target = f"{_host(addr)}:{addr.peer_link_port}"
             peers.add(
                 PeerLink(
                     addr.id, target, channel_creds, hello_for(addr.id), metrics, events, peers.update_gauge
@@ -206,7 +199,7 @@ async def serve(p: Prepared) -> int:
             )
     servers = Servers(node, p.verifier, metrics, events, client_creds=client_creds, peer_creds=peer_creds)
     try:
-        servers.bind(f"{_host(me)}:{me.port}", f"{_host(me)}:{peer_port(me)}")
+        servers.bind(f"{_host(me)}:{me.port}", f"{_host(me)}:{me.peer_link_port}")
     except RuntimeError as exc:
         raise StartError(f"cannot listen: {exc}") from None
     await servers.start()
@@ -216,7 +209,7 @@ async def serve(p: Prepared) -> int:
     events.info(
         "started",
         client_port=me.port,
-        peer_port=peer_port(me),
+        peer_port=me.peer_link_port,
         tls=p.tls is not None,
         recovering=node.replica.recovering,
         primary=node.replica.primary,
