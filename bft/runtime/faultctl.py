@@ -1,0 +1,248 @@
+"""Fault injection on real replicas: the admin-signed command, the replica's Admin endpoint, and
+the ``bftchat-fault`` tool.
+
+Nothing here implements a lie: the behaviours are the simulator's (``bft/faults.py``), wrapped
+around the running replica's core (``Node.core``) and its links (``Node.link_policy``). The endpoint
+exists only when a replica is started with ``--allow-fault-injection``, and it obeys only commands
+signed by the cluster's admin key, for this replica, with a fresh timestamp (no replays).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import random
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+import grpc.aio
+
+from bft.crypto import Kind, Signer, Verifier, split_tag, tag
+from bft.faults import BEHAVIOURS, ByzantineReplica, LinkPolicy
+from bft.pb.bftchat.v1 import admin_pb2 as apb
+from bft.wire import WireError, parse
+
+FAULT_METHOD = "/bftchat.v1.Admin/Fault"
+MAX_SKEW_US = 5 * 60 * 1_000_000
+LINK_FAULTS = ("drop-to", "slow")
+ALL_FAULTS = (*sorted(BEHAVIOURS), *LINK_FAULTS, "crash", "heal")
+
+
+class FaultError(ValueError):
+    """A fault command that is malformed, unsigned, for another replica, replayed, or unknown."""
+
+
+def sign_command(admin: Signer, cluster_id: bytes, cmd: apb.FaultCommand) -> apb.AdminRequest:
+    body = tag(Kind.ADMIN, cluster_id) + cmd.SerializeToString()
+    return apb.AdminRequest(body=body, signature=admin.sign(body))
+
+
+def check_command(
+    req: apb.AdminRequest,
+    cluster_id: bytes,
+    admin_key: bytes | None,
+    verifier: Verifier,
+    replica_id: int,
+    last_timestamp: int,
+    now_us: int,
+) -> apb.FaultCommand:
+    """Verify before parsing; then: for us, fresh, and naming only known behaviours."""
+    if admin_key is None:
+        raise FaultError("the cluster config has no admin_public_key")
+    split = split_tag(req.body, cluster_id)
+    if split is None or split[0] != Kind.ADMIN:
+        raise FaultError("not an admin command of this cluster")
+    if not verifier.verify(admin_key, req.body, req.signature):
+        raise FaultError("bad admin signature")
+    try:
+        cmd = parse(apb.FaultCommand, split[1])
+    except WireError as exc:
+        raise FaultError(str(exc)) from None
+    if cmd.replica_id != replica_id:
+        raise FaultError(f"command is for replica {cmd.replica_id}, this is replica {replica_id}")
+    if cmd.timestamp_us <= last_timestamp:
+        raise FaultError("replayed or out-of-order command")
+    if abs(cmd.timestamp_us - now_us) > MAX_SKEW_US:
+        raise FaultError("command timestamp too far from this replica's clock")
+    unknown = [b for b in cmd.behaviours if b not in BEHAVIOURS]
+    if unknown:
+        raise FaultError(f"unknown behaviour(s): {', '.join(unknown)}")
+    return cmd
+
+
+@dataclass
+class FaultState:
+    behaviours: tuple[str, ...] = ()
+    drop_to: tuple[int, ...] = ()
+    slow_ms: int = 0
+
+    def describe(self) -> list[str]:
+        out = list(self.behaviours)
+        out += [f"drop-to {j}" for j in self.drop_to]
+        if self.slow_ms:
+            out.append(f"slow {self.slow_ms}")
+        return out
+
+
+class FaultController:
+    """The replica side: applies verified commands to a running ``Node``."""
+
+    def __init__(self, node: Any, cluster_id: bytes, admin_key: bytes | None, verifier: Verifier) -> None:
+        self.node = node
+        self.cluster_id = cluster_id
+        self.admin_key = admin_key
+        self.verifier = verifier
+        self.last_timestamp = 0
+        self.state = FaultState()
+
+    def handle(self, raw: bytes) -> apb.AdminReply:
+        try:
+            req = parse(apb.AdminRequest, raw)
+            cmd = check_command(
+                req,
+                self.cluster_id,
+                self.admin_key,
+                self.verifier,
+                self.node.id,
+                self.last_timestamp,
+                int(time.time() * 1_000_000),
+            )
+        except (FaultError, WireError) as exc:
+            return apb.AdminReply(ok=False, message=str(exc), active=self.state.describe())
+        self.last_timestamp = cmd.timestamp_us
+        if cmd.crash:
+            self.node.events.warning("fault_crash")
+            loop = asyncio.get_running_loop()
+            loop.call_later(0.05, os._exit, 137)  # after the reply is on its way
+            return apb.AdminReply(ok=True, message="crashing", active=["crash"])
+        honest = self.node.replica
+        if cmd.heal:
+            self.state = FaultState()
+            self.node.core = honest
+            self.node.link_policy = LinkPolicy()
+        else:
+            names = tuple(dict.fromkeys((*self.state.behaviours, *cmd.behaviours)))
+            drop = tuple(sorted({*self.state.drop_to, *cmd.drop_to}))
+            slow = cmd.slow_ms or self.state.slow_ms
+            self.state = FaultState(names, drop, slow)
+            behaviours = [BEHAVIOURS[n]() for n in names]
+            rng = random.Random(int.from_bytes(os.urandom(8), "big"))
+            self.node.core = ByzantineReplica(honest, behaviours, rng) if behaviours else honest
+            self.node.link_policy = LinkPolicy(drop_to=set(drop), delay=slow / 1000)
+        self.node.events.warning("fault_injected", active=",".join(self.state.describe()) or "none")
+        return apb.AdminReply(ok=True, message="ok", active=self.state.describe())
+
+
+def admin_handler(controller: FaultController) -> grpc.GenericRpcHandler:
+    """The Admin service as a generic handler on raw bytes (added to the client port's server)."""
+
+    async def fault(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        return controller.handle(request).SerializeToString()
+
+    handler = grpc.unary_unary_rpc_method_handler(fault)
+    return grpc.method_handlers_generic_handler("bftchat.v1.Admin", {"Fault": handler})
+
+
+# ---- bftchat-fault ----------------------------------------------------------------------------
+
+
+def parse_faults(words: Sequence[str]) -> apb.FaultCommand:
+    """``equivocate lie-to-clients``, ``drop-to 3 drop-to 4``, ``slow 200``, ``crash``, ``heal``."""
+    cmd = apb.FaultCommand()
+    it = iter(words)
+    for w in it:
+        if w in BEHAVIOURS:
+            cmd.behaviours.append(w)
+        elif w in LINK_FAULTS:
+            arg = next(it, None)
+            if arg is None or not arg.isdigit():
+                raise FaultError(f"{w} needs a number (drop-to REPLICA, slow MS)")
+            if w == "drop-to":
+                cmd.drop_to.append(int(arg))
+            else:
+                cmd.slow_ms = int(arg)
+        elif w == "crash":
+            cmd.crash = True
+        elif w == "heal":
+            cmd.heal = True
+        else:
+            raise FaultError(f"unknown fault {w!r}; choose from: {', '.join(ALL_FAULTS)}")
+    if not (cmd.behaviours or cmd.drop_to or cmd.slow_ms or cmd.crash or cmd.heal):
+        raise FaultError("name at least one fault (or heal)")
+    if cmd.heal and (cmd.behaviours or cmd.drop_to or cmd.slow_ms or cmd.crash):
+        raise FaultError("heal cannot be combined with other faults")
+    return cmd
+
+
+async def send_fault(
+    endpoint: str, ca_pem: bytes | None, req: apb.AdminRequest, timeout: float = 5.0
+) -> apb.AdminReply:
+    if ca_pem is None:
+        channel = grpc.aio.insecure_channel(endpoint)
+    else:
+        channel = grpc.aio.secure_channel(endpoint, grpc.ssl_channel_credentials(root_certificates=ca_pem))
+    async with channel:
+        raw = await channel.unary_unary(FAULT_METHOD)(req.SerializeToString(), timeout=timeout)
+        assert isinstance(raw, bytes)
+        return parse(apb.AdminReply, raw)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from bft.keys import KeyFileError, load_admin_key
+    from bft.runtime.clusterconf import ConfigError, load_config
+
+    ap = argparse.ArgumentParser(
+        prog="bftchat-fault",
+        description="Make one replica Byzantine (it must run with --allow-fault-injection).",
+        epilog=f"faults: {', '.join(ALL_FAULTS)} (drop-to J and slow MS take a number)",
+    )
+    ap.add_argument("--config", required=True, help="cluster config (config.toml)")
+    ap.add_argument("--replica", type=int, required=True, help="replica id")
+    ap.add_argument("--admin-key", help="admin key file (default: admin.key beside the config)")
+    ap.add_argument("--insecure", action="store_true", help="plaintext (replicas run with --insecure)")
+    ap.add_argument("faults", nargs="+", metavar="FAULT")
+    args = ap.parse_args(argv)
+    try:
+        config = load_config(args.config)
+        if not 0 <= args.replica < config.n:
+            raise FaultError(f"no replica {args.replica} in a cluster of {config.n}")
+        cmd = parse_faults(args.faults)
+        cmd.replica_id = args.replica
+        cmd.timestamp_us = int(time.time() * 1_000_000)
+        admin = load_admin_key(
+            Path(args.admin_key) if args.admin_key else Path(config.path).parent / "admin.key"
+        )
+        req = sign_command(admin, config.cluster_id, cmd)
+        ca = None if args.insecure or config.tls_ca is None else config.tls_ca.read_bytes()
+        reply = asyncio.run(send_fault(config.address(args.replica).endpoint, ca, req))
+    except (ConfigError, KeyFileError, FaultError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except grpc.aio.AioRpcError as exc:
+        if exc.code() == grpc.StatusCode.UNIMPLEMENTED:
+            print(
+                f"error: replica {args.replica} does not accept fault injection "
+                "(start it with --allow-fault-injection)",
+                file=sys.stderr,
+            )
+        elif cmd.crash and exc.code() == grpc.StatusCode.UNAVAILABLE:
+            print(f"replica {args.replica}: crashed")
+            return 0
+        else:
+            print(f"error: replica {args.replica}: {exc.code().name}: {exc.details()}", file=sys.stderr)
+        return 1
+    if not reply.ok:
+        print(f"error: replica {args.replica} refused: {reply.message}", file=sys.stderr)
+        return 1
+    print(f"replica {args.replica}: {', '.join(reply.active) or 'honest'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
