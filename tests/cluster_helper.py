@@ -279,20 +279,28 @@ class Cluster:
     def statuses(self, ids: Iterable[int] | None = None) -> dict[int, spb.StatusReply | None]:
         return {i: self.status(i) for i in (range(self.n) if ids is None else ids)}
 
-    def wait_agree(self, ids: Sequence[int] | None = None, timeout: float = 60.0) -> spb.StatusReply:
-        """Until every replica in ``ids`` reports the same last executed seq and state digest."""
+    def wait_agree(
+        self, ids: Sequence[int] | None = None, timeout: float = 60.0, same_view: bool = True
+    ) -> spb.StatusReply:
+        """Until every replica in ``ids`` reports the same last executed seq and state digest, none
+        recovering (and, with ``same_view``, all in one view and none changing views)."""
         wanted = list(range(self.n) if ids is None else ids)
         deadline = time.monotonic() + timeout
         last: dict[int, spb.StatusReply | None] = {}
         while time.monotonic() < deadline:
             last = self.statuses(wanted)
             got = [s for s in last.values() if s is not None]
-            settled = len(got) == len(wanted) and not any(s.recovering or s.view_changing for s in got)
-            if settled and len({(s.last_executed, s.state_digest) for s in got}) == 1:
+            keys = {(s.last_executed, s.state_digest) for s in got}
+            if same_view:
+                keys = {(s.last_executed, s.state_digest, s.view, s.view_changing) for s in got}
+            if len(got) == len(wanted) and not any(s.recovering for s in got) and len(keys) == 1:
                 return got[0]
             time.sleep(0.2)
         summary = {
-            i: None if s is None else (s.view, s.last_executed, s.state_digest.hex()[:8], s.recovering)
+            i: None
+            if s is None
+            else f"view {s.view}{' (changing)' if s.view_changing else ''} executed {s.last_executed} "
+            f"digest {s.state_digest.hex()[:8]}{' recovering' if s.recovering else ''}"
             for i, s in last.items()
         }
         raise TimeoutError(f"replicas do not agree: {summary}")
