@@ -193,6 +193,7 @@ class TestClient:
         self._pending: dict[int, _Pending] = {}
         self._timestamp = 0
         self.last_seq = 0
+        self.last_raw = b""  # the signed bytes of the latest request sent
 
     @classmethod
     def from_config(cls, config: object, signer: Signer, *, insecure: bool = False) -> TestClient:
@@ -267,6 +268,7 @@ class TestClient:
             read_only=read_only,
             min_seq=self.last_seq if read_only else 0,
         )
+        self.last_raw = raw
         q = self.cluster.quorums
         fut: asyncio.Future[CheckedReply] = asyncio.get_running_loop().create_future()
         p = _Pending(ts, raw, sha256(raw), read_only, ReplyCollector(q.read if read_only else q.reply), fut)

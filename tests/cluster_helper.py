@@ -329,10 +329,12 @@ def run(coro: object, timeout: float = 120.0) -> object:
 class ChatUser:
     """A chat account driven through a TestClient: signing key, box keys and the plain operations."""
 
-    def __init__(self, cluster: Cluster, name: str) -> None:
+    def __init__(
+        self, cluster: Cluster, name: str, signer: Ed25519Signer | None = None, box: e2e.BoxKeys | None = None
+    ) -> None:
         self.name = name
-        self.signer = Ed25519Signer.generate()
-        self.box = e2e.BoxKeys.generate()
+        self.signer = signer or Ed25519Signer.generate()
+        self.box = box or e2e.BoxKeys.generate()
         self.client = cluster.client(self.signer)
 
     async def __aenter__(self) -> ChatUser:

@@ -1,0 +1,305 @@
+"""Hostile input on every endpoint of real replicas (n=4, TLS): the peer link and the client session.
+
+Each bad input gets a clear error or is dropped; afterwards every replica is still running, none
+logged an internal error, the cluster still commits, and nothing committed before is lost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import grpc
+import grpc.aio
+import pytest
+from cluster_helper import ChatUser, Cluster, run
+
+from bft.crypto import Ed25519Signer, Kind, cluster_id_from
+from bft.keys import load_replica_key
+from bft.pb.bftchat.v1 import protocol_pb2 as pb
+from bft.pb.bftchat.v1 import service_pb2 as spb
+from bft.runtime import tls
+from bft.runtime.handshake import link_hello
+from bft.runtime.peers import LINK_METHOD, MAX_FRAME_WIRE
+from bft.runtime.server import MAX_CLIENT_FRAME
+from bft.wire import MAX_REQUEST_BYTES, make_request, seal
+from client import e2e
+from client.testclient import SESSION_METHOD, STATUS_METHOD, channel
+
+TARGET = 0  # the replica under attack
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    with Cluster(tmp_path_factory.mktemp("bad"), 4) as c:
+        c.start_all()
+        c.wait_healthy()
+        c.wait_agree(timeout=30)
+        yield c
+        for i in range(c.n):
+            text = c.log_file(i).read_text(errors="replace")
+            assert "Traceback" not in text and "core_error" not in text, c.tail(i, 40)
+
+
+@dataclass
+class History:
+    """Messages committed before the attacks (they must all survive them) and their recipient."""
+
+    texts: list[bytes]
+    witness: Ed25519Signer
+    box: e2e.BoxKeys
+
+
+@pytest.fixture(scope="module")
+def history(cluster: Cluster) -> History:
+    h = History([b"before-%d" % i for i in range(5)], Ed25519Signer.generate(), e2e.BoxKeys.generate())
+
+    async def scenario() -> None:
+        async with ChatUser(cluster, "keeper") as a, ChatUser(cluster, "witness", h.witness, h.box) as b:
+            await a.register()
+            await b.register()
+            for t in h.texts:
+                await a.send(b, t)
+
+    run(scenario(), 60)
+    return h
+
+
+def _peer_channel(c: Cluster, target: int, cert_of: int | None) -> grpc.aio.Channel:
+    assert c.config.tls_ca is not None
+    tls_dir = c.config.tls_ca.parent
+    if cert_of is None:
+        creds = tls.channel_credentials(c.config.tls_ca)
+    else:
+        creds = tls.channel_credentials(c.config.tls_ca, *tls.replica_cert_paths(tls_dir, cert_of))
+    return grpc.aio.secure_channel(c.peer_endpoint(target), creds)
+
+
+async def _outcome(call: grpc.aio.StreamStreamCall) -> tuple[grpc.StatusCode, str]:
+    """How the server ended the call."""
+    try:
+        while await call.read() is not grpc.aio.EOF:
+            pass
+    except grpc.aio.AioRpcError as exc:
+        return exc.code(), exc.details() or ""
+    return await call.code(), await call.details()
+
+
+async def _link(ch: grpc.aio.Channel) -> tuple[grpc.aio.StreamStreamCall, bytes]:
+    call = ch.stream_stream(LINK_METHOD)()
+    first = await call.read()
+    assert isinstance(first, bytes)
+    return call, spb.LinkDown.FromString(first).nonce
+
+
+@pytest.mark.timeout(30)
+def test_peer_port_needs_a_cluster_certificate(cluster: Cluster) -> None:
+    async def scenario() -> None:
+        for ch in (
+            _peer_channel(cluster, TARGET, None),  # TLS, but no client certificate
+            grpc.aio.insecure_channel(cluster.peer_endpoint(TARGET)),  # plaintext
+        ):
+            async with ch:
+                call = ch.stream_stream(LINK_METHOD)()
+                code, _ = await asyncio.wait_for(_outcome(call), 10)
+                assert code == grpc.StatusCode.UNAVAILABLE
+
+    run(scenario(), 25)
+
+
+@pytest.mark.timeout(60)
+def test_peer_hello_must_come_from_the_replica_it_names(cluster: Cluster) -> None:
+    c = cluster
+    cid = c.cluster.cluster_id
+    _, key3 = load_replica_key(c.dir / "replica-3.key")
+    _, key2 = load_replica_key(c.dir / "replica-2.key")
+    stranger = Ed25519Signer.generate()
+
+    def up(hello: spb.LinkHello) -> bytes:
+        return spb.LinkUp(hello=hello).SerializeToString()
+
+    cases: list[tuple[str, object, str]] = [
+        ("signed by a stranger", lambda n: up(link_hello(stranger, cid, 3, TARGET, n)), "bad signature"),
+        ("unknown replica", lambda n: up(link_hello(stranger, cid, 99, TARGET, n)), "unknown replica"),
+        ("for another replica", lambda n: up(link_hello(key3, cid, 3, 1, n)), "addressed to replica 1"),
+        ("replayed nonce", lambda n: up(link_hello(key3, cid, 3, TARGET, b"\0" * 32)), "another nonce"),
+        (
+            "other cluster",
+            lambda n: up(link_hello(key3, cluster_id_from(b"x"), 3, TARGET, n)),
+            "this cluster",
+        ),
+        ("no hello first", lambda n: spb.LinkUp(messages=[b"x"]).SerializeToString(), "start with a hello"),
+        ("malformed", lambda n: b"\xff\xff\xff", "malformed LinkUp"),
+        ("someone else's certificate", lambda n: up(link_hello(key2, cid, 2, TARGET, n)), "certificate"),
+    ]
+
+    async def scenario() -> None:
+        async with _peer_channel(c, TARGET, 3) as ch:
+            for what, make, expected in cases:
+                call, nonce = await _link(ch)
+                await call.write(make(nonce))  # type: ignore[operator]
+                code, details = await asyncio.wait_for(_outcome(call), 10)
+                assert code == grpc.StatusCode.UNAUTHENTICATED, (what, code, details)
+                assert expected in details, (what, details)
+            # A frame beyond the size limit is refused by gRPC before anything reads it.
+            call, nonce = await _link(ch)
+            await call.write(up(link_hello(key3, cid, 3, TARGET, nonce)))
+            await call.write(spb.LinkUp(messages=[bytes(MAX_FRAME_WIRE)]).SerializeToString())
+            code, details = await asyncio.wait_for(_outcome(call), 10)
+            assert code == grpc.StatusCode.RESOURCE_EXHAUSTED, (code, details)
+
+    run(scenario(), 50)
+
+
+@pytest.mark.timeout(60)
+def test_garbage_from_an_authenticated_peer_is_dropped(cluster: Cluster, history: History) -> None:
+    """A Byzantine replica 3 (its real certificate and key) sends junk on its link to replica 0."""
+    c = cluster
+    cid = c.cluster.cluster_id
+    _, key3 = load_replica_key(c.dir / "replica-3.key")
+    status = pb.Status(view=10**9, last_executed=10**9, stable_seq=10**9)
+    valid = pb.PeerMessage(envelope=seal(key3, 3, Kind.STATUS, cid, status)).SerializeToString()
+    forged = pb.PeerMessage(envelope=seal(key3, 1, Kind.STATUS, cid, status)).SerializeToString()
+    unknown = pb.PeerMessage(
+        envelope=seal(key3, 77, Kind.COMMIT, cid, pb.Commit(view=0, seq=1))
+    ).SerializeToString()
+    bad_sig = pb.PeerMessage(
+        envelope=pb.Envelope(
+            body=b"BFTC" + bytes([1, int(Kind.PREPARE)]) + cid + b"x", signer=3, signature=b"s" * 64
+        )
+    ).SerializeToString()
+    junk = [b"", b"\x00", b"\xff" * 100, bytes(range(256)) * 40, forged, unknown, bad_sig, valid * 3]
+    junk += [valid] * 200  # replays of one validly signed (lying) message
+    junk += [pb.PeerMessage(request=b"\x01" * 1000).SerializeToString()] * 20
+
+    async def scenario() -> None:
+        async with _peer_channel(c, TARGET, 3) as ch:
+            call, nonce = await _link(ch)
+            await call.write(spb.LinkUp(hello=link_hello(key3, cid, 3, TARGET, nonce)).SerializeToString())
+            for _ in range(5):
+                await call.write(spb.LinkUp(messages=junk).SerializeToString())
+                await call.write(b"\xff\xfe not a frame")  # dropped; the link stays up
+            await call.write(spb.LinkUp(messages=junk).SerializeToString())
+            await asyncio.sleep(0.5)
+            assert not call.done()
+            call.cancel()
+        async with ChatUser(c, "after-peer-junk") as u:
+            await u.register()
+
+    run(scenario(), 50)
+    assert all(c.alive(i) and c.healthy(i) for i in range(c.n))
+    c.wait_agree(timeout=30, same_view=False)
+
+
+async def _session(c: Cluster, replica: int) -> tuple[grpc.aio.Channel, grpc.aio.StreamStreamCall]:
+    ch = channel(c.endpoint(replica), c.ca_pem)
+    call = ch.stream_stream(SESSION_METHOD)()
+    first = await call.read()
+    assert isinstance(first, bytes) and spb.ServerFrame.FromString(first).WhichOneof("kind") == "nonce"
+    return ch, call
+
+
+async def _next(call: grpc.aio.StreamStreamCall) -> spb.ServerFrame:
+    raw = await asyncio.wait_for(call.read(), 10)
+    assert isinstance(raw, bytes), raw
+    return spb.ServerFrame.FromString(raw)
+
+
+@pytest.mark.timeout(60)
+def test_client_session_rejects_bad_input_clearly(cluster: Cluster, history: History) -> None:
+    c = cluster
+    cid = c.cluster.cluster_id
+    user = Ed25519Signer.generate()
+    op = e2e.register_op("sessionuser", bytes(32))
+    signed = make_request(user, cid, 1, 1, op)
+    env = pb.Envelope.FromString(signed)
+    env.signature = bytes(64)
+    wrong_sig = env.SerializeToString()
+    other_cluster = make_request(user, cluster_id_from(b"elsewhere"), 1, 1, op)
+    too_big = make_request(user, cid, 1, 2, b"x" * (MAX_REQUEST_BYTES + 100))
+    assert len(too_big) + 16 < MAX_CLIENT_FRAME
+
+    cases: list[tuple[bytes, str]] = [
+        (b"\xff\xff\xff", "malformed ClientFrame"),
+        (b"", "empty client frame"),
+        (spb.ClientFrame(request=b"garbage").SerializeToString(), "malformed Envelope"),
+        (spb.ClientFrame(request=wrong_sig).SerializeToString(), "bad client signature"),
+        (spb.ClientFrame(request=other_cluster).SerializeToString(), "not a client request of this cluster"),
+        (spb.ClientFrame(request=too_big).SerializeToString(), "exceeds"),
+    ]
+
+    async def scenario() -> None:
+        ch, call = await _session(c, TARGET)
+        async with ch:
+            for raw, expected in cases:
+                await call.write(raw)
+                got = await _next(call)
+                assert got.WhichOneof("kind") == "error", got
+                assert expected in got.error.message, (expected, got.error.message)
+            bad_auth = spb.AuthProof(public_key=b"short", signature=b"")
+            await call.write(spb.ClientFrame(auth=bad_auth).SerializeToString())
+            assert (await _next(call)).WhichOneof("kind") == "auth_error"
+            # The session is still usable: a good request gets its (signed) reply.
+            await call.write(spb.ClientFrame(request=signed).SerializeToString())
+            got = await _next(call)
+            assert got.WhichOneof("kind") == "reply"
+            reply = pb.ClientReply.FromString(got.reply)
+            assert e2e.parse_result(reply.result).registered.name == "sessionuser"
+            # Beyond the gRPC size limit: the stream is refused, the replica is not.
+            await call.write(spb.ClientFrame(request=bytes(MAX_CLIENT_FRAME)).SerializeToString())
+            code, _ = await asyncio.wait_for(_outcome(call), 10)
+            assert code == grpc.StatusCode.RESOURCE_EXHAUSTED
+            # Status ignores whatever it is sent.
+            raw = await ch.unary_unary(STATUS_METHOD)(b"\xff\xff", timeout=5)
+            assert spb.StatusReply.FromString(raw).replica_id == TARGET
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await ch.unary_unary("/bftchat.v1.ClientService/Nope")(b"", timeout=5)
+            assert err.value.code() == grpc.StatusCode.UNIMPLEMENTED
+
+    run(scenario(), 50)
+    assert all(c.alive(i) and c.healthy(i) for i in range(c.n))
+
+
+@pytest.mark.timeout(60)
+def test_replayed_requests_execute_once(cluster: Cluster, history: History) -> None:
+    c = cluster
+
+    async def scenario() -> None:
+        async with ChatUser(c, "replayer") as a, ChatUser(c, "replayee") as b:
+            await a.register()
+            await b.register()
+            first = await a.send(b, b"once")
+            raw_first = a.client.last_raw
+            await a.send(b, b"twice")
+            # Replay both signed requests on fresh sessions to every replica: the latest gets the
+            # cached reply again, the older one nothing; neither executes again.
+            for i in range(c.n):
+                ch, call = await _session(c, i)
+                async with ch:
+                    await call.write(spb.ClientFrame(request=raw_first).SerializeToString())
+                    await call.write(spb.ClientFrame(request=a.client.last_raw).SerializeToString())
+                    got = await _next(call)
+                    assert got.WhichOneof("kind") == "reply"
+                    reply = pb.ClientReply.FromString(got.reply)
+                    sent = e2e.parse_result(reply.result).sent
+                    assert sent.id == first.sent.id + 1  # type: ignore[attr-defined]
+                    call.cancel()
+            inbox = await b.fetch_all()
+            assert [t for _, t in inbox] == [b"once", b"twice"]
+
+    run(scenario(), 50)
+
+
+@pytest.mark.timeout(60)
+def test_nothing_was_lost(cluster: Cluster, history: History) -> None:
+    c = cluster
+
+    async def scenario() -> None:
+        async with ChatUser(c, "witness", history.witness, history.box) as w:
+            inbox = await w.fetch_all(read_only=False)
+            assert [t for _, t in inbox] == history.texts
+
+    run(scenario(), 30)
+    c.wait_agree(timeout=30, same_view=False)
+    assert all(c.alive(i) and c.healthy(i) for i in range(c.n))
