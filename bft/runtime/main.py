@@ -203,14 +203,7 @@ async def serve(p: Prepared) -> int:
                     addr.id, target, channel_creds, hello_for(addr.id), metrics, events, peers.update_gauge
                 )
             )
-    admin = None
-    if p.allow_fault_injection:
-        controller = FaultController(node, cluster.cluster_id, config.admin_public_key, p.verifier)
-        admin = admin_handler(controller)
-        events.warning("fault_injection_enabled")
-    servers = Servers(
-        node, p.verifier, metrics, events, client_creds=client_creds, peer_creds=peer_creds, admin=admin
-    )
+    servers = Servers(node, p.verifier, metrics, events, client_creds=client_creds, peer_creds=peer_creds)
     try:
         servers.bind(f"{_host(me)}:{me.port}", f"{_host(me)}:{me.peer_link_port}")
     except RuntimeError as exc:
@@ -289,11 +282,6 @@ def _parser() -> argparse.ArgumentParser:
         "--recover", action="store_true", help="discard the local state and rebuild it from peers"
     )
     parser.add_argument("--metrics-port", type=int, default=None, help="serve Prometheus /metrics here")
-    parser.add_argument(
-        "--allow-fault-injection",
-        action="store_true",
-        help="serve the Admin endpoint that makes this replica Byzantine on admin-signed command (demos, tests)",
-    )
     parser.add_argument(
         "--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"], type=str.upper
     )
