@@ -1,0 +1,191 @@
+"""``bftchat-cluster`` as a user runs it: a subprocess that creates the cluster, brings every replica
+up, serves a chat round trip, stops all replicas on SIGTERM with exit status 0, and on a second run
+over the same directory finds the data of the first.
+
+The helpers (``Launcher``, ``round_trip``) are shared with tests/test_newcomer.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import pytest
+from cluster_helper import free_range, run
+
+from bft.crypto import Ed25519Signer
+from bft.runtime.clusterconf import load_config
+from client import e2e, testclient
+
+REPO = Path(__file__).resolve().parent.parent
+UP_TIMEOUT = 60.0
+
+
+class Launcher:
+    """One run of the launcher command, its output in a file, stopped by PID."""
+
+    def __init__(self, cmd: Sequence[str], out: Path, cwd: Path = REPO, env: dict[str, str] | None = None):
+        self.out = out
+        self.popen = subprocess.Popen(
+            list(cmd),
+            cwd=cwd,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=out.open("w"),
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+    def text(self) -> str:
+        return self.out.read_text(errors="replace")
+
+    def wait_for(self, pattern: str, timeout: float = UP_TIMEOUT) -> re.Match[str]:
+        deadline = time.monotonic() + timeout
+        while True:
+            m = re.search(pattern, self.text())
+            if m:
+                return m
+            if self.popen.poll() is not None:
+                raise AssertionError(f"launcher exited ({self.popen.returncode}):\n{self.text()}")
+            if time.monotonic() > deadline:
+                raise AssertionError(f"no {pattern!r} within {timeout}s:\n{self.text()}")
+            time.sleep(0.1)
+
+    def replica_pids(self) -> list[int]:
+        return [int(p) for p in re.findall(r"started replica \d+ \(pid (\d+)\)", self.text())]
+
+    def terminate(self, timeout: float = 30.0) -> int:
+        os.kill(self.popen.pid, signal.SIGTERM)
+        return self.popen.wait(timeout)
+
+    def kill(self) -> None:
+        """Cleanup after a failure: the launcher and whatever replicas it still has."""
+        for pid in [self.popen.pid, *self.replica_pids()]:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.popen.wait(10)
+
+
+def gone(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    return False
+
+
+class User:
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.signer = Ed25519Signer.generate()
+        self.box = e2e.BoxKeys.generate()
+
+    def client(self, config_path: Path) -> testclient.TestClient:
+        return testclient.TestClient.from_config(load_config(config_path), self.signer)
+
+
+async def _op(client: testclient.TestClient, op: bytes, read_only: bool = False) -> object:
+    reply = await client.request(op, read_only=read_only, timeout=30)
+    assert reply.status == 0, reply
+    result = e2e.parse_result(reply.result)
+    assert result.WhichOneof("result") != "error", result
+    return result
+
+
+async def fetch_plaintexts(config_path: Path, user: User) -> list[bytes]:
+    async with user.client(config_path) as c:
+        res = await _op(c, e2e.fetch_op(user.name), read_only=True)
+        cid = c.cluster.cluster_id
+        return [e2e.open_delivered(m, cid, user.name, user.box).plaintext for m in res.messages.messages]  # type: ignore[attr-defined]
+
+
+async def round_trip(config_path: Path, alice: User, bob: User, text: bytes) -> None:
+    """Register both users (once), send ``text`` from alice to bob, and check bob can read it."""
+    async with alice.client(config_path) as a, bob.client(config_path) as b:
+        await asyncio.gather(a.wait_connected(timeout=20), b.wait_connected(timeout=20))
+        for user, c in ((alice, a), (bob, b)):
+            await _op(c, e2e.register_op(user.name, user.box.public))
+        await _op(a, e2e.encrypt_send_op(alice.name, alice.box, bob.name, bob.box.public, text))
+    assert text in await fetch_plaintexts(config_path, bob)
+
+
+def launcher_cmd(directory: Path, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "bft.runtime.cluster", "--dir", str(directory), *extra]
+
+
+@pytest.mark.timeout(240)
+def test_launcher_runs_stops_cleanly_and_keeps_data(tmp_path: Path) -> None:
+    directory = tmp_path / "cluster"
+    taken: set[int] = set()
+    ports = ["--base-port", str(free_range(4, taken)), "--peer-base-port", str(free_range(4, taken))]
+    first = Launcher(launcher_cmd(directory, "--replicas", "4", *ports), tmp_path / "run1.out")
+    try:
+        first.wait_for(r"all 4 replicas up")
+        assert "created cluster" in first.text()
+        pids = first.replica_pids()
+        assert len(pids) == 4
+        alice, bob = User("alice"), User("bob")
+        run(round_trip(directory / "config.toml", alice, bob, b"kept across restarts"), timeout=90)
+        first.wait_for(r"4/4 up · view \d+ · primary \d+ · committed seq [1-9]")
+        assert first.terminate() == 0, first.text()
+    finally:
+        first.kill()
+    assert "stopped (clean" in first.text()
+    assert all(gone(pid) for pid in pids), first.text()
+    for i in range(4):
+        assert (directory / "logs" / f"replica-{i}.log").stat().st_size > 0
+
+    # Same directory, no --replicas: the same keys and data come back.
+    second = Launcher(launcher_cmd(directory), tmp_path / "run2.out")
+    try:
+        second.wait_for(r"all 4 replicas up")
+        assert "created cluster" not in second.text()
+        assert "initialised" not in second.text()
+        assert run(fetch_plaintexts(directory / "config.toml", bob), timeout=60) == [b"kept across restarts"]
+        assert second.terminate() == 0, second.text()
+        assert all(gone(pid) for pid in second.replica_pids())
+    finally:
+        second.kill()
+
+
+@pytest.mark.timeout(60)
+def test_launcher_refuses_a_different_size_and_a_busy_port(tmp_path: Path) -> None:
+    directory = tmp_path / "cluster"
+    taken: set[int] = set()
+    base = free_range(4, taken)
+    ports = ["--base-port", str(base), "--peer-base-port", str(free_range(4, taken))]
+    from bft.runtime import cluster
+
+    assert cluster.ensure_cluster(directory, 4, base_port=base).n == 4
+    proc = subprocess.run(
+        launcher_cmd(directory, "--replicas", "7", *ports),
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert proc.returncode == 2
+    assert "holds a 4-replica cluster" in proc.stderr and "Traceback" not in proc.stderr
+
+    import socket
+
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.bind(("127.0.0.1", base + 2))
+        s.listen()
+        proc = subprocess.run(
+            launcher_cmd(directory), cwd=REPO, capture_output=True, text=True, timeout=30, check=False
+        )
+    assert proc.returncode == 2
+    assert f"replica 2: 127.0.0.1:{base + 2} is already in use" in proc.stderr
+    assert not (directory / "logs").exists()  # nothing was started
