@@ -135,6 +135,7 @@ class FaultController:
             rng = random.Random(int.from_bytes(os.urandom(8), "big"))
             self.node.core = ByzantineReplica(honest, behaviours, rng) if behaviours else honest
             self.node.link_policy = LinkPolicy(drop_to=set(drop), delay=slow / 1000)
+        self.node.faults = self.state.describe()
         self.node.events.warning("fault_injected", active=",".join(self.state.describe()) or "none")
         return apb.AdminReply(ok=True, message="ok", active=self.state.describe())
 

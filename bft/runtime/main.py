@@ -34,6 +34,7 @@ from bft.app.chat import ChatApp
 from bft.core.replica import Replica
 from bft.crypto import CachingVerifier, Ed25519Signer, Ed25519Verifier
 from bft.runtime import logs
+from bft.runtime.faultctl import FaultController, admin_handler
 from bft.runtime.handshake import link_hello
 from bft.runtime.logs import EventLog
 from bft.runtime.metrics import Metrics
@@ -102,6 +103,7 @@ class Prepared:
     events: EventLog
     metrics_port: int | None
     load_seconds: float
+    allow_fault_injection: bool = False
 
 
 def prepare(args: argparse.Namespace) -> Prepared:
@@ -161,7 +163,20 @@ def prepare(args: argparse.Namespace) -> Prepared:
         seconds=f"{load_seconds:.3f}",
     )
     metrics_port = args.metrics_port if args.metrics_port is not None else config.replicas[rid].metrics_port
-    return Prepared(config, rid, signer, tls, log, core, timing, verifier, events, metrics_port, load_seconds)
+    return Prepared(
+        config,
+        rid,
+        signer,
+        tls,
+        log,
+        core,
+        timing,
+        verifier,
+        events,
+        metrics_port,
+        load_seconds,
+        allow_fault_injection=bool(getattr(args, "allow_fault_injection", False)),
+    )
 
 
 async def serve(p: Prepared) -> int:
@@ -203,7 +218,14 @@ async def serve(p: Prepared) -> int:
                     addr.id, target, channel_creds, hello_for(addr.id), metrics, events, peers.update_gauge
                 )
             )
-    servers = Servers(node, p.verifier, metrics, events, client_creds=client_creds, peer_creds=peer_creds)
+    admin = None
+    if p.allow_fault_injection:
+        controller = FaultController(node, cluster.cluster_id, config.admin_public_key, p.verifier)
+        admin = admin_handler(controller)
+        events.warning("fault_injection_enabled")
+    servers = Servers(
+        node, p.verifier, metrics, events, client_creds=client_creds, peer_creds=peer_creds, admin=admin
+    )
     try:
         servers.bind(f"{_host(me)}:{me.port}", f"{_host(me)}:{me.peer_link_port}")
     except RuntimeError as exc:
@@ -282,6 +304,11 @@ def _parser() -> argparse.ArgumentParser:
         "--recover", action="store_true", help="discard the local state and rebuild it from peers"
     )
     parser.add_argument("--metrics-port", type=int, default=None, help="serve Prometheus /metrics here")
+    parser.add_argument(
+        "--allow-fault-injection",
+        action="store_true",
+        help="serve the Admin endpoint: admin-signed commands make this replica Byzantine (demos, tests)",
+    )
     parser.add_argument(
         "--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"], type=str.upper
     )

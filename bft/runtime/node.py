@@ -144,6 +144,7 @@ class Node:
         self.stopping = False
         self.failed: asyncio.Future[str] | None = None
         self.started_at = 0.0
+        self.faults: list[str] = []  # set by the fault-injection controller, shown in status
         events.bind(self._where)
 
     # ---------------------------------------------------------------- seams and views
@@ -180,6 +181,8 @@ class Node:
             peers_connected=self.peers.connected,
             log_bytes=self.storage.size_bytes,
             cluster_id=self.cluster.cluster_id,
+            faults=self.faults,
+            accused=sorted({ev.replica for ev in r.evidence}),
         )
 
     # ---------------------------------------------------------------- lifecycle

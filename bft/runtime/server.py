@@ -254,6 +254,7 @@ class Servers:
         *,
         client_creds: grpc.ServerCredentials | None,
         peer_creds: grpc.ServerCredentials | None,
+        admin: grpc.GenericRpcHandler | None = None,
     ) -> None:
         self.peer_service = PeerLinkService(node, verifier, metrics, events, tls=peer_creds is not None)
         self.client_service = ClientSessionService(node, verifier, metrics, events)
@@ -273,6 +274,8 @@ class Servers:
                 ),
             )
         )
+        if admin is not None:  # fault injection: only with --allow-fault-injection
+            self.client.add_generic_rpc_handlers((admin,))
         self.peer.add_generic_rpc_handlers(
             (_generic(PEER_SERVICE, {"Link": grpc.stream_stream_rpc_method_handler(self.peer_service.link)}),)
         )

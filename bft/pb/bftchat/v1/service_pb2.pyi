@@ -94,7 +94,7 @@ class StatusRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class StatusReply(_message.Message):
-    __slots__ = ("replica_id", "view", "primary", "view_changing", "last_executed", "stable_checkpoint", "state_digest", "recovering", "peers_connected", "log_bytes", "cluster_id")
+    __slots__ = ("replica_id", "view", "primary", "view_changing", "last_executed", "stable_checkpoint", "state_digest", "recovering", "peers_connected", "log_bytes", "cluster_id", "faults", "accused")
     REPLICA_ID_FIELD_NUMBER: _ClassVar[int]
     VIEW_FIELD_NUMBER: _ClassVar[int]
     PRIMARY_FIELD_NUMBER: _ClassVar[int]
@@ -106,6 +106,8 @@ class StatusReply(_message.Message):
     PEERS_CONNECTED_FIELD_NUMBER: _ClassVar[int]
     LOG_BYTES_FIELD_NUMBER: _ClassVar[int]
     CLUSTER_ID_FIELD_NUMBER: _ClassVar[int]
+    FAULTS_FIELD_NUMBER: _ClassVar[int]
+    ACCUSED_FIELD_NUMBER: _ClassVar[int]
     replica_id: int
     view: int
     primary: int
@@ -117,4 +119,6 @@ class StatusReply(_message.Message):
     peers_connected: int
     log_bytes: int
     cluster_id: bytes
-    def __init__(self, replica_id: _Optional[int] = ..., view: _Optional[int] = ..., primary: _Optional[int] = ..., view_changing: _Optional[bool] = ..., last_executed: _Optional[int] = ..., stable_checkpoint: _Optional[int] = ..., state_digest: _Optional[bytes] = ..., recovering: _Optional[bool] = ..., peers_connected: _Optional[int] = ..., log_bytes: _Optional[int] = ..., cluster_id: _Optional[bytes] = ...) -> None: ...
+    faults: _containers.RepeatedScalarFieldContainer[str]
+    accused: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, replica_id: _Optional[int] = ..., view: _Optional[int] = ..., primary: _Optional[int] = ..., view_changing: _Optional[bool] = ..., last_executed: _Optional[int] = ..., stable_checkpoint: _Optional[int] = ..., state_digest: _Optional[bytes] = ..., recovering: _Optional[bool] = ..., peers_connected: _Optional[int] = ..., log_bytes: _Optional[int] = ..., cluster_id: _Optional[bytes] = ..., faults: _Optional[_Iterable[str]] = ..., accused: _Optional[_Iterable[int]] = ...) -> None: ...
