@@ -504,25 +504,43 @@ class Display:
             self._last_summary = summary
 
 
+def _tool(name: str) -> str:
+    """How to call one of our console scripts: by name if on PATH, else from this venv's bin."""
+    import shutil
+
+    if shutil.which(name):
+        return name
+    path = Path(sys.executable).parent / name
+    with contextlib.suppress(ValueError):
+        return str(path.relative_to(Path.cwd()))
+    return str(path)
+
+
 def connect_hint(config_path: Path, insecure: bool) -> list[str]:
     """How to talk to the cluster: the CLI if this tree has it, the client library otherwise."""
     flag = " --insecure" if insecure else ""
+    try:
+        config = str(config_path.relative_to(Path.cwd()))
+    except ValueError:
+        config = str(config_path)
     try:
         import client.cli  # noqa: F401
 
         has_cli = True
     except Exception:
         has_cli = False
-    lines = ["connect:"]
-    if has_cli:
-        lines.append(f"  bftchat --config {config_path}{flag} ...     (bftchat --help for the commands)")
-    else:
-        lines.append("  (the bftchat CLI is not in this tree yet)")
-    lines.append(
-        f"  python: client.testclient.TestClient.from_config(load_config('{config_path}'), signer"
-        f"{', insecure=True' if insecure else ''})"
-    )
-    return lines
+    if not has_cli:
+        return [
+            "connect (the bftchat CLI is not in this tree yet): client.testclient.TestClient.from_config("
+            f"load_config('{config}'), signer{', insecure=True' if insecure else ''})"
+        ]
+    cli = f"{_tool('bftchat')} --config {config}{flag} --key keys/alice.key"
+    return [
+        "connect the CLI from another terminal (bftchat --help lists the commands):",
+        f"  {_tool('bftchat-keygen')} user --out keys/alice.key",
+        f"  {cli} register alice",
+        f"  {cli} chat bob",
+    ]
 
 
 # ---------------------------------------------------------------- the launcher
