@@ -130,8 +130,10 @@ class _Conn:
                 self.wake.clear()
                 if not self.out:
                     waiter = asyncio.get_running_loop().create_task(self.wake.wait())
-                    await asyncio.wait({waiter, reader}, return_when=asyncio.FIRST_COMPLETED)
-                    waiter.cancel()
+                    try:
+                        await asyncio.wait({waiter, reader}, return_when=asyncio.FIRST_COMPLETED)
+                    finally:
+                        waiter.cancel()  # also when this session is cancelled (client closed)
             reader.result()
         finally:
             reader.cancel()
