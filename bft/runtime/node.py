@@ -139,6 +139,7 @@ class Node:
         self._scheduled = False
         self._timers: dict[str, asyncio.TimerHandle] = {}
         self._routes: dict[tuple[bytes, int], Sink] = {}
+        self._routes_of: dict[Sink, set[tuple[bytes, int]]] = {}  # so a closing session is O(its routes)
         self._subscribers: dict[bytes, set[Sink]] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self.stopping = False
@@ -235,8 +236,9 @@ class Node:
 
     def forget(self, sink: Sink) -> None:
         """A session ended: drop its routes and subscriptions."""
-        for route in [r for r, s in self._routes.items() if s is sink]:
-            del self._routes[route]
+        for route in self._routes_of.pop(sink, ()):
+            if self._routes.get(route) is sink:
+                del self._routes[route]
         for key in [k for k, subs in self._subscribers.items() if sink in subs]:
             subs = self._subscribers[key]
             subs.discard(sink)
@@ -297,10 +299,14 @@ class Node:
         route = request_route(raw)
         if route is not None:
             routes = self._routes
-            routes.pop(route, None)  # re-insert: most recently used last
+            old = routes.pop(route, None)  # re-insert: most recently used last
+            if old is not None and old is not sink:
+                self._routes_of.get(old, set()).discard(route)
             routes[route] = sink
+            self._routes_of.setdefault(sink, set()).add(route)
             if len(routes) > MAX_ROUTES:
-                del routes[next(iter(routes))]
+                oldest = next(iter(routes))
+                self._routes_of.get(routes.pop(oldest), set()).discard(oldest)
 
     # ---------------------------------------------------------------- timers
 

@@ -1,0 +1,251 @@
+"""The driver in isolation (a scripted core, a recording log, no network): outputs are carried out in
+order, consecutive records share one sync that happens before the next output leaves, timers fire
+from the loop clock, replies and pushes reach only the sessions entitled to them."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from bft.app.chat import NewMessage
+from bft.core.config import ClusterInfo
+from bft.core.events import (
+    CancelTimer,
+    Committed,
+    Output,
+    Persist,
+    Send,
+    SetTimer,
+    ToClient,
+    ViewRecord,
+)
+from bft.crypto import Ed25519Signer, Ed25519Verifier, cluster_id_from
+from bft.faults import LinkPolicy
+from bft.pb.bftchat.v1 import service_pb2 as spb
+from bft.runtime.handshake import check_push
+from bft.runtime.logs import EventLog
+from bft.runtime.metrics import Metrics
+from bft.runtime.node import Node
+from bft.runtime.peers import PeerLinks
+from bft.wire import make_request
+
+SIGNERS = [Ed25519Signer(bytes([i + 1]) * 32) for i in range(4)]
+CLUSTER = ClusterInfo(tuple(s.public_key for s in SIGNERS), cluster_id_from(b"node test"))
+
+
+class FakeReplica:
+    """Stands in for the core: returns scripted outputs, records its inputs."""
+
+    def __init__(self) -> None:
+        self.script: list[Output] = []
+        self.inputs: list[tuple[str, object]] = []
+        self.view = 0
+        self.last_executed = 0
+        self.h = 0
+        self.primary = 0
+        self.view_changing = False
+        self.recovering = False
+        self.evidence: list[object] = []
+
+    def start(self, now: float) -> None:
+        self.inputs.append(("start", now))
+
+    def on_message(self, raw: bytes, now: float) -> None:
+        self.inputs.append(("message", raw))
+
+    def on_request(self, raw: bytes, now: float, forwarded: bool = False) -> str | None:
+        self.inputs.append(("request", raw))
+        return "refused" if raw.endswith(b"bad") else None
+
+    def on_timer(self, name: str, now: float) -> None:
+        self.inputs.append(("timer", name))
+
+    def take_outputs(self) -> list[Output]:
+        out, self.script = self.script, []
+        return out
+
+    def state_digest(self) -> bytes:
+        return bytes(32)
+
+
+class RecordingLog:
+    def __init__(self, trace: list[str]) -> None:
+        self.trace = trace
+        self.pending = 0
+
+    @property
+    def dirty(self) -> bool:
+        return self.pending > 0
+
+    @property
+    def size_bytes(self) -> int:
+        return 0
+
+    def append(self, record: object) -> None:
+        self.pending += 1
+        self.trace.append("append")
+
+    def sync(self) -> float:
+        self.trace.append(f"sync{self.pending}")
+        self.pending = 0
+        return 0.001
+
+    def close(self) -> None:
+        pass
+
+
+class RecordingPeers(PeerLinks):
+    def __init__(self, trace: list[str]) -> None:
+        super().__init__(0, Metrics(0))
+        self.trace = trace
+
+    def send(self, to: int | None, data: bytes) -> None:
+        if to is None or self.policy.allows(to):
+            self.trace.append(f"send{to}:{data.decode()}")
+
+
+class Sink:
+    def __init__(self, trace: list[str], name: str) -> None:
+        self.trace = trace
+        self.name = name
+        self.frames: list[spb.ServerFrame] = []
+
+    def send(self, frame: bytes) -> None:
+        self.frames.append(spb.ServerFrame.FromString(frame))
+        self.trace.append(f"{self.name}:{self.frames[-1].WhichOneof('kind')}")
+
+
+def make_node(trace: list[str]) -> tuple[Node, FakeReplica]:
+    core = FakeReplica()
+    node = Node(
+        replica_id=0,
+        cluster=CLUSTER,
+        signer=SIGNERS[0],
+        core=core,  # type: ignore[arg-type]
+        storage=RecordingLog(trace),
+        peers=RecordingPeers(trace),
+        metrics=Metrics(0),
+        events=EventLog(0),
+    )
+    return node, core
+
+
+def test_records_are_synced_once_before_the_next_output_leaves() -> None:
+    async def scenario() -> list[str]:
+        trace: list[str] = []
+        node, core = make_node(trace)
+        node.start()
+        user = Ed25519Signer.generate()
+        raw = make_request(user, CLUSTER.cluster_id, 7, 1, b"op")
+        sink = Sink(trace, "client")
+        core.script = [
+            Persist(ViewRecord(1)),
+            Persist(ViewRecord(2)),
+            Send(None, b"a"),
+            Send(2, b"b"),
+            Persist(ViewRecord(3)),
+            ToClient(user.public_key, 7, 1, b"reply"),
+            Persist(ViewRecord(4)),
+        ]
+        node.submit_request(raw, sink)
+        await asyncio.sleep(0.01)
+        assert core.inputs[-1] == ("request", raw)
+        return trace
+
+    trace = asyncio.run(scenario())
+    assert trace == [
+        "append",
+        "append",
+        "sync2",
+        "sendNone:a",
+        "send2:b",
+        "append",
+        "sync1",
+        "client:reply",
+        "append",  # no output follows: it waits for the next one (or shutdown)
+    ]
+
+
+def test_refused_requests_get_an_error_and_shutdown_flushes() -> None:
+    async def scenario() -> tuple[list[str], Sink]:
+        trace: list[str] = []
+        node, core = make_node(trace)
+        node.start()
+        sink = Sink(trace, "client")
+        node.submit_request(b"xbad", sink)
+        await asyncio.sleep(0.01)
+        core.script = [Persist(ViewRecord(1))]
+        node.deliver_peer([b"m1", b"m2"])
+        await asyncio.sleep(0.01)
+        node.stop()
+        node.deliver_peer([b"after stop"])
+        await asyncio.sleep(0.01)
+        assert ("message", b"after stop") not in core.inputs
+        assert [i for i in core.inputs if i[0] == "message"] == [("message", b"m1"), ("message", b"m2")]
+        return trace, sink
+
+    trace, sink = asyncio.run(scenario())
+    assert sink.frames[0].error.message == "refused"
+    assert trace == ["client:error", "append", "sync1"]
+
+
+def test_timers_fire_once_and_cancel() -> None:
+    async def scenario() -> list[tuple[str, object]]:
+        trace: list[str] = []
+        node, core = make_node(trace)
+        node.start()
+        now = time.time()
+        core.script = [SetTimer("a", now + 0.05), SetTimer("b", now + 0.05), SetTimer("a", now + 0.1)]
+        node.deliver_peer([b"x"])
+        await asyncio.sleep(0.01)
+        core.script = [CancelTimer("b")]
+        node.deliver_peer([b"y"])
+        await asyncio.sleep(0.2)
+        return core.inputs
+
+    inputs = asyncio.run(scenario())
+    assert [i for i in inputs if i[0] == "timer"] == [("timer", "a")]
+
+
+def test_replies_and_pushes_reach_only_their_sessions() -> None:
+    async def scenario() -> tuple[Sink, Sink, Sink]:
+        trace: list[str] = []
+        node, core = make_node(trace)
+        node.start()
+        alice, bob = Ed25519Signer.generate(), Ed25519Signer.generate()
+        s_alice, s_bob, s_watch = Sink(trace, "alice"), Sink(trace, "bob"), Sink(trace, "watcher")
+        node.submit_request(make_request(alice, CLUSTER.cluster_id, 1, 1, b"op"), s_alice)
+        node.submit_request(make_request(bob, CLUSTER.cluster_id, 2, 1, b"op"), s_bob)
+        await asyncio.sleep(0.01)
+        assert node.subscribe(alice.public_key, s_watch)
+        event = NewMessage("alice", alice.public_key, 5, 9)
+        core.script = [
+            ToClient(alice.public_key, 1, 1, b"for alice"),
+            ToClient(bob.public_key, 2, 1, b"for bob"),
+            ToClient(bob.public_key, 3, 1, b"no session"),
+            Committed(9, 0, b"d", (), None, (event,)),
+        ]
+        node.deliver_peer([b"x"])
+        await asyncio.sleep(0.01)
+        node.forget(s_watch)
+        core.script = [Committed(10, 0, b"d", (), None, (NewMessage("alice", alice.public_key, 6, 10),))]
+        node.deliver_peer([b"y"])
+        await asyncio.sleep(0.01)
+        return s_alice, s_bob, s_watch
+
+    s_alice, s_bob, s_watch = asyncio.run(scenario())
+    assert [f.reply for f in s_alice.frames] == [b"for alice"]
+    assert [f.reply for f in s_bob.frames] == [b"for bob"]
+    assert len(s_watch.frames) == 1
+    push = check_push(s_watch.frames[0].push, CLUSTER.cluster_id, CLUSTER.public_keys, Ed25519Verifier())
+    assert (push.replica, push.recipient, push.message_id, push.seq) == (0, "alice", 5, 9)
+
+
+def test_link_policy_is_a_seam() -> None:
+    trace: list[str] = []
+    node, _ = make_node(trace)
+    node.link_policy = LinkPolicy(drop_to={2})
+    assert node.peers.policy.drop_to == {2}
+    node.peers.send(2, b"dropped")
+    node.peers.send(1, b"kept")
+    assert trace == ["send1:kept"]
