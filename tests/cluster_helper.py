@@ -217,6 +217,10 @@ class Cluster:
                 p.stderr.close()  # type: ignore[attr-defined]
 
     def stop_all(self) -> None:
+        """SIGTERM every running replica at once, then wait for each (SIGKILL past 10 s)."""
+        for p in self.procs.values():
+            if p.popen.poll() is None:
+                os.kill(p.popen.pid, signal.SIGTERM)
         for i in list(self.procs):
             self.stop(i)
 
