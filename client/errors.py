@@ -1,0 +1,84 @@
+"""Typed errors of the chat client: each names what happened, in one line a user can act on.
+
+The CLI prints ``str(error)`` on stderr and exits with ``error.exit_code``; with ``--json`` it also
+prints ``{"error": error.code, "message": ...}``. Scripts using the library catch the classes.
+Exit codes: 1 the request was refused or a local file is wrong (retrying will not help), 3 the
+cluster could not give an agreed answer (retrying later may help). 2 is left to argument errors.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+
+class ChatClientError(Exception):
+    """Base class: anything the chat client reports to its user."""
+
+    code = "error"  # stable machine-readable kind (the CLI's --json output)
+    exit_code = 1
+
+
+class UsageError(ChatClientError):
+    """A local mistake found before anything was sent (bad name, no account chosen, ...)."""
+
+    code = "usage"
+
+
+class RejectedError(ChatClientError):
+    """The replicas agreed to refuse the operation (a ``ChatError`` from the app)."""
+
+    code = "rejected"
+
+    def __init__(self, message: str, app_code: str = "") -> None:
+        super().__init__(message)
+        self.app_code = app_code  # the ChatError.Code name, e.g. "INBOX_FULL"
+
+
+class NoSuchUser(RejectedError):
+    """The recipient (or looked-up account) does not exist."""
+
+    code = "no_such_user"
+
+
+class NoSuchAccount(RejectedError):
+    """The account we act as does not exist (never registered, or deleted)."""
+
+    code = "no_such_account"
+
+
+class NameTaken(RejectedError):
+    """Register: another key already holds this name."""
+
+    code = "name_taken"
+
+
+class NotOwner(RejectedError):
+    """The account we act as belongs to another signing key: this key cannot act as it."""
+
+    code = "not_owner"
+
+
+class ClusterUnreachable(ChatClientError):
+    """Too few replicas could be reached to get an agreed answer; ``failures`` says which and why."""
+
+    code = "cluster_unreachable"
+    exit_code = 3
+
+    def __init__(self, failures: Mapping[int, str], needed: int, reachable: int) -> None:
+        parts = "; ".join(f"replica {i}: {why}" for i, why in sorted(failures.items()))
+        head = f"cluster unreachable ({reachable} of the {needed} replicas needed answered)"
+        super().__init__(f"{head}: {parts}")
+        self.failures = dict(failures)
+        self.needed = needed
+        self.reachable = reachable
+
+
+class NoAgreement(ChatClientError):
+    """Replicas answered, but not enough of them matched in time (``detail`` lists who said what)."""
+
+    code = "no_agreement"
+    exit_code = 3
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(f"not enough matching replies: {detail}")
+        self.detail = detail
