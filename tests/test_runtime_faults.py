@@ -199,7 +199,9 @@ def _verify_log(c: Cluster, i: int) -> subprocess.CompletedProcess[str]:
 def test_tampered_log_refuses_to_start(cluster: Cluster) -> None:
     c = cluster
     _send_some(c, 5, "tamper")
-    assert c.stop(2) == 0
+    t0 = time.monotonic()
+    assert c.stop(2) == 0  # SIGTERM: a clean exit, within a few seconds
+    assert time.monotonic() - t0 < 5
     ok = _verify_log(c, 2)
     assert ok.returncode == 0 and "result: OK" in ok.stdout, ok.stdout + ok.stderr
     seg = max(c.segments(2), key=lambda p: p.stat().st_size)
@@ -235,3 +237,39 @@ def test_torn_tail_is_repaired(cluster: Cluster) -> None:
     assert "torn tail" in c.tail(1, 30)
     _send_some(c, 3, "torn2")
     c.wait_agree(timeout=40, same_view=False)
+
+
+@pytest.mark.timeout(60)
+def test_refuses_foreign_data_dirs_and_open_key_files(cluster: Cluster, tmp_path: os.PathLike[str]) -> None:
+    import shutil
+    from pathlib import Path
+
+    from cluster_helper import write_cluster
+
+    c = cluster
+    tmp = Path(tmp_path)
+    copy = tmp / "copy-of-0"
+    shutil.copytree(c.data_dir(0), copy)
+
+    def run_with(config: Path, i: int, key: Path, data: Path) -> subprocess.CompletedProcess[str]:
+        cmd = [sys.executable, "-m", "bft.runtime.main", "--config", str(config), "--id", str(i)]
+        cmd += ["--key", str(key), "--data", str(data)]
+        return subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=30, check=False)
+
+    other_replica = run_with(c.config_path, 1, c.dir / "replica-1.key", copy)
+    assert other_replica.returncode == 1 and "belongs to replica 0, not 1" in other_replica.stderr
+    other = write_cluster(tmp / "other", 4)
+    other_cluster = run_with(other, 0, other.parent / "replica-0.key", copy)
+    assert other_cluster.returncode == 1 and "belongs to cluster" in other_cluster.stderr
+    in_use = run_with(c.config_path, 0, c.dir / "replica-0.key", c.data_dir(0))
+    assert in_use.returncode == 1 and "in use" in in_use.stderr
+    loose = tmp / "loose.key"
+    shutil.copy(c.dir / "replica-1.key", loose)
+    loose.chmod(0o644)
+    open_key = run_with(c.config_path, 1, loose, tmp / "fresh")
+    assert open_key.returncode == 2 and str(loose) in open_key.stderr
+    wrong_key = run_with(c.config_path, 1, c.dir / "replica-2.key", tmp / "fresh")
+    assert wrong_key.returncode == 2 and "replica 2, not 1" in wrong_key.stderr
+    for r in (other_replica, other_cluster, in_use, open_key, wrong_key):
+        assert r.stderr.startswith("error: ") and "Traceback" not in r.stderr, r.stderr
+    assert all(c.alive(i) for i in range(c.n))

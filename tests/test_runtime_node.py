@@ -7,6 +7,8 @@ from __future__ import annotations
 import asyncio
 import time
 
+import pytest
+
 from bft.app.chat import NewMessage
 from bft.core.config import ClusterInfo
 from bft.core.events import (
@@ -28,6 +30,8 @@ from bft.runtime.metrics import Metrics
 from bft.runtime.node import Node
 from bft.runtime.peers import PeerLinks
 from bft.wire import make_request
+
+pytestmark = pytest.mark.timeout(30)
 
 SIGNERS = [Ed25519Signer(bytes([i + 1]) * 32) for i in range(4)]
 CLUSTER = ClusterInfo(tuple(s.public_key for s in SIGNERS), cluster_id_from(b"node test"))
