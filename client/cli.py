@@ -1,0 +1,482 @@
+"""``bftchat``: the chat command line (usage walkthrough in docs/CLI.md).
+
+    bftchat [--config PATH] [--key PATH] [--as NAME] [--json] [--timeout S] [--insecure] COMMAND
+        register NAME | list [PATTERN] | send NAME TEXT|- | inbox [--peek] | history NAME
+        | delete-account [--yes] | chat [NAME] | whoami
+
+The cluster config comes from ``--config``, else ``$BFTCHAT_CONFIG``, else the first that exists
+of ``keys/cluster/config.toml`` (relative to the working directory, where ``bftchat-keygen
+cluster`` writes it) and ``~/.config/bftchat/config.toml``. The user key likewise from ``--key``,
+``$BFTCHAT_KEY``, ``keys/user.key``, ``~/.config/bftchat/user.key`` (``$XDG_CONFIG_HOME`` is
+honoured). "Who I am" is the ``name`` field of the key file, which ``register`` sets (``--as``
+overrides it, e.g. for a second account of the same key). The local history lives beside the key
+file (``<key>.history.sqlite``, mode 0600).
+
+Exit status: 0 success; 1 refused or a local problem (no such user, name taken, key file, config);
+2 bad usage; 3 no agreed answer from the cluster (unreachable, or replies disagree); 130 interrupted.
+Errors are one line on stderr (and, with ``--json``, also ``{"error": ..., "message": ...}`` on
+stdout); never a traceback for a user error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import json
+import os
+import sqlite3
+import sys
+import time
+import unicodedata
+from collections.abc import Callable, Coroutine, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from bft.app.names import normalize_name
+from bft.keys import KeyFileError, UserKey, load_user_key, write_user_key
+from bft.runtime.clusterconf import ClusterConfig, ConfigError, load_config
+from client.errors import ChatClientError, UsageError
+from client.history import History, HistoryEntry, history_path_for
+
+if TYPE_CHECKING:
+    from client.chat import ChatClient, Message
+
+EXIT_INTERRUPTED = 130
+_ESCAPE_CATEGORIES = frozenset({"Cc", "Cf", "Zl", "Zp"})
+
+
+def config_home() -> Path:
+    base = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
+    return Path(base) / "bftchat"
+
+
+def default_configs() -> tuple[Path, ...]:
+    return (Path("keys/cluster/config.toml"), config_home() / "config.toml")
+
+
+def default_keys() -> tuple[Path, ...]:
+    return (Path("keys/user.key"), config_home() / "user.key")
+
+
+def _resolve(arg: str | None, env: str, candidates: Sequence[Path], what: str, hint: str) -> Path:
+    """The explicit path, else the environment variable, else the first candidate that exists."""
+    if arg:
+        return Path(arg).expanduser()
+    if os.environ.get(env):
+        return Path(os.environ[env]).expanduser()
+    for c in candidates:
+        if c.exists():
+            return c
+    looked = " and ".join(str(c) for c in candidates)
+    raise UsageError(f"no {what}: pass --{what.split()[-1]} PATH or set {env} (looked for {looked}); {hint}")
+
+
+# ---- output ------------------------------------------------------------------------------------
+
+
+def clean(text: str) -> str:
+    """``text`` safe for a terminal: control, format (bidi overrides) and line-separator characters
+    shown as escapes, so a message cannot move the cursor, recolour or disguise the screen."""
+    out = []
+    for ch in text:
+        if ch not in "\n\t" and unicodedata.category(ch) in _ESCAPE_CATEGORIES:
+            out.append(ch.encode("unicode_escape").decode("ascii"))
+        else:
+            out.append(ch)
+    return "".join(out)
+
+
+def when(timestamp_us: int, full: bool = True) -> str:
+    """Local time of an ordered timestamp."""
+    fmt = "%Y-%m-%d %H:%M:%S" if full else "%H:%M"
+    return time.strftime(fmt, time.localtime(timestamp_us / 1e6))
+
+
+def message_line(sender: str, text: str, timestamp_us: int, full: bool = True) -> str:
+    """``[time] sender: text``, continuation lines indented under the text."""
+    head = f"[{when(timestamp_us, full)}] {sender}: "
+    return head + clean(text).replace("\n", "\n" + " " * len(head))
+
+
+def message_json(m: Message) -> dict[str, Any]:
+    obj: dict[str, Any] = {
+        "id": m.id,
+        "from": m.sender,
+        "to": m.recipient,
+        "text": m.text,
+        "seq": m.seq,
+        "timestamp_us": m.timestamp_us,
+        "sender_key": m.sender_key.hex(),
+    }
+    if m.problem is not None:
+        obj["error"] = m.problem
+    return obj
+
+
+def message_text(m: Message, full: bool = True) -> str:
+    if m.problem is not None:
+        return f"[{when(m.timestamp_us, full)}] message {m.id} could not be opened: {m.problem}"
+    return message_line(m.sender, m.text, m.timestamp_us, full)
+
+
+class Out:
+    """Everything the CLI prints goes through here: text for people, or one JSON object per line."""
+
+    def __init__(self, json_mode: bool) -> None:
+        self.json = json_mode
+
+    def emit(self, obj: dict[str, Any], text: str | None) -> None:
+        if self.json:
+            print(json.dumps(obj, ensure_ascii=False), flush=True)
+        elif text is not None:
+            print(text, flush=True)
+
+    def note(self, text: str) -> None:
+        """Information for a person only (stderr, text mode)."""
+        if not self.json:
+            print(text, file=sys.stderr, flush=True)
+
+    def fail(self, code: str, message: str, exit_code: int) -> int:
+        line = " ".join(message.split())  # one line, whatever the message holds
+        if self.json:
+            print(json.dumps({"error": code, "message": line}), flush=True)
+        print(f"bftchat: error: {line}", file=sys.stderr, flush=True)
+        return exit_code
+
+
+def record_in(history: History, account: str, m: Message) -> bool:
+    """Keep a received message in the local history (False if it was there already)."""
+    if m.problem is not None:
+        return False
+    return history.add(account, HistoryEntry("in", m.sender, m.text, m.id, m.seq, m.timestamp_us))
+
+
+def record_out(history: History, account: str, peer: str, text: str, msg_id: int, seq: int, ts: int) -> None:
+    history.add(account, HistoryEntry("out", peer, text, msg_id, seq, ts))
+
+
+def history_line(account: str, e: HistoryEntry, full: bool = True) -> str:
+    sender = account if e.direction == "out" else e.peer
+    return message_line(sender, e.text, e.timestamp_us, full)
+
+
+def history_json(account: str, e: HistoryEntry) -> dict[str, Any]:
+    sender, to = (account, e.peer) if e.direction == "out" else (e.peer, account)
+    return {
+        "direction": e.direction,
+        "from": sender,
+        "to": to,
+        "text": e.text,
+        "id": e.message_id,
+        "seq": e.seq,
+        "timestamp_us": e.timestamp_us,
+    }
+
+
+# ---- context -----------------------------------------------------------------------------------
+
+
+class Ctx:
+    """What the commands share: parsed options, output, and lazily loaded key, config, history."""
+
+    def __init__(self, args: argparse.Namespace, out: Out) -> None:
+        self.args = args
+        self.out = out
+        hint = "create one with: bftchat-keygen user --out FILE"
+        self.key_path = _resolve(args.key, "BFTCHAT_KEY", default_keys(), "user key", hint)
+        self.key: UserKey = load_user_key(self.key_path)
+        self._config: ClusterConfig | None = None
+        self._history: History | None = None
+
+    @property
+    def config(self) -> ClusterConfig:
+        if self._config is None:
+            hint = "create a cluster with: bftchat-keygen cluster"
+            path = _resolve(self.args.config, "BFTCHAT_CONFIG", default_configs(), "cluster config", hint)
+            self._config = load_config(path)
+        return self._config
+
+    @property
+    def account(self) -> str | None:
+        raw = self.args.as_ or self.key.name
+        if raw is None:
+            return None
+        name = normalize_name(raw)
+        if name is None:
+            raise UsageError(f"invalid account name {raw!r}")
+        return name
+
+    def me(self) -> str:
+        name = self.account
+        if name is None:
+            raise UsageError(
+                f"no account: {self.key_path} names none yet; run `bftchat register NAME` (or pass --as NAME)"
+            )
+        return name
+
+    def client(self) -> ChatClient:
+        from client.chat import ChatClient
+
+        return ChatClient(
+            self.config,
+            self.key,
+            account=self.account,
+            insecure=self.args.insecure,
+            timeout=self.args.timeout,
+        )
+
+    def history(self) -> History:
+        if self._history is None:
+            self._history = History(history_path_for(self.key_path))
+        return self._history
+
+    def set_key_name(self, name: str | None) -> None:
+        """Remember (or forget) the account name in the key file (atomic replace, stays 0600)."""
+        if self.key.name != name:
+            self.key = dataclasses.replace(self.key, name=name)
+            write_user_key(self.key_path, self.key, force=True)
+
+    def close(self) -> None:
+        if self._history is not None:
+            self._history.close()
+
+
+# ---- commands ----------------------------------------------------------------------------------
+
+
+async def cmd_register(ctx: Ctx) -> int:
+    async with ctx.client() as c:
+        name = await c.register(ctx.args.name)
+    ctx.set_key_name(name)
+    fp = ctx.key.fingerprint()
+    ctx.out.emit(
+        {"registered": name, "fingerprint": fp},
+        f"registered '{name}' (fingerprint {fp}); {ctx.key_path} now acts as '{name}'",
+    )
+    return 0
+
+
+async def cmd_list(ctx: Ctx) -> int:
+    async with ctx.client() as c:
+        async for a in c.accounts(ctx.args.pattern or "*"):
+            obj = {
+                "name": a.name,
+                "fingerprint": a.fingerprint,
+                "signing_key": a.signing_key.hex(),
+                "box_key": a.box_key.hex(),
+            }
+            ctx.out.emit(obj, f"{a.name:<32} {a.fingerprint}")
+    return 0
+
+
+def _read_text(arg: str) -> str:
+    if arg != "-":
+        return arg
+    data = sys.stdin.buffer.read()
+    text = data.decode("utf-8", errors="replace")
+    return text[:-1] if text.endswith("\n") else text
+
+
+async def cmd_send(ctx: Ctx) -> int:
+    me = ctx.me()
+    text = _read_text(ctx.args.text)
+    if not text:
+        raise UsageError("empty message")
+    history = ctx.history()
+    async with ctx.client() as c:
+        sent = await c.send(ctx.args.name, text)
+    record_out(history, me, sent.recipient, text, sent.id, sent.seq, sent.timestamp_us)
+    obj = {"to": sent.recipient, "id": sent.id, "seq": sent.seq, "timestamp_us": sent.timestamp_us}
+    ctx.out.emit(obj, f"sent to {sent.recipient} (message {sent.id})")
+    return 0
+
+
+async def cmd_inbox(ctx: Ctx) -> int:
+    me = ctx.me()
+    history = ctx.history()
+    async with ctx.client() as c:
+        messages = await c.inbox()
+        for m in messages:
+            record_in(history, me, m)
+            ctx.out.emit(message_json(m), message_text(m))
+        if messages and not ctx.args.peek:
+            await c.ack(messages[-1].id)
+    if not messages:
+        ctx.out.note("no new messages")
+    return 0
+
+
+async def cmd_history(ctx: Ctx) -> int:
+    me = ctx.me()
+    peer = normalize_name(ctx.args.name)
+    if peer is None:
+        raise UsageError(f"invalid user name {ctx.args.name!r}")
+    entries = ctx.history().conversation(me, peer, ctx.args.limit)
+    for e in entries:
+        ctx.out.emit(history_json(me, e), history_line(me, e))
+    if not entries:
+        ctx.out.note(f"no messages with {peer} in {history_path_for(ctx.key_path)}")
+    return 0
+
+
+def _confirm(question: str) -> bool:
+    print(question, end="", file=sys.stderr, flush=True)
+    answer = sys.stdin.readline()
+    return answer.strip().lower() in ("y", "yes")
+
+
+async def cmd_delete(ctx: Ctx) -> int:
+    me = ctx.me()
+    if not ctx.args.yes and not _confirm(
+        f"Delete account '{me}'? Its undelivered messages are dropped and the name becomes free. [y/N] "
+    ):
+        raise UsageError("not deleted (not confirmed; --yes skips the question)")
+    async with ctx.client() as c:
+        dropped = await c.delete_account()
+    if ctx.key.name == me:
+        ctx.set_key_name(None)
+    text = f"deleted '{me}' ({dropped} undelivered messages dropped)"
+    ctx.out.emit({"deleted": me, "dropped": dropped}, text)
+    return 0
+
+
+async def cmd_whoami(ctx: Ctx) -> int:
+    obj = {
+        "account": ctx.account,
+        "fingerprint": ctx.key.fingerprint(),
+        "signing_key": ctx.key.signing_public.hex(),
+        "key_file": str(ctx.key_path),
+        "history": str(history_path_for(ctx.key_path)),
+    }
+    none = "(none: run bftchat register NAME)"
+    text = "\n".join(f"{k:<12} {v if v is not None else none}" for k, v in obj.items())
+    ctx.out.emit(obj, text)
+    return 0
+
+
+async def cmd_chat(ctx: Ctx) -> int:
+    from client.chat_ui import run_chat
+
+    ctx.me()
+    history = ctx.history()
+    tty = sys.stdin.isatty() and sys.stdout.isatty() and not ctx.out.json
+    async with ctx.client() as c:
+        return await run_chat(c, history, ctx.args.name, ctx.out, tty=tty)
+
+
+# ---- parser ------------------------------------------------------------------------------------
+
+
+def _positive(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError("must be > 0")
+    return value
+
+
+def _global_options(p: argparse.ArgumentParser, suppress: bool) -> None:
+    """The global options, accepted before or after the command (after it, unset ones keep the
+    values given before it)."""
+
+    def d(value: object) -> object:
+        return argparse.SUPPRESS if suppress else value
+
+    p.add_argument("--config", metavar="PATH", default=d(None), help="cluster config (see docs/CLI.md)")
+    p.add_argument("--key", metavar="PATH", default=d(None), help="user key file (default: see docs/CLI.md)")
+    p.add_argument("--as", dest="as_", metavar="NAME", default=d(None), help="act as this account of the key")
+    p.add_argument("--json", action="store_true", default=d(False), help="one JSON object per line")
+    p.add_argument("--timeout", type=_positive, metavar="SECONDS", default=d(15.0), help="per operation")
+    p.add_argument(
+        "--insecure", action="store_true", default=d(False), help="no TLS (replicas run --insecure)"
+    )
+
+
+Command = Callable[[Ctx], Coroutine[Any, Any, int]]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="bftchat", description="End-to-end encrypted chat on a Byzantine-fault-tolerant cluster."
+    )
+    _global_options(parser, suppress=False)
+    common = argparse.ArgumentParser(add_help=False)
+    _global_options(common, suppress=True)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def add(name: str, run: Command, help_text: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, parents=[common], help=help_text, description=help_text)
+        p.set_defaults(run=run)
+        return p
+
+    add("register", cmd_register, "register an account name for this key").add_argument("name")
+    add("list", cmd_list, "list accounts (PATTERN: * any run, ? one character)").add_argument(
+        "pattern", nargs="?", default="*"
+    )
+    p = add("send", cmd_send, "send an end-to-end encrypted message")
+    p.add_argument("name", help="recipient")
+    p.add_argument("text", help="the message; - reads it from stdin")
+    add("inbox", cmd_inbox, "print and acknowledge undelivered messages, oldest first").add_argument(
+        "--peek", action="store_true", help="print but do not acknowledge"
+    )
+    p = add("history", cmd_history, "print the local history of a conversation")
+    p.add_argument("name")
+    p.add_argument("--limit", type=int, default=50, help="last N messages (default 50)")
+    add("delete-account", cmd_delete, "delete this account (asks first)").add_argument(
+        "--yes", action="store_true", help="do not ask for confirmation"
+    )
+    add("chat", cmd_chat, "interactive chat (plain line mode when stdin is not a terminal)").add_argument(
+        "name", nargs="?", help="whom to talk to first"
+    )
+    add("whoami", cmd_whoami, "show this key's account, fingerprint and files")
+    return parser
+
+
+# ---- main --------------------------------------------------------------------------------------
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    os.environ.setdefault("GRPC_VERBOSITY", "NONE")  # gRPC's own logging would break the one-line rule
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:  # --help (0) or bad usage (2): argparse printed the message
+        return int(e.code) if isinstance(e.code, int) else 2
+    out = Out(args.json)
+    ctx: Ctx | None = None
+    try:
+        ctx = Ctx(args, out)
+        run: Command = args.run
+        return asyncio.run(run(ctx))
+    except ChatClientError as e:
+        return out.fail(e.code, str(e), e.exit_code)
+    except KeyFileError as e:
+        return out.fail("key_file", str(e), 1)
+    except ConfigError as e:
+        return out.fail("config", str(e), 1)
+    except sqlite3.Error as e:
+        return out.fail("history", f"local history: {e}", 1)
+    except BrokenPipeError:
+        with open(os.devnull, "w") as devnull:  # reader went away (e.g. `| head`): exit quietly
+            os.dup2(devnull.fileno(), sys.stdout.fileno())
+        return 1
+    except OSError as e:
+        where = f"{e.filename}: " if e.filename else ""
+        return out.fail("os", f"{where}{e.strerror or e}", 1)
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
+    except Exception as e:  # a bug: still one line, with a way to see more
+        if os.environ.get("BFTCHAT_DEBUG"):
+            raise
+        text = f"unexpected {type(e).__name__}: {e} (BFTCHAT_DEBUG=1 shows a traceback)"
+        return out.fail("internal", text, 1)
+    finally:
+        if ctx is not None:
+            ctx.close()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
