@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import re
 import signal
@@ -189,3 +190,22 @@ def test_launcher_refuses_a_different_size_and_a_busy_port(tmp_path: Path) -> No
     assert proc.returncode == 2
     assert f"replica 2: 127.0.0.1:{base + 2} is already in use" in proc.stderr
     assert not (directory / "logs").exists()  # nothing was started
+
+
+@pytest.mark.timeout(180)
+def test_bench_smoke_json(tmp_path: Path) -> None:
+    """bftchat-bench end to end at the smallest size: its own cluster, two clients in two processes,
+    the baseline, and the JSON fields the docs rely on."""
+    proc = subprocess.run(
+        [
+            sys.executable, "-m", "bft.runtime.bench", "--replicas", "4", "--clients", "2",
+            "--processes", "2", "--seconds", "1", "--warmup", "0.5", "--size", "64", "--json",
+        ],
+        cwd=REPO, capture_output=True, text=True, timeout=170, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    row = json.loads(proc.stdout.strip().splitlines()[-1])
+    for key in ("throughput_ops", "p50_ms", "p99_ms", "baseline_ops", "cpu_per_op_ms", "floor_ops"):
+        assert isinstance(row[key], float), (key, row)
+    assert row["throughput_ops"] > 0 and row["baseline_ops"] > 0 and row["replicas"] == 4
+    assert "2 client processes" in proc.stderr and "crypto floor" in proc.stderr

@@ -431,6 +431,13 @@ class StatusBoard:
         faulty = [f"{st.id} ({', '.join(st.faults)})" for st in self.states if st.faults]
         if faulty:
             parts.append(f"faulty: {'; '.join(faulty)}")
+        accusers: dict[int, set[int]] = {}
+        for st in self.states:
+            for culprit in getattr(st.status, "accused", ()) if st.up else ():
+                accusers.setdefault(int(culprit), set()).add(st.id)
+        if accusers:  # signed evidence of equivocation, as each replica reports it
+            named = [f"{c} (by {len(by)})" for c, by in sorted(accusers.items())]
+            parts.append(f"accused: {', '.join(named)}")
         down = [
             f"{st.id} (exited {st.exit_code})" if st.exit_code is not None else str(st.id)
             for st in self.states
