@@ -303,3 +303,20 @@ def test_nothing_was_lost(cluster: Cluster, history: History) -> None:
     run(scenario(), 30)
     c.wait_agree(timeout=30, same_view=False)
     assert all(c.alive(i) and c.healthy(i) for i in range(c.n))
+
+
+@pytest.mark.timeout(30)
+def test_half_closed_session_still_gets_its_reply(cluster: Cluster, history: History) -> None:
+    user = Ed25519Signer.generate()
+    raw = make_request(user, cluster.cluster.cluster_id, 5, 1, e2e.list_op("*"), read_only=True)
+
+    async def scenario() -> None:
+        ch, call = await _session(cluster, 1)
+        async with ch:
+            await call.write(spb.ClientFrame(request=raw).SerializeToString())
+            await call.done_writing()
+            got = await _next(call)
+            assert got.WhichOneof("kind") == "reply"
+            call.cancel()
+
+    run(scenario(), 20)

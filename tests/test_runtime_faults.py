@@ -118,6 +118,37 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
         yield c
 
 
+@pytest.mark.timeout(90)
+def test_frozen_replica_does_not_block_the_others(cluster: Cluster) -> None:
+    """SIGSTOP one backup under load: its TCP connections stay open but nothing reads them, so the
+    others' writes to it stall on flow control. Progress must go on; after SIGCONT it catches up."""
+    import signal
+
+    c = cluster
+    st = c.status(0)
+    assert st is not None
+    frozen = (st.primary + 1) % c.n  # a backup: progress needs no view change
+
+    async def scenario() -> None:
+        accepted: dict[bytes, int] = {}
+        async with ChatUser(c, "fz-sink") as sink, ChatUser(c, "fz-a") as a, ChatUser(c, "fz-b") as b:
+            for u in (sink, a, b):
+                await u.register()
+            load = Load([a, b], sink, accepted)
+            os.kill(c.procs[frozen].popen.pid, signal.SIGSTOP)
+            try:
+                load.start()
+                await asyncio.sleep(4.0)
+                await load.finish()
+                assert len(accepted) >= 20, len(accepted)
+            finally:
+                os.kill(c.procs[frozen].popen.pid, signal.SIGCONT)
+            await check_inbox(sink, accepted)
+
+    run(scenario(), 60)
+    c.wait_agree(timeout=40, same_view=False)
+
+
 @pytest.mark.timeout(60 + 40 * CYCLES)
 def test_kill_all_under_load_and_restart_repeatedly(cluster: Cluster) -> None:
     c = cluster

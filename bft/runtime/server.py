@@ -8,6 +8,7 @@ by gRPC itself (``grpc.max_receive_message_length``) before anything is read, an
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import re
 from collections import deque
@@ -34,6 +35,7 @@ MAX_CLIENT_FRAME = MAX_REQUEST_BYTES + 4096  # a signed request plus the ClientF
 MAX_SESSIONS = 10_000
 MAX_KEYS_PER_SESSION = 16
 SESSION_QUEUE_BYTES = 32 * 1024 * 1024  # frames waiting for a slow client; oldest dropped past this
+HALF_CLOSE_LINGER = 10.0  # seconds a session stays open for replies after the client stops sending
 
 _REPLICA_NAME = re.compile(rb"(?:bftchat-)?replica-(\d+)")
 
@@ -172,15 +174,26 @@ class ClientSessionService:
         self.metrics.client_sessions.set(len(self.sessions))
         nonce = os.urandom(NONCE_LEN)
         sess.send(spb.ServerFrame(nonce=nonce).SerializeToString())
-        reader = asyncio.get_running_loop().create_task(self._read(requests, sess, nonce))
+        loop = asyncio.get_running_loop()
+        reader = loop.create_task(self._read(requests, sess, nonce))
+        linger_until: float | None = None
         try:
             while True:
                 while sess.queue:
                     await context.write(sess.take())
-                if reader.done():
-                    break
                 sess.wake.clear()
-                if not sess.queue:
+                if reader.done():
+                    # The client finished sending (half-close): answers may still be on their way.
+                    if not reader.result():
+                        break
+                    if linger_until is None:
+                        linger_until = loop.time() + HALF_CLOSE_LINGER
+                    left = linger_until - loop.time()
+                    if left <= 0:
+                        break
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(sess.wake.wait(), left)
+                elif not sess.queue:
                     await sess.wake.wait()
         finally:
             reader.cancel()
@@ -188,7 +201,8 @@ class ClientSessionService:
             self.sessions.discard(sess)
             self.metrics.client_sessions.set(len(self.sessions))
 
-    async def _read(self, requests: AsyncIterator[bytes], sess: ClientSession, nonce: bytes) -> None:
+    async def _read(self, requests: AsyncIterator[bytes], sess: ClientSession, nonce: bytes) -> bool:
+        """Feed the client's frames to the node; True if the client half-closed cleanly."""
         node = self.node
         try:
             async for raw in requests:
@@ -206,10 +220,11 @@ class ClientSessionService:
                 else:
                     self.metrics.bad_input.labels("client_frame").inc()
                     sess.send(_error_frame(raw, "empty client frame"))
-        except (grpc.aio.AioRpcError, asyncio.InvalidStateError):
-            pass  # the client went away
+        except Exception:  # the client went away (however gRPC reports it)
+            return False
         finally:
             sess.wake.set()
+        return True
 
     def _subscribe(self, proof: spb.AuthProof, sess: ClientSession, nonce: bytes) -> None:
         node = self.node
