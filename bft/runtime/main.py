@@ -332,6 +332,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 0
+    except Exception as exc:  # a bug or an unforeseen environment problem: one line, details at DEBUG
+        logging.getLogger(logs.LOGGER_NAME).debug("startup failure", exc_info=True)
+        print(f"error: replica {args.id} failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
     finally:
         logging.shutdown()
 

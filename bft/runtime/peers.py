@@ -132,12 +132,14 @@ class PeerLink:
         failures = 0
         while True:
             reason = "stream ended"
+            refused = False
             try:
                 await self._session()
             except asyncio.CancelledError:
                 raise
             except grpc.aio.AioRpcError as exc:
                 reason = f"{exc.code().name}: {exc.details()}"
+                refused = exc.code() in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED)
             except (WireError, TimeoutError, asyncio.InvalidStateError, grpc.aio.UsageError) as exc:
                 reason = str(exc) or type(exc).__name__
             except Exception as exc:  # a transport failure must never end the link for good
@@ -149,7 +151,9 @@ class PeerLink:
                 backoff, failures = BACKOFF_MIN, 0
             else:
                 failures += 1
-                if failures in (1, 10) or failures % 100 == 0:
+                if refused and failures == 1:  # a configuration problem (keys, certificates), not a crash
+                    self._log.warning("peer_refused_link", peer=self.peer_id, reason=reason)
+                elif failures in (1, 10) or failures % 100 == 0:
                     self._log.debug(
                         "peer_connect_failed", peer=self.peer_id, attempts=failures, reason=reason
                     )
