@@ -31,6 +31,7 @@ from bft.crypto import CachingVerifier, Ed25519Verifier, Signer, sha256
 from bft.pb.bftchat.v1 import protocol_pb2 as pb
 from bft.pb.bftchat.v1 import service_pb2 as spb
 from bft.replies import CheckedReply, ReplyCollector, check_reply
+from bft.runtime.clusterconf import ClusterConfig
 from bft.runtime.handshake import CheckedPush, auth_proof, check_push
 from bft.wire import WireError, make_request, parse
 
@@ -198,13 +199,10 @@ class TestClient:
         self.last_raw = b""  # the signed bytes of the latest request sent
 
     @classmethod
-    def from_config(cls, config: object, signer: Signer, *, insecure: bool = False) -> TestClient:
-        """From a ``bft.runtime.clusterconf.ClusterConfig``."""
-        replicas = getattr(config, "replicas")  # noqa: B009 - any object shaped like ClusterConfig
-        tls_ca = getattr(config, "tls_ca", None)
-        ca = None if insecure or tls_ca is None else Path(tls_ca).read_bytes()
-        info = getattr(config, "info")()  # noqa: B009
-        return cls(info, [r.endpoint for r in replicas], signer, ca_pem=ca)
+    def from_config(cls, config: ClusterConfig, signer: Signer, *, insecure: bool = False) -> TestClient:
+        """Sessions to every replica of a loaded cluster config (TLS with its CA unless ``insecure``)."""
+        ca = None if insecure or config.tls_ca is None else Path(config.tls_ca).read_bytes()
+        return cls(config.info(), [r.endpoint for r in config.replicas], signer, ca_pem=ca)
 
     async def __aenter__(self) -> TestClient:
         await self.connect()
