@@ -185,6 +185,7 @@ class ChatApp:
         per_key: dict[bytes, int] = {}
         seen_ids: set[int] = set()
         lthash = LtHash()
+        elements: list[bytes] = []  # hashed in one pass at the end (one carry mask, not one per add)
         stored = 0
         for rec in snap.accounts:
             name = rec.name
@@ -210,11 +211,12 @@ class ChatApp:
                 last_id = msg_id
                 element = _message_element(name, msg_id, seq, ts, signed, sig)
                 inbox.append(_Message(msg_id, seq, ts, signed, sig, element))
-                lthash.add(element)
+                elements.append(element)
             stored += len(inbox)
-            lthash.add(_account_element(name, rec.signing_key, rec.box_key))
+            elements.append(_account_element(name, rec.signing_key, rec.box_key))
             accounts[name] = _Account(name, rec.signing_key, rec.box_key, inbox)
             names.append(name)
+        lthash.add_many(elements)
         self._accounts, self._names, self._per_key = accounts, names, per_key
         self._next_id, self._stored, self._hash, self._digest = next_id, stored, lthash, None
 
