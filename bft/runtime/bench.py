@@ -722,7 +722,8 @@ _WAITING = re.compile(
 def start_profilers(
     directory: Path, point: Point, named: Sequence[tuple[str, int]], seconds: float
 ) -> list[subprocess.Popen[bytes]]:
-    """``py-spy record`` on each process for the window (raw collapsed stacks, native frames off)."""
+    """``py-spy record --gil`` on each process for the window: Python frames of the thread holding the
+    GIL (on-CPU Python; gRPC C-core threads are not in it), as raw collapsed stacks."""
     import shutil
 
     spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
@@ -732,7 +733,8 @@ def start_profilers(
     procs = []
     for name, pid in named:
         out = directory / f"{point.mode}-n{point.replicas}-c{point.clients}-{name}.txt"
-        cmd = [spy, "record", "-p", str(pid), "-d", str(max(1, int(seconds))), "-r", "100", "-f", "raw"]
+        duration = str(max(1, int(seconds)))
+        cmd = [spy, "record", "-p", str(pid), "-d", duration, "-r", "100", "--gil", "-f", "raw"]
         procs.append(
             subprocess.Popen([*cmd, "-o", str(out)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         )
@@ -1031,12 +1033,17 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
             "--plot needs matplotlib: pip install -e '.[bench]' (or run scripts/bench)"
         ) from None
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.2))
-    for n in sorted({r["replicas"] for r in rows}):
+    targets = {4: (3000, 4.0), 7: (1500, 8.0)}  # the issue's targets: sends/s at 50 clients, p50 ms at 1
+    for k, n in enumerate(sorted({r["replicas"] for r in rows})):
+        color = f"C{k}"
         rs = sorted((r for r in rows if r["replicas"] == n), key=lambda r: r["clients"])
         xs = [r["clients"] for r in rs]
-        ax1.plot(xs, [r["throughput_ops"] for r in rs], "o-", label=f"BFT n={n}")
-        ax2.plot(xs, [r["p50_ms"] for r in rs], "o-", label=f"n={n} p50")
-        ax2.plot(xs, [r["p99_ms"] for r in rs], "x--", label=f"n={n} p99")
+        ax1.plot(xs, [r["throughput_ops"] for r in rs], "o-", color=color, label=f"BFT n={n}")
+        ax2.plot(xs, [r["p50_ms"] for r in rs], "o-", color=color, label=f"n={n} p50")
+        ax2.plot(xs, [r["p99_ms"] for r in rs], "x--", color=color, label=f"n={n} p99")
+        if n in targets:
+            ax1.plot([50], [targets[n][0]], "*", color=color, markersize=12, label=f"target n={n}")
+            ax2.plot([1], [targets[n][1]], "*", color=color, markersize=12, label=f"target p50 n={n}")
     base = {r["clients"]: r for r in rows if r.get("baseline_ops")}
     if base:
         xs = sorted(base)
