@@ -209,3 +209,24 @@ def test_bench_smoke_json(tmp_path: Path) -> None:
         assert isinstance(row[key], float), (key, row)
     assert row["throughput_ops"] > 0 and row["baseline_ops"] > 0 and row["replicas"] == 4
     assert "2 client processes" in proc.stderr and "crypto floor" in proc.stderr
+
+
+@pytest.mark.timeout(120)
+def test_launcher_passes_fault_injection_and_shows_faulty_replicas(tmp_path: Path) -> None:
+    directory = tmp_path / "cluster"
+    taken: set[int] = set()
+    ports = ["--base-port", str(free_range(4, taken)), "--peer-base-port", str(free_range(4, taken))]
+    cmd = launcher_cmd(directory, "--replicas", "4", "--allow-fault-injection", *ports)
+    launcher = Launcher(cmd, tmp_path / "run.out")
+    try:
+        launcher.wait_for(r"all 4 replicas up")
+        fault = subprocess.run(
+            [sys.executable, "-m", "bft.runtime.faultctl", "--config", str(directory / "config.toml"),
+             "--replica", "2", "silent"],
+            cwd=REPO, capture_output=True, text=True, timeout=30, check=False,
+        )  # fmt: skip
+        assert fault.returncode == 0, fault.stdout + fault.stderr
+        launcher.wait_for(r"faulty: 2 \(silent\)", timeout=30)
+        assert launcher.terminate() == 0, launcher.text()
+    finally:
+        launcher.kill()
