@@ -23,7 +23,7 @@ import logging
 import signal
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -252,13 +252,24 @@ async def serve(p: Prepared) -> int:
     await stop.wait()
     code = 1 if failed.done() else 0
     t0 = time.perf_counter()
-    await servers.set_serving(False)
+    await _bounded(servers.set_serving(False), 1.0, "health", events)
     node.stop()  # no more input to the core; the log is flushed
-    await servers.stop(SHUTDOWN_GRACE)
-    await peers.close()
+    await _bounded(servers.stop(SHUTDOWN_GRACE), SHUTDOWN_GRACE + 2.0, "servers", events)
+    await _bounded(peers.close(), 2.0, "peer_links", events)
     p.log.close()
     events.info("stopped", seconds=f"{time.perf_counter() - t0:.3f}", exit_code=code)
     return code
+
+
+async def _bounded(step: Coroutine[Any, Any, object], seconds: float, what: str, events: EventLog) -> None:
+    """One shutdown step, given up after ``seconds``: the log is already flushed, and a transport
+    that does not close in time must not keep the process from exiting."""
+    try:
+        await asyncio.wait_for(step, seconds)
+    except TimeoutError:
+        events.warning("shutdown_step_timeout", step=what, seconds=seconds)
+    except Exception as exc:
+        events.warning("shutdown_step_failed", step=what, error=f"{type(exc).__name__}: {exc}")
 
 
 # ---------------------------------------------------------------- verify-log
