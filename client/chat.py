@@ -188,25 +188,30 @@ class ChatClient:
     # ---- connecting
 
     async def connect(self) -> None:
-        """Open a stream to every replica; ClusterUnreachable unless f+1 of them answer in time
-        (fewer can never give an accepted result). The others keep reconnecting in the background."""
+        """Open a stream to every replica and wait until enough are up: all of them, or 2f+1 (a
+        one-round read needs that many) after a short grace, or f+1 (fewer can never give an
+        accepted result) once the missing ones have been asked why. ClusterUnreachable otherwise.
+        Streams that are down keep reconnecting in the background."""
         await self.session.connect()
-        need = self.f + 1
-        with contextlib.suppress(TimeoutError):
-            await self.session.wait_connected(timeout=min(1.0, self.connect_timeout))
-            return
-        if self._up() >= need:
-            return
-        deadline = time.monotonic() + self.connect_timeout - 1.0
-        failures = await self._probe()
-        while self._up() < need:
-            down = [c for c in self.session.conns if not c.up]
-            hopeless = sum(c.replica in failures for c in down) > self.cluster.n - need
-            if hopeless or time.monotonic() > deadline:
-                late = "no session stream yet"
-                why = {c.replica: failures.get(c.replica, f"{c.endpoint}: {late}") for c in down}
-                raise ClusterUnreachable(why, need, self._up())
-            await asyncio.sleep(0.05)
+        n, need, quorum = self.cluster.n, self.f + 1, 2 * self.f + 1
+        start = time.monotonic()
+        failures: dict[int, str] | None = None
+        while True:
+            up, waited = self._up(), time.monotonic() - start
+            if up == n or (up >= quorum and waited >= 0.3):
+                return
+            if failures is None and waited >= 1.0:
+                failures = await self._probe()
+            if failures is not None:
+                down = [c for c in self.session.conns if not c.up]
+                if up >= need:
+                    return
+                hopeless = sum(c.replica in failures for c in down) > n - need
+                if hopeless or waited > self.connect_timeout:
+                    late = "no session stream yet"
+                    why = {c.replica: failures.get(c.replica, f"{c.endpoint}: {late}") for c in down}
+                    raise ClusterUnreachable(why, need, up, n)
+            await asyncio.sleep(0.02)
 
     def _up(self) -> int:
         return sum(c.up for c in self.session.conns)
@@ -248,11 +253,15 @@ class ChatClient:
             raise ChatClientError("the replicas agreed on a result this client cannot parse") from None
 
     async def _failure(self, detail: str) -> ChatClientError:
-        """A request that got no agreed result in time: unreachable replicas or disagreement?"""
-        if self._up() < self.f + 1:
+        """A request that got no agreed result in time: unreachable replicas or disagreement?
+
+        With replicas down and no reply at all, or fewer than f+1 streams up, the likely cause is
+        the cluster lacking the 2f+1 live replicas it needs to order anything: name who is down."""
+        silent = detail.startswith("no agreed result in time; replies: {} ")  # the session layer's text
+        if self._up() < self.cluster.n:
             failures = await self._probe()
-            if failures:
-                return ClusterUnreachable(failures, self.f + 1, self._up())
+            if failures and (silent or self._up() < self.f + 1):
+                return ClusterUnreachable(failures, 2 * self.f + 1, self._up(), self.cluster.n)
         return NoAgreement(detail.removeprefix("no agreed result in time; replies: "))
 
     def me(self) -> str:
@@ -436,7 +445,7 @@ class ChatClient:
                 replica, why = self.session.auth_errors[-1]
                 raise ChatClientError(f"replica {replica} refused the push subscription: {why}") from None
             failures = await self._probe()
-            raise ClusterUnreachable(failures, self.f + 1, self._subscribed()) from None
+            raise ClusterUnreachable(failures, self.f + 1, self._subscribed(), self.cluster.n) from None
         self._seen_subscribed = {c.replica for c in self.session.conns if c.subscribed}
 
     def _subscribed(self) -> int:

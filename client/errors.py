@@ -64,13 +64,14 @@ class ClusterUnreachable(ChatClientError):
     code = "cluster_unreachable"
     exit_code = 3
 
-    def __init__(self, failures: Mapping[int, str], needed: int, reachable: int) -> None:
+    def __init__(self, failures: Mapping[int, str], needed: int, reachable: int, total: int) -> None:
         parts = "; ".join(f"replica {i}: {why}" for i, why in sorted(failures.items()))
-        head = f"cluster unreachable ({reachable} of the {needed} replicas needed answered)"
-        super().__init__(f"{head}: {parts}")
+        head = f"cluster unreachable: {reachable} of {total} replicas reachable, {needed} needed"
+        super().__init__(f"{head}; {parts}")
         self.failures = dict(failures)
         self.needed = needed
         self.reachable = reachable
+        self.total = total
 
 
 class NoAgreement(ChatClientError):

@@ -251,3 +251,29 @@ def test_timestamps_follow_the_clock_and_stay_monotone() -> None:
     s._timestamp = first + 10**12  # the replicas named a floor far ahead of our clock
     assert s._next_timestamp() == first + 10**12 + 1
     assert s._next_timestamp() == first + 10**12 + 2
+
+
+@pytest.mark.timeout(120)
+def test_one_replica_down_is_tolerated_two_are_named(cluster: Cluster, tmp_path: Path) -> None:
+    """n=4 tolerates f=1 replica down; with two down the CLI says which and why (exit 3)."""
+    cfg = cluster.config_path
+    key = new_key(tmp_path, "downer")
+    ok(cli(cfg, key, "register", "downer"))
+    primary = cluster.wait_agree(timeout=30).primary
+    victims = [i for i in range(cluster.n) if i != primary][:2]
+    try:
+        cluster.stop(victims[0])
+        ok(cli(cfg, key, "send", "downer", "with one down"))
+        cluster.stop(victims[1])
+        proc = cli(cfg, key, "--timeout", "3", "send", "downer", "with two down")
+        line = failed(proc, 3, "cluster unreachable: 2 of 4 replicas reachable, 3 needed")
+        for i in victims:
+            assert f"replica {i}: 127.0.0.1:" in line
+        assert line.lower().count("refused") == 2
+    finally:
+        for i in victims:
+            if not cluster.alive(i):
+                cluster.start(i)
+        cluster.wait_healthy()
+    texts = [m["text"] for m in ok(cli(cfg, key, "--json", "inbox"))]
+    assert texts[0] == "with one down"  # the second may commit too, once the replicas are back
