@@ -33,6 +33,7 @@ QUEUE_MESSAGES_DOWN = 512  # while the link is down: what is queued then is most
 BACKOFF_MIN = 0.05
 BACKOFF_MAX = 2.0
 HANDSHAKE_TIMEOUT = 5.0
+CLOSE_PHASE_SECONDS = 0.5
 
 _MESSAGES_TAG = b"\x12"  # LinkUp.messages: field 2, length-delimited
 
@@ -119,13 +120,22 @@ class PeerLink:
         self._task = asyncio.get_running_loop().create_task(self._run(), name=f"peer-link-{self.peer_id}")
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._task
-        if self._call is not None:
-            self._call.cancel()
-        await self._channel.close(grace=None)
+        """Stop the writer and the channel; each phase bounded (a gRPC call caught mid-reconnect
+        has been seen to ignore cancellation for seconds during shutdown)."""
+        phase = "writer"
+        try:
+            if self._task is not None:
+                self._task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await asyncio.wait_for(self._task, CLOSE_PHASE_SECONDS)
+            phase = "channel"
+            if self._call is not None:
+                self._call.cancel()
+            await asyncio.wait_for(self._channel.close(grace=None), CLOSE_PHASE_SECONDS)
+        except TimeoutError:
+            self._log.debug("peer_close_slow", peer=self.peer_id, phase=phase)
+        except Exception as exc:  # closing: nothing left to protect
+            self._log.debug("peer_close_failed", peer=self.peer_id, phase=phase, error=str(exc))
 
     async def _run(self) -> None:
         backoff = BACKOFF_MIN
