@@ -104,7 +104,7 @@ def test_chat_in_a_terminal_shows_a_live_message(cluster: Cluster, tmp_path: Pat
         pos = term.expect("alice: live hello", start=pos)
         term.type("ile it arrived\r")
         term.type("/to ali\t")  # completion of account names
-        term.pump(0.5)
+        pos = term.expect("/to alice", start=pos)
         term.type("\r")
         pos = term.expect("-- talking to alice", start=pos)
         term.type("/quit\r")
