@@ -272,11 +272,12 @@ def _render(title: str, fields: dict[str, str | int]) -> bytes:
     """A flat TOML document; values are ints or strings of safe characters (hex, names, labels)."""
     lines = [f"# {title}. SECRET: keep this file mode 0600 and never share or commit it."]
     for k, v in fields.items():
-        lines.append(f"{k} = {v}" if isinstance(v, int) else f"{k} = {_toml_string(v)}")
+        lines.append(f"{k} = {v}" if isinstance(v, int) else f"{k} = {toml_string(v)}")
     return ("\n".join(lines) + "\n").encode("utf-8")
 
 
-def _toml_string(text: str) -> str:
+def toml_string(text: str) -> str:
+    """A TOML basic string (quotes, backslashes and control characters escaped)."""
     out = ['"']
     for ch in text:
         if ch in '"\\':

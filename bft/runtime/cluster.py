@@ -35,6 +35,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
+from bft.runtime.keygen import port_number
+
 DEFAULT_DIR = Path("keys/cluster")
 DEFAULT_REPLICAS = 7
 DEFAULT_BASE_PORT = 7100
@@ -644,16 +646,6 @@ async def run_launcher(
     return 0 if clean and not failed_start and came_up else 1
 
 
-def _port(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
-    if not 1 <= value <= 65535:
-        raise argparse.ArgumentTypeError(f"port must be 1..65535, got {value}")
-    return value
-
-
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="bftchat-cluster",
@@ -675,13 +667,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--base-port",
-        type=_port,
+        type=port_number,
         default=DEFAULT_BASE_PORT,
         help=f"new cluster: replica i serves clients on base + i (default {DEFAULT_BASE_PORT})",
     )
     p.add_argument(
         "--peer-base-port",
-        type=_port,
+        type=port_number,
         default=None,
         help="new cluster: peer links on base + i (default base-port + 1000)",
     )

@@ -24,6 +24,7 @@ import nacl.bindings
 
 from bft.core.config import ClusterInfo, Params
 from bft.crypto import CLUSTER_ID_LEN, KEY_LEN
+from bft.keys import toml_string
 
 _CLUSTER_KEYS = frozenset({"name", "n", "f", "cluster_id", "tls_ca", "admin_public_key"})
 _REPLICA_KEYS = frozenset({"id", "host", "port", "peer_port", "public_key", "metrics_port"})
@@ -330,13 +331,13 @@ def dump_config(cfg: ClusterConfig) -> str:
         '# machine. Format: docs/OPERATIONS.md, section "Cluster config".',
         "",
         "[cluster]",
-        f"name = {_toml_string(cfg.name)}",
+        f"name = {toml_string(cfg.name)}",
         f"n = {cfg.n}",
         f"f = {cfg.f}",
         f'cluster_id = "{cfg.cluster_id.hex()}"',
     ]
     if cfg.tls_ca is not None:
-        lines.append(f"tls_ca = {_toml_string(_relative_to_config(cfg.tls_ca, cfg.path))}")
+        lines.append(f"tls_ca = {toml_string(_relative_to_config(cfg.tls_ca, cfg.path))}")
     if cfg.admin_public_key is not None:
         lines.append(f'admin_public_key = "{cfg.admin_public_key.hex()}"')
     defaults = Params()
@@ -353,7 +354,7 @@ def dump_config(cfg: ClusterConfig) -> str:
             "",
             "[[replica]]",
             f"id = {r.id}",
-            f"host = {_toml_string(r.host)}",
+            f"host = {toml_string(r.host)}",
             f"port = {r.port}",
         ]
         if r.peer_port is not None:
@@ -370,16 +371,3 @@ def _relative_to_config(target: Path, config_path: Path) -> str:
         rel = os.path.relpath(target, base)
         return Path(rel).as_posix()
     return target.as_posix()
-
-
-def _toml_string(text: str) -> str:
-    out = ['"']
-    for ch in text:
-        if ch in '"\\':
-            out.append("\\" + ch)
-        elif ord(ch) < 0x20 or ord(ch) == 0x7F:
-            out.append(f"\\u{ord(ch):04x}")
-        else:
-            out.append(ch)
-    out.append('"')
-    return "".join(out)

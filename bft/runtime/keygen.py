@@ -279,7 +279,7 @@ def _make_private_dir(path: Path) -> None:
         raise KeyFileError(f"'{path}' is not a directory")
 
 
-def _port(text: str) -> int:
+def port_number(text: str) -> int:
     try:
         value = int(text)
     except ValueError:
@@ -309,15 +309,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--hosts", help="comma-separated hosts; replica i runs on hosts[i %% len] (default 127.0.0.1)"
     )
     cluster.add_argument(
-        "--base-port", type=_port, default=7100, help="replica i listens on base + i (default 7100)"
+        "--base-port", type=port_number, default=7100, help="replica i listens on base + i (default 7100)"
     )
     cluster.add_argument(
         "--peer-base-port",
-        type=_port,
+        type=port_number,
         help="replica i serves peer links on base + i (default base-port + 1000)",
     )
     cluster.add_argument(
-        "--metrics-base-port", type=_port, help="replica i serves metrics on base + i (default none)"
+        "--metrics-base-port", type=port_number, help="replica i serves metrics on base + i (default none)"
     )
     cluster.add_argument(
         "--name", help="cluster name, free text (default: local, or the directory name with --hosts)"
