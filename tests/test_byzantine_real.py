@@ -69,6 +69,11 @@ async def exchange(c: Cluster, tag: str, count: int = 3) -> set[int]:
         sent = [b"%s message %d" % (tag.encode(), k) for k in range(count)]
         for text in sent:
             await alice.send(bob, text, timeout=90)
+        # f+1 matching replies decide; give the remaining replies a moment, to see who said what.
+        for _ in range(40):
+            if liars:
+                break
+            await asyncio.sleep(0.05)
         got = [t for _, t in await bob.fetch_all(read_only=False)]
         assert got == sent
     return liars

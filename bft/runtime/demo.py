@@ -98,10 +98,17 @@ class User:
                     ok = False
                 if not ok:
                     liars.add(replica)
+                heard.add(replica)
                 accept(replica, data)
 
+            heard: set[int] = set()
             c.on_reply = watch  # type: ignore[method-assign]
             reply = await c.request(op, timeout=90)
+            # f+1 matching replies decide; wait a moment for the rest, to see who said what.
+            for _ in range(40):
+                if len(heard) >= self.cluster.config.n:
+                    break
+                await asyncio.sleep(0.05)
         return e2e.parse_result(reply.result), liars
 
     async def inbox(self, ack: bool = True) -> list[str]:
