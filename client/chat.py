@@ -1,7 +1,7 @@
 """The chat client library: one user's view of a bftchat cluster, as typed async calls.
 
 ``ChatClient`` puts the chat operations (register, list, send, fetch/ack, delete, live messages) on
-top of the session layer in ``client.testclient`` (streams to every replica, signed requests,
+top of the session layer in ``client.session`` (streams to every replica, signed requests,
 f+1 matching verified replies for ordered requests, 2f+1 for one-round reads with fallback to
 ordering, signed pushes accepted from f+1 replicas). This module adds what a user needs:
 
@@ -54,7 +54,7 @@ from client.errors import (
     RejectedError,
     UsageError,
 )
-from client.testclient import RequestFailed, TestClient, status
+from client.session import ClusterSession, RequestFailed, status
 
 DEFAULT_TIMEOUT = 15.0  # seconds for one operation, retransmissions included
 CONNECT_TIMEOUT = 5.0  # seconds to reach enough replicas before giving up
@@ -98,7 +98,7 @@ class Message:
     problem: str | None = None
 
 
-class _Session(TestClient):
+class _Session(ClusterSession):
     """The session layer with wall-clock timestamps: a new session's first timestamp is above any
     floor the replicas keep for evicted sessions (barring clock trouble, which the stale-timestamp
     retry covers), and it stays monotone whatever the clock does."""

@@ -32,7 +32,8 @@ from bft.pb.bftchat.v1 import service_pb2 as spb
 from bft.runtime import keygen
 from bft.runtime.clusterconf import load_config
 from bft.storage.log import ReplicaLog
-from client import e2e, testclient
+from client import e2e
+from client.session import STATUS_METHOD, ClusterSession
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -275,7 +276,7 @@ class Cluster:
     def status(self, i: int) -> spb.StatusReply | None:
         try:
             with self._channel(i) as ch:
-                raw = ch.unary_unary(testclient.STATUS_METHOD)(b"", timeout=2.0)
+                raw = ch.unary_unary(STATUS_METHOD)(b"", timeout=2.0)
                 return spb.StatusReply.FromString(raw)
         except grpc.RpcError:
             return None
@@ -311,9 +312,9 @@ class Cluster:
 
     # ---- clients
 
-    def client(self, signer: Signer | None = None, session: int | None = None) -> testclient.TestClient:
+    def client(self, signer: Signer | None = None, session: int | None = None) -> ClusterSession:
         endpoints = [self.endpoint(i) for i in range(self.n)]
-        return testclient.TestClient(
+        return ClusterSession(
             self.cluster, endpoints, signer or Ed25519Signer.generate(), ca_pem=self.ca_pem, session=session
         )
 
@@ -331,7 +332,7 @@ def run(coro: object, timeout: float = 120.0) -> object:
 
 
 class ChatUser:
-    """A chat account driven through a TestClient: signing key, box keys and the plain operations."""
+    """A chat account driven through a ClusterSession: signing key, box keys and the plain operations."""
 
     def __init__(
         self, cluster: Cluster, name: str, signer: Ed25519Signer | None = None, box: e2e.BoxKeys | None = None

@@ -24,7 +24,8 @@ from cluster_helper import free_range, run
 
 from bft.crypto import Ed25519Signer
 from bft.runtime.clusterconf import load_config
-from client import e2e, testclient
+from client import e2e
+from client.session import ClusterSession
 
 REPO = Path(__file__).resolve().parent.parent
 UP_TIMEOUT = 60.0
@@ -90,11 +91,11 @@ class User:
         self.signer = Ed25519Signer.generate()
         self.box = e2e.BoxKeys.generate()
 
-    def client(self, config_path: Path) -> testclient.TestClient:
-        return testclient.TestClient.from_config(load_config(config_path), self.signer)
+    def client(self, config_path: Path) -> ClusterSession:
+        return ClusterSession.from_config(load_config(config_path), self.signer)
 
 
-async def _op(client: testclient.TestClient, op: bytes, read_only: bool = False) -> object:
+async def _op(client: ClusterSession, op: bytes, read_only: bool = False) -> object:
     reply = await client.request(op, read_only=read_only, timeout=30)
     assert reply.status == 0, reply
     result = e2e.parse_result(reply.result)

@@ -25,7 +25,7 @@ from bft.runtime.peers import LINK_METHOD, MAX_FRAME_WIRE
 from bft.runtime.server import MAX_CLIENT_FRAME
 from bft.wire import MAX_REQUEST_BYTES, make_request, seal
 from client import e2e
-from client.testclient import SESSION_METHOD, STATUS_METHOD, channel
+from client.session import SESSION_METHOD, STATUS_METHOD, channel
 
 TARGET = 0  # the replica under attack
 

@@ -16,7 +16,7 @@ from bft.crypto import Ed25519Signer
 from bft.pb.bftchat.v1 import service_pb2 as spb
 from bft.runtime.handshake import auth_proof
 from client import e2e
-from client.testclient import SESSION_METHOD, channel
+from client.session import SESSION_METHOD, channel
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,7 @@ What runs where:
   time. They run as asyncio sessions in P separate client processes (default 1, 2 from 8 clients
   on); the sessions of one process share one gRPC channel per replica and a signature cache (the
   f+1 replies of one batch carry the same signed root). Latency is from the request's signing to
-  f+1 matching verified replies (``client.testclient``).
+  f+1 matching verified replies (``client.session``).
 * **Window.** After registration and a warm-up, T seconds are measured: completed sends, their
   latencies, and the CPU (user + system, from /proc) of every replica and client process.
 * **Baseline.** The same chat app, gRPC stack, TLS, request signing and verification, signed
@@ -335,7 +335,7 @@ async def baseline_server_main(spec: dict[str, Any]) -> int:
 
 
 class BaselineClient:
-    """What ``TestClient`` does for one server: sign, send, verify the one signed reply."""
+    """What ``ClusterSession`` does for one server: sign, send, verify the one signed reply."""
 
     def __init__(
         self,
@@ -360,7 +360,7 @@ class BaselineClient:
         self.reader: asyncio.Task[None] | None = None
 
     async def connect(self) -> None:
-        from client.testclient import SESSION_METHOD
+        from client.session import SESSION_METHOD
 
         self.call = self.channel.stream_stream(SESSION_METHOD)()
         self.reader = asyncio.get_running_loop().create_task(self._read())
@@ -415,7 +415,8 @@ async def worker_main(spec: dict[str, Any]) -> int:
     """``--worker``: drive this process's share of the clients; JSON lines on stdout."""
     from bft.crypto import CachingVerifier, Ed25519Signer, Ed25519Verifier
     from bft.runtime.clusterconf import load_config
-    from client import e2e, testclient
+    from client import e2e
+    from client.session import ClusterSession, channel
 
     tag, total, size = spec["tag"], spec["accounts"], spec["size"]
     mine: list[int] = spec["clients"]
@@ -425,14 +426,14 @@ async def worker_main(spec: dict[str, Any]) -> int:
     for i in range(total):
         name, seed, box = account(tag, i)
         names[i], signers[i], boxes[i] = name, Ed25519Signer(seed), e2e.BoxKeys.from_secret(box)
-    clients: dict[int, Any] = {}  # TestClient or BaselineClient
+    clients: dict[int, Any] = {}  # ClusterSession or BaselineClient
     channels: list[Any] = []
     if spec["mode"] == "bft":
         config = load_config(spec["config"])
         ca = None if spec["insecure"] or config.tls_ca is None else Path(config.tls_ca).read_bytes()
-        channels = [testclient.channel(r.endpoint, ca) for r in config.replicas]
+        channels = [channel(r.endpoint, ca) for r in config.replicas]
         for i in sorted(set(mine) | set(register)):
-            c = testclient.TestClient.from_config(config, signers[i], insecure=spec["insecure"])
+            c = ClusterSession.from_config(config, signers[i], insecure=spec["insecure"])
             for conn, ch in zip(c.conns, channels, strict=True):
                 await conn.channel.close(grace=None)
                 conn.channel = ch
@@ -442,7 +443,7 @@ async def worker_main(spec: dict[str, Any]) -> int:
         await asyncio.gather(*(c.wait_connected(timeout=60) for c in clients.values()))
     else:
         ca = Path(spec["ca"]).read_bytes() if spec.get("ca") else None
-        ch = testclient.channel(spec["endpoint"], ca)
+        ch = channel(spec["endpoint"], ca)
         channels = [ch]
         for i in sorted(set(mine) | set(register)):
             b = BaselineClient(

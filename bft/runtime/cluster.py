@@ -367,16 +367,16 @@ class StatusBoard:
         self._channels: list[Any] = []
 
     async def poll(self, exit_codes: dict[int, int | None], timeout: float = 0.8) -> None:
-        from client import testclient
+        from client.session import STATUS_METHOD, channel
 
         if not self._channels:
-            self._channels = [testclient.channel(r.endpoint, self.ca_pem) for r in self.config.replicas]
+            self._channels = [channel(r.endpoint, self.ca_pem) for r in self.config.replicas]
 
         async def one(i: int) -> Any:
             if exit_codes.get(i) is not None:
                 return None
             try:
-                raw = await self._channels[i].unary_unary(testclient.STATUS_METHOD)(b"", timeout=timeout)
+                raw = await self._channels[i].unary_unary(STATUS_METHOD)(b"", timeout=timeout)
                 from bft.pb.bftchat.v1 import service_pb2 as spb
                 from bft.wire import parse
 
@@ -540,7 +540,7 @@ def connect_hint(config_path: Path, insecure: bool) -> list[str]:
         has_cli = False
     if not has_cli:
         return [
-            "connect (the bftchat CLI is not in this tree yet): client.testclient.TestClient.from_config("
+            "connect (the bftchat CLI is not in this tree yet): client.session.ClusterSession.from_config("
             f"load_config('{config}'), signer{', insecure=True' if insecure else ''})"
         ]
     cli = f"{_tool('bftchat')} --config {config}{flag} --key keys/alice.key"

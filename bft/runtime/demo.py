@@ -29,7 +29,8 @@ from bft.crypto import Ed25519Signer
 from bft.pb.bftchat.v1 import service_pb2 as spb
 from bft.runtime import faultctl
 from bft.runtime.cluster import LocalCluster, ensure_cluster
-from client import e2e, testclient
+from client import e2e
+from client.session import ClusterSession, status
 
 T = TypeVar("T")
 FAULTS = "--allow-fault-injection"
@@ -68,8 +69,8 @@ class User:
         self.box = e2e.BoxKeys.generate()
         self.cluster = cluster
 
-    def client(self) -> testclient.TestClient:
-        return testclient.TestClient(
+    def client(self) -> ClusterSession:
+        return ClusterSession(
             self.cluster.config.info(), self.cluster.endpoints(), self.signer, ca_pem=self.cluster.ca_pem
         )
 
@@ -157,7 +158,7 @@ def _close_loop() -> None:
 def statuses(c: LocalCluster) -> dict[int, spb.StatusReply | None]:
     async def one(i: int) -> spb.StatusReply | None:
         try:
-            return await testclient.status(c.endpoints()[i], c.ca_pem, timeout=2.0)
+            return await status(c.endpoints()[i], c.ca_pem, timeout=2.0)
         except Exception:
             return None
 

@@ -1,10 +1,12 @@
-"""A minimal asyncio client of a bftchat cluster: the seed of the client library.
+"""The session layer of the client library: one client session with every replica of a cluster.
 
-It holds one long-lived ``Session`` stream to every replica (reconnecting with backoff), sends each
-signed request to all of them, and accepts a result once enough replicas vouch for it: f+1 matching
-verified replies for ordered requests, 2f+1 for one-round reads (``bft.replies``). A read that does
-not gather 2f+1 quickly is re-sent as an ordered request. Live pushes are requested by proving the
-user's key on each stream and accepted once f+1 replicas signed the same (message id, seq).
+``ClusterSession`` holds one long-lived ``Session`` stream to every replica (reconnecting with
+backoff), sends each signed request to all of them, and accepts a result once enough replicas vouch
+for it: f+1 matching verified replies for ordered requests, 2f+1 for one-round reads
+(``bft.replies``). A read that does not gather 2f+1 quickly is re-sent as an ordered request. Live
+pushes are requested by proving the user's key on each stream and accepted once f+1 replicas signed
+the same (message id, seq). ``client.chat.ChatClient`` builds the chat operations on top of it; the
+runtime's tools (bench, demo, cluster) and tests use it directly.
 
 Nothing a single replica says is trusted: replies and pushes are checked against the replicas'
 public keys, and a refusal (``RequestError``) is only reported if the request times out.
@@ -82,7 +84,7 @@ async def status(endpoint: str, ca_pem: bytes | None, timeout: float = 2.0) -> s
 class _Conn:
     """The session stream to one replica, reconnected forever until the client closes."""
 
-    def __init__(self, client: TestClient, replica: int, endpoint: str) -> None:
+    def __init__(self, client: ClusterSession, replica: int, endpoint: str) -> None:
         self.client = client
         self.replica = replica
         self.endpoint = endpoint
@@ -167,7 +169,7 @@ class _Conn:
                 client.auth_errors.append((self.replica, frame.auth_error))
 
 
-class TestClient:
+class ClusterSession:
     """One user's sessions to every replica of a cluster. Use as ``async with``."""
 
     def __init__(
@@ -199,12 +201,12 @@ class TestClient:
         self.last_raw = b""  # the signed bytes of the latest request sent
 
     @classmethod
-    def from_config(cls, config: ClusterConfig, signer: Signer, *, insecure: bool = False) -> TestClient:
+    def from_config(cls, config: ClusterConfig, signer: Signer, *, insecure: bool = False) -> ClusterSession:
         """Sessions to every replica of a loaded cluster config (TLS with its CA unless ``insecure``)."""
         ca = None if insecure or config.tls_ca is None else Path(config.tls_ca).read_bytes()
         return cls(config.info(), [r.endpoint for r in config.replicas], signer, ca_pem=ca)
 
-    async def __aenter__(self) -> TestClient:
+    async def __aenter__(self) -> ClusterSession:
         await self.connect()
         return self
 
