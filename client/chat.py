@@ -5,13 +5,13 @@ top of the session layer in ``client.session`` (streams to every replica, signed
 f+1 matching verified replies for ordered requests, 2f+1 for one-round reads with fallback to
 ordering, signed pushes accepted from f+1 replicas). This module adds what a user needs:
 
-* each process is its own client session (random session id) with timestamps max(clock in
-  microseconds, last + 1), so several processes can use one key at once (a terminal running
-  ``chat``, another running ``send``, a script in a loop) and a retry of one request is executed
-  at most once; a stale-timestamp answer (an evicted session's floor) is recovered from by the
-  session layer, which retries above the floor the replicas named;
-* one request at a time per session (as PBFT assumes): a later timestamp executed first would make
-  the replicas drop the earlier one silently, so concurrent callers queue on a lock;
+* each process is its own client session (the session layer picks a random session id and
+  timestamps max(clock in microseconds, last + 1)), so several processes can use one key at once
+  (a terminal running ``chat``, another running ``send``, a script in a loop) and a retry of one
+  request is executed at most once; a stale-timestamp answer is recovered from by the session
+  layer, which re-signs above what the replicas named (``StaleTimestamp`` if it cannot);
+* one request at a time per session (as PBFT assumes; the session layer's lock), so concurrent
+  callers of one client queue;
 * results turned into typed errors (``client.errors``), including which replicas could not be
   reached and why;
 * end-to-end encryption (``client.e2e``): messages are verified (sender signature) and decrypted
@@ -54,7 +54,7 @@ from client.errors import (
     RejectedError,
     UsageError,
 )
-from client.session import ClusterSession, RequestFailed, status
+from client.session import ClusterSession, RequestFailed, rpc_reason, status
 
 DEFAULT_TIMEOUT = 15.0  # seconds for one operation, retransmissions included
 CONNECT_TIMEOUT = 5.0  # seconds to reach enough replicas before giving up
@@ -98,16 +98,6 @@ class Message:
     problem: str | None = None
 
 
-class _Session(ClusterSession):
-    """The session layer with wall-clock timestamps: a new session's first timestamp is above any
-    floor the replicas keep for evicted sessions (barring clock trouble, which the stale-timestamp
-    retry covers), and it stays monotone whatever the clock does."""
-
-    def _next_timestamp(self) -> int:
-        self._timestamp = max(time.time_ns() // 1000, self._timestamp + 1)
-        return self._timestamp
-
-
 def _name(raw: str, what: str = "account name") -> str:
     name = normalize_name(raw)
     if name is None:
@@ -115,23 +105,6 @@ def _name(raw: str, what: str = "account name") -> str:
             f"invalid {what} {raw!r}: 1-32 characters a-z, 0-9, '_' or '-', starting with a letter"
         )
     return name
-
-
-def rpc_reason(exc: BaseException) -> str:
-    """A short, readable reason from a gRPC failure (connection refused, TLS, DNS, deadline ...)."""
-    if not isinstance(exc, grpc.aio.AioRpcError):
-        return str(exc) or type(exc).__name__
-    details = exc.details() or ""
-    if "last error:" in details:
-        details = details.split("last error:", 1)[1].strip()
-    for prefix in ("UNKNOWN: ", "UNAVAILABLE: "):
-        details = details.removeprefix(prefix)
-    if details.startswith(("ipv4:", "ipv6:")):  # "ipv4:127.0.0.1:7100: Failed ...": drop the address
-        parts = details.split(": ", 1)
-        details = parts[1] if len(parts) == 2 else details
-    code = exc.code().name.lower() if exc.code() is not None else "error"
-    text = f"{code}: {details}" if details else code
-    return text if len(text) <= 200 else text[:197] + "..."
 
 
 class ChatClient:
@@ -158,10 +131,8 @@ class ChatClient:
         self.box = e2e.BoxKeys.from_secret(key.box_secret)
         self.timeout = timeout
         self.connect_timeout = connect_timeout
-        self.session = _Session.from_config(config, key.signer, insecure=insecure)
+        self.session = ClusterSession.from_config(config, key.signer, insecure=insecure)
         self.cluster = self.session.cluster
-        self.view = 0  # highest view seen in accepted replies (informational)
-        self._lock = asyncio.Lock()
         self._box_keys: dict[str, bytes] = {}
         self._seen_subscribed: set[int] = set()
 
@@ -184,6 +155,11 @@ class ChatClient:
     @property
     def f(self) -> int:
         return self.cluster.quorums.f
+
+    @property
+    def view(self) -> int:
+        """The highest view seen in accepted replies."""
+        return self.session.view
 
     # ---- connecting
 
@@ -239,12 +215,10 @@ class ChatClient:
 
     async def _call(self, op: bytes, *, read_only: bool = False) -> cpb.ChatResult:
         """Run one operation: the ChatResult f+1 (ordered) or 2f+1 (one-round read) replicas agree on."""
-        async with self._lock:
-            try:
-                reply = await self.session.request(op, read_only=read_only, timeout=self.timeout)
-            except RequestFailed as exc:
-                raise await self._failure(str(exc)) from None
-        self.view = max(self.view, reply.view)
+        try:
+            reply = await self.session.request(op, read_only=read_only, timeout=self.timeout)
+        except RequestFailed as exc:
+            raise await self._failure(exc) from None
         if reply.status != pb.REPLY_OK:
             raise RejectedError(f"the replicas refused the request (status {reply.status})")
         try:
@@ -252,17 +226,17 @@ class ChatClient:
         except ValueError:
             raise ChatClientError("the replicas agreed on a result this client cannot parse") from None
 
-    async def _failure(self, detail: str) -> ChatClientError:
+    async def _failure(self, exc: RequestFailed) -> ChatClientError:
         """A request that got no agreed result in time: unreachable replicas or disagreement?
 
         With replicas down and no reply at all, or fewer than f+1 streams up, the likely cause is
-        the cluster lacking the 2f+1 live replicas it needs to order anything: name who is down."""
-        silent = detail.startswith("no agreed result in time; replies: {} ")  # the session layer's text
-        if self._up() < self.cluster.n:
+        the cluster lacking the 2f+1 live replicas it needs to order anything: name who is down
+        (a status call to each says why; the stream's own last error if that call succeeds)."""
+        if exc.unreachable or self._up() < self.cluster.n:
             failures = await self._probe()
-            if failures and (silent or self._up() < self.f + 1):
+            if failures and (not exc.replies or self._up() < self.f + 1):
                 return ClusterUnreachable(failures, 2 * self.f + 1, self._up(), self.cluster.n)
-        return NoAgreement(detail.removeprefix("no agreed result in time; replies: "))
+        return NoAgreement(exc.detail)
 
     def me(self) -> str:
         if self.account is None:

@@ -83,3 +83,22 @@ class NoAgreement(ChatClientError):
     def __init__(self, detail: str) -> None:
         super().__init__(f"not enough matching replies: {detail}")
         self.detail = detail
+
+
+class StaleTimestamp(ChatClientError):
+    """The replicas kept calling this session's request timestamps stale (not above the last one
+    they executed for it, or below the floor of sessions they forgot), even after it re-signed the
+    request with the larger timestamps they asked for. The operation was not executed."""
+
+    code = "stale_timestamp"
+    exit_code = 3
+
+    def __init__(self, session: int, timestamp: int, wanted: int, attempts: int) -> None:
+        super().__init__(
+            f"stale timestamp: the replicas refused timestamp {timestamp} of session {session:x} "
+            f"after {attempts} attempts (they want at least {wanted})"
+        )
+        self.session = session
+        self.timestamp = timestamp
+        self.wanted = wanted
+        self.attempts = attempts

@@ -8,6 +8,14 @@ pushes are requested by proving the user's key on each stream and accepted once 
 the same (message id, seq). ``client.chat.ChatClient`` builds the chat operations on top of it; the
 runtime's tools (bench, demo, cluster) and tests use it directly.
 
+A session is one (key, session id) of the replicas' client table: the id is random per instance, so
+several processes (or several instances in one process) can use one key at once, each with its own
+timestamps. A timestamp is max(clock in µs, last + 1): monotone whatever the clock does, and for a
+new session above the floor the replicas keep for sessions they evicted. If the replicas still call
+a timestamp stale, the session re-signs the operation with a larger timestamp and retries, a bounded
+number of times (``StaleTimestamp`` past that). Only one ordered request of a session is outstanding
+at a time (a lock), see ``ClusterSession.request``.
+
 Nothing a single replica says is trusted: replies and pushes are checked against the replicas'
 public keys, and a refusal (``RequestError``) is only reported if the request times out.
 """
@@ -21,7 +29,7 @@ import random
 import struct
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -36,16 +44,83 @@ from bft.replies import CheckedReply, ReplyCollector, check_reply
 from bft.runtime.clusterconf import ClusterConfig
 from bft.runtime.handshake import CheckedPush, auth_proof, check_push
 from bft.wire import WireError, make_request, parse
+from client.errors import StaleTimestamp
 
 SESSION_METHOD = "/bftchat.v1.ClientService/Session"
 STATUS_METHOD = "/bftchat.v1.ClientService/Status"
 RESEND_AFTER = 1.0  # seconds without an accepted result before a request is sent again
 READ_FALLBACK_AFTER = 1.0  # a one-round read that has not gathered 2f+1 by then is ordered instead
 MAX_RECEIVE = 64 * 1024 * 1024
+MAX_STALE_RETRIES = 5  # re-signings after "stale timestamp" answers before StaleTimestamp is raised
+MAX_TIMESTAMP = 2**64 - 1
+
+
+def wall_clock_us() -> int:
+    """The default timestamp clock: wall-clock time in microseconds."""
+    return time.time_ns() // 1000
+
+
+def rpc_reason(exc: BaseException) -> str:
+    """A short, readable reason from a gRPC failure (connection refused, TLS, DNS, deadline ...)."""
+    if not isinstance(exc, grpc.aio.AioRpcError):
+        return str(exc) or type(exc).__name__
+    details = exc.details() or ""
+    if "last error:" in details:
+        details = details.split("last error:", 1)[1].strip()
+    for prefix in ("UNKNOWN: ", "UNAVAILABLE: "):
+        details = details.removeprefix(prefix)
+    if details.startswith(("ipv4:", "ipv6:")):  # "ipv4:127.0.0.1:7100: Failed ...": drop the address
+        parts = details.split(": ", 1)
+        details = parts[1] if len(parts) == 2 else details
+    code = exc.code().name.lower() if exc.code() is not None else "error"
+    text = f"{code}: {details}" if details else code
+    return text if len(text) <= 200 else text[:197] + "..."
 
 
 class RequestFailed(Exception):
-    """No result was accepted in time (the message lists the replies and refusals seen)."""
+    """No result was accepted in time. Says who said what:
+
+    * ``replies``: replica -> (status, result) of the validly signed replies it sent;
+    * ``refusals``: replica -> why it refused the request (a ``RequestError``, one replica's word);
+    * ``unreachable``: replica -> why its stream was down when the request gave up;
+    * ``needed``: how many matching replies would have been accepted (f+1, or 2f+1 for a read).
+    """
+
+    def __init__(
+        self,
+        needed: int,
+        replies: Mapping[int, tuple[int, bytes]],
+        refusals: Mapping[int, str],
+        unreachable: Mapping[int, str],
+    ) -> None:
+        self.needed = needed
+        self.replies = dict(replies)
+        self.refusals = dict(refusals)
+        self.unreachable = dict(unreachable)
+        super().__init__(f"no agreed result in time: {self.detail}")
+
+    @property
+    def detail(self) -> str:
+        """The replies (grouped by what they said), refusals and unreachable replicas, in one line."""
+        if self.replies:
+            groups: dict[tuple[int, bytes], list[int]] = {}
+            for replica, answer in sorted(self.replies.items()):
+                groups.setdefault(answer, []).append(replica)
+            said = ", ".join(
+                f"{_replicas(ids)} status {status} result {sha256(result).hex()[:8]}"
+                for (status, result), ids in groups.items()
+            )
+            parts = [f"{len(self.replies)} replied, {self.needed} matching needed ({said})"]
+        else:
+            parts = [f"no replies ({self.needed} matching needed)"]
+        for what, named in (("refused by", self.refusals), ("unreachable", self.unreachable)):
+            if named:
+                parts.append(what + " " + ", ".join(f"replica {i}: {w}" for i, w in sorted(named.items())))
+        return "; ".join(parts)
+
+
+def _replicas(ids: Sequence[int]) -> str:
+    return f"replica {ids[0]}" if len(ids) == 1 else "replicas " + ", ".join(map(str, ids))
 
 
 @dataclass
@@ -94,6 +169,7 @@ class _Conn:
         self.up = False
         self.subscribed = False
         self.nonce = b""
+        self.last_error = "no session stream yet"
         self.task: asyncio.Task[None] | None = None
 
     def prove(self) -> None:
@@ -116,8 +192,10 @@ class _Conn:
                 backoff = 0.05
             except asyncio.CancelledError:
                 raise
-            except (grpc.aio.AioRpcError, grpc.aio.UsageError, asyncio.InvalidStateError, WireError):
-                pass
+            except (grpc.aio.AioRpcError, grpc.aio.UsageError, asyncio.InvalidStateError, WireError) as exc:
+                self.last_error = rpc_reason(exc)
+            else:
+                self.last_error = "the replica ended the session stream"
             self.up = self.subscribed = False
             self.out.clear()
             await asyncio.sleep(backoff * random.uniform(0.5, 1.0))
@@ -170,7 +248,9 @@ class _Conn:
 
 
 class ClusterSession:
-    """One user's sessions to every replica of a cluster. Use as ``async with``."""
+    """One client session (one key, a random session id) with every replica of a cluster. Use as
+    ``async with``. ``clock`` gives timestamps' clock in microseconds (tests inject one); ``session``
+    pins the session id (tests only: two live instances with one id would fight over timestamps)."""
 
     def __init__(
         self,
@@ -180,6 +260,7 @@ class ClusterSession:
         *,
         ca_pem: bytes | None = None,
         session: int | None = None,
+        clock: Callable[[], int] = wall_clock_us,
     ) -> None:
         if len(endpoints) != cluster.n:
             raise ValueError("one endpoint per replica")
@@ -196,8 +277,11 @@ class ClusterSession:
         self._push_votes: dict[tuple[str, int, int], set[int]] = {}
         self._pushed: set[tuple[str, int, int]] = set()
         self._pending: dict[int, _Pending] = {}
+        self._lock = asyncio.Lock()
+        self._clock = clock
         self._timestamp = 0
         self.last_seq = 0
+        self.view = 0  # highest view seen in accepted replies
         self.last_raw = b""  # the signed bytes of the latest request sent
 
     @classmethod
@@ -241,23 +325,44 @@ class ClusterSession:
     # ---- requests
 
     def _next_timestamp(self) -> int:
-        self._timestamp += 1
+        """max(clock, last + 1): above the floor of evicted sessions (barring clock trouble, which the
+        stale-timestamp retry covers) and monotone whatever the clock does."""
+        self._timestamp = max(self._clock(), self._timestamp + 1)
         return self._timestamp
 
+    def _move_past(self, smallest: int, tries: int) -> None:
+        """The replicas want timestamps >= ``smallest``: the next one will be at least that."""
+        if tries > MAX_STALE_RETRIES or smallest > MAX_TIMESTAMP:
+            raise StaleTimestamp(self.session, self._timestamp, smallest, tries)
+        self._timestamp = max(self._timestamp, smallest - 1)
+
     async def request(self, op: bytes, *, read_only: bool = False, timeout: float = 30.0) -> CheckedReply:
-        """Run one operation and return the result enough replicas agree on."""
-        deadline = time.monotonic() + timeout
-        while True:
-            reply = await self._attempt(op, read_only, deadline)
-            if reply is None:  # a read that did not gather 2f+1: order it
-                read_only = False
-                continue
-            if reply.status == pb.REPLY_STALE_TIMESTAMP:
-                self._timestamp = max(self._timestamp, struct.unpack(">Q", reply.result)[0] - 1)
-                continue
-            if reply.seq:
-                self.last_seq = max(self.last_seq, reply.seq)
-            return reply
+        """Run one operation and return the result enough replicas agree on.
+
+        Requests of one session run one at a time (callers queue on a lock): the replicas execute a
+        session's requests in timestamp order and drop one whose timestamp is below the last
+        executed, so a later request ordered first would make an earlier one vanish unanswered.
+        Several requests at once need several sessions. A "stale timestamp" answer re-signs the
+        operation with a larger timestamp (it was not executed) and runs it again, at most
+        ``MAX_STALE_RETRIES`` times; then ``StaleTimestamp``. ``RequestFailed`` if no result is
+        accepted within ``timeout`` seconds.
+        """
+        async with self._lock:
+            deadline = time.monotonic() + timeout
+            stale_tries = 0
+            while True:
+                reply = await self._attempt(op, read_only, deadline)
+                if reply is None:  # a read that did not gather 2f+1: order it
+                    read_only = False
+                    continue
+                if reply.status == pb.REPLY_STALE_TIMESTAMP:  # f+1 agree: below the eviction floor
+                    stale_tries += 1
+                    self._move_past(struct.unpack(">Q", reply.result)[0], stale_tries)
+                    continue
+                if reply.seq:
+                    self.last_seq = max(self.last_seq, reply.seq)
+                self.view = max(self.view, reply.view)
+                return reply
 
     async def _attempt(self, op: bytes, read_only: bool, deadline: float) -> CheckedReply | None:
         ts = self._next_timestamp()
@@ -283,7 +388,7 @@ class ClusterSession:
                     c.send(frame)
                 left = deadline - time.monotonic()
                 if left <= 0:
-                    raise RequestFailed(f"no agreed result in time; replies: {self._describe(p)}")
+                    raise self._failed(p)
                 wait = min(left, READ_FALLBACK_AFTER if read_only else RESEND_AFTER)
                 try:
                     return await asyncio.wait_for(asyncio.shield(fut), wait)
@@ -294,11 +399,10 @@ class ClusterSession:
         finally:
             self._pending.pop(ts, None)
 
-    def _describe(self, p: _Pending) -> str:
-        votes = {
-            f"status={k[0]} result={sha256(k[1]).hex()[:8]}": v for k, v in p.collector.disagreement().items()
-        }
-        return f"{votes} refusals={p.refusals}"
+    def _failed(self, p: _Pending) -> RequestFailed:
+        replies = {i: (r.status, r.result) for i, r in p.collector.votes.items()}
+        down = {c.replica: c.last_error for c in self.conns if not c.up}
+        return RequestFailed(p.collector.needed, replies, p.refusals, down)
 
     def on_conn_up(self, conn: _Conn) -> None:
         """A (re)connected stream: resend what is still waiting."""

@@ -24,7 +24,9 @@ from cluster_helper import Cluster, write_cluster
 
 from bft.keys import load_user_key, write_user_key
 from bft.runtime import keygen
-from client.chat import ChatClient, SyncChatClient, _Session
+from client.chat import ChatClient, SyncChatClient
+from client.errors import StaleTimestamp
+from client.session import ClusterSession, wall_clock_us
 
 
 @pytest.fixture(scope="module")
@@ -243,14 +245,16 @@ def test_concurrent_calls_in_one_client(cluster: Cluster, tmp_path: Path) -> Non
 
 def test_timestamps_follow_the_clock_and_stay_monotone() -> None:
     """max(clock, last + 1): a new process starts above any floor from earlier sessions, and a
-    stale-timestamp bump (the session layer sets ``_timestamp``) is honoured."""
-    s = object.__new__(_Session)
-    s._timestamp = 0
+    stale-timestamp bump (the session layer moves past what the replicas named) is honoured."""
+    s = object.__new__(ClusterSession)
+    s._timestamp, s._clock, s.session = 0, wall_clock_us, 1
     first = s._next_timestamp()
     assert abs(first - time.time_ns() // 1000) < 10_000_000
-    s._timestamp = first + 10**12  # the replicas named a floor far ahead of our clock
+    s._move_past(first + 10**12 + 1, 1)  # the replicas named a floor far ahead of our clock
     assert s._next_timestamp() == first + 10**12 + 1
     assert s._next_timestamp() == first + 10**12 + 2
+    with pytest.raises(StaleTimestamp):
+        s._move_past(2**64, 1)  # beyond any timestamp: not recoverable
 
 
 @pytest.mark.timeout(120)
