@@ -273,15 +273,15 @@ def test_replayed_requests_execute_once(cluster: Cluster, history: History) -> N
             raw_first = a.client.last_raw
             await a.send(b, b"twice")
             # Replay both signed requests on fresh sessions to every replica: the latest gets the
-            # cached reply again, the older one nothing; neither executes again.
+            # cached reply again, the older one a stale-timestamp refusal; neither executes again.
             for i in range(c.n):
                 ch, call = await _session(c, i)
                 async with ch:
                     await call.write(spb.ClientFrame(request=raw_first).SerializeToString())
                     await call.write(spb.ClientFrame(request=a.client.last_raw).SerializeToString())
-                    got = await _next(call)
-                    assert got.WhichOneof("kind") == "reply"
-                    reply = pb.ClientReply.FromString(got.reply)
+                    frames = {f.WhichOneof("kind"): f for f in [await _next(call), await _next(call)]}
+                    assert frames["error"].error.min_timestamp == a.client._timestamp + 1
+                    reply = pb.ClientReply.FromString(frames["reply"].reply)
                     sent = e2e.parse_result(reply.result).sent
                     assert sent.id == first.sent.id + 1  # type: ignore[attr-defined]
                     call.cancel()

@@ -10,6 +10,7 @@ import time
 import pytest
 
 from bft.app.chat import NewMessage
+from bft.core.clients import ClientTable
 from bft.core.config import ClusterInfo
 from bft.core.events import (
     CancelTimer,
@@ -27,7 +28,7 @@ from bft.pb.bftchat.v1 import service_pb2 as spb
 from bft.runtime.handshake import check_push
 from bft.runtime.logs import EventLog
 from bft.runtime.metrics import Metrics
-from bft.runtime.node import Node
+from bft.runtime.node import MAX_CLAIMS_PER_SESSION, Node
 from bft.runtime.peers import PeerLinks
 from bft.wire import make_request
 
@@ -50,6 +51,7 @@ class FakeReplica:
         self.view_changing = False
         self.recovering = False
         self.evidence: list[object] = []
+        self.clients = ClientTable(16)
 
     def start(self, now: float) -> None:
         self.inputs.append(("start", now))
@@ -253,3 +255,71 @@ def test_link_policy_is_a_seam() -> None:
     node.peers.send(2, b"dropped")
     node.peers.send(1, b"kept")
     assert trace == ["send1:kept"]
+
+
+def test_claimed_sessions_get_their_replies_and_lose_them_with_the_stream() -> None:
+    """A reply goes to the stream that claimed its (key, session) and to the one its request came
+    on; a later claim elsewhere takes the route over; the route goes with the stream."""
+
+    async def scenario() -> tuple[Sink, Sink, Sink, list[str | None]]:
+        trace: list[str] = []
+        node, core = make_node(trace)
+        node.start()
+        alice = Ed25519Signer.generate()
+        claimed, arrived, later = Sink(trace, "claimed"), Sink(trace, "arrived"), Sink(trace, "later")
+        refusals = [node.claim((alice.public_key, 1), claimed)]
+        node.submit_request(make_request(alice, CLUSTER.cluster_id, 1, 1, b"op"), arrived)
+        await asyncio.sleep(0.01)
+        core.script = [ToClient(alice.public_key, 1, 1, b"both")]
+        node.deliver_peer([b"x"])
+        await asyncio.sleep(0.01)
+        node.forget(arrived)
+        refusals.append(node.claim((alice.public_key, 1), later))  # a reconnect claims again
+        core.script = [
+            ToClient(alice.public_key, 1, 2, b"later only"),
+            ToClient(alice.public_key, 2, 1, b"x"),
+        ]
+        node.deliver_peer([b"y"])
+        await asyncio.sleep(0.01)
+        node.forget(later)
+        core.script = [ToClient(alice.public_key, 1, 3, b"nobody")]
+        node.deliver_peer([b"z"])
+        await asyncio.sleep(0.01)
+        for s in range(2, 3 + MAX_CLAIMS_PER_SESSION):  # the route of session 1 moved to `later`
+            refusals.append(node.claim((alice.public_key, s), claimed))
+        return claimed, arrived, later, refusals
+
+    claimed, arrived, later, refusals = asyncio.run(scenario())
+    assert [f.reply for f in claimed.frames] == [b"both"]
+    assert [f.reply for f in arrived.frames] == [b"both"]
+    assert [f.reply for f in later.frames] == [b"later only"]
+    assert refusals[:-1] == [None] * (len(refusals) - 1)
+    assert refusals[-1] == f"at most {MAX_CLAIMS_PER_SESSION} claimed sessions per stream"
+
+
+def test_a_request_below_its_sessions_last_timestamp_is_refused_as_stale() -> None:
+    """The core drops it without a word; the node says so, naming the smallest timestamp it takes.
+    The timestamp already executed (a retransmission) and one-round reads are not refused."""
+
+    async def scenario() -> Sink:
+        trace: list[str] = []
+        node, core = make_node(trace)
+        node.start()
+        alice = Ed25519Signer.generate()
+        core.clients.record((alice.public_key, 7), 10, 3, 0, b"")
+        sink = Sink(trace, "client")
+        for ts, read_only in ((5, False), (10, False), (11, False), (1, True)):
+            node.submit_request(
+                make_request(alice, CLUSTER.cluster_id, 7, ts, b"op", read_only=read_only), sink
+            )
+        other = make_request(alice, CLUSTER.cluster_id, 8, 1, b"op")  # another session: not stale
+        node.submit_request(other, sink)
+        await asyncio.sleep(0.01)
+        text = node.metrics.registry.get_sample_value("bft_client_requests_total", {"kind": "ordered"})
+        assert text == 4
+        return sink
+
+    sink = asyncio.run(scenario())
+    assert [f.WhichOneof("kind") for f in sink.frames] == ["error"]
+    err = sink.frames[0].error
+    assert err.min_timestamp == 11 and "stale timestamp 5" in err.message

@@ -1,8 +1,10 @@
-"""What the runtime's services sign: peer-link hellos, push subscriptions, and pushes.
+"""What the runtime's services sign: peer-link hellos, push subscriptions, reply-route claims,
+and pushes.
 
 Each signed body starts with the domain tag (AUTH or PUSH, cluster id) and, for AUTH, a context
-string, so a proof made for one purpose is never accepted for another. Both proofs sign a nonce the
-*verifying* replica chose for this stream, so a recorded proof is useless on any other stream.
+string, so a proof made for one purpose is never accepted for another (a push subscription is no
+reply-route claim, and the other way round). The AUTH proofs sign a nonce the *verifying* replica
+chose for this stream, so a recorded proof is useless on any other stream.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 
-from bft.crypto import Kind, Signer, Verifier, split_tag, tag
+from bft.crypto import KEY_LEN, Kind, Signer, Verifier, split_tag, tag
 from bft.pb.bftchat.v1 import protocol_pb2 as pb
 from bft.pb.bftchat.v1 import service_pb2 as spb
 from bft.wire import WireError, parse, seal
@@ -18,6 +20,7 @@ from bft.wire import WireError, parse, seal
 NONCE_LEN = 32
 LINK_CONTEXT = b"bftchat peer link\0"
 SUBSCRIBE_CONTEXT = b"bftchat push subscribe\0"
+ROUTE_CONTEXT = b"bftchat reply route\0"
 
 
 # ---- peer links -------------------------------------------------------------------------------
@@ -77,6 +80,39 @@ def check_auth_proof(
     if not verifier.verify(proof.public_key, body, proof.signature):
         raise WireError("subscription proof does not verify for this session")
     return proof.public_key
+
+
+# ---- reply-route claims -----------------------------------------------------------------------
+
+
+def _claim_body(cluster_id: bytes, replica_id: int, nonce: bytes, session: int) -> bytes:
+    return (
+        tag(Kind.AUTH, cluster_id)
+        + ROUTE_CONTEXT
+        + struct.pack(">I", replica_id)
+        + nonce
+        + struct.pack(">Q", session)
+    )
+
+
+def session_claim(
+    signer: Signer, cluster_id: bytes, replica_id: int, nonce: bytes, session: int
+) -> spb.SessionClaim:
+    """A client's claim that replies for (its key, ``session``) go on the stream of ``nonce``."""
+    sig = signer.sign(_claim_body(cluster_id, replica_id, nonce, session))
+    return spb.SessionClaim(public_key=signer.public_key, session=session, signature=sig)
+
+
+def check_session_claim(
+    claim: spb.SessionClaim, cluster_id: bytes, replica_id: int, nonce: bytes, verifier: Verifier
+) -> tuple[bytes, int]:
+    """The claimed (public key, session); WireError unless the key signed it for this stream's nonce."""
+    if len(claim.public_key) != KEY_LEN:
+        raise WireError(f"claim names a {len(claim.public_key)}-byte key, not {KEY_LEN}")
+    body = _claim_body(cluster_id, replica_id, nonce, claim.session)
+    if not verifier.verify(claim.public_key, body, claim.signature):
+        raise WireError("reply-route claim does not verify for this session stream")
+    return claim.public_key, claim.session
 
 
 # ---- pushes -----------------------------------------------------------------------------------

@@ -68,6 +68,12 @@ class Metrics:
             "bft_bad_input", "Malformed or refused input at the gRPC layer", ["endpoint"], registry=r
         )
         self.client_sessions = Gauge("bft_client_sessions", "Open client session streams", registry=r)
+        self.client_requests = Counter(
+            "bft_client_requests",
+            "Client requests received on client session streams (not forwarded by replicas), by kind",
+            ["kind"],
+            registry=r,
+        )
         self.client_errors = Counter("bft_client_request_errors", "Client requests refused", registry=r)
         self.pushes = Counter("bft_pushes_sent", "Signed pushes sent to subscribed sessions", registry=r)
 

@@ -10,6 +10,13 @@ queued by the gRPC handlers and processed in bursts: every message that arrived 
 is fed to the core (which verifies signatures as it goes), then the outputs of the whole burst are
 carried out once, so a burst's sends to one peer leave as one frame. A burst is cut after
 ``BURST_INPUTS`` inputs or ``BURST_SECONDS`` so reads and writes keep flowing under load.
+
+Replies go to client session streams by route: the stream a request arrived on, and the stream its
+client session claimed with a signed ``SessionClaim`` (so a backup that only saw the request inside
+a PRE-PREPARE can still answer a client that sent it to the primary alone). The one thing the node
+says on its own: a request whose timestamp is below the last one its session executed here is
+dropped by the core without a word, so the node tells the client (``RequestError.min_timestamp``),
+reading the core's client table; it decides nothing, and the client believes it only from f+1.
 """
 
 from __future__ import annotations
@@ -48,7 +55,9 @@ Core = Replica | ByzantineReplica
 
 BURST_INPUTS = 512
 BURST_SECONDS = 0.02
-MAX_ROUTES = 200_000  # (client key, session) -> session stream; oldest forgotten first
+MAX_ROUTES = 200_000  # (client key, session) -> session stream, by arrival (oldest forgotten first)
+MAX_CLAIMS = 200_000  # and by claim; past this new claims are refused (MAX_SESSIONS x per-stream < it)
+MAX_CLAIMS_PER_SESSION = 16  # claims one session stream may hold
 MAX_SUBSCRIPTIONS_PER_KEY = 64
 
 
@@ -91,14 +100,17 @@ class TimedVerifier:
             self.count += 1
 
 
-def request_route(raw: bytes) -> tuple[bytes, int] | None:
-    """(client key, session) of a request the core accepted (so already verified and parsed once)."""
+Route = tuple[bytes, int]  # (client key, session)
+
+
+def request_meta(raw: bytes) -> tuple[Route, pb.RequestBody] | None:
+    """(client key, session) and the body of a request, unverified (the core verifies it)."""
     try:
         env = parse(pb.Envelope, raw)
         body = parse(pb.RequestBody, env.body[TAG_LEN + KEY_LEN :])
     except WireError:
         return None
-    return env.body[TAG_LEN : TAG_LEN + KEY_LEN], body.session
+    return (env.body[TAG_LEN : TAG_LEN + KEY_LEN], body.session), body
 
 
 def _reply_frame(data: bytes) -> bytes:
@@ -138,8 +150,10 @@ class Node:
         self._inbox: deque[tuple[str, object, object]] = deque()
         self._scheduled = False
         self._timers: dict[str, asyncio.TimerHandle] = {}
-        self._routes: dict[tuple[bytes, int], Sink] = {}
-        self._routes_of: dict[Sink, set[tuple[bytes, int]]] = {}  # so a closing session is O(its routes)
+        self._routes: dict[Route, Sink] = {}  # by arrival: the stream the session's last request came on
+        self._routes_of: dict[Sink, set[Route]] = {}  # so a closing session is O(its routes)
+        self._claims: dict[Route, Sink] = {}  # by a verified SessionClaim
+        self._claims_of: dict[Sink, set[Route]] = {}
         self._subscribers: dict[bytes, set[Sink]] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self.stopping = False
@@ -234,11 +248,30 @@ class Node:
         subs.add(sink)
         return True
 
+    def claim(self, route: Route, sink: Sink) -> str | None:
+        """Replies for ``route`` go to ``sink`` from now on (the claim's signature was verified by
+        the caller). A later claim on another stream takes the route over. Returns why it was
+        refused, or None."""
+        mine = self._claims_of.get(sink)
+        if (mine is None or route not in mine) and len(mine or ()) >= MAX_CLAIMS_PER_SESSION:
+            return f"at most {MAX_CLAIMS_PER_SESSION} claimed sessions per stream"
+        old = self._claims.get(route)
+        if old is None and len(self._claims) >= MAX_CLAIMS:
+            return "too many claimed sessions on this replica"
+        if old is not None and old is not sink:
+            self._claims_of.get(old, set()).discard(route)
+        self._claims[route] = sink
+        self._claims_of.setdefault(sink, set()).add(route)
+        return None
+
     def forget(self, sink: Sink) -> None:
-        """A session ended: drop its routes and subscriptions."""
+        """A session ended: drop its routes, claims and subscriptions."""
         for route in self._routes_of.pop(sink, ()):
             if self._routes.get(route) is sink:
                 del self._routes[route]
+        for route in self._claims_of.pop(sink, ()):
+            if self._claims.get(route) is sink:
+                del self._claims[route]
         for key in [k for k, subs in self._subscribers.items() if sink in subs]:
             subs = self._subscribers[key]
             subs.discard(sink)
@@ -290,14 +323,22 @@ class Node:
         self._refresh_gauges()
 
     def _on_request(self, raw: bytes, sink: Sink) -> None:
+        meta = request_meta(raw)
+        self.metrics.client_requests.labels(
+            "bad" if meta is None else "read" if meta[1].read_only else "ordered"
+        ).inc()
         error = self.core.on_request(raw, time.time())
+        if error is None and meta is not None and not meta[1].read_only:
+            error, floor = self._stale(meta[0], meta[1].timestamp)
+        else:
+            floor = 0
         if error is not None:
             self.metrics.client_errors.inc()
-            frame = spb.ServerFrame(error=spb.RequestError(request_digest=sha256(raw), message=error))
-            sink.send(frame.SerializeToString())
+            refusal = spb.RequestError(request_digest=sha256(raw), message=error, min_timestamp=floor)
+            sink.send(spb.ServerFrame(error=refusal).SerializeToString())
             return
-        route = request_route(raw)
-        if route is not None:
+        if meta is not None:
+            route = meta[0]
             routes = self._routes
             old = routes.pop(route, None)  # re-insert: most recently used last
             if old is not None and old is not sink:
@@ -307,6 +348,15 @@ class Node:
             if len(routes) > MAX_ROUTES:
                 oldest = next(iter(routes))
                 self._routes_of.get(routes.pop(oldest), set()).discard(oldest)
+
+    def _stale(self, route: Route, timestamp: int) -> tuple[str | None, int]:
+        """A request the core accepted without a word: is it one it dropped as stale (timestamp
+        below its session's last executed one, so it can never run)? Then say so, and what would do."""
+        entry = self.replica.clients.get(route)
+        if entry is None or timestamp >= entry.last_timestamp:
+            return None, 0
+        text = f"stale timestamp {timestamp}: this session already executed timestamp {entry.last_timestamp}"
+        return text, entry.last_timestamp + 1
 
     # ---------------------------------------------------------------- timers
 
@@ -357,9 +407,7 @@ class Node:
                 self.storage.append(out.record)
             elif isinstance(out, ToClient):
                 self._sync()
-                sink = self._routes.get((out.client_key, out.session))
-                if sink is not None:
-                    sink.send(_reply_frame(out.data))
+                self._reply(out.client_key, out.session, out.data)
             elif isinstance(out, SetTimer):
                 self._set_timer(out.name, out.at)
             elif isinstance(out, CancelTimer):
@@ -377,6 +425,18 @@ class Node:
             elif isinstance(out, Evidence):
                 self.metrics.evidence.inc()
                 self.events.warning("evidence", culprit=out.replica, what=out.what)
+
+    def _reply(self, key: bytes, session: int, data: bytes) -> None:
+        """To the session that proved it owns (key, session), and to the one the request came on."""
+        route = (key, session)
+        claimed = self._claims.get(route)
+        arrived = self._routes.get(route)
+        if claimed is not None or arrived is not None:
+            frame = _reply_frame(data)
+            if claimed is not None:
+                claimed.send(frame)
+            if arrived is not None and arrived is not claimed:
+                arrived.send(frame)
 
     def _on_committed(self, c: Committed) -> None:
         m = self.metrics

@@ -22,7 +22,7 @@ from grpc_reflection.v1alpha import reflection
 
 from bft.crypto import Verifier, sha256
 from bft.pb.bftchat.v1 import service_pb2 as spb
-from bft.runtime.handshake import NONCE_LEN, check_auth_proof, check_link_hello
+from bft.runtime.handshake import NONCE_LEN, check_auth_proof, check_link_hello, check_session_claim
 from bft.runtime.logs import EventLog, RateLimit
 from bft.runtime.metrics import Metrics
 from bft.runtime.node import Node
@@ -217,6 +217,8 @@ class ClientSessionService:
                     node.submit_request(frame.request, sess)
                 elif which == "auth":
                     self._subscribe(frame.auth, sess, nonce)
+                elif which == "claim":
+                    self._claim(frame.claim, sess, nonce)
                 else:
                     self.metrics.bad_input.labels("client_frame").inc()
                     sess.send(_error_frame(raw, "empty client frame"))
@@ -245,6 +247,22 @@ class ClientSessionService:
             return
         sess.keys.add(key)
         sess.send(spb.ServerFrame(subscribed=key).SerializeToString())
+
+    def _claim(self, claim: spb.SessionClaim, sess: ClientSession, nonce: bytes) -> None:
+        """Route the replies of the claimed client session to this stream, if the claim verifies."""
+        node = self.node
+        try:
+            route = check_session_claim(claim, node.cluster.cluster_id, node.id, nonce, self.verifier)
+        except WireError as exc:
+            self.metrics.bad_input.labels("claim").inc()
+            sess.send(spb.ServerFrame(claim_error=str(exc)).SerializeToString())
+            return
+        refused = node.claim(route, sess)
+        if refused is not None:
+            sess.send(spb.ServerFrame(claim_error=refused).SerializeToString())
+            return
+        done = spb.SessionClaimed(public_key=route[0], session=route[1])
+        sess.send(spb.ServerFrame(claimed=done).SerializeToString())
 
     async def status(self, request: bytes, context: grpc.aio.ServicerContext) -> bytes:
         return self.node.status().SerializeToString()

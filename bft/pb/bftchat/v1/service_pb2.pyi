@@ -38,12 +38,32 @@ class LinkHelloBody(_message.Message):
     def __init__(self, from_replica: _Optional[int] = ..., to_replica: _Optional[int] = ..., nonce: _Optional[bytes] = ...) -> None: ...
 
 class ClientFrame(_message.Message):
-    __slots__ = ("request", "auth")
+    __slots__ = ("request", "auth", "claim")
     REQUEST_FIELD_NUMBER: _ClassVar[int]
     AUTH_FIELD_NUMBER: _ClassVar[int]
+    CLAIM_FIELD_NUMBER: _ClassVar[int]
     request: bytes
     auth: AuthProof
-    def __init__(self, request: _Optional[bytes] = ..., auth: _Optional[_Union[AuthProof, _Mapping]] = ...) -> None: ...
+    claim: SessionClaim
+    def __init__(self, request: _Optional[bytes] = ..., auth: _Optional[_Union[AuthProof, _Mapping]] = ..., claim: _Optional[_Union[SessionClaim, _Mapping]] = ...) -> None: ...
+
+class SessionClaim(_message.Message):
+    __slots__ = ("public_key", "session", "signature")
+    PUBLIC_KEY_FIELD_NUMBER: _ClassVar[int]
+    SESSION_FIELD_NUMBER: _ClassVar[int]
+    SIGNATURE_FIELD_NUMBER: _ClassVar[int]
+    public_key: bytes
+    session: int
+    signature: bytes
+    def __init__(self, public_key: _Optional[bytes] = ..., session: _Optional[int] = ..., signature: _Optional[bytes] = ...) -> None: ...
+
+class SessionClaimed(_message.Message):
+    __slots__ = ("public_key", "session")
+    PUBLIC_KEY_FIELD_NUMBER: _ClassVar[int]
+    SESSION_FIELD_NUMBER: _ClassVar[int]
+    public_key: bytes
+    session: int
+    def __init__(self, public_key: _Optional[bytes] = ..., session: _Optional[int] = ...) -> None: ...
 
 class AuthProof(_message.Message):
     __slots__ = ("public_key", "signature")
@@ -54,28 +74,34 @@ class AuthProof(_message.Message):
     def __init__(self, public_key: _Optional[bytes] = ..., signature: _Optional[bytes] = ...) -> None: ...
 
 class ServerFrame(_message.Message):
-    __slots__ = ("reply", "push", "error", "nonce", "subscribed", "auth_error")
+    __slots__ = ("reply", "push", "error", "nonce", "subscribed", "auth_error", "claimed", "claim_error")
     REPLY_FIELD_NUMBER: _ClassVar[int]
     PUSH_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
     NONCE_FIELD_NUMBER: _ClassVar[int]
     SUBSCRIBED_FIELD_NUMBER: _ClassVar[int]
     AUTH_ERROR_FIELD_NUMBER: _ClassVar[int]
+    CLAIMED_FIELD_NUMBER: _ClassVar[int]
+    CLAIM_ERROR_FIELD_NUMBER: _ClassVar[int]
     reply: bytes
     push: _protocol_pb2.Envelope
     error: RequestError
     nonce: bytes
     subscribed: bytes
     auth_error: str
-    def __init__(self, reply: _Optional[bytes] = ..., push: _Optional[_Union[_protocol_pb2.Envelope, _Mapping]] = ..., error: _Optional[_Union[RequestError, _Mapping]] = ..., nonce: _Optional[bytes] = ..., subscribed: _Optional[bytes] = ..., auth_error: _Optional[str] = ...) -> None: ...
+    claimed: SessionClaimed
+    claim_error: str
+    def __init__(self, reply: _Optional[bytes] = ..., push: _Optional[_Union[_protocol_pb2.Envelope, _Mapping]] = ..., error: _Optional[_Union[RequestError, _Mapping]] = ..., nonce: _Optional[bytes] = ..., subscribed: _Optional[bytes] = ..., auth_error: _Optional[str] = ..., claimed: _Optional[_Union[SessionClaimed, _Mapping]] = ..., claim_error: _Optional[str] = ...) -> None: ...
 
 class RequestError(_message.Message):
-    __slots__ = ("request_digest", "message")
+    __slots__ = ("request_digest", "message", "min_timestamp")
     REQUEST_DIGEST_FIELD_NUMBER: _ClassVar[int]
     MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    MIN_TIMESTAMP_FIELD_NUMBER: _ClassVar[int]
     request_digest: bytes
     message: str
-    def __init__(self, request_digest: _Optional[bytes] = ..., message: _Optional[str] = ...) -> None: ...
+    min_timestamp: int
+    def __init__(self, request_digest: _Optional[bytes] = ..., message: _Optional[str] = ..., min_timestamp: _Optional[int] = ...) -> None: ...
 
 class Push(_message.Message):
     __slots__ = ("recipient_key", "recipient", "message_id", "seq")

@@ -122,9 +122,10 @@ class ClientServiceStub:
     """---- clients ----------------------------------------------------------------------------------
 
     Served on a replica's client port (TLS with the cluster CA unless --insecure). A client keeps one
-    `Session` stream to every replica. The replica first sends a nonce; the client then sends signed
-    requests (replies come back on the same stream) and, to receive live pushes for an account key,
-    proves that key by signing the nonce.
+    `Session` stream to every replica. The replica first sends a nonce; the client then claims the
+    replies of its client session on this stream (a SessionClaim signing the nonce), sends signed
+    requests (replies come back on the claimed stream and on the stream the request arrived on) and,
+    to receive live pushes for an account key, proves that key by signing the nonce (AuthProof).
     """
 
     def __init__(self, channel):
@@ -149,9 +150,10 @@ class ClientServiceServicer:
     """---- clients ----------------------------------------------------------------------------------
 
     Served on a replica's client port (TLS with the cluster CA unless --insecure). A client keeps one
-    `Session` stream to every replica. The replica first sends a nonce; the client then sends signed
-    requests (replies come back on the same stream) and, to receive live pushes for an account key,
-    proves that key by signing the nonce.
+    `Session` stream to every replica. The replica first sends a nonce; the client then claims the
+    replies of its client session on this stream (a SessionClaim signing the nonce), sends signed
+    requests (replies come back on the claimed stream and on the stream the request arrived on) and,
+    to receive live pushes for an account key, proves that key by signing the nonce (AuthProof).
     """
 
     def Session(self, request_iterator, context):
@@ -192,9 +194,10 @@ class ClientService:
     """---- clients ----------------------------------------------------------------------------------
 
     Served on a replica's client port (TLS with the cluster CA unless --insecure). A client keeps one
-    `Session` stream to every replica. The replica first sends a nonce; the client then sends signed
-    requests (replies come back on the same stream) and, to receive live pushes for an account key,
-    proves that key by signing the nonce.
+    `Session` stream to every replica. The replica first sends a nonce; the client then claims the
+    replies of its client session on this stream (a SessionClaim signing the nonce), sends signed
+    requests (replies come back on the claimed stream and on the stream the request arrived on) and,
+    to receive live pushes for an account key, proves that key by signing the nonce (AuthProof).
     """
 
     @staticmethod
