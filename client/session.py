@@ -1,23 +1,36 @@
 """The session layer of the client library: one client session with every replica of a cluster.
 
 ``ClusterSession`` holds one long-lived ``Session`` stream to every replica (reconnecting with
-backoff), sends each signed request to all of them, and accepts a result once enough replicas vouch
-for it: f+1 matching verified replies for ordered requests, 2f+1 for one-round reads
-(``bft.replies``). A read that does not gather 2f+1 quickly is re-sent as an ordered request. Live
-pushes are requested by proving the user's key on each stream and accepted once f+1 replicas signed
-the same (message id, seq). ``client.chat.ChatClient`` builds the chat operations on top of it; the
-runtime's tools (bench, demo, cluster) and tests use it directly.
+backoff) and accepts a result once enough replicas vouch for it: f+1 matching verified replies for
+ordered requests, 2f+1 for one-round reads (``bft.replies``). ``client.chat.ChatClient`` builds the
+chat operations on top of it; the runtime's tools (bench, demo, cluster) and tests use it directly.
+
+Sending follows PBFT. On every stream, right after the replica's nonce, the session claims its
+replies with a signed ``SessionClaim`` (key, session id), so a replica answers on this stream even a
+request it only saw inside a PRE-PREPARE. An ordered request goes to the replica the session
+believes is primary (view mod n, the view taken from verified replies: the highest f+1 replicas
+reported); with no accepted result after ``RESEND_AFTER`` (shorter than the replicas' view-change
+timer), or a refusal from that replica, it goes to all replicas, whose backups forward it to the
+primary and start their view-change timers. A one-round read goes to all replicas (it needs 2f+1
+direct answers); one that does not gather 2f+1 quickly is re-sent as an ordered request. Live pushes
+are requested by proving the user's key on each stream and accepted once f+1 replicas signed the
+same (message id, seq).
 
 A session is one (key, session id) of the replicas' client table: the id is random per instance, so
 several processes (or several instances in one process) can use one key at once, each with its own
 timestamps. A timestamp is max(clock in µs, last + 1): monotone whatever the clock does, and for a
 new session above the floor the replicas keep for sessions they evicted. If the replicas still call
-a timestamp stale, the session re-signs the operation with a larger timestamp and retries, a bounded
-number of times (``StaleTimestamp`` past that). Only one ordered request of a session is outstanding
-at a time (a lock), see ``ClusterSession.request``.
+a timestamp stale — f+1 agreeing ``REPLY_STALE_TIMESTAMP`` replies (below the eviction floor), or
+f+1 ``RequestError`` refusals naming a smallest acceptable timestamp (below the session's last
+executed one) — the request can never execute, so the session re-signs the operation with a larger
+timestamp and retries, a bounded number of times (``StaleTimestamp`` past that). One replica's word
+is not enough: re-signing a request that might still execute could execute the operation twice.
+Only one request of a session is outstanding at a time (a lock; why: ``ClusterSession.request``);
+concurrency comes from several sessions.
 
 Nothing a single replica says is trusted: replies and pushes are checked against the replicas'
-public keys, and a refusal (``RequestError``) is only reported if the request times out.
+public keys, and a refusal (``RequestError``) only ends the wait as above, or is reported if the
+request times out.
 """
 
 from __future__ import annotations
@@ -42,13 +55,13 @@ from bft.pb.bftchat.v1 import protocol_pb2 as pb
 from bft.pb.bftchat.v1 import service_pb2 as spb
 from bft.replies import CheckedReply, ReplyCollector, check_reply
 from bft.runtime.clusterconf import ClusterConfig
-from bft.runtime.handshake import CheckedPush, auth_proof, check_push
+from bft.runtime.handshake import CheckedPush, auth_proof, check_push, session_claim
 from bft.wire import WireError, make_request, parse
 from client.errors import StaleTimestamp
 
 SESSION_METHOD = "/bftchat.v1.ClientService/Session"
 STATUS_METHOD = "/bftchat.v1.ClientService/Status"
-RESEND_AFTER = 1.0  # seconds without an accepted result before a request is sent again
+RESEND_AFTER = 1.0  # seconds without an accepted result before a request is sent (again) to all
 READ_FALLBACK_AFTER = 1.0  # a one-round read that has not gathered 2f+1 by then is ordered instead
 MAX_RECEIVE = 64 * 1024 * 1024
 MAX_STALE_RETRIES = 5  # re-signings after "stale timestamp" answers before StaleTimestamp is raised
@@ -123,6 +136,13 @@ def _replicas(ids: Sequence[int]) -> str:
     return f"replica {ids[0]}" if len(ids) == 1 else "replicas " + ", ".join(map(str, ids))
 
 
+@dataclass(frozen=True, slots=True)
+class _Stale:
+    """f+1 replicas refused the request as stale and want timestamps >= ``smallest``."""
+
+    smallest: int
+
+
 @dataclass
 class _Pending:
     timestamp: int
@@ -130,8 +150,13 @@ class _Pending:
     digest: bytes
     read_only: bool
     collector: ReplyCollector
-    done: asyncio.Future[CheckedReply]
+    done: asyncio.Future[CheckedReply | _Stale]
+    target: int | None  # the replica it was sent to alone (the believed primary), None: all
     refusals: dict[int, str] = field(default_factory=dict)
+    stale: dict[int, int] = field(default_factory=dict)  # replica -> smallest timestamp it would take
+
+    def frame(self) -> bytes:
+        return spb.ClientFrame(request=self.raw).SerializeToString()
 
 
 def channel(endpoint: str, ca_pem: bytes | None) -> grpc.aio.Channel:
@@ -168,6 +193,8 @@ class _Conn:
         self.wake = asyncio.Event()
         self.up = False
         self.subscribed = False
+        self.claimed = False  # the replica confirmed our SessionClaim on this stream
+        self.claim_refused: str | None = None
         self.nonce = b""
         self.last_error = "no session stream yet"
         self.task: asyncio.Task[None] | None = None
@@ -178,6 +205,12 @@ class _Conn:
         if self.up and not self.subscribed:
             proof = auth_proof(client.signer, client.cluster.cluster_id, self.replica, self.nonce)
             self.send(spb.ClientFrame(auth=proof).SerializeToString())
+
+    def claim(self) -> None:
+        """Claim this session's replies on this stream (the first frame after the nonce)."""
+        c = self.client
+        claim = session_claim(c.signer, c.cluster.cluster_id, self.replica, self.nonce, c.session)
+        self.send(spb.ClientFrame(claim=claim).SerializeToString())
 
     def send(self, frame: bytes) -> None:
         if self.up:
@@ -196,7 +229,8 @@ class _Conn:
                 self.last_error = rpc_reason(exc)
             else:
                 self.last_error = "the replica ended the session stream"
-            self.up = self.subscribed = False
+            self.up = self.subscribed = self.claimed = False
+            self.claim_refused = None
             self.out.clear()
             await asyncio.sleep(backoff * random.uniform(0.5, 1.0))
             backoff = min(backoff * 2, 1.0)
@@ -232,6 +266,7 @@ class _Conn:
             if which == "nonce":
                 self.up = True
                 self.nonce = frame.nonce
+                self.claim()  # before any request, so the replica routes their replies here
                 if client.want_pushes:
                     self.prove()
                 client.on_conn_up(self)
@@ -245,6 +280,12 @@ class _Conn:
                 self.subscribed = frame.subscribed == client.key
             elif which == "auth_error":
                 client.auth_errors.append((self.replica, frame.auth_error))
+            elif which == "claimed":
+                got = frame.claimed
+                self.claimed = (got.public_key, got.session) == (client.key, client.session)
+            elif which == "claim_error":
+                self.claimed, self.claim_refused = False, frame.claim_error
+                client.on_claim_refused(self)
 
 
 class ClusterSession:
@@ -280,8 +321,8 @@ class ClusterSession:
         self._lock = asyncio.Lock()
         self._clock = clock
         self._timestamp = 0
+        self._views: dict[int, int] = {}  # replica -> view of its latest verified reply
         self.last_seq = 0
-        self.view = 0  # highest view seen in accepted replies
         self.last_raw = b""  # the signed bytes of the latest request sent
 
     @classmethod
@@ -322,6 +363,33 @@ class ClusterSession:
                 raise TimeoutError(f"only {sum(c.up for c in self.conns)} of {need} sessions up")
             await asyncio.sleep(0.02)
 
+    # ---- the primary
+
+    @property
+    def view(self) -> int:
+        """The view this session believes the cluster is in: the highest that f+1 replicas reached
+        according to their latest verified replies (one lying replica cannot steer it)."""
+        views = sorted(self._views.values(), reverse=True)
+        need = self.cluster.quorums.f + 1
+        return views[need - 1] if len(views) >= need else 0
+
+    @property
+    def primary(self) -> int:
+        return self.cluster.primary(self.view)
+
+    def _first_target(self) -> int | None:
+        """Where an ordered request goes first: the believed primary alone, if its stream is up and
+        f+1 streams (it included) carry our claim, so that f+1 replicas can answer; else None (all)."""
+        ready = [c.replica for c in self.conns if c.up and c.claim_refused is None]
+        if self.primary in ready and len(ready) >= self.cluster.quorums.f + 1:
+            return self.primary
+        return None
+
+    def _transmit(self, p: _Pending) -> None:
+        frame = p.frame()
+        for c in self.conns if p.target is None else (self.conns[p.target],):
+            c.send(frame)
+
     # ---- requests
 
     def _next_timestamp(self) -> int:
@@ -355,16 +423,22 @@ class ClusterSession:
                 if reply is None:  # a read that did not gather 2f+1: order it
                     read_only = False
                     continue
+                if isinstance(reply, _Stale):  # f+1 refused it: below our session's last timestamp
+                    stale_tries += 1
+                    self._move_past(reply.smallest, stale_tries)
+                    continue
                 if reply.status == pb.REPLY_STALE_TIMESTAMP:  # f+1 agree: below the eviction floor
                     stale_tries += 1
                     self._move_past(struct.unpack(">Q", reply.result)[0], stale_tries)
                     continue
                 if reply.seq:
                     self.last_seq = max(self.last_seq, reply.seq)
-                self.view = max(self.view, reply.view)
                 return reply
 
-    async def _attempt(self, op: bytes, read_only: bool, deadline: float) -> CheckedReply | None:
+    async def _attempt(self, op: bytes, read_only: bool, deadline: float) -> CheckedReply | _Stale | None:
+        """Sign ``op`` with a fresh timestamp and send it until a result is accepted: an ordered
+        request first to the believed primary, then (after RESEND_AFTER, or a refusal) to all,
+        resent to all every RESEND_AFTER. None: a one-round read that should be ordered instead."""
         ts = self._next_timestamp()
         raw = make_request(
             self.signer,
@@ -377,15 +451,15 @@ class ClusterSession:
         )
         self.last_raw = raw
         q = self.cluster.quorums
-        fut: asyncio.Future[CheckedReply] = asyncio.get_running_loop().create_future()
-        p = _Pending(ts, raw, sha256(raw), read_only, ReplyCollector(q.read if read_only else q.reply), fut)
+        fut: asyncio.Future[CheckedReply | _Stale] = asyncio.get_running_loop().create_future()
+        collector = ReplyCollector(q.read if read_only else q.reply)
+        target = None if read_only else self._first_target()
+        p = _Pending(ts, raw, sha256(raw), read_only, collector, fut, target)
         self._pending[ts] = p
-        frame = spb.ClientFrame(request=raw).SerializeToString()
         try:
             first = True
+            self._transmit(p)
             while True:
-                for c in self.conns:
-                    c.send(frame)
                 left = deadline - time.monotonic()
                 if left <= 0:
                     raise self._failed(p)
@@ -396,6 +470,8 @@ class ClusterSession:
                     if read_only and first:
                         return None
                 first = False
+                p.target = None  # no result in time: all replicas (backups forward it, and watch)
+                self._transmit(p)
         finally:
             self._pending.pop(ts, None)
 
@@ -405,9 +481,17 @@ class ClusterSession:
         return RequestFailed(p.collector.needed, replies, p.refusals, down)
 
     def on_conn_up(self, conn: _Conn) -> None:
-        """A (re)connected stream: resend what is still waiting."""
+        """A (re)connected stream (its claim already sent): resend what is still waiting for it."""
         for p in self._pending.values():
-            conn.send(spb.ClientFrame(request=p.raw).SerializeToString())
+            if p.target is None or p.target == conn.replica:
+                conn.send(p.frame())
+
+    def on_claim_refused(self, conn: _Conn) -> None:
+        """A replica will not route our replies to us: what went to the primary alone goes to all."""
+        for p in self._pending.values():
+            if p.target is not None and not p.done.done():
+                p.target = None
+                self._transmit(p)
 
     def on_reply(self, replica: int, data: bytes) -> None:
         try:
@@ -423,16 +507,30 @@ class ClusterSession:
             return
         if reply.replica != replica:
             return  # a replica relaying another's reply gets no extra vote
+        self._views[replica] = reply.view
         accepted = p.collector.add(reply)
         if accepted is not None:
             p.done.set_result(accepted)
 
     def on_error(self, replica: int, err: spb.RequestError) -> None:
-        """A refusal is only noted (shown if the request times out): one replica's word proves nothing,
-        and many refusals are transient (recovering, overloaded), so the request is simply resent."""
+        """A refusal is noted (shown if the request times out): one replica's word proves nothing,
+        and many refusals are transient (recovering, overloaded), so the request is simply resent.
+        A request the primary alone had goes to all at once. A stale-timestamp refusal counts once
+        f+1 replicas gave one (at least one honest: the request can never execute): the request
+        then ends, to be re-signed above a timestamp that f+1 of them asked for."""
+        need = self.cluster.quorums.f + 1
         for p in self._pending.values():
-            if p.digest == err.request_digest:
-                p.refusals[replica] = err.message
+            if p.digest != err.request_digest or p.done.done():
+                continue
+            p.refusals[replica] = err.message
+            if err.min_timestamp:
+                p.stale[replica] = err.min_timestamp
+                if len(p.stale) >= need:
+                    p.done.set_result(_Stale(sorted(p.stale.values(), reverse=True)[need - 1]))
+                    continue
+            if p.target is not None:
+                p.target = None
+                self._transmit(p)
 
     # ---- pushes
 

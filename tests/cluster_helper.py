@@ -18,7 +18,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,7 +33,7 @@ from bft.runtime import keygen
 from bft.runtime.clusterconf import load_config
 from bft.storage.log import ReplicaLog
 from client import e2e
-from client.session import STATUS_METHOD, ClusterSession
+from client.session import STATUS_METHOD, ClusterSession, wall_clock_us
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -312,10 +312,17 @@ class Cluster:
 
     # ---- clients
 
-    def client(self, signer: Signer | None = None, session: int | None = None) -> ClusterSession:
+    def client(
+        self, signer: Signer | None = None, session: int | None = None, clock: Callable[[], int] | None = None
+    ) -> ClusterSession:
         endpoints = [self.endpoint(i) for i in range(self.n)]
         return ClusterSession(
-            self.cluster, endpoints, signer or Ed25519Signer.generate(), ca_pem=self.ca_pem, session=session
+            self.cluster,
+            endpoints,
+            signer or Ed25519Signer.generate(),
+            ca_pem=self.ca_pem,
+            session=session,
+            clock=clock or wall_clock_us,
         )
 
 

@@ -1,0 +1,294 @@
+"""The client library's session layer (``client.session.ClusterSession``) against real replicas.
+
+Reply-route claims: the proof (unit) and the replica's answer on a raw stream. Primary-first
+sending, seen from the replicas' ``bft_client_requests`` metric: in normal operation an ordered
+request reaches the primary alone and backups still answer (over the claimed route); with the
+primary silenced a request commits after the resend to all and the view change, and the next one
+goes to the new primary. One key in two sessions at once. Stale timestamps (a clock that jumped
+back, an evicted session's floor) recovered from by re-signing.
+
+One n = 4 cluster with TLS and fault injection for the module; its client table holds only 4
+sessions, so the eviction floor comes into play.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import os
+import re
+import urllib.request
+from collections.abc import Iterator
+
+import pytest
+from cluster_helper import TEST_PARAMS, ChatUser, Cluster, run
+from test_byzantine_real import FAULT, fault
+
+from bft.crypto import Ed25519Signer, Ed25519Verifier, cluster_id_from
+from bft.keys import generate_user_key
+from bft.pb.bftchat.v1 import protocol_pb2 as pb
+from bft.pb.bftchat.v1 import service_pb2 as spb
+from bft.runtime.handshake import auth_proof, check_auth_proof, check_session_claim, session_claim
+from bft.wire import WireError
+from client import e2e
+from client import session as session_module
+from client.chat import ChatClient
+from client.session import SESSION_METHOD, ClusterSession, channel
+
+CID = cluster_id_from(b"claims")
+NONCE = bytes(range(32))
+
+# ---- the claim proof ----------------------------------------------------------------------------
+
+
+def test_a_claim_verifies_for_its_stream_only() -> None:
+    user, other = Ed25519Signer.generate(), Ed25519Signer.generate()
+    v = Ed25519Verifier()
+    claim = session_claim(user, CID, 2, NONCE, 77)
+    assert check_session_claim(claim, CID, 2, NONCE, v) == (user.public_key, 77)
+    with pytest.raises(WireError):  # recorded on another stream
+        check_session_claim(claim, CID, 2, bytes(32), v)
+    with pytest.raises(WireError):  # shown to another replica
+        check_session_claim(claim, CID, 3, NONCE, v)
+    with pytest.raises(WireError):  # another cluster
+        check_session_claim(claim, cluster_id_from(b"other"), 2, NONCE, v)
+    moved = spb.SessionClaim()
+    moved.CopyFrom(claim)
+    moved.session = 78  # someone else's session under our signature
+    with pytest.raises(WireError):
+        check_session_claim(moved, CID, 2, NONCE, v)
+    stolen = spb.SessionClaim(public_key=other.public_key, session=77, signature=claim.signature)
+    with pytest.raises(WireError):  # another key's replies
+        check_session_claim(stolen, CID, 2, NONCE, v)
+    short = spb.SessionClaim(public_key=user.public_key[:31], session=77, signature=claim.signature)
+    with pytest.raises(WireError):
+        check_session_claim(short, CID, 2, NONCE, v)
+
+
+def test_a_push_subscription_is_no_claim_and_a_claim_no_subscription() -> None:
+    user = Ed25519Signer.generate()
+    v = Ed25519Verifier()
+    proof = auth_proof(user, CID, 2, NONCE)
+    as_claim = spb.SessionClaim(public_key=user.public_key, session=0, signature=proof.signature)
+    with pytest.raises(WireError):
+        check_session_claim(as_claim, CID, 2, NONCE, v)
+    claim = session_claim(user, CID, 2, NONCE, 0)
+    with pytest.raises(WireError):
+        check_auth_proof(
+            spb.AuthProof(public_key=user.public_key, signature=claim.signature), CID, 2, NONCE, v
+        )
+
+
+# ---- a real cluster -----------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def c4(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    params = dataclasses.replace(TEST_PARAMS, client_table_capacity=4)
+    with Cluster(tmp_path_factory.mktemp("session4"), 4, params=params) as c:
+        for i in range(c.n):
+            c.start(i, FAULT)
+        c.wait_healthy(timeout=60)
+        c.wait_agree(timeout=60)
+        yield c
+
+
+def requests_seen(c: Cluster) -> dict[int, float]:
+    """Each replica's count of ordered client requests that reached it straight from a client."""
+    out = {}
+    for i in range(c.n):
+        port = c.config.replicas[i].metrics_port
+        text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+        m = re.search(r'^bft_client_requests_total\{kind="ordered"\} (\S+)$', text, re.M)
+        out[i] = float(m.group(1)) if m else 0.0
+    return out
+
+
+def watch_replies(client: ClusterSession) -> set[int]:
+    """The replicas that sent this session a reply frame (wraps ``on_reply``)."""
+    seen: set[int] = set()
+    inner = client.on_reply
+
+    def on_reply(replica: int, data: bytes) -> None:
+        seen.add(replica)
+        inner(replica, data)
+
+    client.on_reply = on_reply  # type: ignore[method-assign]
+    return seen
+
+
+async def claimed_everywhere(client: ClusterSession, timeout: float = 10.0) -> None:
+    await client.wait_connected(timeout=timeout)
+    for _ in range(int(timeout / 0.02)):
+        if all(c.claimed for c in client.conns):
+            return
+        await asyncio.sleep(0.02)
+    raise TimeoutError([(c.replica, c.claimed, c.claim_refused) for c in client.conns])
+
+
+@pytest.mark.timeout(60)
+def test_the_replica_answers_a_claim_on_the_stream(c4: Cluster) -> None:
+    async def scenario() -> tuple[str, spb.SessionClaimed]:
+        user = Ed25519Signer.generate()
+        async with channel(c4.endpoint(1), c4.ca_pem) as ch:
+            call = ch.stream_stream(SESSION_METHOD)()
+            first = spb.ServerFrame.FromString(await call.read())
+            bad = session_claim(user, c4.cluster.cluster_id, 1, bytes(32), 5)  # not this stream's nonce
+            await call.write(spb.ClientFrame(claim=bad).SerializeToString())
+            refused = spb.ServerFrame.FromString(await call.read())
+            good = session_claim(user, c4.cluster.cluster_id, 1, first.nonce, 5)
+            await call.write(spb.ClientFrame(claim=good).SerializeToString())
+            accepted = spb.ServerFrame.FromString(await call.read())
+            call.cancel()
+        assert accepted.claimed.public_key == user.public_key
+        return refused.claim_error, accepted.claimed
+
+    error, claimed = run(scenario(), 30)  # type: ignore[misc]
+    assert "does not verify" in error and claimed.session == 5
+
+
+@pytest.mark.timeout(90)
+def test_an_ordered_request_reaches_the_primary_alone_and_backups_answer(
+    c4: Cluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # No resend to all, however loaded the machine: this test is about the first send.
+    monkeypatch.setattr(session_module, "RESEND_AFTER", 20.0)
+    primary = c4.wait_agree(timeout=30).primary
+
+    async def scenario() -> tuple[dict[int, float], dict[int, float], set[int], int]:
+        async with ChatUser(c4, "prim") as u:
+            await claimed_everywhere(u.client)
+            await u.register()  # learns the view from the replies
+            assert u.client.primary == primary
+            repliers = watch_replies(u.client)
+            before = requests_seen(c4)
+            for _ in range(3):
+                await u.op(e2e.ack_op("prim", 0))
+            return before, requests_seen(c4), repliers, u.client.primary
+
+    before, after, repliers, believed = run(scenario(), 80)  # type: ignore[misc]
+    assert believed == primary
+    assert after[primary] - before[primary] == 3
+    assert all(after[i] == before[i] for i in range(c4.n) if i != primary), (before, after)
+    assert repliers - {primary}, "backups answer over the claimed route"
+
+
+@pytest.mark.timeout(120)
+def test_one_key_in_two_sessions_at_once(c4: Cluster) -> None:
+    key = generate_user_key()
+
+    async def scenario() -> tuple[list[str], set[int]]:
+        async with ChatClient(c4.config, key) as a, ChatClient(c4.config, key) as b:
+            await a.register("twin")
+            b.account = "twin"
+            sends = [a.send("twin", f"a{i}") for i in range(3)] + [b.send("twin", f"b{i}") for i in range(3)]
+            ids = {s.id for s in await asyncio.gather(*sends)}
+            inbox = await b.inbox()
+            assert a.session.session != b.session.session
+            return sorted(m.text for m in inbox), ids
+
+    texts, ids = run(scenario(), 100)  # type: ignore[misc]
+    assert texts == ["a0", "a1", "a2", "b0", "b1", "b2"] and len(ids) == 6
+
+    async def sessions() -> None:  # the session layer alone, many requests interleaved
+        signer = Ed25519Signer.generate()
+        async with c4.client(signer) as s1, c4.client(signer) as s2:
+            ops = [s.request(e2e.list_op("*"), timeout=60) for s in (s1, s2) for _ in range(4)]
+            replies = await asyncio.gather(*ops)
+            assert all(r.status == pb.REPLY_OK for r in replies)
+
+    run(sessions(), 100)
+
+
+@pytest.mark.timeout(120)
+def test_a_clock_that_went_back_is_recovered_from(c4: Cluster) -> None:
+    """The same session id again with a clock far behind (a restarted process that reuses it): the
+    replicas refuse its timestamps as stale, naming the smallest they take; the session re-signs."""
+    signer = Ed25519Signer.generate()
+    session = int.from_bytes(os.urandom(6), "big")
+
+    async def scenario() -> tuple[int, int, list[int]]:
+        async with ChatUser(c4, "clock", signer) as u:
+            await u.register()
+        back = c4.client(signer, session=session, clock=lambda: 1_000)
+        first = c4.client(signer, session=session)
+        async with first:
+            await first.request(e2e.ack_op("clock", 0), timeout=60)
+            ahead = first._timestamp
+        stale: list[int] = []
+        inner = back.on_error
+
+        def on_error(replica: int, err: spb.RequestError) -> None:
+            if err.min_timestamp:
+                stale.append(replica)
+            inner(replica, err)
+
+        back.on_error = on_error  # type: ignore[method-assign]
+        async with back:
+            reply = await back.request(e2e.ack_op("clock", 0), timeout=60)
+            assert reply.status == pb.REPLY_OK
+            assert e2e.parse_result(reply.result).WhichOneof("result") == "acked"
+            return ahead, back._timestamp, stale
+
+    ahead, now, stale = run(scenario(), 100)  # type: ignore[misc]
+    assert now > ahead, "re-signed above the session's last executed timestamp"
+    assert len(set(stale)) >= 2, "f+1 replicas said stale"
+
+
+@pytest.mark.timeout(120)
+def test_a_new_session_below_the_eviction_floor_is_recovered_from(c4: Cluster) -> None:
+    """The client table holds 4 sessions: after 5 more, the floor is a recent clock value, and a
+    new session whose clock is far behind gets the agreed REPLY_STALE_TIMESTAMP, then re-signs."""
+
+    async def scenario() -> tuple[int, int]:
+        signer = Ed25519Signer.generate()
+        for _ in range(5):
+            async with c4.client(signer) as s:
+                await s.request(e2e.list_op("*"), timeout=60)
+        back = c4.client(signer, clock=lambda: 1_000)
+        statuses: list[int] = []
+        inner = back._move_past
+
+        def move_past(smallest: int, tries: int) -> None:
+            statuses.append(smallest)
+            inner(smallest, tries)
+
+        back._move_past = move_past  # type: ignore[method-assign]
+        async with back:
+            reply = await back.request(e2e.list_op("*"), timeout=60)
+            assert reply.status == pb.REPLY_OK
+            return statuses[0], back._timestamp
+
+    floor, now = run(scenario(), 100)  # type: ignore[misc]
+    assert floor > 1_000 and now >= floor
+
+
+@pytest.mark.timeout(240)
+def test_a_silent_primary_is_routed_around_and_the_next_request_goes_to_the_new_one(
+    c4: Cluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    old = c4.wait_agree(timeout=30)
+    honest = [i for i in range(c4.n) if i != old.primary]
+
+    async def scenario() -> None:
+        async with ChatUser(c4, "vc") as u:
+            await u.register()
+            assert u.client.primary == old.primary
+            fault(c4, old.primary, "silent")
+            try:
+                await u.op(e2e.ack_op("vc", 0), timeout=90)  # to the primary, then to all after 1 s
+                new_view = u.client.view
+                assert new_view > old.view and u.client.primary != old.primary
+                assert all(c4.status(i).view >= new_view for i in honest)  # type: ignore[union-attr]
+                # The next request goes to the new primary alone.
+                monkeypatch.setattr(session_module, "RESEND_AFTER", 20.0)
+                before = requests_seen(c4)
+                await u.op(e2e.ack_op("vc", 0), timeout=60)
+                after = requests_seen(c4)
+                grew = {i for i in range(c4.n) if after[i] != before[i]}
+                assert grew == {u.client.primary}, (before, after)
+            finally:
+                fault(c4, old.primary, "heal")
+
+    run(scenario(), 200)
+    c4.wait_agree(timeout=60)
