@@ -13,7 +13,8 @@ overrides it, e.g. for a second account of the same key). The local history live
 file (``<key>.history.sqlite``, mode 0600).
 
 Exit status: 0 success; 1 refused or a local problem (no such user, name taken, key file, config);
-2 bad usage; 3 no agreed answer from the cluster (unreachable, or replies disagree); 130 interrupted.
+2 bad usage; 3 no agreed answer from the cluster (unreachable, replies disagree, or timestamps kept
+refused as stale); 130 interrupted.
 Errors are one line on stderr (and, with ``--json``, also ``{"error": ..., "message": ...}`` on
 stdout); never a traceback for a user error.
 """
