@@ -58,8 +58,9 @@ def main() -> None:
     data = snap.SerializeToString()
     digest = state_digest(seq, app.digest(), clients.digest(), last_ts)
     proof = tuple(
-        seal(signers[i], i, Kind.CHECKPOINT, info.cluster_id, pb.Checkpoint(seq=seq, state_digest=digest))
-        .SerializeToString()
+        seal(
+            signers[i], i, Kind.CHECKPOINT, info.cluster_id, pb.Checkpoint(seq=seq, state_digest=digest)
+        ).SerializeToString()
         for i in (0, 1, 2)
     )
     with tempfile.TemporaryDirectory() as tmp:
@@ -82,8 +83,10 @@ def main() -> None:
         assert replica.state_digest() == digest
     print(f"log on disk: {size / 1e6:.1f} MB (snapshot {len(data) / 1e6:.1f} MB)")
     print(f"load + verify log: {t1 - t0:.2f} s; restore snapshot into the core: {t2 - t1:.2f} s")
-    print(f"one replica restarts in {t2 - t0:.2f} s; 7 replicas on {os.cpu_count()} cores: "
-          f"~{(t2 - t0) * max(1, 7 / (os.cpu_count() or 1)):.1f} s")
+    print(
+        f"one replica restarts in {t2 - t0:.2f} s; 7 replicas on {os.cpu_count()} cores: "
+        f"~{(t2 - t0) * max(1, 7 / (os.cpu_count() or 1)):.1f} s"
+    )
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""Hostile input on every endpoint of real replicas (n=4, TLS): the peer link and the client session.
+"""Hostile input on every endpoint of real replicas (n=4, TLS): the peer port and the client session.
 
 Each bad input gets a clear error or is dropped; afterwards every replica is still running, none
 logged an internal error, the cluster still commits, and nothing committed before is lost.
@@ -7,6 +7,8 @@ logged an internal error, the cluster still commits, and nothing committed befor
 from __future__ import annotations
 
 import asyncio
+import ssl
+import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -21,9 +23,9 @@ from bft.pb.bftchat.v1 import protocol_pb2 as pb
 from bft.pb.bftchat.v1 import service_pb2 as spb
 from bft.runtime import tls
 from bft.runtime.handshake import link_hello
-from bft.runtime.peers import LINK_METHOD, MAX_FRAME_WIRE
+from bft.runtime.peers import MAX_FRAME_WIRE, encode_frame, read_frame
 from bft.runtime.server import MAX_CLIENT_FRAME
-from bft.wire import MAX_REQUEST_BYTES, make_request, seal
+from bft.wire import MAX_REQUEST_BYTES, WireError, make_request, seal
 from client import e2e
 from client.session import SESSION_METHOD, STATUS_METHOD, channel
 
@@ -66,44 +68,68 @@ def history(cluster: Cluster) -> History:
     return h
 
 
-def _peer_channel(c: Cluster, target: int, cert_of: int | None) -> grpc.aio.Channel:
+def _peer_tls(c: Cluster, cert_of: int | None) -> ssl.SSLContext:
+    """A TLS client context trusting the cluster CA, presenting replica ``cert_of``'s certificate."""
     assert c.config.tls_ca is not None
-    tls_dir = c.config.tls_ca.parent
     if cert_of is None:
-        creds = tls.channel_credentials(c.config.tls_ca)
-    else:
-        creds = tls.channel_credentials(c.config.tls_ca, *tls.replica_cert_paths(tls_dir, cert_of))
-    return grpc.aio.secure_channel(c.peer_endpoint(target), creds)
+        ctx = ssl.create_default_context(cafile=str(c.config.tls_ca))
+        return ctx
+    return tls.peer_contexts(c.config.tls_ca, *tls.replica_cert_paths(c.config.tls_ca.parent, cert_of)).client
 
 
-async def _outcome(call: grpc.aio.StreamStreamCall) -> tuple[grpc.StatusCode, str]:
-    """How the server ended the call."""
-    try:
-        while await call.read() is not grpc.aio.EOF:
+class RawLink:
+    """A hand-driven connection to a replica's peer port (frames as in bft/runtime/peers.py)."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader = reader
+        self.writer = writer
+
+    @classmethod
+    async def open(cls, c: Cluster, target: int, cert_of: int | None = 3, tls_on: bool = True) -> RawLink:
+        port = c.config.replicas[target].peer_link_port
+        ctx = _peer_tls(c, cert_of) if tls_on else None
+        reader, writer = await asyncio.wait_for(
+            asyncio.open_connection("127.0.0.1", port, ssl=ctx, server_hostname="127.0.0.1" if ctx else None),
+            10,
+        )
+        return cls(reader, writer)
+
+    async def down(self) -> spb.LinkDown | None:
+        """The next LinkDown, or None when the replica closed the connection."""
+        try:
+            raw = await asyncio.wait_for(read_frame(self.reader, MAX_FRAME_WIRE), 10)
+        except (ConnectionError, ssl.SSLError, WireError):
+            return None
+        return None if raw is None else spb.LinkDown.FromString(raw)
+
+    def send(self, payload: bytes) -> None:
+        self.writer.write(encode_frame(payload))
+
+    async def closed(self) -> bool:
+        """True once the replica has closed the connection (within 10 s)."""
+        try:
+            while await asyncio.wait_for(self.reader.read(65536), 10):
+                pass
+        except (ConnectionError, ssl.SSLError):
             pass
-    except grpc.aio.AioRpcError as exc:
-        return exc.code(), exc.details() or ""
-    return await call.code(), await call.details()
+        return True
 
-
-async def _link(ch: grpc.aio.Channel) -> tuple[grpc.aio.StreamStreamCall, bytes]:
-    call = ch.stream_stream(LINK_METHOD)()
-    first = await call.read()
-    assert isinstance(first, bytes)
-    return call, spb.LinkDown.FromString(first).nonce
+    def close(self) -> None:
+        self.writer.close()
 
 
 @pytest.mark.timeout(30)
 def test_peer_port_needs_a_cluster_certificate(cluster: Cluster) -> None:
+    """TLS without a client certificate, and plaintext, never get as far as a nonce."""
+
     async def scenario() -> None:
-        for ch in (
-            _peer_channel(cluster, TARGET, None),  # TLS, but no client certificate
-            grpc.aio.insecure_channel(cluster.peer_endpoint(TARGET)),  # plaintext
-        ):
-            async with ch:
-                call = ch.stream_stream(LINK_METHOD)()
-                code, _ = await asyncio.wait_for(_outcome(call), 10)
-                assert code == grpc.StatusCode.UNAVAILABLE
+        for cert_of, tls_on in ((None, True), (None, False)):
+            try:
+                link = await RawLink.open(cluster, TARGET, cert_of, tls_on)
+            except (ConnectionError, ssl.SSLError):
+                continue  # refused during the handshake: fine
+            assert await link.down() is None, (cert_of, tls_on)
+            link.close()
 
     run(scenario(), 25)
 
@@ -135,21 +161,30 @@ def test_peer_hello_must_come_from_the_replica_it_names(cluster: Cluster) -> Non
     ]
 
     async def scenario() -> None:
-        async with _peer_channel(c, TARGET, 3) as ch:
-            for what, make, expected in cases:
-                call, nonce = await _link(ch)
-                await call.write(make(nonce))  # type: ignore[operator]
-                code, details = await asyncio.wait_for(_outcome(call), 10)
-                assert code == grpc.StatusCode.UNAUTHENTICATED, (what, code, details)
-                assert expected in details, (what, details)
-            # A frame beyond the size limit is refused by gRPC before anything reads it.
-            call, nonce = await _link(ch)
-            await call.write(up(link_hello(key3, cid, 3, TARGET, nonce)))
-            await call.write(spb.LinkUp(messages=[bytes(MAX_FRAME_WIRE)]).SerializeToString())
-            code, details = await asyncio.wait_for(_outcome(call), 10)
-            assert code == grpc.StatusCode.RESOURCE_EXHAUSTED, (code, details)
+        for what, make, expected in cases:
+            link = await RawLink.open(c, TARGET, cert_of=3)
+            first = await link.down()
+            assert first is not None and len(first.nonce) == 32
+            link.send(make(first.nonce))  # type: ignore[operator]
+            answer = await link.down()
+            assert answer is not None and not answer.accepted, what
+            assert expected in answer.error, (what, answer.error)
+            assert await link.closed()
+            link.close()
+        # The real hello is accepted; a frame header announcing more than the limit ends the link.
+        link = await RawLink.open(c, TARGET, cert_of=3)
+        first = await link.down()
+        assert first is not None
+        link.send(up(link_hello(key3, cid, 3, TARGET, first.nonce)))
+        answer = await link.down()
+        assert answer is not None and answer.accepted and not answer.error
+        link.writer.write(struct.pack(">I", MAX_FRAME_WIRE + 1) + b"x" * 100)
+        assert await link.closed()
+        link.close()
 
     run(scenario(), 50)
+    text = c.log_file(TARGET).read_text(errors="replace")
+    assert "bad_peer_input" in text and "over the" in text
 
 
 @pytest.mark.timeout(60)
@@ -174,22 +209,36 @@ def test_garbage_from_an_authenticated_peer_is_dropped(cluster: Cluster, history
     junk += [pb.PeerMessage(request=b"\x01" * 1000).SerializeToString()] * 20
 
     async def scenario() -> None:
-        async with _peer_channel(c, TARGET, 3) as ch:
-            call, nonce = await _link(ch)
-            await call.write(spb.LinkUp(hello=link_hello(key3, cid, 3, TARGET, nonce)).SerializeToString())
-            for _ in range(5):
-                await call.write(spb.LinkUp(messages=junk).SerializeToString())
-                await call.write(b"\xff\xfe not a frame")  # dropped; the link stays up
-            await call.write(spb.LinkUp(messages=junk).SerializeToString())
-            await asyncio.sleep(0.5)
-            assert not call.done()
-            call.cancel()
+        link = await RawLink.open(c, TARGET, cert_of=3)
+        first = await link.down()
+        assert first is not None
+        link.send(spb.LinkUp(hello=link_hello(key3, cid, 3, TARGET, first.nonce)).SerializeToString())
+        answer = await link.down()
+        assert answer is not None and answer.accepted
+        for _ in range(5):
+            link.send(spb.LinkUp(messages=junk).SerializeToString())
+            link.send(b"\xff\xfe not a frame")  # a well-framed but malformed LinkUp: dropped, link stays up
+        link.send(spb.LinkUp(messages=junk).SerializeToString())
+        await link.writer.drain()
+        await asyncio.sleep(0.5)
+        assert not link.reader.at_eof()
+        link.close()
         async with ChatUser(c, "after-peer-junk") as u:
             await u.register()
 
     run(scenario(), 50)
     assert all(c.alive(i) and c.healthy(i) for i in range(c.n))
     c.wait_agree(timeout=30, same_view=False)
+
+
+async def _outcome(call: grpc.aio.StreamStreamCall) -> tuple[grpc.StatusCode, str]:
+    """How the server ended the call."""
+    try:
+        while await call.read() is not grpc.aio.EOF:
+            pass
+    except grpc.aio.AioRpcError as exc:
+        return exc.code(), exc.details() or ""
+    return await call.code(), await call.details()
 
 
 async def _session(c: Cluster, replica: int) -> tuple[grpc.aio.Channel, grpc.aio.StreamStreamCall]:

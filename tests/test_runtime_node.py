@@ -1,5 +1,5 @@
 """The driver in isolation (a scripted core, a recording log, no network): outputs are carried out in
-order, consecutive records share one sync that happens before the next output leaves, timers fire
+order, consecutive records share one group commit that is durable before the next output leaves, timers fire
 from the loop clock, replies and pushes reach only the sessions entitled to them."""
 
 from __future__ import annotations
@@ -91,10 +91,16 @@ class RecordingLog:
         self.pending += 1
         self.trace.append("append")
 
-    def sync(self) -> float:
+    def take_group(self) -> int:
         self.trace.append(f"sync{self.pending}")
-        self.pending = 0
+        group, self.pending = self.pending, 0
+        return group
+
+    def write_group(self, group: int) -> float:
         return 0.001
+
+    def sync(self) -> float:
+        return self.write_group(self.take_group())
 
     def close(self) -> None:
         pass
@@ -159,17 +165,67 @@ def test_records_are_synced_once_before_the_next_output_leaves() -> None:
         return trace
 
     trace = asyncio.run(scenario())
+    # The first send starts a group commit of records 1-2 on the disk thread; the loop goes on
+    # (records 3-4 are appended meanwhile) and every output waits, in order, for the group that
+    # covers what was appended before it.
     assert trace == [
         "append",
         "append",
         "sync2",
+        "append",
+        "append",
         "sendNone:a",
         "send2:b",
-        "append",
-        "sync1",
+        "sync2",
         "client:reply",
-        "append",  # no output follows: it waits for the next one (or shutdown)
     ]
+
+
+def test_the_loop_keeps_working_during_a_slow_fsync_and_a_failed_one_stops_the_node() -> None:
+    """While a group is being written (here: held for 0.2 s), input is still processed and its
+    records go into the next group; an output never overtakes the group it depends on. A write
+    error stops the node (exit path) and nothing that depended on the lost group is sent."""
+
+    class SlowLog(RecordingLog):
+        def __init__(self, trace: list[str]) -> None:
+            super().__init__(trace)
+            self.fail = False
+
+        def write_group(self, group: int) -> float:
+            time.sleep(0.2)
+            if self.fail:
+                raise OSError(5, "Input/output error")
+            self.trace.append(f"durable{group}")
+            return 0.2
+
+    async def scenario() -> tuple[list[str], Node]:
+        trace: list[str] = []
+        node, core = make_node(trace)
+        log = SlowLog(trace)
+        node.storage = log
+        node.start()
+        core.script = [Persist(ViewRecord(1)), Send(1, b"a")]
+        node.deliver_peer([b"m1"])
+        await asyncio.sleep(0.05)  # the group of record 1 is being written
+        core.script = [Persist(ViewRecord(2)), Send(1, b"b")]
+        node.deliver_peer([b"m2"])
+        await asyncio.sleep(0.05)
+        assert ("message", b"m2") in core.inputs  # processed while the disk was busy
+        assert "send1:a" not in trace
+        await asyncio.sleep(0.5)
+        log.fail = True
+        core.script = [Persist(ViewRecord(3)), Send(1, b"c")]
+        node.deliver_peer([b"m3"])
+        await asyncio.sleep(0.4)
+        assert node.failed is not None and node.failed.done()
+        return trace, node
+
+    trace, node = asyncio.run(scenario())
+    first = ["append", "sync1", "append", "durable1", "send1:a"]  # record 2 joined while 1 was written
+    second = ["sync1", "durable1", "send1:b"]
+    assert trace == [*first, *second, "append", "sync1"]  # the third group failed: no send1:c
+    assert "send1:c" not in trace
+    assert node.stopping
 
 
 def test_refused_requests_get_an_error_and_shutdown_flushes() -> None:

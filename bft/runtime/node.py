@@ -1,11 +1,17 @@
 """The driver: feeds the sans-IO core from the network and the clock, and carries its outputs out.
 
 It is the second driver of ``bft.core.replica.Replica`` after the simulator (``bft.sim.world``) and
-carries outputs out the same way: records are appended to the log as they come, and the log is
-synced (one group commit) right before the first ``Send``/``ToClient``/push that follows them. It
-makes no protocol decisions.
+carries outputs out the same way: records are appended to the log as they come, and no
+``Send``/``ToClient``/push leaves before every record appended ahead of it is durable. It makes no
+protocol decisions.
 
-Everything runs on the event loop thread; the core is never touched from another thread. Input is
+Group commit without blocking the loop: the first output that needs unsynced records starts a
+write + fsync of everything appended so far on the log's own thread, and that output (and every
+output after it, in order) waits in ``_held``. The loop meanwhile keeps feeding the core; records
+appended in the meantime form the next group, started when the current one is durable. So under
+load one fsync covers many bursts, and the loop never sits idle while the disk works.
+
+Everything else runs on the event loop thread; the core is never touched from another thread. Input is
 queued by the gRPC handlers and processed in bursts: every message that arrived since the last turn
 is fed to the core (which verifies signatures as it goes), then the outputs of the whole burst are
 carried out once, so a burst's sends to one peer leave as one frame. A burst is cut after
@@ -24,7 +30,10 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
-from typing import Protocol
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from functools import partial
+from typing import Any, Protocol
 
 from bft.core.config import ClusterInfo
 from bft.core.events import (
@@ -59,6 +68,7 @@ MAX_ROUTES = 200_000  # (client key, session) -> session stream, by arrival (old
 MAX_CLAIMS = 200_000  # and by claim; past this new claims are refused (MAX_SESSIONS x per-stream < it)
 MAX_CLAIMS_PER_SESSION = 16  # claims one session stream may hold
 MAX_SUBSCRIPTIONS_PER_KEY = 64
+INBOX_HIGH = 20_000  # queued inputs past which peer readers stop reading until half of it is done
 
 
 class Storage(Protocol):
@@ -73,6 +83,10 @@ class Storage(Protocol):
     def append(self, record: Record) -> None: ...
 
     def sync(self) -> float: ...
+
+    def take_group(self) -> Any: ...
+
+    def write_group(self, group: Any) -> float: ...
 
     def close(self) -> None: ...
 
@@ -118,7 +132,7 @@ def _reply_frame(data: bytes) -> bytes:
 
 
 class FatalError(Exception):
-    """The process must stop (the log could not be synced)."""
+    """The process must stop (the log could not be written)."""
 
 
 class Node:
@@ -148,6 +162,14 @@ class Node:
         self.events = events
         self._timing = timing
         self._inbox: deque[tuple[str, object, object]] = deque()
+        self._room = asyncio.Event()
+        # Group commit off the event loop: records appended / made durable so far, outputs waiting
+        # for a group to be durable (in order), and the one thread that writes and fsyncs.
+        self._appended = 0
+        self._synced = 0
+        self._held: deque[tuple[int, Callable[[], None]]] = deque()
+        self._syncing = False
+        self._disk = ThreadPoolExecutor(1, thread_name_prefix="log-sync")
         self._scheduled = False
         self._timers: dict[str, asyncio.TimerHandle] = {}
         self._routes: dict[Route, Sink] = {}  # by arrival: the stream the session's last request came on
@@ -214,9 +236,12 @@ class Node:
         """Stop feeding the core and flush what it asked to persist (graceful shutdown)."""
         self.stopping = True
         self._inbox.clear()
+        self._room.set()
         for handle in self._timers.values():
             handle.cancel()
         self._timers.clear()
+        self._held.clear()  # outputs not yet sent stay unsent; their records are flushed below
+        self._disk.shutdown(wait=True)  # a group being written finishes first (groups stay in order)
         try:
             if self.storage.dirty:
                 self.storage.sync()
@@ -233,6 +258,23 @@ class Node:
         for m in messages:
             inbox.append(("m", m, None))
         self._schedule()
+
+    @property
+    def cluster_id(self) -> bytes:
+        return self.cluster.cluster_id
+
+    @property
+    def public_keys(self) -> tuple[bytes, ...]:
+        return self.cluster.public_keys
+
+    def backlogged(self) -> bool:
+        return len(self._inbox) > INBOX_HIGH
+
+    async def drained(self) -> None:
+        """Wait until the inbox is down to half the high mark (or the node stops)."""
+        while len(self._inbox) > INBOX_HIGH // 2 and not self.stopping:
+            self._room.clear()
+            await self._room.wait()
 
     def submit_request(self, raw: bytes, sink: Sink) -> None:
         """A signed client request from a session; the reply (or an error) goes back to ``sink``."""
@@ -315,6 +357,8 @@ class Node:
             return
         if inbox:
             self._schedule()
+        if len(inbox) <= INBOX_HIGH // 2:
+            self._room.set()
         if self._timing is not None:
             self.metrics.verify_seconds.observe(self._timing.seconds - v_seconds)
             self.metrics.verifications.inc(self._timing.count - v_count)
@@ -381,16 +425,50 @@ class Node:
 
     # ---------------------------------------------------------------- outputs
 
-    def _sync(self) -> None:
-        storage = self.storage
-        if not storage.dirty:
+    def _durable(self, release: Callable[[], None]) -> None:
+        """Carry out ``release`` (an output leaving the process) once every record appended so far
+        is durable: now if it already is, else after the group commit that covers it. Outputs keep
+        their order: while any is waiting, later ones wait behind it."""
+        if not self._held and self._synced >= self._appended:
+            release()
+            return
+        self._held.append((self._appended, release))
+        self._kick_sync()
+
+    def _kick_sync(self) -> None:
+        """Start a group commit of everything appended, on the disk thread, unless one is running.
+        The event loop goes on meanwhile (new input, new records for the next group)."""
+        if self._syncing or self.stopping or not self.storage.dirty:
             return
         try:
-            seconds = storage.sync()
+            group = self.storage.take_group()
         except OSError as exc:
             self._fail(f"log sync failed: {exc}")
-            raise FatalError(str(exc)) from None
-        self.metrics.fsync_seconds.observe(seconds)
+            return
+        self._syncing = True
+        upto = self._appended
+        loop = self._loop
+        assert loop is not None
+        fut = loop.run_in_executor(self._disk, self.storage.write_group, group)
+        fut.add_done_callback(lambda f: self._group_done(f, upto))
+
+    def _group_done(self, fut: asyncio.Future[float], upto: int) -> None:
+        self._syncing = False
+        if self.stopping:
+            return
+        exc = fut.exception()
+        if exc is not None:
+            self._held.clear()
+            self._fail(f"log sync failed: {exc}")
+            return
+        self.metrics.fsync_seconds.observe(fut.result())
+        self._synced = upto
+        held = self._held
+        while held and held[0][0] <= upto:
+            _, release = held.popleft()
+            release()
+        if held:
+            self._kick_sync()
 
     def _fail(self, reason: str) -> None:
         self.events.error("fatal", reason=reason)
@@ -401,13 +479,16 @@ class Node:
     def _carry(self, outs: list[Output]) -> None:
         for out in outs:
             if isinstance(out, Send):
-                self._sync()
-                self.peers.send(out.to, out.data)
+                self._durable(partial(self.peers.send, out.to, out.data))
             elif isinstance(out, Persist):
-                self.storage.append(out.record)
+                try:
+                    self.storage.append(out.record)
+                except OSError as exc:  # an earlier write failed: the log refuses more
+                    self._fail(f"log append failed: {exc}")
+                    raise FatalError(str(exc)) from None
+                self._appended += 1
             elif isinstance(out, ToClient):
-                self._sync()
-                self._reply(out.client_key, out.session, out.data)
+                self._durable(partial(self._reply, out.client_key, out.session, out.data))
             elif isinstance(out, SetTimer):
                 self._set_timer(out.name, out.at)
             elif isinstance(out, CancelTimer):
@@ -438,6 +519,11 @@ class Node:
             if arrived is not None and arrived is not claimed:
                 arrived.send(frame)
 
+    def _push(self, subs: set[Sink], frame: bytes) -> None:
+        for sink in list(subs):
+            sink.send(frame)
+        self.metrics.pushes.inc(len(subs))
+
     def _on_committed(self, c: Committed) -> None:
         m = self.metrics
         m.committed_batches.inc()
@@ -453,7 +539,6 @@ class Node:
             subs = self._subscribers.get(key) if isinstance(key, bytes) else None
             if not subs:
                 continue
-            self._sync()  # a push names a committed message: durable before it leaves
             env = seal_push(
                 self.signer,
                 self.id,
@@ -464,9 +549,7 @@ class Node:
                 int(getattr(ev, "seq", c.seq)),
             )
             frame = spb.ServerFrame(push=env).SerializeToString()
-            for sink in list(subs):
-                sink.send(frame)
-            m.pushes.inc(len(subs))
+            self._durable(partial(self._push, subs, frame))  # names a committed message: durable first
 
     def _refresh_gauges(self) -> None:
         r = self.replica

@@ -1,40 +1,65 @@
-"""Outgoing replica-to-replica links: one long-lived ``Link`` call per peer, reconnected with backoff.
+"""Replica-to-replica links: length-prefixed frames over mutual-TLS TCP, one connection per direction.
+
+Why not gRPC here (the client port stays gRPC): a grpc.aio stream write plus its read cost about
+200 µs of CPU per frame on this stack, against 20–40 µs for an asyncio stream carrying the same
+bytes, and peer frames are most of a replica's traffic (docs/NOTEBOOK.md, "Peer transport").
+
+Wire format, both directions: ``u32 big-endian length || protobuf`` (``LinkDown`` from the
+listening replica, ``LinkUp`` from the connecting one; proto/bftchat/v1/service.proto). Replica A
+connects to B and carries all of A's traffic to B; B's traffic to A goes on B's own connection.
+
+1. TLS 1.3, both ends present a certificate of this cluster's CA (``tls.peer_contexts``).
+2. B sends ``LinkDown{nonce}``; A answers ``LinkUp{hello}``: its replica key's signature over that
+   nonce, B's id and the cluster id (``handshake.link_hello``). B checks it, and that the TLS
+   certificate names the same replica, then sends ``LinkDown{accepted}`` or ``LinkDown{error}``
+   and closes.
+3. A streams ``LinkUp{messages}`` frames; B never answers them (the protocol retransmits).
 
 Sending never blocks the node: ``PeerLinks.send`` appends to the peer's bounded queue and returns.
-Each peer has its own writer task that takes everything queued (one loop turn's worth, since the
-node carries out a whole burst of outputs synchronously) and writes it as one frame. A slow or dead
-peer only fills its own queue; past the bound the oldest messages are dropped, which is safe because
-the protocol retransmits (status ticks, vote resends, commit-proof catch-up).
+Each peer's writer task takes everything queued (one loop turn's worth, since the node carries out
+a whole burst of outputs synchronously) and writes it as one frame. A slow or dead peer only fills
+its own queue; past the bound the oldest messages are dropped, which is safe because the protocol
+retransmits (status ticks, vote resends, commit-proof catch-up).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import random
+import socket
+import ssl
+import struct
 from collections import deque
 from collections.abc import Callable
+from typing import Protocol
 
-import grpc
-import grpc.aio
-
+from bft.crypto import Verifier
 from bft.faults import LinkPolicy
 from bft.pb.bftchat.v1 import service_pb2 as spb
-from bft.runtime.logs import EventLog
+from bft.runtime.handshake import NONCE_LEN, check_link_hello
+from bft.runtime.logs import EventLog, RateLimit
 from bft.runtime.metrics import Metrics
+from bft.runtime.tls import peer_cert_names
 from bft.wire import MAX_MESSAGE_BYTES, WireError, parse
 
-LINK_METHOD = "/bftchat.v1.ReplicaLink/Link"
 FRAME_BYTES = MAX_MESSAGE_BYTES  # a frame holds at least one message, and stops growing past this
-MAX_FRAME_WIRE = MAX_MESSAGE_BYTES + 64 * 1024  # largest LinkUp on the wire: the receive limit
+MAX_FRAME_WIRE = MAX_MESSAGE_BYTES + 64 * 1024  # largest LinkUp accepted: the receive limit
+MAX_HANDSHAKE_FRAME = 64 * 1024  # a hello or a LinkDown
 QUEUE_MESSAGES = 8192
 QUEUE_BYTES = 32 * 1024 * 1024
 QUEUE_MESSAGES_DOWN = 512  # while the link is down: what is queued then is mostly stale
 BACKOFF_MIN = 0.05
 BACKOFF_MAX = 2.0
+CONNECT_TIMEOUT = 5.0
 HANDSHAKE_TIMEOUT = 5.0
 CLOSE_PHASE_SECONDS = 0.5
+STREAM_LIMIT = 1024 * 1024  # asyncio reader buffer before it pauses the socket
+KEEPALIVE = (10, 5, 3)  # idle seconds, probe interval, probes: a vanished peer is noticed in ~25 s
+USER_TIMEOUT_MS = 20_000  # unacknowledged data for this long ends the connection
 
+_LEN = struct.Struct(">I")
 _MESSAGES_TAG = b"\x12"  # LinkUp.messages: field 2, length-delimited
 
 
@@ -47,51 +72,83 @@ def _varint(n: int) -> bytes:
     return bytes(out)
 
 
-def channel_options(max_receive: int) -> list[tuple[str, int]]:
-    """Channel arguments for long-lived streams: quick reconnects, keepalive to notice dead peers."""
-    return [
-        ("grpc.max_receive_message_length", max_receive),
-        ("grpc.max_send_message_length", MAX_FRAME_WIRE),
-        ("grpc.initial_reconnect_backoff_ms", 100),
-        ("grpc.min_reconnect_backoff_ms", 100),
-        ("grpc.max_reconnect_backoff_ms", 2000),
-        ("grpc.keepalive_time_ms", 10_000),
-        ("grpc.keepalive_timeout_ms", 5_000),
-        ("grpc.keepalive_permit_without_calls", 1),
-        ("grpc.http2.max_pings_without_data", 0),
-    ]
+def encode_frame(payload: bytes) -> bytes:
+    return _LEN.pack(len(payload)) + payload
+
+
+async def read_frame(reader: asyncio.StreamReader, limit: int) -> bytes | None:
+    """The next frame's payload; None at a clean end of stream; WireError for a broken or oversized one."""
+    try:
+        head = await reader.readexactly(4)
+    except asyncio.IncompleteReadError as exc:
+        if not exc.partial:
+            return None
+        raise WireError("link closed inside a frame header") from None
+    (size,) = _LEN.unpack(head)
+    if size > limit:
+        raise WireError(f"frame of {size} bytes is over the {limit}-byte limit")
+    try:
+        return await reader.readexactly(size)
+    except asyncio.IncompleteReadError:
+        raise WireError(f"link closed inside a {size}-byte frame") from None
+
+
+def tune_socket(writer: asyncio.StreamWriter) -> None:
+    """No Nagle delay (frames are already coalesced) and keepalive to notice a vanished peer."""
+    sock = writer.get_extra_info("socket")
+    if sock is None:
+        return
+    with contextlib.suppress(OSError, AttributeError):
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        idle, interval, count = KEEPALIVE
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, idle)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, interval)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, count)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, USER_TIMEOUT_MS)
+
+
+class LinkRefused(Exception):
+    """The peer refused our hello (its reason is the message): a configuration problem, not a crash."""
+
+
+async def _close(writer: asyncio.StreamWriter) -> None:
+    writer.close()
+    with contextlib.suppress(Exception):
+        await asyncio.wait_for(writer.wait_closed(), CLOSE_PHASE_SECONDS)
+
+
+# ---------------------------------------------------------------- outgoing
 
 
 class PeerLink:
-    """The link to one peer: a bounded queue and the task that drains it into frames."""
+    """The link to one peer: a bounded queue and the task that connects and drains it into frames."""
 
     def __init__(
         self,
         peer_id: int,
-        target: str,
-        credentials: grpc.ChannelCredentials | None,
+        host: str,
+        port: int,
+        tls: ssl.SSLContext | None,
         hello: Callable[[bytes], spb.LinkHello],
         metrics: Metrics,
         log: EventLog,
         on_state: Callable[[], None],
     ) -> None:
         self.peer_id = peer_id
-        self.target = target
+        self.host = host
+        self.port = port
+        self.target = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        self._tls = tls
         self._hello = hello
         self._metrics = metrics
         self._log = log
         self._on_state = on_state
-        opts = channel_options(64 * 1024)
-        self._channel = (
-            grpc.aio.secure_channel(target, credentials, options=opts)
-            if credentials is not None
-            else grpc.aio.insecure_channel(target, options=opts)
-        )
         self._queue: deque[bytes] = deque()
         self._queued_bytes = 0
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
-        self._call: grpc.aio.StreamStreamCall | None = None
+        self._writer: asyncio.StreamWriter | None = None
         self.connected = False
         self.dropped = 0
         self._label = str(peer_id)
@@ -120,40 +177,31 @@ class PeerLink:
         self._task = asyncio.get_running_loop().create_task(self._run(), name=f"peer-link-{self.peer_id}")
 
     async def close(self) -> None:
-        """Stop the writer and the channel, each phase bounded: closing all links once took over 2 s
-        at shutdown under load (likely a write stalled on a departing peer's flow control)."""
-        phase = "writer"
-        try:
-            if self._task is not None:
-                self._task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await asyncio.wait_for(self._task, CLOSE_PHASE_SECONDS)
-            phase = "channel"
-            if self._call is not None:
-                self._call.cancel()
-            await asyncio.wait_for(self._channel.close(grace=None), CLOSE_PHASE_SECONDS)
-        except TimeoutError:
-            self._log.debug("peer_close_slow", peer=self.peer_id, phase=phase)
-        except Exception as exc:  # closing: nothing left to protect
-            self._log.debug("peer_close_failed", peer=self.peer_id, phase=phase, error=str(exc))
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, TimeoutError):
+                await asyncio.wait_for(self._task, CLOSE_PHASE_SECONDS * 2)
 
     async def _run(self) -> None:
         backoff = BACKOFF_MIN
         failures = 0
         while True:
-            reason = "stream ended"
             refused = False
             try:
                 await self._session()
+                reason = "connection closed by the peer"
             except asyncio.CancelledError:
                 raise
-            except grpc.aio.AioRpcError as exc:
-                reason = f"{exc.code().name}: {exc.details()}"
-                refused = exc.code() in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED)
-            except (WireError, TimeoutError, asyncio.InvalidStateError, grpc.aio.UsageError) as exc:
-                reason = str(exc) or type(exc).__name__
+            except LinkRefused as exc:
+                reason, refused = f"refused: {exc}", True
+            except (WireError, OSError, TimeoutError, ssl.SSLError, EOFError) as exc:
+                reason = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
             except Exception as exc:  # a transport failure must never end the link for good
                 reason = f"{type(exc).__name__}: {exc}"
+            finally:
+                writer, self._writer = self._writer, None
+                if writer is not None:
+                    await _close(writer)
             if self.connected:
                 self.connected = False
                 self._on_state()
@@ -161,53 +209,76 @@ class PeerLink:
                 backoff, failures = BACKOFF_MIN, 0
             else:
                 failures += 1
-                if refused and failures == 1:  # a configuration problem (keys, certificates), not a crash
+                if refused and failures == 1:  # keys or certificates do not match: say so once
                     self._log.warning("peer_refused_link", peer=self.peer_id, reason=reason)
                 elif failures in (1, 10) or failures % 100 == 0:
                     self._log.debug(
                         "peer_connect_failed", peer=self.peer_id, attempts=failures, reason=reason
                     )
-            self._call = None
             await asyncio.sleep(backoff * random.uniform(0.5, 1.0))
             backoff = min(backoff * 2, BACKOFF_MAX)
 
     async def _session(self) -> None:
-        call = self._channel.stream_stream(LINK_METHOD)()
-        self._call = call
-        first = await asyncio.wait_for(call.read(), HANDSHAKE_TIMEOUT)
-        if first is grpc.aio.EOF:
-            raise WireError("link closed during the handshake")
-        assert isinstance(first, bytes)
-        down = parse(spb.LinkDown, first)
-        await call.write(spb.LinkUp(hello=self._hello(down.nonce)).SerializeToString())
+        tls = self._tls
+        reader, writer = await asyncio.wait_for(
+            asyncio.open_connection(
+                self.host,
+                self.port,
+                ssl=tls,
+                server_hostname=self.host if tls is not None else None,
+                limit=STREAM_LIMIT,
+            ),
+            CONNECT_TIMEOUT,
+        )
+        self._writer = writer
+        tune_socket(writer)
+        down = await self._read_down(reader)
+        writer.write(encode_frame(spb.LinkUp(hello=self._hello(down.nonce)).SerializeToString()))
+        answer = await self._read_down(reader)
+        if not answer.accepted:
+            raise LinkRefused(answer.error or "no reason given")
         self.connected = True
         self._on_state()
         self._log.info("peer_up", peer=self.peer_id, target=self.target)
-        call.add_done_callback(lambda _: self._wake.set())
+        # The peer sends nothing more; a read that ends means the connection is gone.
+        watch = asyncio.ensure_future(reader.read(1))
+        watch.add_done_callback(lambda _: self._wake.set())
         frames = self._metrics.peer_frames.labels(self._label)
         sent = self._metrics.peer_messages.labels(self._label)
-        while not call.done():
-            if not self._queue:
-                self._wake.clear()
-                await self._wake.wait()
-                continue
-            frame, count = self._take_frame()
-            await call.write(frame)
-            frames.inc()
-            sent.inc(count)
-        code = await call.code()
-        raise WireError(f"link closed by peer ({code.name})")
+        try:
+            while not watch.done():
+                if not self._queue:
+                    self._wake.clear()
+                    await self._wake.wait()
+                    continue
+                parts, count = self._take_frame()
+                writer.writelines(parts)
+                frames.inc()
+                sent.inc(count)
+                await writer.drain()
+        finally:
+            watch.cancel()
 
-    def _take_frame(self) -> tuple[bytes, int]:
-        """Everything queued, up to FRAME_BYTES, encoded as one LinkUp without re-parsing anything."""
-        parts: list[bytes] = []
+    async def _read_down(self, reader: asyncio.StreamReader) -> spb.LinkDown:
+        raw = await asyncio.wait_for(read_frame(reader, MAX_HANDSHAKE_FRAME), HANDSHAKE_TIMEOUT)
+        if raw is None:
+            raise EOFError("link closed during the handshake")
+        down = parse(spb.LinkDown, raw)
+        if down.error:
+            raise LinkRefused(down.error)
+        return down
+
+    def _take_frame(self) -> tuple[list[bytes], int]:
+        """Everything queued, up to FRAME_BYTES, as the parts of one length-prefixed LinkUp frame,
+        without re-parsing or copying any message."""
+        parts: list[bytes] = [b""]
         size = 0
         count = 0
         q = self._queue
         while q:
             data = q[0]
             head = _MESSAGES_TAG + _varint(len(data))
-            if parts and size + len(head) + len(data) > FRAME_BYTES:
+            if count and size + len(head) + len(data) > FRAME_BYTES:
                 break
             q.popleft()
             self._queued_bytes -= len(data)
@@ -215,7 +286,8 @@ class PeerLink:
             parts.append(data)
             size += len(head) + len(data)
             count += 1
-        return b"".join(parts), count
+        parts[0] = _LEN.pack(size)
+        return parts, count
 
 
 class PeerLinks:
@@ -255,3 +327,147 @@ class PeerLinks:
                 asyncio.get_running_loop().call_later(policy.delay, link.enqueue, data)
             else:
                 link.enqueue(data)
+
+
+# ---------------------------------------------------------------- incoming
+
+
+class Inbox(Protocol):
+    """What the listener needs of the node (``bft.runtime.node.Node``)."""
+
+    id: int
+    stopping: bool
+
+    @property
+    def cluster_id(self) -> bytes: ...
+
+    @property
+    def public_keys(self) -> tuple[bytes, ...]: ...
+
+    def deliver_peer(self, messages: list[bytes]) -> None: ...
+
+    def backlogged(self) -> bool: ...
+
+    async def drained(self) -> None: ...
+
+
+class PeerListener:
+    """The peer port: authenticates each connecting replica, then hands its frames' messages to the node."""
+
+    def __init__(
+        self, node: Inbox, verifier: Verifier, metrics: Metrics, events: EventLog, tls: ssl.SSLContext | None
+    ) -> None:
+        self.node = node
+        self.verifier = verifier
+        self.metrics = metrics
+        self.events = events
+        self.tls = tls
+        self.inbound: dict[int, int] = {}
+        self._limit = RateLimit()
+        self._server: asyncio.Server | None = None
+        self._handlers: set[asyncio.Task[None]] = set()
+
+    async def start(self, host: str, port: int) -> None:
+        """Listen (raises OSError if the port is taken)."""
+        self._server = await asyncio.start_server(
+            self._handle,
+            host,
+            port,
+            ssl=self.tls,
+            limit=STREAM_LIMIT,
+            ssl_handshake_timeout=HANDSHAKE_TIMEOUT,
+        )
+
+    async def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+        for task in list(self._handlers):
+            task.cancel()
+        if self._handlers:
+            await asyncio.wait(list(self._handlers), timeout=CLOSE_PHASE_SECONDS)
+
+    def _bad(self, what: str, peer: str, error: str) -> None:
+        self.metrics.bad_input.labels(what).inc()
+        if self._limit.allow(what + peer):
+            self.events.warning("bad_peer_input", what=what, remote=peer, error=error)
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._handlers.add(task)
+        remote = str(writer.get_extra_info("peername"))
+        tune_socket(writer)
+        try:
+            peer = await self._accept(reader, writer, remote)
+            if peer is not None:
+                await self._receive(reader, peer, remote)
+        except (OSError, ssl.SSLError, TimeoutError, asyncio.IncompleteReadError):
+            pass  # the connection broke; the peer reconnects
+        finally:
+            self._handlers.discard(task)
+            await _close(writer)
+
+    async def _accept(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, remote: str
+    ) -> int | None:
+        """The authenticated peer id, or None after telling the connecting side why not."""
+        node = self.node
+        nonce = os.urandom(NONCE_LEN)
+        writer.write(encode_frame(spb.LinkDown(nonce=nonce).SerializeToString()))
+        try:
+            first = await asyncio.wait_for(read_frame(reader, MAX_HANDSHAKE_FRAME), HANDSHAKE_TIMEOUT)
+            if first is None:
+                return None
+            up = parse(spb.LinkUp, first)
+            if not up.HasField("hello"):
+                raise WireError("a link must start with a hello")
+            peer = check_link_hello(
+                up.hello, node.cluster_id, node.public_keys, node.id, nonce, self.verifier
+            )
+            if self.tls is not None:
+                named = cert_replica_ids(peer_cert_names(writer.get_extra_info("peercert")))
+                if named and peer not in named:
+                    raise WireError(f"hello from replica {peer} over replica {sorted(named)}'s certificate")
+        except WireError as exc:
+            self._bad("peer_hello", remote, str(exc))
+            writer.write(encode_frame(spb.LinkDown(error=str(exc)).SerializeToString()))
+            await writer.drain()
+            return None
+        writer.write(encode_frame(spb.LinkDown(accepted=True).SerializeToString()))
+        await writer.drain()
+        return peer
+
+    async def _receive(self, reader: asyncio.StreamReader, peer: int, remote: str) -> None:
+        node = self.node
+        self.inbound[peer] = self.inbound.get(peer, 0) + 1
+        self.events.debug("peer_link_in", peer=peer)
+        try:
+            while not node.stopping:
+                try:
+                    raw = await read_frame(reader, MAX_FRAME_WIRE)
+                except WireError as exc:  # oversized or cut: the stream cannot be resynchronised
+                    self._bad("peer_frame", str(peer), str(exc))
+                    return
+                if raw is None:
+                    return
+                try:
+                    up = parse(spb.LinkUp, raw)
+                except WireError as exc:
+                    self._bad("peer_frame", str(peer), str(exc))
+                    continue
+                if up.messages:
+                    node.deliver_peer(list(up.messages))
+                    if node.backlogged():  # let TCP push back on a peer that sends faster than we process
+                        await node.drained()
+        finally:
+            self.inbound[peer] -= 1
+
+
+def cert_replica_ids(names: list[str]) -> set[int]:
+    """Replica ids named by a verified peer certificate (CN or DNS SAN ``[bftchat-]replica-<i>``)."""
+    ids: set[int] = set()
+    for name in names:
+        base = name.removeprefix("bftchat-")
+        if base.startswith("replica-") and base[8:].isdigit():
+            ids.add(int(base[8:]))
+    return ids

@@ -1,4 +1,4 @@
-"""The gRPC services of a replica: the peer link (peer port) and client sessions + status (client port).
+"""The gRPC services of a replica's client port: client sessions and status (peer links: peers.py).
 
 Handlers take and give raw bytes and parse them with ``bft.wire.parse``, so malformed input becomes
 a clear error for the sender instead of a gRPC deserialisation traceback. Size limits are enforced
@@ -10,9 +10,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import re
+import ssl
 from collections import deque
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
 
 import grpc
 import grpc.aio
@@ -22,22 +22,19 @@ from grpc_reflection.v1alpha import reflection
 
 from bft.crypto import Verifier, sha256
 from bft.pb.bftchat.v1 import service_pb2 as spb
-from bft.runtime.handshake import NONCE_LEN, check_auth_proof, check_link_hello, check_session_claim
-from bft.runtime.logs import EventLog, RateLimit
+from bft.runtime.handshake import NONCE_LEN, check_auth_proof, check_session_claim
+from bft.runtime.logs import EventLog
 from bft.runtime.metrics import Metrics
 from bft.runtime.node import Node
-from bft.runtime.peers import HANDSHAKE_TIMEOUT, MAX_FRAME_WIRE
+from bft.runtime.peers import PeerListener
 from bft.wire import MAX_REQUEST_BYTES, WireError, parse
 
-PEER_SERVICE = "bftchat.v1.ReplicaLink"
 CLIENT_SERVICE = "bftchat.v1.ClientService"
 MAX_CLIENT_FRAME = MAX_REQUEST_BYTES + 4096  # a signed request plus the ClientFrame around it
 MAX_SESSIONS = 10_000
 MAX_KEYS_PER_SESSION = 16
 SESSION_QUEUE_BYTES = 32 * 1024 * 1024  # frames waiting for a slow client; oldest dropped past this
 HALF_CLOSE_LINGER = 10.0  # seconds a session stays open for replies after the client stops sending
-
-_REPLICA_NAME = re.compile(rb"(?:bftchat-)?replica-(\d+)")
 
 
 def server_options(max_receive: int) -> list[tuple[str, int]]:
@@ -50,76 +47,6 @@ def server_options(max_receive: int) -> list[tuple[str, int]]:
         ("grpc.http2.max_ping_strikes", 0),
         ("grpc.keepalive_permit_without_calls", 1),
     ]
-
-
-def cert_replica_ids(auth: dict[str, Sequence[bytes]]) -> set[int]:
-    """Replica ids named by a verified peer certificate (CN or SAN ``replica-<i>``)."""
-    ids: set[int] = set()
-    for prop in ("x509_common_name", "x509_subject_alternative_name"):
-        for value in auth.get(prop, ()):
-            m = _REPLICA_NAME.fullmatch(value)
-            if m:
-                ids.add(int(m.group(1)))
-    return ids
-
-
-# ---------------------------------------------------------------- peer links
-
-
-class PeerLinkService:
-    """Inbound peer links: authenticate the sender, then hand each frame's messages to the node."""
-
-    def __init__(self, node: Node, verifier: Verifier, metrics: Metrics, events: EventLog, tls: bool) -> None:
-        self.node = node
-        self.verifier = verifier
-        self.metrics = metrics
-        self.events = events
-        self.tls = tls
-        self.inbound: dict[int, int] = {}
-        self._limit = RateLimit()
-
-    def _bad(self, what: str, peer: str, error: str) -> None:
-        self.metrics.bad_input.labels(what).inc()
-        if self._limit.allow(what + peer):
-            self.events.warning("bad_peer_input", what=what, remote=peer, error=error)
-
-    async def link(self, requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext) -> None:
-        node = self.node
-        nonce = os.urandom(NONCE_LEN)
-        await context.write(spb.LinkDown(nonce=nonce).SerializeToString())
-        it = requests.__aiter__()
-        try:
-            first = await asyncio.wait_for(it.__anext__(), HANDSHAKE_TIMEOUT)
-        except (StopAsyncIteration, TimeoutError):
-            return
-        try:
-            up = parse(spb.LinkUp, first)
-            if not up.HasField("hello"):
-                raise WireError("a link must start with a hello")
-            peer = check_link_hello(
-                up.hello, node.cluster.cluster_id, node.cluster.public_keys, node.id, nonce, self.verifier
-            )
-            if self.tls:
-                named = cert_replica_ids(context.auth_context())
-                if named and peer not in named:
-                    raise WireError(f"hello from replica {peer} over replica {sorted(named)}'s certificate")
-        except WireError as exc:
-            self._bad("peer_hello", context.peer(), str(exc))
-            await context.abort(grpc.StatusCode.UNAUTHENTICATED, str(exc))
-            return
-        self.inbound[peer] = self.inbound.get(peer, 0) + 1
-        self.events.debug("peer_link_in", peer=peer)
-        try:
-            async for raw in it:
-                try:
-                    up = parse(spb.LinkUp, raw)
-                except WireError as exc:
-                    self._bad("peer_frame", str(peer), str(exc))
-                    continue
-                if up.messages:
-                    node.deliver_peer(list(up.messages))
-        finally:
-            self.inbound[peer] -= 1
 
 
 # ---------------------------------------------------------------- client sessions
@@ -276,7 +203,8 @@ def _generic(service: str, handlers: dict[str, grpc.RpcMethodHandler]) -> grpc.G
 
 
 class Servers:
-    """The two gRPC servers of a replica, with health checking and reflection on both."""
+    """A replica's two listening ports: the gRPC client port (sessions, status, health, reflection,
+    and the admin endpoint when fault injection is allowed) and the peer port (``PeerListener``)."""
 
     def __init__(
         self,
@@ -286,16 +214,14 @@ class Servers:
         events: EventLog,
         *,
         client_creds: grpc.ServerCredentials | None,
-        peer_creds: grpc.ServerCredentials | None,
+        peer_tls: ssl.SSLContext | None,
         admin: grpc.GenericRpcHandler | None = None,
     ) -> None:
-        self.peer_service = PeerLinkService(node, verifier, metrics, events, tls=peer_creds is not None)
+        self.peer_listener = PeerListener(node, verifier, metrics, events, peer_tls)
         self.client_service = ClientSessionService(node, verifier, metrics, events)
         self.client_creds = client_creds
-        self.peer_creds = peer_creds
         self.client = grpc.aio.server(options=server_options(MAX_CLIENT_FRAME))
-        self.peer = grpc.aio.server(options=server_options(MAX_FRAME_WIRE))
-        self.health = [health_aio.HealthServicer(), health_aio.HealthServicer()]
+        self.health = health_aio.HealthServicer()
         self.client.add_generic_rpc_handlers(
             (
                 _generic(
@@ -309,43 +235,40 @@ class Servers:
         )
         if admin is not None:  # fault injection: only with --allow-fault-injection
             self.client.add_generic_rpc_handlers((admin,))
-        self.peer.add_generic_rpc_handlers(
-            (_generic(PEER_SERVICE, {"Link": grpc.stream_stream_rpc_method_handler(self.peer_service.link)}),)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.client)
+        names = (
+            CLIENT_SERVICE,
+            health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+            reflection.SERVICE_NAME,
         )
-        for server, health, service in zip(
-            (self.client, self.peer), self.health, (CLIENT_SERVICE, PEER_SERVICE), strict=True
-        ):
-            health_pb2_grpc.add_HealthServicer_to_server(health, server)
-            names = (
-                service,
-                health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-                reflection.SERVICE_NAME,
-            )
-            reflection.enable_server_reflection(names, server)
+        reflection.enable_server_reflection(names, self.client)
 
-    def bind(self, client_addr: str, peer_addr: str) -> None:
-        """Bind both ports (raises RuntimeError if a port is taken)."""
-        for server, addr, creds in (
-            (self.client, client_addr, self.client_creds),
-            (self.peer, peer_addr, self.peer_creds),
-        ):
-            port = (
-                server.add_secure_port(addr, creds) if creds is not None else server.add_insecure_port(addr)
-            )
-            if port == 0:
-                raise RuntimeError(f"cannot listen on {addr}")
+    def bind(self, client_addr: str) -> None:
+        """Bind the client port (raises RuntimeError if the port is taken)."""
+        creds = self.client_creds
+        server = self.client
+        port = (
+            server.add_secure_port(client_addr, creds)
+            if creds is not None
+            else server.add_insecure_port(client_addr)
+        )
+        if port == 0:
+            raise RuntimeError(f"cannot listen on {client_addr}")
 
-    async def start(self) -> None:
+    async def start(self, peer_host: str, peer_port: int) -> None:
+        """Start the client port and listen on the peer port (RuntimeError if that port is taken)."""
+        try:
+            await self.peer_listener.start(peer_host, peer_port)
+        except OSError as exc:
+            raise RuntimeError(f"cannot listen on {peer_host}:{peer_port}: {exc.strerror or exc}") from None
         await self.client.start()
-        await self.peer.start()
 
     async def set_serving(self, serving: bool) -> None:
         status = (
             health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
         )
-        for health, service in zip(self.health, (CLIENT_SERVICE, PEER_SERVICE), strict=True):
-            await health.set("", status)
-            await health.set(service, status)
+        await self.health.set("", status)
+        await self.health.set(CLIENT_SERVICE, status)
 
     async def stop(self, grace: float) -> None:
-        await asyncio.gather(self.client.stop(grace), self.peer.stop(grace))
+        await asyncio.gather(self.client.stop(grace), self.peer_listener.close())

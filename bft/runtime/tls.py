@@ -1,4 +1,5 @@
-"""A private certificate authority per cluster, replica certificates, and gRPC TLS credentials.
+"""A private certificate authority per cluster, replica certificates, and the TLS settings that use
+them: gRPC credentials for the client port, stdlib ``ssl`` contexts for the replica-to-replica links.
 
 TLS gives the links confidentiality and lets clients check they reached a replica of *this* cluster;
 it is not what makes the protocol safe (every protocol message is Ed25519-signed, and peer links are
@@ -19,8 +20,10 @@ from __future__ import annotations
 
 import datetime
 import ipaddress
+import ssl
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import grpc
 from cryptography import x509
@@ -234,6 +237,48 @@ def channel_credentials(
         private_key=_read_key_pem(Path(key_path)),
         certificate_chain=_read_public(Path(cert_path)),
     )
+
+
+# ---- peer links (stdlib ssl) ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PeerTls:
+    """Mutual TLS for replica-to-replica links: both ends present their replica certificate and
+    accept only certificates issued by this cluster's CA (TLS 1.3 only)."""
+
+    server: ssl.SSLContext
+    client: ssl.SSLContext
+
+
+def peer_contexts(ca_path: str | Path, cert_path: str | Path, key_path: str | Path) -> PeerTls:
+    """The listening and connecting contexts of one replica's peer links."""
+    ca_pem = _read_public(Path(ca_path)).decode("ascii", "replace")
+    _read_public(Path(cert_path))
+    _read_key_pem(Path(key_path))  # refuses a key file readable by others, like every secret file
+    contexts = []
+    for protocol in (ssl.PROTOCOL_TLS_SERVER, ssl.PROTOCOL_TLS_CLIENT):
+        ctx = ssl.SSLContext(protocol)
+        ctx.minimum_version = ssl.TLSVersion.TLSv1_3
+        ctx.verify_mode = ssl.CERT_REQUIRED
+        try:
+            ctx.load_verify_locations(cadata=ca_pem)
+            ctx.load_cert_chain(str(cert_path), str(key_path))
+        except (ssl.SSLError, ValueError) as e:
+            raise TlsError(f"cannot use {cert_path} / {key_path} with {ca_path}: {e}") from None
+        contexts.append(ctx)
+    return PeerTls(server=contexts[0], client=contexts[1])
+
+
+def peer_cert_names(peercert: Any) -> list[str]:
+    """Common names and DNS names of a verified peer certificate (``SSLObject.getpeercert()``)."""
+    if not peercert:
+        return []
+    names: list[str] = []
+    for rdn in peercert.get("subject", ()):
+        names.extend(str(value) for key, value in rdn if key == "commonName")
+    names.extend(str(value) for kind, value in peercert.get("subjectAltName", ()) if kind == "DNS")
+    return names
 
 
 # ---- helpers -----------------------------------------------------------------------------------

@@ -586,7 +586,8 @@ def _last_seq(records: list[Record]) -> int:
 class ReplicaLog:
     """One replica's log in ``data_dir``. Call ``load()`` first; then ``append`` + ``sync``.
 
-    Not thread-safe: one caller at a time. A record is durable only once ``sync()`` has returned.
+    One owner thread appends; ``write_group`` may run on one worker thread meanwhile (see there).
+    A record is durable only once the ``sync()`` or ``write_group`` that wrote it has returned.
     """
 
     def __init__(
@@ -631,7 +632,7 @@ class ReplicaLog:
 
     @property
     def size_bytes(self) -> int:
-        return sum(self._segments.values())
+        return sum(dict(self._segments).values())  # a copy: a group may be written on another thread
 
     def load(self) -> tuple[list[Record], LoadReport]:
         """Verify the log and return its live records in write order (see ``records.compact``).
@@ -734,13 +735,30 @@ class ReplicaLog:
         self._pending.append((record, entry))
 
     def sync(self) -> float:
-        """Write everything appended as one group (one write, one fsync, one seal); returns the
-        seconds spent. A CheckpointRecord in the group starts a new compacted segment."""
+        """Write everything appended as one group and make it durable (``take_group`` then
+        ``write_group`` on the caller's thread); returns the seconds spent."""
         if not self._pending:
+            return 0.0
+        return self.write_group(self.take_group())
+
+    def take_group(self) -> list[tuple[Record, bytes]]:
+        """Everything appended so far, as the next group to write. Records appended after this call
+        belong to the next group. Call from the thread that appends."""
+        self._check_usable()
+        pending, self._pending = self._pending, []
+        return pending
+
+    def write_group(self, pending: list[tuple[Record, bytes]]) -> float:
+        """Write one group (one write, one fsync, one seal); returns the seconds spent. A
+        CheckpointRecord in the group starts a new compacted segment.
+
+        May run on a worker thread while the owner keeps appending (the node does this so the event
+        loop never waits for the disk), but only one ``write_group`` at a time, groups in the order
+        ``take_group`` made them."""
+        if not pending:
             return 0.0
         self._check_usable()
         start = time.perf_counter()
-        pending, self._pending = self._pending, []
         try:
             if any(isinstance(r, CheckpointRecord) for r, _ in pending):
                 self._write_compacted(pending)

@@ -16,10 +16,14 @@ class LinkUp(_message.Message):
     def __init__(self, hello: _Optional[_Union[LinkHello, _Mapping]] = ..., messages: _Optional[_Iterable[bytes]] = ...) -> None: ...
 
 class LinkDown(_message.Message):
-    __slots__ = ("nonce",)
+    __slots__ = ("nonce", "error", "accepted")
     NONCE_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    ACCEPTED_FIELD_NUMBER: _ClassVar[int]
     nonce: bytes
-    def __init__(self, nonce: _Optional[bytes] = ...) -> None: ...
+    error: str
+    accepted: bool
+    def __init__(self, nonce: _Optional[bytes] = ..., error: _Optional[str] = ..., accepted: _Optional[bool] = ...) -> None: ...
 
 class LinkHello(_message.Message):
     __slots__ = ("proof",)
