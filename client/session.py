@@ -283,6 +283,8 @@ class _Conn:
             elif which == "claimed":
                 got = frame.claimed
                 self.claimed = (got.public_key, got.session) == (client.key, client.session)
+                if self.claimed:  # a hint until this replica's verified replies say more
+                    client.on_view_hint(self.replica, got.view)
             elif which == "claim_error":
                 self.claimed, self.claim_refused = False, frame.claim_error
                 client.on_claim_refused(self)
@@ -372,6 +374,12 @@ class ClusterSession:
         views = sorted(self._views.values(), reverse=True)
         need = self.cluster.quorums.f + 1
         return views[need - 1] if len(views) >= need else 0
+
+    def on_view_hint(self, replica: int, view: int) -> None:
+        """A replica's unsigned word on its view (claim answers): counted like reply views, under the
+        same f+1 rule, so a new process starts at the current primary and a liar cannot steer it."""
+        if view > self._views.get(replica, -1):
+            self._views[replica] = view
 
     @property
     def primary(self) -> int:

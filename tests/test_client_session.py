@@ -287,6 +287,16 @@ def test_a_silent_primary_is_routed_around_and_the_next_request_goes_to_the_new_
                 after = requests_seen(c4)
                 grew = {i for i in range(c4.n) if after[i] != before[i]}
                 assert grew == {u.client.primary}, (before, after)
+                # A new session (a new CLI process) learns the view from the claim answers and
+                # sends its very first request to the new primary alone.
+                async with ChatUser(c4, "vc2") as fresh:
+                    await claimed_everywhere(fresh.client)
+                    assert fresh.client.view == new_view and fresh.client.primary == u.client.primary
+                    before = requests_seen(c4)
+                    await fresh.register()
+                    after = requests_seen(c4)
+                    grew = {i for i in range(c4.n) if after[i] != before[i]}
+                    assert grew == {u.client.primary}, (before, after)
             finally:
                 fault(c4, old.primary, "heal")
 

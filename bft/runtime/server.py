@@ -188,7 +188,7 @@ class ClientSessionService:
         if refused is not None:
             sess.send(spb.ServerFrame(claim_error=refused).SerializeToString())
             return
-        done = spb.SessionClaimed(public_key=route[0], session=route[1])
+        done = spb.SessionClaimed(public_key=route[0], session=route[1], view=self.node.replica.view)
         sess.send(spb.ServerFrame(claimed=done).SerializeToString())
 
     async def status(self, request: bytes, context: grpc.aio.ServicerContext) -> bytes:

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from bft.pb.bftchat.v1 import protocol_pb2 as bftchat_dot_v1_dot_protocol__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18\x62\x66tchat/v1/service.proto\x12\nbftchat.v1\x1a\x19\x62\x66tchat/v1/protocol.proto\"@\n\x06LinkUp\x12$\n\x05hello\x18\x01 \x01(\x0b\x32\x15.bftchat.v1.LinkHello\x12\x10\n\x08messages\x18\x02 \x03(\x0c\":\n\x08LinkDown\x12\r\n\x05nonce\x18\x01 \x01(\x0c\x12\r\n\x05\x65rror\x18\x02 \x01(\t\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x03 \x01(\x08\"0\n\tLinkHello\x12#\n\x05proof\x18\x01 \x01(\x0b\x32\x14.bftchat.v1.Envelope\"H\n\rLinkHelloBody\x12\x14\n\x0c\x66rom_replica\x18\x01 \x01(\r\x12\x12\n\nto_replica\x18\x02 \x01(\r\x12\r\n\x05nonce\x18\x03 \x01(\x0c\"z\n\x0b\x43lientFrame\x12\x11\n\x07request\x18\x01 \x01(\x0cH\x00\x12%\n\x04\x61uth\x18\x02 \x01(\x0b\x32\x15.bftchat.v1.AuthProofH\x00\x12)\n\x05\x63laim\x18\x03 \x01(\x0b\x32\x18.bftchat.v1.SessionClaimH\x00\x42\x06\n\x04kind\"F\n\x0cSessionClaim\x12\x12\n\npublic_key\x18\x01 \x01(\x0c\x12\x0f\n\x07session\x18\x02 \x01(\x04\x12\x11\n\tsignature\x18\x03 \x01(\x0c\"5\n\x0eSessionClaimed\x12\x12\n\npublic_key\x18\x01 \x01(\x0c\x12\x0f\n\x07session\x18\x02 \x01(\x04\"2\n\tAuthProof\x12\x12\n\npublic_key\x18\x01 \x01(\x0c\x12\x11\n\tsignature\x18\x02 \x01(\x0c\"\xfa\x01\n\x0bServerFrame\x12\x0f\n\x05reply\x18\x01 \x01(\x0cH\x00\x12$\n\x04push\x18\x02 \x01(\x0b\x32\x14.bftchat.v1.EnvelopeH\x00\x12)\n\x05\x65rror\x18\x03 \x01(\x0b\x32\x18.bftchat.v1.RequestErrorH\x00\x12\x0f\n\x05nonce\x18\x04 \x01(\x0cH\x00\x12\x14\n\nsubscribed\x18\x05 \x01(\x0cH\x00\x12\x14\n\nauth_error\x18\x06 \x01(\tH\x00\x12-\n\x07\x63laimed\x18\x07 \x01(\x0b\x32\x1a.bftchat.v1.SessionClaimedH\x00\x12\x15\n\x0b\x63laim_error\x18\x08 \x01(\tH\x00\x42\x06\n\x04kind\"N\n\x0cRequestError\x12\x16\n\x0erequest_digest\x18\x01 \x01(\x0c\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\x15\n\rmin_timestamp\x18\x03 \x01(\x04\"Q\n\x04Push\x12\x15\n\rrecipient_key\x18\x01 \x01(\x0c\x12\x11\n\trecipient\x18\x02 \x01(\t\x12\x12\n\nmessage_id\x18\x03 \x01(\x04\x12\x0b\n\x03seq\x18\x04 \x01(\x04\"\x0f\n\rStatusRequest\"\x94\x02\n\x0bStatusReply\x12\x12\n\nreplica_id\x18\x01 \x01(\r\x12\x0c\n\x04view\x18\x02 \x01(\x04\x12\x0f\n\x07primary\x18\x03 \x01(\r\x12\x15\n\rview_changing\x18\x04 \x01(\x08\x12\x15\n\rlast_executed\x18\x05 \x01(\x04\x12\x19\n\x11stable_checkpoint\x18\x06 \x01(\x04\x12\x14\n\x0cstate_digest\x18\x07 \x01(\x0c\x12\x12\n\nrecovering\x18\x08 \x01(\x08\x12\x17\n\x0fpeers_connected\x18\t \x01(\r\x12\x11\n\tlog_bytes\x18\n \x01(\x04\x12\x12\n\ncluster_id\x18\x0b \x01(\x0c\x12\x0e\n\x06\x66\x61ults\x18\x0c \x03(\t\x12\x0f\n\x07\x61\x63\x63used\x18\r \x03(\r2\x8e\x01\n\rClientService\x12?\n\x07Session\x12\x17.bftchat.v1.ClientFrame\x1a\x17.bftchat.v1.ServerFrame(\x01\x30\x01\x12<\n\x06Status\x12\x19.bftchat.v1.StatusRequest\x1a\x17.bftchat.v1.StatusReplyb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18\x62\x66tchat/v1/service.proto\x12\nbftchat.v1\x1a\x19\x62\x66tchat/v1/protocol.proto\"@\n\x06LinkUp\x12$\n\x05hello\x18\x01 \x01(\x0b\x32\x15.bftchat.v1.LinkHello\x12\x10\n\x08messages\x18\x02 \x03(\x0c\":\n\x08LinkDown\x12\r\n\x05nonce\x18\x01 \x01(\x0c\x12\r\n\x05\x65rror\x18\x02 \x01(\t\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x03 \x01(\x08\"0\n\tLinkHello\x12#\n\x05proof\x18\x01 \x01(\x0b\x32\x14.bftchat.v1.Envelope\"H\n\rLinkHelloBody\x12\x14\n\x0c\x66rom_replica\x18\x01 \x01(\r\x12\x12\n\nto_replica\x18\x02 \x01(\r\x12\r\n\x05nonce\x18\x03 \x01(\x0c\"z\n\x0b\x43lientFrame\x12\x11\n\x07request\x18\x01 \x01(\x0cH\x00\x12%\n\x04\x61uth\x18\x02 \x01(\x0b\x32\x15.bftchat.v1.AuthProofH\x00\x12)\n\x05\x63laim\x18\x03 \x01(\x0b\x32\x18.bftchat.v1.SessionClaimH\x00\x42\x06\n\x04kind\"F\n\x0cSessionClaim\x12\x12\n\npublic_key\x18\x01 \x01(\x0c\x12\x0f\n\x07session\x18\x02 \x01(\x04\x12\x11\n\tsignature\x18\x03 \x01(\x0c\"C\n\x0eSessionClaimed\x12\x12\n\npublic_key\x18\x01 \x01(\x0c\x12\x0f\n\x07session\x18\x02 \x01(\x04\x12\x0c\n\x04view\x18\x03 \x01(\x04\"2\n\tAuthProof\x12\x12\n\npublic_key\x18\x01 \x01(\x0c\x12\x11\n\tsignature\x18\x02 \x01(\x0c\"\xfa\x01\n\x0bServerFrame\x12\x0f\n\x05reply\x18\x01 \x01(\x0cH\x00\x12$\n\x04push\x18\x02 \x01(\x0b\x32\x14.bftchat.v1.EnvelopeH\x00\x12)\n\x05\x65rror\x18\x03 \x01(\x0b\x32\x18.bftchat.v1.RequestErrorH\x00\x12\x0f\n\x05nonce\x18\x04 \x01(\x0cH\x00\x12\x14\n\nsubscribed\x18\x05 \x01(\x0cH\x00\x12\x14\n\nauth_error\x18\x06 \x01(\tH\x00\x12-\n\x07\x63laimed\x18\x07 \x01(\x0b\x32\x1a.bftchat.v1.SessionClaimedH\x00\x12\x15\n\x0b\x63laim_error\x18\x08 \x01(\tH\x00\x42\x06\n\x04kind\"N\n\x0cRequestError\x12\x16\n\x0erequest_digest\x18\x01 \x01(\x0c\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\x15\n\rmin_timestamp\x18\x03 \x01(\x04\"Q\n\x04Push\x12\x15\n\rrecipient_key\x18\x01 \x01(\x0c\x12\x11\n\trecipient\x18\x02 \x01(\t\x12\x12\n\nmessage_id\x18\x03 \x01(\x04\x12\x0b\n\x03seq\x18\x04 \x01(\x04\"\x0f\n\rStatusRequest\"\x94\x02\n\x0bStatusReply\x12\x12\n\nreplica_id\x18\x01 \x01(\r\x12\x0c\n\x04view\x18\x02 \x01(\x04\x12\x0f\n\x07primary\x18\x03 \x01(\r\x12\x15\n\rview_changing\x18\x04 \x01(\x08\x12\x15\n\rlast_executed\x18\x05 \x01(\x04\x12\x19\n\x11stable_checkpoint\x18\x06 \x01(\x04\x12\x14\n\x0cstate_digest\x18\x07 \x01(\x0c\x12\x12\n\nrecovering\x18\x08 \x01(\x08\x12\x17\n\x0fpeers_connected\x18\t \x01(\r\x12\x11\n\tlog_bytes\x18\n \x01(\x04\x12\x12\n\ncluster_id\x18\x0b \x01(\x0c\x12\x0e\n\x06\x66\x61ults\x18\x0c \x03(\t\x12\x0f\n\x07\x61\x63\x63used\x18\r \x03(\r2\x8e\x01\n\rClientService\x12?\n\x07Session\x12\x17.bftchat.v1.ClientFrame\x1a\x17.bftchat.v1.ServerFrame(\x01\x30\x01\x12<\n\x06Status\x12\x19.bftchat.v1.StatusRequest\x1a\x17.bftchat.v1.StatusReplyb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -45,19 +45,19 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SESSIONCLAIM']._serialized_start=441
   _globals['_SESSIONCLAIM']._serialized_end=511
   _globals['_SESSIONCLAIMED']._serialized_start=513
-  _globals['_SESSIONCLAIMED']._serialized_end=566
-  _globals['_AUTHPROOF']._serialized_start=568
-  _globals['_AUTHPROOF']._serialized_end=618
-  _globals['_SERVERFRAME']._serialized_start=621
-  _globals['_SERVERFRAME']._serialized_end=871
-  _globals['_REQUESTERROR']._serialized_start=873
-  _globals['_REQUESTERROR']._serialized_end=951
-  _globals['_PUSH']._serialized_start=953
-  _globals['_PUSH']._serialized_end=1034
-  _globals['_STATUSREQUEST']._serialized_start=1036
-  _globals['_STATUSREQUEST']._serialized_end=1051
-  _globals['_STATUSREPLY']._serialized_start=1054
-  _globals['_STATUSREPLY']._serialized_end=1330
-  _globals['_CLIENTSERVICE']._serialized_start=1333
-  _globals['_CLIENTSERVICE']._serialized_end=1475
+  _globals['_SESSIONCLAIMED']._serialized_end=580
+  _globals['_AUTHPROOF']._serialized_start=582
+  _globals['_AUTHPROOF']._serialized_end=632
+  _globals['_SERVERFRAME']._serialized_start=635
+  _globals['_SERVERFRAME']._serialized_end=885
+  _globals['_REQUESTERROR']._serialized_start=887
+  _globals['_REQUESTERROR']._serialized_end=965
+  _globals['_PUSH']._serialized_start=967
+  _globals['_PUSH']._serialized_end=1048
+  _globals['_STATUSREQUEST']._serialized_start=1050
+  _globals['_STATUSREQUEST']._serialized_end=1065
+  _globals['_STATUSREPLY']._serialized_start=1068
+  _globals['_STATUSREPLY']._serialized_end=1344
+  _globals['_CLIENTSERVICE']._serialized_start=1347
+  _globals['_CLIENTSERVICE']._serialized_end=1489
 # @@protoc_insertion_point(module_scope)

@@ -62,12 +62,14 @@ class SessionClaim(_message.Message):
     def __init__(self, public_key: _Optional[bytes] = ..., session: _Optional[int] = ..., signature: _Optional[bytes] = ...) -> None: ...
 
 class SessionClaimed(_message.Message):
-    __slots__ = ("public_key", "session")
+    __slots__ = ("public_key", "session", "view")
     PUBLIC_KEY_FIELD_NUMBER: _ClassVar[int]
     SESSION_FIELD_NUMBER: _ClassVar[int]
+    VIEW_FIELD_NUMBER: _ClassVar[int]
     public_key: bytes
     session: int
-    def __init__(self, public_key: _Optional[bytes] = ..., session: _Optional[int] = ...) -> None: ...
+    view: int
+    def __init__(self, public_key: _Optional[bytes] = ..., session: _Optional[int] = ..., view: _Optional[int] = ...) -> None: ...
 
 class AuthProof(_message.Message):
     __slots__ = ("public_key", "signature")
