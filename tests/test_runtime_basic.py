@@ -4,6 +4,7 @@ clients, live pushes, push authorisation, status, health, reflection and metrics
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import urllib.request
 from collections.abc import Iterator
 
@@ -162,6 +163,10 @@ def test_status_health_reflection_and_metrics(cluster: Cluster) -> None:
         assert st.replica_id == i and st.cluster_id == cluster.cluster.cluster_id
         assert st.primary == st.view % 7 and st.peers_connected == 6 and st.log_bytes > 0
     assert all(cluster.healthy(i) for i in range(7))
+    # Replicas run on uvloop when it is installed (a dependency on Linux): the event loop is named
+    # in the "started" line.
+    loop = "uvloop" if importlib.util.find_spec("uvloop") else "asyncio"
+    assert all(f"loop={loop}" in cluster.log_file(i).read_text() for i in range(7))
 
     with cluster._channel(0) as ch:
         stub = reflection_pb2_grpc.ServerReflectionStub(ch)

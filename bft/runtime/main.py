@@ -250,6 +250,7 @@ async def serve(p: Prepared) -> int:
         tls=p.tls is not None,
         recovering=node.replica.recovering,
         primary=node.replica.primary,
+        loop=type(asyncio.get_running_loop()).__module__.split(".")[0],
     )
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
@@ -367,13 +368,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logs.setup(args.log_level)
     try:
         prepared = prepare(args)
-        import os
-
-        if os.environ.get("BFT_UVLOOP"):
-            import uvloop
-
-            return uvloop.run(serve(prepared))
-        return asyncio.run(serve(prepared))
+        return run_loop(serve(prepared), args.loop)
     except UsageError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
