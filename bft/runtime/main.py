@@ -285,9 +285,9 @@ async def _bounded(step: Coroutine[Any, Any, object], seconds: float, what: str,
 def run_loop(main: Coroutine[Any, Any, int], loop: str = "auto") -> int:
     """Run the replica on uvloop when it is installed (``auto``), else on asyncio's own loop.
 
-    uvloop implements the event loop and its TCP and TLS transports in C; with the peer links on
-    plain asyncio streams that cut the replicas' CPU per committed op by about a fifth
-    (docs/PERFORMANCE.md). ``--loop asyncio`` is the fallback if it ever misbehaves.
+    uvloop implements the event loop and its TCP and TLS transports in C; at n = 7 that saves the
+    replicas 8-14 % of their CPU per committed op (docs/NOTEBOOK.md, "Event loop: uvloop").
+    ``--loop asyncio`` is the fallback if it ever misbehaves.
     """
     if loop != "asyncio":
         try:
