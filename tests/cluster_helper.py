@@ -295,7 +295,7 @@ class Cluster:
         while time.monotonic() < deadline:
             last = self.statuses(wanted)
             got = [s for s in last.values() if s is not None]
-            keys = {(s.last_executed, s.state_digest) for s in got}
+            keys: set[tuple[object, ...]] = {(s.last_executed, s.state_digest) for s in got}
             if same_view:
                 keys = {(s.last_executed, s.state_digest, s.view, s.view_changing) for s in got}
             if len(got) == len(wanted) and not any(s.recovering for s in got) and len(keys) == 1:
