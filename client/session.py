@@ -9,9 +9,10 @@ Sending follows PBFT. On every stream, right after the replica's nonce, the sess
 replies with a signed ``SessionClaim`` (key, session id), so a replica answers on this stream even a
 request it only saw inside a PRE-PREPARE. An ordered request goes to the replica the session
 believes is primary (view mod n, the view taken from verified replies: the highest f+1 replicas
-reported); with no accepted result after ``RESEND_AFTER`` (shorter than the replicas' view-change
-timer), or a refusal from that replica, it goes to all replicas, whose backups forward it to the
-primary and start their view-change timers. A one-round read goes to all replicas (it needs 2f+1
+reported); with no accepted result within the retransmission timeout (``RetransmitTimer``: the
+session's own latencies, 1 s unless they are long, shorter than the replicas' view-change timer),
+or a refusal from that replica, it goes to all replicas, whose backups forward it to the primary and
+start their view-change timers. A one-round read goes to all replicas (it needs 2f+1
 direct answers); one that does not gather 2f+1 quickly is re-sent as an ordered request. Live pushes
 are requested by proving the user's key on each stream and accepted once f+1 replicas signed the
 same (message id, seq).
@@ -61,7 +62,8 @@ from client.errors import StaleTimestamp
 
 SESSION_METHOD = "/bftchat.v1.ClientService/Session"
 STATUS_METHOD = "/bftchat.v1.ClientService/Status"
-RESEND_AFTER = 1.0  # seconds without an accepted result before a request is sent (again) to all
+RESEND_AFTER = 1.0  # the least time without an accepted result before a request goes to all
+RESEND_MAX = 8.0  # the most: the adaptive timeout and the backoff between resends stop here
 READ_FALLBACK_AFTER = 1.0  # a one-round read that has not gathered 2f+1 by then is ordered instead
 MAX_RECEIVE = 64 * 1024 * 1024
 MAX_STALE_RETRIES = 5  # re-signings after "stale timestamp" answers before StaleTimestamp is raised
@@ -141,6 +143,35 @@ class _Stale:
     """f+1 replicas refused the request as stale and want timestamps >= ``smallest``."""
 
     smallest: int
+
+
+class RetransmitTimer:
+    """When to send an unanswered ordered request to all replicas: a TCP-style retransmission
+    timeout (RFC 6298) over this session's own commit latencies, srtt + 4·rttvar, never below
+    ``RESEND_AFTER`` nor above ``RESEND_MAX`` (the floor wins if a test raises it). Only requests
+    answered without a resend are sampled (Karn's rule), and each further resend doubles the wait.
+
+    Why adaptive: under overload a request waits at the primary for longer than a fixed 1 s. Then
+    every client resends to all replicas, every backup forwards and re-verifies the request, and the
+    extra work lowers throughput further. Seen at n = 7 with 500 closed-loop clients: 348 sends/s
+    against 584 at 200. Under a silent primary nothing changes. With latencies in milliseconds the
+    timeout stays at its 1 s floor, so failover still takes 1 s plus the replicas' view-change timer.
+    """
+
+    def __init__(self) -> None:
+        self.srtt: float | None = None
+        self.rttvar = 0.0
+
+    def sample(self, seconds: float) -> None:
+        if self.srtt is None:
+            self.srtt, self.rttvar = seconds, seconds / 2
+        else:
+            self.rttvar = 0.75 * self.rttvar + 0.25 * abs(self.srtt - seconds)
+            self.srtt = 0.875 * self.srtt + 0.125 * seconds
+
+    def timeout(self, resends: int = 0) -> float:
+        base = RESEND_AFTER if self.srtt is None else self.srtt + 4 * self.rttvar
+        return max(RESEND_AFTER, min(base * 2**resends, RESEND_MAX))
 
 
 @dataclass
@@ -324,6 +355,7 @@ class ClusterSession:
         self._clock = clock
         self._timestamp = 0
         self._views: dict[int, int] = {}  # replica -> view of its latest verified reply
+        self.retransmit = RetransmitTimer()
         self.last_seq = 0
         self.last_raw = b""  # the signed bytes of the latest request sent
 
@@ -445,8 +477,9 @@ class ClusterSession:
 
     async def _attempt(self, op: bytes, read_only: bool, deadline: float) -> CheckedReply | _Stale | None:
         """Sign ``op`` with a fresh timestamp and send it until a result is accepted: an ordered
-        request first to the believed primary, then (after RESEND_AFTER, or a refusal) to all,
-        resent to all every RESEND_AFTER. None: a one-round read that should be ordered instead."""
+        request first to the believed primary, then (after the retransmission timeout, or a
+        refusal) to all, resent to all with the wait doubling up to RESEND_MAX. None: a one-round
+        read that should be ordered instead."""
         ts = self._next_timestamp()
         raw = make_request(
             self.signer,
@@ -465,19 +498,24 @@ class ClusterSession:
         p = _Pending(ts, raw, sha256(raw), read_only, collector, fut, target)
         self._pending[ts] = p
         try:
-            first = True
+            resends = 0
+            sent = time.monotonic()
             self._transmit(p)
             while True:
                 left = deadline - time.monotonic()
                 if left <= 0:
                     raise self._failed(p)
-                wait = min(left, READ_FALLBACK_AFTER if read_only else RESEND_AFTER)
+                wait = min(left, READ_FALLBACK_AFTER if read_only else self.retransmit.timeout(resends))
                 try:
-                    return await asyncio.wait_for(asyncio.shield(fut), wait)
+                    result = await asyncio.wait_for(asyncio.shield(fut), wait)
                 except TimeoutError:
-                    if read_only and first:
+                    if read_only and not resends:
                         return None
-                first = False
+                else:
+                    if not read_only and not resends:
+                        self.retransmit.sample(time.monotonic() - sent)  # Karn: unambiguous samples only
+                    return result
+                resends += 1
                 p.target = None  # no result in time: all replicas (backups forward it, and watch)
                 self._transmit(p)
         finally:

@@ -33,12 +33,28 @@ from bft.wire import WireError
 from client import e2e
 from client import session as session_module
 from client.chat import ChatClient
-from client.session import SESSION_METHOD, ClusterSession, channel
+from client.session import RESEND_AFTER, RESEND_MAX, SESSION_METHOD, ClusterSession, RetransmitTimer, channel
 
 CID = cluster_id_from(b"claims")
 NONCE = bytes(range(32))
 
 # ---- the claim proof ----------------------------------------------------------------------------
+
+
+def test_the_retransmission_timeout_follows_the_sessions_latency_within_bounds() -> None:
+    t = RetransmitTimer()
+    assert t.timeout() == RESEND_AFTER  # nothing measured yet
+    for _ in range(20):
+        t.sample(0.01)  # a healthy cluster: milliseconds
+    assert t.timeout() == RESEND_AFTER  # failover is not slowed down: the floor holds
+    for _ in range(50):
+        t.sample(1.5)  # overload: requests wait 1.5 s at the primary
+    assert 1.5 < t.timeout() < 2.5  # resends only once a request is clearly late
+    assert t.timeout(1) == min(2 * t.timeout(), RESEND_MAX)  # backoff between resends
+    assert t.timeout(5) == RESEND_MAX
+    for _ in range(50):
+        t.sample(30.0)
+    assert t.timeout() == RESEND_MAX  # never waits longer than the cap
 
 
 def test_a_claim_verifies_for_its_stream_only() -> None:
