@@ -1,8 +1,8 @@
 """Replica-to-replica links: length-prefixed frames over mutual-TLS TCP, one connection per direction.
 
-Why not gRPC here (the client port stays gRPC): a grpc.aio stream write plus its read cost about
-200 µs of CPU per frame on this stack, against 20–40 µs for an asyncio stream carrying the same
-bytes, and peer frames are most of a replica's traffic (docs/NOTEBOOK.md, "Peer transport").
+Why not gRPC here (the client port stays gRPC): per message, grpc.aio costs this stack 2–10× the
+CPU of an asyncio stream carrying the same bytes (``scripts/bench_transport.py``), and peer frames
+are most of a replica's traffic (docs/NOTEBOOK.md, "Peer transport").
 
 Wire format, both directions: ``u32 big-endian length || protobuf`` (``LinkDown`` from the
 listening replica, ``LinkUp`` from the connecting one; proto/bftchat/v1/service.proto). Replica A
