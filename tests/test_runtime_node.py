@@ -303,6 +303,27 @@ def test_replies_and_pushes_reach_only_their_sessions() -> None:
     assert (push.replica, push.recipient, push.message_id, push.seq) == (0, "alice", 5, 9)
 
 
+def test_a_full_inbox_makes_peer_readers_wait_until_half_of_it_is_done() -> None:
+    """The peer listener stops reading a connection while the node is backlogged (TCP then pushes
+    back on the sender) and resumes once the inbox is down to half the high mark."""
+    from bft.runtime.node import INBOX_HIGH
+
+    async def scenario() -> tuple[bool, bool, int]:
+        node, core = make_node([])
+        node.start()
+        node.deliver_peer([b"m"] * (INBOX_HIGH + 100))
+        backlogged = node.backlogged()
+        waiter = asyncio.ensure_future(node.drained())
+        await asyncio.sleep(0)
+        early = waiter.done()  # nothing processed yet: still waiting
+        await asyncio.wait_for(waiter, 10)
+        return backlogged, early, len([i for i in core.inputs if i[0] == "message"])
+
+    backlogged, early, processed = asyncio.run(scenario())
+    assert backlogged and not early
+    assert processed >= INBOX_HIGH // 2 + 100  # it returns only once the inbox is down to half
+
+
 def test_link_policy_is_a_seam() -> None:
     trace: list[str] = []
     node, _ = make_node(trace)
