@@ -390,11 +390,15 @@ class ClusterSession:
 
     async def wait_connected(self, count: int | None = None, timeout: float = 10.0) -> None:
         """Until ``count`` (default all) session streams are up."""
+        await self._until_streams("up", count, timeout, "sessions up")
+
+    async def _until_streams(self, flag: str, count: int | None, timeout: float, what: str) -> None:
+        """Until ``count`` (default all) streams have ``flag`` set; TimeoutError naming ``what``."""
         need = self.cluster.n if count is None else count
         deadline = time.monotonic() + timeout
-        while sum(c.up for c in self.conns) < need:
+        while (have := sum(bool(getattr(c, flag)) for c in self.conns)) < need:
             if time.monotonic() > deadline:
-                raise TimeoutError(f"only {sum(c.up for c in self.conns)} of {need} sessions up")
+                raise TimeoutError(f"only {have} of {need} {what}")
             await asyncio.sleep(0.02)
 
     # ---- the primary
@@ -586,12 +590,7 @@ class ClusterSession:
         self.want_pushes = True
         for c in self.conns:
             c.prove()
-        need = self.cluster.n if count is None else count
-        deadline = time.monotonic() + timeout
-        while sum(c.subscribed for c in self.conns) < need:
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"only {sum(c.subscribed for c in self.conns)} of {need} subscriptions")
-            await asyncio.sleep(0.02)
+        await self._until_streams("subscribed", count, timeout, "subscriptions")
 
     def on_push(self, env: pb.Envelope) -> None:
         try:

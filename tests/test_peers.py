@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from bft.core.config import ClusterInfo
 from bft.crypto import Ed25519Signer, Ed25519Verifier, cluster_id_from
 from bft.runtime import tls
 from bft.runtime.handshake import link_hello
@@ -33,17 +34,10 @@ class Inbox:
 
     def __init__(self, replica_id: int) -> None:
         self.id = replica_id
+        self.cluster = ClusterInfo(tuple(s.public_key for s in SIGNERS), CID)
         self.stopping = False
         self.messages: list[bytes] = []
         self.arrived = asyncio.Event()
-
-    @property
-    def cluster_id(self) -> bytes:
-        return CID
-
-    @property
-    def public_keys(self) -> tuple[bytes, ...]:
-        return tuple(s.public_key for s in SIGNERS)
 
     def deliver_peer(self, messages: list[bytes]) -> None:
         self.messages.extend(messages)

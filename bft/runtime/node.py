@@ -127,6 +127,41 @@ def request_meta(raw: bytes) -> tuple[Route, pb.RequestBody] | None:
     return (env.body[TAG_LEN : TAG_LEN + KEY_LEN], body.session), body
 
 
+class RouteIndex:
+    """(client key, session) -> session stream, also indexed by stream, so that a closing stream
+    drops its routes in O(its routes). Insertion order is recency (``put`` moves a route last)."""
+
+    def __init__(self) -> None:
+        self._sink: dict[Route, Sink] = {}
+        self._of: dict[Sink, set[Route]] = {}
+
+    def __len__(self) -> int:
+        return len(self._sink)
+
+    def get(self, route: Route) -> Sink | None:
+        return self._sink.get(route)
+
+    def held_by(self, sink: Sink) -> set[Route]:
+        return self._of.get(sink, set())
+
+    def put(self, route: Route, sink: Sink) -> None:
+        """``route`` goes to ``sink`` from now on (taken over from another stream if need be)."""
+        old = self._sink.pop(route, None)
+        if old is not None and old is not sink:
+            self._of.get(old, set()).discard(route)
+        self._sink[route] = sink
+        self._of.setdefault(sink, set()).add(route)
+
+    def evict_oldest(self) -> None:
+        route = next(iter(self._sink))
+        self._of.get(self._sink.pop(route), set()).discard(route)
+
+    def drop(self, sink: Sink) -> None:
+        for route in self._of.pop(sink, ()):
+            if self._sink.get(route) is sink:
+                del self._sink[route]
+
+
 def _reply_frame(data: bytes) -> bytes:
     return spb.ServerFrame(reply=data).SerializeToString()
 
@@ -172,10 +207,8 @@ class Node:
         self._disk = ThreadPoolExecutor(1, thread_name_prefix="log-sync")
         self._scheduled = False
         self._timers: dict[str, asyncio.TimerHandle] = {}
-        self._routes: dict[Route, Sink] = {}  # by arrival: the stream the session's last request came on
-        self._routes_of: dict[Sink, set[Route]] = {}  # so a closing session is O(its routes)
-        self._claims: dict[Route, Sink] = {}  # by a verified SessionClaim
-        self._claims_of: dict[Sink, set[Route]] = {}
+        self._routes = RouteIndex()  # by arrival: the stream the session's last request came on
+        self._claims = RouteIndex()  # by a verified SessionClaim
         self._subscribers: dict[bytes, set[Sink]] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self.stopping = False
@@ -259,14 +292,6 @@ class Node:
             inbox.append(("m", m, None))
         self._schedule()
 
-    @property
-    def cluster_id(self) -> bytes:
-        return self.cluster.cluster_id
-
-    @property
-    def public_keys(self) -> tuple[bytes, ...]:
-        return self.cluster.public_keys
-
     def backlogged(self) -> bool:
         return len(self._inbox) > INBOX_HIGH
 
@@ -294,26 +319,18 @@ class Node:
         """Replies for ``route`` go to ``sink`` from now on (the claim's signature was verified by
         the caller). A later claim on another stream takes the route over. Returns why it was
         refused, or None."""
-        mine = self._claims_of.get(sink)
-        if (mine is None or route not in mine) and len(mine or ()) >= MAX_CLAIMS_PER_SESSION:
+        mine = self._claims.held_by(sink)
+        if route not in mine and len(mine) >= MAX_CLAIMS_PER_SESSION:
             return f"at most {MAX_CLAIMS_PER_SESSION} claimed sessions per stream"
-        old = self._claims.get(route)
-        if old is None and len(self._claims) >= MAX_CLAIMS:
+        if self._claims.get(route) is None and len(self._claims) >= MAX_CLAIMS:
             return "too many claimed sessions on this replica"
-        if old is not None and old is not sink:
-            self._claims_of.get(old, set()).discard(route)
-        self._claims[route] = sink
-        self._claims_of.setdefault(sink, set()).add(route)
+        self._claims.put(route, sink)
         return None
 
     def forget(self, sink: Sink) -> None:
         """A session ended: drop its routes, claims and subscriptions."""
-        for route in self._routes_of.pop(sink, ()):
-            if self._routes.get(route) is sink:
-                del self._routes[route]
-        for route in self._claims_of.pop(sink, ()):
-            if self._claims.get(route) is sink:
-                del self._claims[route]
+        self._routes.drop(sink)
+        self._claims.drop(sink)
         for key in [k for k, subs in self._subscribers.items() if sink in subs]:
             subs = self._subscribers[key]
             subs.discard(sink)
@@ -382,16 +399,9 @@ class Node:
             sink.send(spb.ServerFrame(error=refusal).SerializeToString())
             return
         if meta is not None:
-            route = meta[0]
-            routes = self._routes
-            old = routes.pop(route, None)  # re-insert: most recently used last
-            if old is not None and old is not sink:
-                self._routes_of.get(old, set()).discard(route)
-            routes[route] = sink
-            self._routes_of.setdefault(sink, set()).add(route)
-            if len(routes) > MAX_ROUTES:
-                oldest = next(iter(routes))
-                self._routes_of.get(routes.pop(oldest), set()).discard(oldest)
+            self._routes.put(meta[0], sink)  # most recently used last
+            if len(self._routes) > MAX_ROUTES:
+                self._routes.evict_oldest()
 
     def _stale(self, route: Route, timestamp: int) -> tuple[str | None, int]:
         """A request the core accepted without a word: is it one it dropped as stale (timestamp

@@ -35,6 +35,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Protocol
 
+from bft.core.config import ClusterInfo
 from bft.crypto import Verifier
 from bft.faults import LinkPolicy
 from bft.pb.bftchat.v1 import service_pb2 as spb
@@ -336,13 +337,8 @@ class Inbox(Protocol):
     """What the listener needs of the node (``bft.runtime.node.Node``)."""
 
     id: int
+    cluster: ClusterInfo
     stopping: bool
-
-    @property
-    def cluster_id(self) -> bytes: ...
-
-    @property
-    def public_keys(self) -> tuple[bytes, ...]: ...
 
     def deliver_peer(self, messages: list[bytes]) -> None: ...
 
@@ -400,7 +396,7 @@ class PeerListener:
         try:
             peer = await self._accept(reader, writer, remote)
             if peer is not None:
-                await self._receive(reader, peer, remote)
+                await self._receive(reader, peer)
         except (OSError, ssl.SSLError, TimeoutError, asyncio.IncompleteReadError):
             pass  # the connection broke; the peer reconnects
         finally:
@@ -421,8 +417,9 @@ class PeerListener:
             up = parse(spb.LinkUp, first)
             if not up.HasField("hello"):
                 raise WireError("a link must start with a hello")
+            cluster = node.cluster
             peer = check_link_hello(
-                up.hello, node.cluster_id, node.public_keys, node.id, nonce, self.verifier
+                up.hello, cluster.cluster_id, cluster.public_keys, node.id, nonce, self.verifier
             )
             if self.tls is not None:
                 named = cert_replica_ids(peer_cert_names(writer.get_extra_info("peercert")))
@@ -437,7 +434,7 @@ class PeerListener:
         await writer.drain()
         return peer
 
-    async def _receive(self, reader: asyncio.StreamReader, peer: int, remote: str) -> None:
+    async def _receive(self, reader: asyncio.StreamReader, peer: int) -> None:
         node = self.node
         self.inbound[peer] = self.inbound.get(peer, 0) + 1
         self.events.debug("peer_link_in", peer=peer)
