@@ -181,7 +181,7 @@ def test_only_owner_reads_and_acks() -> None:
 
 
 def test_send_errors_change_nothing() -> None:
-    d, alice, bob = fresh(ChatLimits(max_inbox=2))
+    d, alice, bob = fresh(ChatLimits(max_inbox=4))  # a lone sender's share is half: 2
     ghost = User("ghost")
     assert_rejected(d, alice.send(ghost, b"hi"), Code.NO_SUCH_RECIPIENT)
     assert_rejected(d, ghost.send(bob, b"hi"), Code.NO_SUCH_ACCOUNT)
@@ -206,7 +206,7 @@ def test_send_errors_change_nothing() -> None:
     assert_rejected(d, alice.request(send_op(ciphertext=b"c" * 39)), Code.BODY_TOO_SMALL)
     assert d.run(alice.request(send_op(ciphertext=b"c" * 64 * 1024))).sent.id == 1
     assert d.run(alice.request(send_op())).sent.id == 2
-    assert_rejected(d, alice.request(send_op()), Code.INBOX_FULL)
+    assert_rejected(d, alice.request(send_op()), Code.QUOTA_EXCEEDED)
     assert_rejected(d, alice.request(send_op(ciphertext=b"c" * 70_000)), Code.OP_TOO_LARGE)
     d.run(bob.request(e2e.ack_op("bob", 1)))
     assert d.run(alice.request(send_op())).sent.id == 3
@@ -380,6 +380,96 @@ def test_restore_rejects_bad_snapshots_and_keeps_state() -> None:
     with pytest.raises(ValueError):
         small.restore(good.SerializeToString())
     assert small.snapshot() == ChatApp().snapshot()
+
+
+# ---- quotas: keys are free, so per-key limits only hold under global ones ---------------------------
+
+
+def test_one_sender_cannot_fill_an_inbox() -> None:
+    """Max-min share: k senders get at most max_inbox/(k+1) each, so a newcomer always finds room."""
+    d, alice, bob = fresh(ChatLimits(max_inbox=12))
+    carol, dave = User("carol"), User("dave")
+    for u in (carol, dave):
+        d.run(u.request(e2e.register_op(u.name, u.box.public)))
+    sent = 0
+    while d.run(alice.send(bob, b"spam")).WhichOneof("result") == "sent":
+        sent += 1
+    assert sent == 6  # alone: half of the inbox
+    assert_rejected(d, alice.send(bob, b"more"), Code.QUOTA_EXCEEDED)
+    for _ in range(4):  # carol's share with alice present: 12 // 3
+        assert d.run(carol.send(bob, b"hello")).WhichOneof("result") == "sent"
+    assert_rejected(d, carol.send(bob, b"one more"), Code.QUOTA_EXCEEDED)
+    for _ in range(2):  # dave: 12 // 4 = 3, but only two slots are left in the inbox
+        assert d.run(dave.send(bob, b"hi")).WhichOneof("result") == "sent"
+    assert_rejected(d, dave.send(bob, b"full"), Code.INBOX_FULL)
+    d.run(bob.request(e2e.ack_op("bob", 10**9)))  # delivered: every share is free again
+    assert d.run(alice.send(bob, b"again")).WhichOneof("result") == "sent"
+
+
+def test_per_key_and_global_byte_budgets() -> None:
+    body = b"x" * 1000
+    probe, alice, _ = fresh()
+    cat = User("cat")
+    probe.run(cat.request(e2e.register_op("cat", cat.box.public)))
+    empty = probe.app.state_bytes
+    probe.run(alice.send(cat, body))
+    c = probe.app.state_bytes - empty  # accounted bytes of one such message (signed bytes + 192)
+    limits = ChatLimits(max_key_bytes=3 * c + c // 2, max_state_bytes=4 * 256 + 5 * c + 100)
+    d, alice, bob = fresh(limits)
+    cat, dan = User("cat"), User("dan")
+    for u in (cat, dan):
+        d.run(u.request(e2e.register_op(u.name, u.box.public)))
+    for _ in range(3):
+        assert d.run(alice.send(cat, body)).WhichOneof("result") == "sent"
+    assert_rejected(d, alice.send(dan, body), Code.QUOTA_EXCEEDED)  # alice's bytes, whatever the inbox
+    assert d.run(bob.send(dan, body)).WhichOneof("result") == "sent"
+    assert d.run(bob.send(cat, body)).WhichOneof("result") == "sent"
+    assert_rejected(d, dan.send(cat, body), Code.STATE_FULL)
+    assert_rejected(d, User("erin").request(e2e.register_op("erin", b"k" * 32)), Code.STATE_FULL)
+    d.run(cat.request(e2e.ack_op("cat", 10**9)))  # three of alice's and one of bob's delivered
+    for _ in range(3):
+        assert d.run(alice.send(dan, body)).WhichOneof("result") == "sent"
+    # The derived counters are rebuilt exactly from a snapshot: a restored replica refuses the same.
+    twin = Driver(ChatApp(limits))
+    twin.app.restore(d.app.snapshot())
+    assert twin.app.state_bytes == d.app.state_bytes
+    last = alice.send(dan, body)
+    assert error_code(d.run(last)) == Code.QUOTA_EXCEEDED
+    assert error_code(twin.run(last)) == Code.QUOTA_EXCEEDED
+
+
+def test_registrations_limited_per_window_of_batch_time() -> None:
+    app = ChatApp(ChatLimits(register_max=3, register_window_s=10))
+    users = [User(f"u{i}") for i in range(6)]
+
+    def register(u: User, t_s: float) -> cpb.ChatResult:
+        out = app.execute(u.request(e2e.register_op(u.name, u.box.public)), ExecContext(1, 0, int(t_s * 1e6)))
+        return e2e.parse_result(out.result)
+
+    for i in range(3):
+        assert register(users[i], 100 + i).WhichOneof("result") == "registered"
+    before = (app.digest(), app.snapshot())
+    assert error_code(register(users[3], 105)) == Code.RATE_LIMITED
+    assert (app.digest(), app.snapshot()) == before
+    # Deleting a recent account frees its place in the window (the limit is on state, not history).
+    app.execute(users[2].request(e2e.delete_op("u2")), ExecContext(2, 0, 106_000_000))
+    assert register(users[3], 106).WhichOneof("result") == "registered"
+    assert error_code(register(users[4], 109.9)) == Code.RATE_LIMITED
+    assert register(users[4], 110.5).WhichOneof("result") == "registered"  # u0 left the window
+    # A replica restored from a snapshot refuses exactly the same.
+    twin = ChatApp(ChatLimits(register_max=3, register_window_s=10))
+    twin.restore(app.snapshot())
+    late = users[5].request(e2e.register_op("u5", users[5].box.public))
+    out = twin.execute(late, ExecContext(3, 0, 110_900_000))
+    assert error_code(e2e.parse_result(out.result)) == Code.RATE_LIMITED
+    assert error_code(register(users[5], 110.9)) == Code.RATE_LIMITED
+
+
+def test_limits_validated() -> None:
+    with pytest.raises(ValueError):
+        ChatLimits(max_state_bytes=2**31)
+    with pytest.raises(ValueError):
+        ChatLimits(register_max=0)
 
 
 def test_memory_bounded_by_undelivered() -> None:

@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from bft.app.chat import ChatLimits
 from bft.core.config import Params
 from bft.crypto import Ed25519Signer
 from bft.runtime.clusterconf import ClusterConfig, ConfigError, ReplicaAddress, dump_config, load_config
@@ -118,10 +119,12 @@ def test_round_trip_with_every_optional_field(tmp_path: Path) -> None:
         params=Params(checkpoint_interval=16, watermark_window=64, view_change_timeout=0.5, max_in_flight=2),
         tls_ca=tmp_path / "elsewhere" / "ca.pem",
         admin_public_key=None,
+        chat=ChatLimits(max_inbox=50, register_max=10),
     )
     text = dump_config(cfg)
     assert 'tls_ca = "../elsewhere/ca.pem"' in text
     assert "[protocol]" in text and "batch_max_requests" not in text  # only non-default params
+    assert "[chat]\nmax_inbox = 50\nregister_max = 10\n" in text and "max_state_bytes" not in text
     path.write_text(text)
     loaded = load_config(path)
     assert loaded == cfg
@@ -287,6 +290,11 @@ def seven_replicas_for_n4(doc: dict[str, Any]) -> None:
         (protocol(view_change_timeout=0), "protocol.view_change_timeout", "must be positive"),
         (protocol(max_pending_total=-1), "protocol.max_pending_total", "must be positive"),
         (top(protocol=3), "[protocol]", "must be a table"),
+        (top(chat={"max_inbx": 5}), "chat.max_inbx", "unknown chat limit"),
+        (top(chat={"max_inbox": 0}), "chat.max_inbox", "must be a positive integer"),
+        (top(chat={"max_inbox": 2.5}), "chat.max_inbox", "must be a positive integer"),
+        (top(chat={"max_state_bytes": 2**31}), "[chat]", "max_state_bytes at most"),
+        (top(chat=3), "[chat]", "must be a table"),
         (top(replica=[1, 2]), "[[replica]]", "must be an array of tables"),
     ],
 )

@@ -16,7 +16,7 @@ from __future__ import annotations
 import bisect
 import hashlib
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from google.protobuf.message import DecodeError
 
@@ -25,7 +25,7 @@ from bft.app.names import literal_prefix, matches, normalize_name, normalize_pat
 from bft.crypto import KEY_LEN, SIG_LEN
 from bft.lthash import LtHash
 from bft.pb.bftchat.v1 import chat_pb2 as cpb
-from bft.wire import MAX_REQUEST_BYTES
+from bft.wire import MAX_REQUEST_BYTES, request_signer_key
 
 Code = cpb.ChatError.Code
 
@@ -33,6 +33,13 @@ BOX_KEY_LEN = 32
 BOX_OVERHEAD = 40
 """NaCl Box ciphertext = 24-byte nonce + 16-byte tag + plaintext; anything shorter is garbage."""
 SNAPSHOT_VERSION = 1
+
+ACCOUNT_COST = 256
+"""Bytes an account counts against the state budget: more than its snapshot record takes."""
+MESSAGE_OVERHEAD = 128
+"""Bytes a stored message counts beyond its signed bytes and signature (ids, times, framing)."""
+MAX_STATE_BYTES_CEILING = 3 << 29
+"""1.5 GiB: a snapshot (at most the accounted bytes) must stay under protobuf's 2 GiB message limit."""
 
 _U64 = struct.Struct(">Q")
 _MSG_HEAD = struct.Struct(">QQQI")
@@ -53,6 +60,21 @@ class ChatLimits:
     fetch_page: int = 100
     fetch_page_max: int = 1000
     fetch_bytes_max: int = 1 << 20  # signed bytes per Fetch page (at least one message is returned)
+    # Quotas. Keys are free, so per-key limits hold only under global ones; all are functions of the
+    # replicated state and the batch time, so every replica refuses the same operations.
+    max_state_bytes: int = 1 << 30  # accounted bytes of all accounts and undelivered messages
+    max_key_bytes: int = 64 << 20  # accounted bytes of undelivered messages one signing key sent
+    register_window_s: int = 60  # at most register_max accounts alive that were created within...
+    register_max: int = 2_000  # ...any window of this many seconds of batch time, cluster-wide
+
+    def __post_init__(self) -> None:
+        for name in self.__dataclass_fields__:
+            if getattr(self, name) < 1:
+                raise ValueError(f"chat limit {name} must be positive")
+        if self.max_state_bytes > MAX_STATE_BYTES_CEILING:
+            raise ValueError(
+                f"max_state_bytes at most {MAX_STATE_BYTES_CEILING}: a snapshot must stay one protobuf"
+            )
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,6 +95,8 @@ class _Message:
     signed: bytes
     signature: bytes
     element: bytes  # its LtHash element, kept (36 bytes) so removing it needs no rehash of the body
+    sender: bytes  # the signing key that sent it (inside ``signed``): whose quota it uses
+    cost: int  # accounted bytes (see ``_message_cost``)
 
 
 @dataclass(slots=True)
@@ -80,7 +104,9 @@ class _Account:
     name: str
     signing_key: bytes
     box_key: bytes
+    created_us: int  # batch time of the registration
     inbox: list[_Message]  # undelivered messages, ascending id (= commit order)
+    senders: dict[bytes, int] = field(default_factory=dict)  # messages in the inbox per sender key (derived)
 
 
 class _Reject(Exception):
@@ -92,9 +118,9 @@ class _Reject(Exception):
         self.text = text
 
 
-def _account_element(name: str, signing_key: bytes, box_key: bytes) -> bytes:
+def _account_element(name: str, signing_key: bytes, box_key: bytes, created_us: int) -> bytes:
     raw = name.encode()
-    return b"chat-acct\0" + bytes((len(raw),)) + raw + signing_key + box_key
+    return b"chat-acct\0" + bytes((len(raw),)) + raw + signing_key + box_key + _U64.pack(created_us)
 
 
 def _message_element(recipient: str, msg_id: int, seq: int, ts: int, signed: bytes, sig: bytes) -> bytes:
@@ -104,6 +130,10 @@ def _message_element(recipient: str, msg_id: int, seq: int, ts: int, signed: byt
     h.update(signed)
     h.update(sig)
     return b"chat-msg" + h.digest()
+
+
+def _message_cost(signed: bytes, signature: bytes) -> int:
+    return len(signed) + len(signature) + MESSAGE_OVERHEAD
 
 
 def _encode(result: cpb.ChatResult) -> bytes:
@@ -124,6 +154,9 @@ class ChatApp:
         self._per_key: dict[bytes, int] = {}  # accounts owned by each signing key (derived)
         self._next_id = 1
         self._stored = 0  # undelivered messages in total (derived)
+        self._state_bytes = 0  # accounted bytes of accounts and messages (derived)
+        self._key_bytes: dict[bytes, int] = {}  # accounted bytes of stored messages per sender key (derived)
+        self._recent: list[int] = []  # sorted created_us of live accounts, pruned below the window (derived)
         self._hash = LtHash()
         self._digest: bytes | None = None
 
@@ -134,7 +167,7 @@ class ChatApp:
             op = self._parse(request.op)
             kind = op.WhichOneof("op")
             if kind == "register":
-                return ExecResult(self._register(request, op.register))
+                return ExecResult(self._register(request, op.register, ctx))
             if kind == "send":
                 return self._send(request, op.send, ctx)
             if kind == "ack":
@@ -161,7 +194,9 @@ class ChatApp:
         snap = cpb.ChatSnapshot(version=SNAPSHOT_VERSION, next_id=self._next_id)
         for name in self._names:
             acct = self._accounts[name]
-            rec = snap.accounts.add(name=name, signing_key=acct.signing_key, box_key=acct.box_key)
+            rec = snap.accounts.add(
+                name=name, signing_key=acct.signing_key, box_key=acct.box_key, created_us=acct.created_us
+            )
             add = rec.inbox.add
             for m in acct.inbox:
                 add(id=m.id, seq=m.seq, timestamp_us=m.timestamp_us, signed=m.signed, signature=m.signature)
@@ -187,6 +222,9 @@ class ChatApp:
         lthash = LtHash()
         elements: list[bytes] = []  # hashed in one pass at the end (one carry mask, not one per add)
         stored = 0
+        state_bytes = 0
+        key_bytes: dict[bytes, int] = {}
+        created: list[int] = []
         for rec in snap.accounts:
             name = rec.name
             if normalize_name(name) != name or (names and name <= names[-1]):
@@ -200,6 +238,7 @@ class ChatApp:
                 raise ValueError(f"chat snapshot inbox of {name} exceeds the limit")
             per_key[rec.signing_key] = count
             inbox: list[_Message] = []
+            senders: dict[bytes, int] = {}
             last_id = 0
             for d in rec.inbox:
                 msg_id, seq, ts, signed, sig = d.id, d.seq, d.timestamp_us, d.signed, d.signature
@@ -210,15 +249,23 @@ class ChatApp:
                 seen_ids.add(msg_id)
                 last_id = msg_id
                 element = _message_element(name, msg_id, seq, ts, signed, sig)
-                inbox.append(_Message(msg_id, seq, ts, signed, sig, element))
+                sender, cost = request_signer_key(signed), _message_cost(signed, sig)
+                inbox.append(_Message(msg_id, seq, ts, signed, sig, element, sender, cost))
                 elements.append(element)
+                senders[sender] = senders.get(sender, 0) + 1
+                key_bytes[sender] = key_bytes.get(sender, 0) + cost
+                state_bytes += cost
             stored += len(inbox)
-            elements.append(_account_element(name, rec.signing_key, rec.box_key))
-            accounts[name] = _Account(name, rec.signing_key, rec.box_key, inbox)
+            state_bytes += ACCOUNT_COST
+            created.append(rec.created_us)
+            elements.append(_account_element(name, rec.signing_key, rec.box_key, rec.created_us))
+            accounts[name] = _Account(name, rec.signing_key, rec.box_key, rec.created_us, inbox, senders)
             names.append(name)
         lthash.add_many(elements)
         self._accounts, self._names, self._per_key = accounts, names, per_key
         self._next_id, self._stored, self._hash, self._digest = next_id, stored, lthash, None
+        self._state_bytes, self._key_bytes = state_bytes, key_bytes
+        self._recent = sorted(created)  # pruned at the next registration
 
     # ---- introspection (tests, benchmarks, runtime metrics) -------------------------------------
 
@@ -229,6 +276,11 @@ class ChatApp:
     @property
     def stored_messages(self) -> int:
         return self._stored
+
+    @property
+    def state_bytes(self) -> int:
+        """Accounted bytes of accounts and undelivered messages (what ``max_state_bytes`` bounds)."""
+        return self._state_bytes
 
     # ---- parsing and authorisation --------------------------------------------------------------
 
@@ -328,7 +380,7 @@ class ChatApp:
 
     # ---- writes ---------------------------------------------------------------------------------
 
-    def _register(self, request: Request, op: cpb.ChatRegister) -> bytes:
+    def _register(self, request: Request, op: cpb.ChatRegister, ctx: ExecContext) -> bytes:
         name = normalize_name(op.name)
         if name is None:
             raise _Reject(Code.INVALID_NAME, "invalid account name")
@@ -337,12 +389,24 @@ class ChatApp:
         if name in self._accounts:
             raise _Reject(Code.NAME_TAKEN, "name already taken")
         key = request.client_key
-        if self._per_key.get(key, 0) >= self.limits.max_accounts_per_key:
+        lim = self.limits
+        if self._per_key.get(key, 0) >= lim.max_accounts_per_key:
             raise _Reject(Code.TOO_MANY_ACCOUNTS, "this key owns the maximum number of accounts")
-        self._accounts[name] = _Account(name, key, op.box_key, [])
+        if self._state_bytes + ACCOUNT_COST > lim.max_state_bytes:
+            raise _Reject(Code.STATE_FULL, "the service is at its storage limit")
+        # The limit is a function of the state (live accounts and their creation times), not of the
+        # history: batch time is monotone, so entries below the window never count again.
+        now = ctx.timestamp_us
+        recent = self._recent
+        del recent[: bisect.bisect_right(recent, now - lim.register_window_s * 1_000_000)]
+        if len(recent) >= lim.register_max:
+            raise _Reject(Code.RATE_LIMITED, "too many new accounts right now; try again in a minute")
+        bisect.insort(recent, now)
+        self._state_bytes += ACCOUNT_COST
+        self._accounts[name] = _Account(name, key, op.box_key, now, [])
         bisect.insort(self._names, name)
         self._per_key[key] = self._per_key.get(key, 0) + 1
-        self._hash.add(_account_element(name, key, op.box_key))
+        self._hash.add(_account_element(name, key, op.box_key, now))
         self._changed()
         return _encode(cpb.ChatResult(registered=cpb.ChatRegistered(name=name)))
 
@@ -367,11 +431,26 @@ class ChatApp:
             raise _Reject(Code.RECIPIENT_KEY_MISMATCH, "recipient box key is not the recipient's current key")
         if len(rcpt.inbox) >= lim.max_inbox:
             raise _Reject(Code.INBOX_FULL, "recipient inbox is full")
+        key = request.client_key
+        mine = rcpt.senders.get(key, 0)
+        others = len(rcpt.senders) - (1 if mine else 0)
+        if mine >= lim.max_inbox // (others + 2):
+            # Max-min share with room kept for one more sender: k senders get at most max_inbox/(k+1)
+            # each, so one sender never fills an inbox and a newcomer always finds space.
+            raise _Reject(Code.QUOTA_EXCEEDED, "you have sent this recipient your share of their inbox")
+        cost = _message_cost(request.signed, request.signature)
+        if self._key_bytes.get(key, 0) + cost > lim.max_key_bytes:
+            raise _Reject(Code.QUOTA_EXCEEDED, "your undelivered messages reached your storage quota")
+        if self._state_bytes + cost > lim.max_state_bytes:
+            raise _Reject(Code.STATE_FULL, "the service is at its storage limit")
         msg_id = self._next_id
         element = _message_element(to, msg_id, ctx.seq, ctx.timestamp_us, request.signed, request.signature)
         rcpt.inbox.append(
-            _Message(msg_id, ctx.seq, ctx.timestamp_us, request.signed, request.signature, element)
+            _Message(msg_id, ctx.seq, ctx.timestamp_us, request.signed, request.signature, element, key, cost)
         )
+        rcpt.senders[key] = mine + 1
+        self._key_bytes[key] = self._key_bytes.get(key, 0) + cost
+        self._state_bytes += cost
         self._next_id = msg_id + 1
         self._stored += 1
         self._hash.add(element)
@@ -386,6 +465,7 @@ class ChatApp:
         if k:
             for m in inbox[:k]:
                 self._hash.remove(m.element)
+                self._forget(acct, m)
             del inbox[:k]
             self._stored -= k
             self._changed()
@@ -397,7 +477,12 @@ class ChatApp:
         dropped = len(acct.inbox)
         for m in acct.inbox:
             self._hash.remove(m.element)
-        self._hash.remove(_account_element(name, key, acct.box_key))
+            self._forget(acct, m)
+        self._state_bytes -= ACCOUNT_COST
+        i = bisect.bisect_left(self._recent, acct.created_us)
+        if i < len(self._recent) and self._recent[i] == acct.created_us:
+            del self._recent[i]  # one entry per live account (equal times are interchangeable)
+        self._hash.remove(_account_element(name, key, acct.box_key, acct.created_us))
         del self._accounts[name]
         del self._names[bisect.bisect_left(self._names, name)]
         left = self._per_key[key] - 1
@@ -408,3 +493,17 @@ class ChatApp:
         self._stored -= dropped
         self._changed()
         return _encode(cpb.ChatResult(deleted=cpb.ChatDeleted(name=name, dropped=dropped)))
+
+    def _forget(self, acct: _Account, m: _Message) -> None:
+        """Release a removed message's quota (its sender's count in the inbox, its bytes)."""
+        left = acct.senders[m.sender] - 1
+        if left:
+            acct.senders[m.sender] = left
+        else:
+            del acct.senders[m.sender]
+        left = self._key_bytes[m.sender] - m.cost
+        if left:
+            self._key_bytes[m.sender] = left
+        else:
+            del self._key_bytes[m.sender]
+        self._state_bytes -= m.cost

@@ -22,6 +22,7 @@ from typing import Any, NoReturn
 
 import nacl.bindings
 
+from bft.app.chat import ChatLimits
 from bft.core.config import ClusterInfo, Params
 from bft.crypto import CLUSTER_ID_LEN, KEY_LEN
 from bft.keys import toml_string
@@ -29,7 +30,7 @@ from bft.keys import toml_string
 _CLUSTER_KEYS = frozenset({"name", "n", "f", "cluster_id", "tls_ca", "admin_public_key"})
 _REPLICA_KEYS = frozenset({"id", "host", "port", "peer_port", "public_key", "metrics_port"})
 DEFAULT_PEER_PORT_OFFSET = 1000  # peer links listen on port + this unless peer_port says otherwise
-_TOP_KEYS = frozenset({"cluster", "protocol", "replica"})
+_TOP_KEYS = frozenset({"cluster", "protocol", "chat", "replica"})
 _PARAM_TYPES: dict[str, type] = {
     f.name: typing.get_type_hints(Params)[f.name] for f in dataclasses.fields(Params)
 }
@@ -76,6 +77,7 @@ class ClusterConfig:
     replicas: tuple[ReplicaAddress, ...]  # replicas[i].id == i
     params: Params = field(default_factory=Params)
     tls_ca: Path | None = None  # absolute, normalised
+    chat: ChatLimits = field(default_factory=ChatLimits)  # the replicated app's limits and quotas
     admin_public_key: bytes | None = None
 
     def __post_init__(self) -> None:
@@ -147,6 +149,7 @@ class _Parser:
             admin = self._public_key(cluster, "admin_public_key", "cluster.admin_public_key")
 
         params = self._params(doc.get("protocol", {}))
+        chat = self._chat(doc.get("chat", {}))
 
         raw_replicas = doc.get("replica", [])
         if not isinstance(raw_replicas, list) or not all(isinstance(r, dict) for r in raw_replicas):
@@ -163,6 +166,7 @@ class _Parser:
             params=params,
             tls_ca=tls_ca,
             admin_public_key=admin,
+            chat=chat,
         )
 
     def _replica(self, index: int, table: dict[str, Any]) -> ReplicaAddress:
@@ -200,6 +204,20 @@ class _Parser:
             return Params(**values)  # type: ignore[arg-type]
         except (TypeError, ValueError) as e:
             self.fail("[protocol]", str(e))
+
+    def _chat(self, table: Any) -> ChatLimits:
+        if not isinstance(table, dict):
+            self.fail("[chat]", "must be a table")
+        known = {f.name for f in dataclasses.fields(ChatLimits)}
+        for key, value in table.items():
+            if key not in known:
+                self.fail(f"chat.{key}", f"unknown chat limit (known: {', '.join(sorted(known))})")
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                self.fail(f"chat.{key}", f"must be a positive integer, got {value!r}")
+        try:
+            return ChatLimits(**table)
+        except ValueError as e:
+            self.fail("[chat]", str(e))
 
     def _no_unknown(self, table: dict[str, Any], known: frozenset[str], prefix: str) -> None:
         for key in table:
@@ -340,15 +358,11 @@ def dump_config(cfg: ClusterConfig) -> str:
         lines.append(f"tls_ca = {toml_string(_relative_to_config(cfg.tls_ca, cfg.path))}")
     if cfg.admin_public_key is not None:
         lines.append(f'admin_public_key = "{cfg.admin_public_key.hex()}"')
-    defaults = Params()
-    changed = [
-        (f.name, getattr(cfg.params, f.name))
-        for f in dataclasses.fields(Params)
-        if getattr(cfg.params, f.name) != getattr(defaults, f.name)
-    ]
-    if changed:
-        lines += ["", "[protocol]"]
-        lines += [f"{k} = {v!r}" for k, v in changed]
+    for table, values in (("protocol", cfg.params), ("chat", cfg.chat)):
+        changed = _non_default(values)
+        if changed:
+            lines += ["", f"[{table}]"]
+            lines += [f"{k} = {v!r}" for k, v in changed]
     for r in cfg.replicas:
         lines += [
             "",
@@ -363,6 +377,16 @@ def dump_config(cfg: ClusterConfig) -> str:
         if r.metrics_port is not None:
             lines.append(f"metrics_port = {r.metrics_port}")
     return "\n".join(lines) + "\n"
+
+
+def _non_default(values: Params | ChatLimits) -> list[tuple[str, object]]:
+    """The fields of a parameter dataclass that differ from its defaults, in declaration order."""
+    defaults = type(values)()
+    return [
+        (f.name, getattr(values, f.name))
+        for f in dataclasses.fields(values)
+        if getattr(values, f.name) != getattr(defaults, f.name)
+    ]
 
 
 def _relative_to_config(target: Path, config_path: Path) -> str:

@@ -19,6 +19,7 @@ os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
 
 import argparse
 import asyncio
+import functools
 import logging
 import signal
 import sys
@@ -151,7 +152,8 @@ def prepare(args: argparse.Namespace) -> Prepared:
     for warning in report.warnings:
         events.warning("log_repaired", detail=warning)
     recovering = report.recovering or getattr(report, "fresh", False)
-    core = Replica(cluster, rid, signer, verifier, ChatApp, records=records, recovering=recovering)
+    app = functools.partial(ChatApp, config.chat)  # every replica runs the config's limits
+    core = Replica(cluster, rid, signer, verifier, app, records=records, recovering=recovering)
     load_seconds = time.perf_counter() - started
     events.info(
         "log_loaded",

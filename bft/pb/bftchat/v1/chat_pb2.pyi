@@ -118,6 +118,9 @@ class ChatError(_message.Message):
         BODY_TOO_LARGE: _ClassVar[ChatError.Code]
         BODY_TOO_SMALL: _ClassVar[ChatError.Code]
         INBOX_FULL: _ClassVar[ChatError.Code]
+        RATE_LIMITED: _ClassVar[ChatError.Code]
+        QUOTA_EXCEEDED: _ClassVar[ChatError.Code]
+        STATE_FULL: _ClassVar[ChatError.Code]
     CODE_UNSPECIFIED: ChatError.Code
     MALFORMED: ChatError.Code
     OP_TOO_LARGE: ChatError.Code
@@ -135,6 +138,9 @@ class ChatError(_message.Message):
     BODY_TOO_LARGE: ChatError.Code
     BODY_TOO_SMALL: ChatError.Code
     INBOX_FULL: ChatError.Code
+    RATE_LIMITED: ChatError.Code
+    QUOTA_EXCEEDED: ChatError.Code
+    STATE_FULL: ChatError.Code
     CODE_FIELD_NUMBER: _ClassVar[int]
     MESSAGE_FIELD_NUMBER: _ClassVar[int]
     code: ChatError.Code
@@ -226,13 +232,15 @@ class ChatSnapshot(_message.Message):
     def __init__(self, version: _Optional[int] = ..., next_id: _Optional[int] = ..., accounts: _Optional[_Iterable[_Union[ChatAccountRecord, _Mapping]]] = ...) -> None: ...
 
 class ChatAccountRecord(_message.Message):
-    __slots__ = ("name", "signing_key", "box_key", "inbox")
+    __slots__ = ("name", "signing_key", "box_key", "inbox", "created_us")
     NAME_FIELD_NUMBER: _ClassVar[int]
     SIGNING_KEY_FIELD_NUMBER: _ClassVar[int]
     BOX_KEY_FIELD_NUMBER: _ClassVar[int]
     INBOX_FIELD_NUMBER: _ClassVar[int]
+    CREATED_US_FIELD_NUMBER: _ClassVar[int]
     name: str
     signing_key: bytes
     box_key: bytes
     inbox: _containers.RepeatedCompositeFieldContainer[ChatDelivered]
-    def __init__(self, name: _Optional[str] = ..., signing_key: _Optional[bytes] = ..., box_key: _Optional[bytes] = ..., inbox: _Optional[_Iterable[_Union[ChatDelivered, _Mapping]]] = ...) -> None: ...
+    created_us: int
+    def __init__(self, name: _Optional[str] = ..., signing_key: _Optional[bytes] = ..., box_key: _Optional[bytes] = ..., inbox: _Optional[_Iterable[_Union[ChatDelivered, _Mapping]]] = ..., created_us: _Optional[int] = ...) -> None: ...
