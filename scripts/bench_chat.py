@@ -20,7 +20,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bft.app.base import ExecContext, Request
-from bft.app.chat import ChatApp
+from bft.app.chat import ChatApp, ChatLimits
 from bft.lthash import LtHash
 from bft.pb.bftchat.v1 import chat_pb2 as cpb
 from client import e2e
@@ -70,7 +70,7 @@ def main() -> None:
     timed("LtHash.add (one element)", [partial(h.add, e) for e in elements])
     timed("LtHash.remove (one element)", [partial(h.remove, e) for e in elements])
 
-    app = ChatApp()
+    app = ChatApp(ChatLimits(register_max=10**9))  # registers 2n accounts at one batch time
     ctx = ExecContext(seq=1, index=0, timestamp_us=0)
 
     def execs(reqs: list[Request]) -> list[Callable[[], object]]:
