@@ -231,3 +231,39 @@ def test_launcher_passes_fault_injection_and_shows_faulty_replicas(tmp_path: Pat
         assert launcher.terminate() == 0, launcher.text()
     finally:
         launcher.kill()
+
+
+@pytest.mark.timeout(180)
+def test_launcher_restarts_a_failed_replica_and_one_on_request(tmp_path: Path) -> None:
+    directory = tmp_path / "cluster"
+    taken: set[int] = set()
+    ports = ["--base-port", str(free_range(4, taken)), "--peer-base-port", str(free_range(4, taken))]
+    cmd = launcher_cmd(directory, "--replicas", "4", *ports)
+    launcher = Launcher(cmd, tmp_path / "run.out")
+    try:
+        launcher.wait_for(r"all 4 replicas up")
+        first = launcher.replica_pids()
+        os.kill(first[1], signal.SIGKILL)
+        launcher.wait_for(r"restarting replica 1 in 1 s \(failure 1 in a row\)")
+        again = int(launcher.wait_for(r"started replica 1 \(pid (\d+)\) again").group(1))
+        assert again != first[1] and not gone(again)
+        launcher.wait_for(r"4/4 up")
+
+        asked = subprocess.run(
+            launcher_cmd(directory, "--restart", "2"), capture_output=True, text=True, timeout=30
+        )
+        assert asked.returncode == 0, asked.stderr
+        launcher.wait_for(r"restart of replica 2 requested: stopping it")
+        launcher.wait_for(r"replica 2 stopped with status 0")
+        new2 = int(launcher.wait_for(r"started replica 2 \(pid (\d+)\) again").group(1))
+        assert gone(first[2]) and not gone(new2)
+        bad = subprocess.run(launcher_cmd(directory, "--restart", "9"), capture_output=True, text=True)
+        assert bad.returncode == 2 and "replicas 0..3" in bad.stderr
+        alice, bob = User("alice"), User("bob")
+        run(round_trip(directory / "config.toml", alice, bob, b"after restarts"), timeout=90)
+        assert launcher.terminate() == 0, launcher.text()
+    finally:
+        launcher.kill()
+    assert all(gone(pid) for pid in launcher.replica_pids())
+    idle = subprocess.run(launcher_cmd(directory, "--restart", "0"), capture_output=True, text=True)
+    assert idle.returncode == 2 and "no bftchat-cluster is running" in idle.stderr

@@ -2,13 +2,16 @@
 
     bftchat-cluster [--dir keys/cluster] [--replicas 7] [--insecure] [--allow-fault-injection]
                     [--base-port 7100] [--peer-base-port P]
+    bftchat-cluster [--dir keys/cluster] --restart I
 
 On first use it writes the cluster's keys, TLS files and ``config.toml`` into DIR (as
 ``bftchat-keygen cluster`` does) and creates each replica's data dir at genesis. It then starts
 every replica as a child process (``DIR/data/replica-<i>``, output appended to
 ``DIR/logs/replica-<i>.log``), shows a live status line, and on Ctrl-C, SIGTERM or SIGHUP stops
 exactly the processes it started, by PID (SIGTERM, then SIGKILL after a grace period). Data stays
-in DIR, so the next run continues where this one stopped.
+in DIR, so the next run continues where this one stopped. A replica that fails once the cluster is
+up (non-zero exit, killed) is restarted after an exponential back-off (``Supervisor``); ``--restart
+I`` from another terminal asks the running launcher to restart replica I.
 
 The process machinery (``LocalCluster``) is shared with ``bftchat-bench``, which starts its own
 clusters the same way.
@@ -44,6 +47,9 @@ STOP_GRACE = 10.0  # seconds a replica gets after SIGTERM before SIGKILL
 REFRESH = 1.0  # status refresh interval
 PLAIN_EVERY = 5.0  # without a terminal, one status line this often (and on every change of state)
 FAULT_FLAG = "--allow-fault-injection"
+RESTART_MIN = 1.0  # seconds before restarting a replica that failed; doubles per failure in a row...
+RESTART_MAX = 30.0  # ...up to this
+STABLE_UPTIME = 30.0  # a replica that ran this long before failing starts its back-off afresh
 
 
 class UsageError(Exception):
@@ -259,6 +265,12 @@ class LocalCluster:
         return env
 
     def start(self, i: int) -> ReplicaProc:
+        old = self.procs.get(i)
+        if old is not None:
+            if old.popen.poll() is None:
+                raise RuntimeError(f"replica {i} is still running (pid {old.popen.pid})")
+            with contextlib.suppress(OSError):
+                old.log.close()
         self.log_path(i).parent.mkdir(parents=True, exist_ok=True)
         log = self.log_path(i).open("ab")
         log.write(f"---- bftchat-cluster: starting replica {i} at {time.ctime()}\n".encode())
@@ -303,6 +315,40 @@ class LocalCluster:
             if p.popen.poll() is None:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(p.popen.pid, sig)
+
+    def stop_one(self, i: int, grace: float = STOP_GRACE) -> int | None:
+        """SIGTERM replica ``i``, SIGKILL it after ``grace``; its exit code (None if never started)."""
+        p = self.procs.get(i)
+        if p is None:
+            return None
+        if p.popen.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(p.popen.pid, signal.SIGTERM)
+            try:
+                return p.popen.wait(grace)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(p.popen.pid, signal.SIGKILL)
+        return p.popen.wait()
+
+    # ---- restart requests from another process (``bftchat-cluster --restart I``)
+
+    @property
+    def control_dir(self) -> Path:
+        return self.directory / "control"
+
+    def take_restart_requests(self) -> list[int]:
+        """Replica ids asked for since the last call (each request file is consumed)."""
+        found = []
+        with contextlib.suppress(FileNotFoundError):
+            for entry in sorted(self.control_dir.iterdir()):
+                name = entry.name
+                if name.startswith("restart-") and name[8:].isdigit():
+                    with contextlib.suppress(FileNotFoundError):
+                        entry.unlink()
+                        if int(name[8:]) < self.config.n:
+                            found.append(int(name[8:]))
+        return found
 
     def stop_all(self, grace: float = STOP_GRACE) -> dict[int, int]:
         """SIGTERM every replica, wait up to ``grace``, SIGKILL the rest; the exit codes by id."""
@@ -605,6 +651,7 @@ async def run_launcher(
     n = cluster.config.n
     came_up = False
     failed_start = False
+    supervisor = Supervisor(cluster, display)
     footer = "Ctrl-C stops all replicas (data stays in " + str(cluster.directory) + ")"
     try:
         while not stop.is_set():
@@ -619,10 +666,14 @@ async def run_launcher(
                     display.note("    " + cluster.tail(i).replace("\n", "\n    "))
                     if not came_up:
                         failed_start = True
+                    else:
+                        supervisor.exited(i, code)
             if failed_start:
                 display.note("a replica could not start: stopping the cluster")
                 break
-            if all(code is not None for code in codes.values()):
+            await supervisor.step()
+            codes = {i: cluster.exit_code(i) for i in range(n)}
+            if all(code is not None for code in codes.values()) and not supervisor.pending:
                 display.note("every replica has exited")
                 break
             await board.poll(codes)
@@ -644,6 +695,86 @@ async def run_launcher(
     detail = ", ".join(f"{i}:{c}" for i, c in sorted(codes_now.items()))
     display.note(f"stopped ({'clean' if clean else 'not clean'}; exit status by replica {detail})")
     return 0 if clean and not failed_start and came_up else 1
+
+
+@dataclass
+class _Backoff:
+    failures: int = 0  # failures in a row, each within STABLE_UPTIME of its start
+    due: float | None = None  # monotonic time of the next start, when one is scheduled
+    started: float = field(default_factory=time.monotonic)
+
+
+class Supervisor:
+    """Restarts replicas: one that failed (non-zero exit, a signal) after an exponential back-off,
+    and any replica on request (``bftchat-cluster --restart I``, SIGTERM first if it runs).
+
+    A replica stops itself when its core raises inside a validated transition (it restarts from
+    its log), so a crash loop is possible in principle: the back-off bounds its cost. A replica
+    that exits 0 was stopped on purpose and stays stopped until asked for.
+    """
+
+    def __init__(self, cluster: LocalCluster, display: Display) -> None:
+        self.cluster = cluster
+        self.display = display
+        self.state = {i: _Backoff() for i in range(cluster.config.n)}
+
+    @property
+    def pending(self) -> bool:
+        return any(b.due is not None for b in self.state.values())
+
+    def exited(self, i: int, code: int) -> None:
+        b = self.state[i]
+        if code == 0:
+            self.display.note(
+                f"replica {i} stopped cleanly; 'bftchat-cluster --dir {self.cluster.directory} "
+                f"--restart {i}' starts it again"
+            )
+            return
+        now = time.monotonic()
+        if now - b.started >= STABLE_UPTIME:
+            b.failures = 0
+        delay = min(RESTART_MAX, RESTART_MIN * 2**b.failures)
+        b.failures += 1
+        b.due = now + delay
+        self.display.note(f"restarting replica {i} in {delay:.0f} s (failure {b.failures} in a row)")
+
+    async def step(self) -> None:
+        """Carry out restart requests, then every restart that is due."""
+        for i in self.cluster.take_restart_requests():
+            if self.cluster.alive(i):
+                self.display.note(f"restart of replica {i} requested: stopping it")
+                self.cluster.procs[i].exit_reported = True
+                code = await asyncio.to_thread(self.cluster.stop_one, i)
+                self.display.note(f"replica {i} stopped with status {code}")
+            self.state[i] = _Backoff(due=time.monotonic())
+        now = time.monotonic()
+        for i, b in self.state.items():
+            if b.due is not None and now >= b.due and not self.cluster.alive(i):
+                b.due, b.started = None, now
+                proc = self.cluster.start(i)
+                self.display.note(f"started replica {i} (pid {proc.popen.pid}) again")
+
+
+def request_restart(directory: Path, replica: int) -> None:
+    """Ask the launcher running on ``directory`` to restart ``replica`` (a file it polls)."""
+    from bft.runtime.clusterconf import ConfigError, load_config
+
+    lock = _Lock(directory)
+    try:
+        n = load_config(directory / "config.toml").n
+    except ConfigError as exc:
+        raise UsageError(f"{directory} is not a cluster directory ({exc})") from None
+    if not 0 <= replica < n:
+        raise UsageError(f"--restart {replica}: the cluster has replicas 0..{n - 1}")
+    try:
+        lock.acquire()
+    except UsageError:
+        control = directory / "control"
+        control.mkdir(mode=0o700, exist_ok=True)
+        (control / f"restart-{replica}").touch(mode=0o600)
+        return
+    lock.release()
+    raise UsageError(f"no bftchat-cluster is running on {directory}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -678,6 +809,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="new cluster: peer links on base + i (default base-port + 1000)",
     )
     p.add_argument(
+        "--restart",
+        type=int,
+        metavar="I",
+        default=None,
+        help="ask the bftchat-cluster running on DIR to restart replica I (stopping it first if it "
+        "runs), then exit; failed replicas are restarted automatically with back-off",
+    )
+    p.add_argument(
         "--log-level",
         default="INFO",
         choices=["DEBUG", "INFO", "WARNING", "ERROR"],
@@ -691,6 +830,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     out = sys.stdout
     directory = Path(args.dir)
+    if args.restart is not None:
+        try:
+            request_restart(directory, args.restart)
+        except UsageError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        print(f"asked the launcher on {directory} to restart replica {args.restart}", file=out)
+        return 0
     lock = _Lock(directory)
     try:
         lock.acquire()
