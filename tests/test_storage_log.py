@@ -856,7 +856,7 @@ def _fuzz_base(factory: pytest.TempPathFactory) -> tuple[Mini, Path]:
 def test_crash_during_first_use_is_harmless(tmp_path: Path) -> None:
     """An empty first segment without IDENTITY (crash before IDENTITY was written) starts cleanly."""
     m = Mini()
-    (tmp_path / "log").mkdir()
+    (tmp_path / "log").mkdir(mode=0o700)  # as the replica creates it
     (tmp_path / "log" / "000001.seg").write_bytes(b"")
     records, report = reload(m, tmp_path)
     assert records == [] and report.warnings == [] and report.fresh

@@ -5,6 +5,10 @@ Nothing here implements a lie: the behaviours are the simulator's (``bft/faults.
 around the running replica's core (``Node.core``) and its links (``Node.link_policy``). The endpoint
 exists only when a replica is started with ``--allow-fault-injection``, and it obeys only commands
 signed by the cluster's admin key, for this replica, with a fresh timestamp (no replays).
+
+The last accepted timestamp is made durable (``ADMIN_LAST`` in the data dir, written atomically and
+fsynced) *before* a command takes effect, so a captured command cannot be replayed after the replica
+restarts either (docs/NOTEBOOK.md, "Admin replay across restarts").
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from bft.wire import WireError, parse
 
 FAULT_METHOD = "/bftchat.v1.Admin/Fault"
 MAX_SKEW_US = 5 * 60 * 1_000_000
+ADMIN_LAST_FILE = "ADMIN_LAST"  # in the data dir: the last accepted command's timestamp (decimal µs)
 LINK_FAULTS = ("drop-to", "slow")
 ALL_FAULTS = (*sorted(BEHAVIOURS), *LINK_FAULTS, "crash", "heal")
 
@@ -90,15 +95,56 @@ class FaultState:
         return out
 
 
-class FaultController:
-    """The replica side: applies verified commands to a running ``Node``."""
+def read_last_timestamp(path: Path) -> int:
+    """The persisted last accepted timestamp; 0 if none. A file we cannot read or parse is an error
+    (starting from 0 would reopen every captured command to replay)."""
+    try:
+        text = path.read_text().strip()
+    except FileNotFoundError:
+        return 0
+    if not text.isdigit():
+        raise FaultError(f"{path}: not a timestamp: {text[:40]!r}")
+    return int(text)
 
-    def __init__(self, node: Any, cluster_id: bytes, admin_key: bytes | None, verifier: Verifier) -> None:
+
+def write_last_timestamp(path: Path, timestamp: int) -> None:
+    """Atomically and durably: write a temporary file, fsync it, rename it over, fsync the dir."""
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    try:
+        os.write(fd, b"%d\n" % timestamp)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+    dfd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)
+
+
+class FaultController:
+    """The replica side: applies verified commands to a running ``Node``.
+
+    ``state_file`` (``ADMIN_LAST`` in the data dir) keeps the last accepted timestamp across
+    restarts; without it (unit tests) the replay guard lasts only as long as the process.
+    """
+
+    def __init__(
+        self,
+        node: Any,
+        cluster_id: bytes,
+        admin_key: bytes | None,
+        verifier: Verifier,
+        state_file: Path | None = None,
+    ) -> None:
         self.node = node
         self.cluster_id = cluster_id
         self.admin_key = admin_key
         self.verifier = verifier
-        self.last_timestamp = 0
+        self.state_file = state_file
+        self.last_timestamp = read_last_timestamp(state_file) if state_file is not None else 0
         self.state = FaultState()
 
     def handle(self, raw: bytes) -> apb.AdminReply:
@@ -115,6 +161,15 @@ class FaultController:
             )
         except (FaultError, WireError) as exc:
             return apb.AdminReply(ok=False, message=str(exc), active=self.state.describe())
+        if self.state_file is not None:
+            try:  # durable before it takes effect: a crash after acting must not reopen it to replay
+                write_last_timestamp(self.state_file, cmd.timestamp_us)
+            except OSError as exc:
+                return apb.AdminReply(
+                    ok=False,
+                    message=f"cannot persist the command timestamp: {exc}",
+                    active=self.state.describe(),
+                )
         self.last_timestamp = cmd.timestamp_us
         if cmd.crash:
             self.node.events.warning("fault_crash")

@@ -20,6 +20,7 @@ os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
 import argparse
 import asyncio
 import functools
+import fcntl
 import logging
 import signal
 import sys
@@ -35,7 +36,13 @@ from bft.app.chat import ChatApp
 from bft.core.replica import Replica
 from bft.crypto import CachingVerifier, Ed25519Signer, Ed25519Verifier
 from bft.runtime import logs
-from bft.runtime.faultctl import FaultController, admin_handler
+from bft.runtime.faultctl import (
+    ADMIN_LAST_FILE,
+    FaultController,
+    FaultError,
+    admin_handler,
+    read_last_timestamp,
+)
 from bft.runtime.handshake import link_hello
 from bft.runtime.logs import EventLog
 from bft.runtime.metrics import Metrics
@@ -88,6 +95,59 @@ def load_tls(config: Any, replica_id: int) -> Tls:
 # ---------------------------------------------------------------- running a replica
 
 
+def _in_use(data: Path, rid: int) -> StartError:
+    """The data dir's lock is held: another process runs on it. Never suggest --recover here (it
+    would discard a live replica's log)."""
+    return StartError(
+        f"data dir {data} is in use by another process (is replica {rid} already running? stop it first)"
+    )
+
+
+def _try_lock(data: Path) -> int | None:
+    """flock the data dir's LOCK file as ``ReplicaLog`` does; the fd, or None if another process
+    holds it. Creates the data dir (0700) if need be."""
+    from bft.storage.log import LOCK_FILE
+
+    data.mkdir(mode=0o700, parents=True, exist_ok=True)
+    fd = os.open(data / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    return fd
+
+
+def _locked_by_other(data: Path) -> bool:
+    if not data.is_dir():
+        return False
+    fd = _try_lock(data)
+    if fd is None:
+        return True
+    os.close(fd)
+    return False
+
+
+def wipe_locked(data: Path, rid: int) -> None:
+    """``--recover``: discard the state under the data dir's lock, so that a running replica's log
+    is never touched (the lock is released after the wipe; ``ReplicaLog.load`` takes it again, and
+    a process that slips in between only finds a data dir marked RECOVERING)."""
+    from bft.storage.log import wipe_state
+
+    try:
+        fd = _try_lock(data)
+    except OSError as exc:
+        raise StartError(f"cannot lock {data}: {exc}") from None
+    if fd is None:
+        raise _in_use(data, rid)
+    try:
+        wipe_state(data)
+    except OSError as exc:
+        raise StartError(f"cannot wipe {data}: {exc}") from None
+    finally:
+        os.close(fd)
+
+
 @dataclass
 class Prepared:
     """Everything checked and loaded before any port is opened."""
@@ -103,13 +163,14 @@ class Prepared:
     events: EventLog
     metrics_port: int | None
     load_seconds: float
+    data_dir: Path
     allow_fault_injection: bool = False
 
 
 def prepare(args: argparse.Namespace) -> Prepared:
     from bft.keys import KeyFileError, load_replica_key
     from bft.runtime.clusterconf import ConfigError, load_config
-    from bft.storage.log import LogError, ReplicaLog, wipe_state
+    from bft.storage.log import LogError, ReplicaLog
 
     try:
         config = load_config(args.config)
@@ -134,15 +195,14 @@ def prepare(args: argparse.Namespace) -> Prepared:
     data = Path(args.data)
     started = time.perf_counter()
     if args.recover:
-        try:
-            wipe_state(data)
-        except OSError as exc:
-            raise StartError(f"cannot wipe {data}: {exc}") from None
+        wipe_locked(data, rid)
         events.warning("state_wiped", data=str(data))
     log = ReplicaLog(data, rid, signer, cluster, verifier)
     try:
         records, report = log.load()
     except LogError as exc:
+        if _locked_by_other(data):
+            raise _in_use(data, rid) from None
         raise StartError(
             f"refusing to start replica {rid}: {exc} "
             "(inspect with 'bftchat-replica verify-log'; restart with --recover to rebuild from peers)"
@@ -164,6 +224,12 @@ def prepare(args: argparse.Namespace) -> Prepared:
         seconds=f"{load_seconds:.3f}",
     )
     metrics_port = args.metrics_port if args.metrics_port is not None else config.replicas[rid].metrics_port
+    if getattr(args, "allow_fault_injection", False):
+        try:  # the admin replay guard must load, or the endpoint would accept old commands again
+            read_last_timestamp(data / ADMIN_LAST_FILE)
+        except (FaultError, OSError) as exc:
+            log.close()
+            raise StartError(f"cannot read the admin replay guard: {exc}") from None
     return Prepared(
         config,
         rid,
@@ -176,6 +242,7 @@ def prepare(args: argparse.Namespace) -> Prepared:
         events,
         metrics_port,
         load_seconds,
+        data,
         allow_fault_injection=bool(getattr(args, "allow_fault_injection", False)),
     )
 
@@ -225,7 +292,9 @@ async def serve(p: Prepared) -> int:
             )
     admin = None
     if p.allow_fault_injection:
-        controller = FaultController(node, cluster.cluster_id, config.admin_public_key, p.verifier)
+        controller = FaultController(
+            node, cluster.cluster_id, config.admin_public_key, p.verifier, p.data_dir / ADMIN_LAST_FILE
+        )
         admin = admin_handler(controller)
         events.warning("fault_injection_enabled")
     servers = Servers(

@@ -55,6 +55,7 @@ LOG_DIR = "log"
 IDENTITY_FILE = "IDENTITY"
 RECOVERING_FILE = "RECOVERING"
 LOCK_FILE = "LOCK"
+DIR_MODE = 0o700  # data dir and log dir; files in them are created 0600
 SEGMENT_RE = re.compile(r"^(\d{6,})\.seg$")
 IDENTITY_HEADER = "bftchat replica data directory v1"
 
@@ -167,10 +168,23 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def _tighten(directory: Path) -> str | None:
+    """Make a data dir (or its log dir) private to the replica's user: the log holds who talks to
+    whom and when. A looser directory is tightened to 0700, with a warning saying so."""
+    try:
+        mode = directory.stat().st_mode & 0o777
+    except FileNotFoundError:
+        return None
+    if not mode & 0o077:
+        return None
+    directory.chmod(mode & DIR_MODE)
+    return f"{directory} was mode {mode:04o}: tightened to {mode & DIR_MODE:04o}"
+
+
 def _write_atomic(path: Path, data: bytes) -> None:
     """Write a small file so that a crash leaves either the old or the new contents."""
     tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
     try:
         _write_all(fd, [data])
         os.fsync(fd)
@@ -279,7 +293,7 @@ def wipe_state(data_dir: Path) -> None:
     outlives it): the next ``load()`` writes a new one, which is how a replica's key is rotated.
     """
     data_dir = Path(data_dir)
-    data_dir.mkdir(parents=True, exist_ok=True)
+    data_dir.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
     _write_atomic(data_dir / RECOVERING_FILE, b"state discarded; recovering from peers by state transfer\n")
     log_dir = data_dir / LOG_DIR
     for _, p in _list_segments(log_dir):
@@ -650,10 +664,10 @@ class ReplicaLog:
 
     def _load(self) -> tuple[list[Record], LoadReport]:
         if not self.data_dir.is_dir():
-            self.data_dir.mkdir(parents=True)
+            self.data_dir.mkdir(mode=DIR_MODE, parents=True)
             _fsync_dir(self.data_dir.parent)
         self._take_lock()
-        warnings: list[str] = []
+        warnings: list[str] = [w for d in (self.data_dir, self.log_dir) if (w := _tighten(d))]
         if is_recovering(self.data_dir):
             # Whatever was written since the wipe predates the first ViewRecord after recovery:
             # discard it too (the core persists nothing while it recovers).
@@ -802,7 +816,7 @@ class ReplicaLog:
             raise LogIOError(f"an earlier log write failed ({self._failed}); restart required")
 
     def _take_lock(self) -> None:
-        fd = os.open(self.data_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        fd = os.open(self.data_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
@@ -838,10 +852,10 @@ class ReplicaLog:
             raise LogError("log has records but the data dir has no IDENTITY file", path=self.data_dir)
         # First use. The empty first segment exists before IDENTITY does, so a crash here never
         # leaves an IDENTITY without a log (which would read as a lost log).
-        self.log_dir.mkdir(exist_ok=True)
+        self.log_dir.mkdir(mode=DIR_MODE, exist_ok=True)
         _fsync_dir(self.data_dir)
         if not segs:
-            fd = os.open(self.log_dir / segment_name(1), os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            fd = os.open(self.log_dir / segment_name(1), os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
             os.close(fd)
             _fsync_dir(self.log_dir)
         _write_atomic(self.data_dir / IDENTITY_FILE, mine.render().encode())
@@ -855,7 +869,7 @@ class ReplicaLog:
         self._segments = {}
         self._head_hash = genesis_hash(self.cluster.cluster_id, self.replica_id)
         self._head_index = 0
-        fd = os.open(self.log_dir / segment_name(1), os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        fd = os.open(self.log_dir / segment_name(1), os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
         os.close(fd)
         _fsync_dir(self.log_dir)
         self._open_segment(1, create=False)
@@ -863,7 +877,7 @@ class ReplicaLog:
     def _open_segment(self, number: int, create: bool) -> None:
         flags = os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC | (os.O_CREAT | os.O_EXCL if create else 0)
         path = self.log_dir / segment_name(number)
-        fd = os.open(path, flags, 0o644)
+        fd = os.open(path, flags, 0o600)
         if create:
             _fsync_dir(self.log_dir)
         if self._fd is not None:
