@@ -55,7 +55,7 @@ from bft.crypto import CachingVerifier, Ed25519Verifier, Signer, sha256
 from bft.pb.bftchat.v1 import protocol_pb2 as pb
 from bft.pb.bftchat.v1 import service_pb2 as spb
 from bft.replies import CheckedReply, ReplyCollector, check_reply
-from bft.runtime.clusterconf import ClusterConfig
+from bft.runtime.clusterconf import ClusterConfig, ConfigError
 from bft.runtime.handshake import CheckedPush, auth_proof, check_push, session_claim
 from bft.wire import WireError, make_request, parse
 from client.errors import StaleTimestamp
@@ -361,7 +361,14 @@ class ClusterSession:
 
     @classmethod
     def from_config(cls, config: ClusterConfig, signer: Signer, *, insecure: bool = False) -> ClusterSession:
-        """Sessions to every replica of a loaded cluster config (TLS with its CA unless ``insecure``)."""
+        """Sessions to every replica of a loaded cluster config: TLS with its CA, or plaintext only
+        when asked for with ``insecure`` (a config without ``tls_ca`` is refused otherwise, rather
+        than silently falling back to plaintext)."""
+        if not insecure and config.tls_ca is None:
+            raise ConfigError(
+                f"{config.path}: no tls_ca in the config; pass --insecure to talk to the cluster without "
+                "TLS (only if its replicas run --insecure)"
+            )
         ca = None if insecure or config.tls_ca is None else Path(config.tls_ca).read_bytes()
         return cls(config.info(), [r.endpoint for r in config.replicas], signer, ca_pem=ca)
 

@@ -180,6 +180,28 @@ def test_unreachable_cluster_names_each_replica(tmp_path: Path) -> None:
     assert "refused" in line.lower()
 
 
+def without_tls_ca(config: Path, out: Path) -> Path:
+    """A copy of ``config`` with its ``tls_ca`` line removed (paths inside stay valid: same dir)."""
+    lines = [ln for ln in config.read_text().splitlines() if not ln.startswith("tls_ca")]
+    assert len(lines) < len(config.read_text().splitlines())
+    out.write_text("\n".join(lines) + "\n")
+    return out
+
+
+@pytest.mark.timeout(60)
+def test_config_without_tls_ca_needs_insecure(tmp_path: Path) -> None:
+    """Issue 12 item 11: no silent plaintext. A config without ``tls_ca`` is refused, before anything
+    is sent, with one line saying what to do; ``--insecure`` is the way to ask for plaintext (it
+    then tries to connect: here nobody listens, so the cluster is unreachable)."""
+    config = write_cluster(tmp_path / "c", 4)
+    plain = without_tls_ca(config, config.with_name("plain.toml"))
+    key = new_key(tmp_path, "carl")
+    line = failed(cli(plain, key, "list"), 1, "no tls_ca in the config; pass --insecure")
+    assert str(plain) in line
+    assert ok_error(cli(plain, key, "--json", "list")) == "config"
+    failed(cli(plain, key, "--insecure", "list", "--timeout", "3"), 3, "cluster unreachable")
+
+
 @pytest.mark.timeout(90)
 def test_one_key_in_several_processes_and_live_delivery(cluster: Cluster, tmp_path: Path) -> None:
     """``send`` processes and a script share one key (each its own session and timestamps) while
