@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 from bft import merkle
 from bft.app.base import AppFactory, Application, ExecContext
-from bft.core.clients import ClientId, ClientTable
+from bft.core.clients import MAX_U64, ClientId, ClientTable
 from bft.core.config import ClusterInfo
 from bft.core.events import (
     CancelTimer,
@@ -50,7 +50,17 @@ from bft.core.viewchange import (
 from bft.crypto import TAG_LEN, AcceptAllVerifier, Kind, Signer, Verifier, sha256
 from bft.pb.bftchat.v1 import protocol_pb2 as pb
 from bft.quorums import Quorums
-from bft.wire import MAX_MESSAGE_BYTES, OpenedRequest, WireError, open_request, parse, peek_kind, seal
+from bft.wire import (
+    MAX_MESSAGE_BYTES,
+    OpenedRequest,
+    WireError,
+    drop_if_unknown_fields,
+    open_request,
+    parse,
+    parse_canonical,
+    peek_kind,
+    seal,
+)
 
 _TRUSTED = AcceptAllVerifier()
 
@@ -58,6 +68,9 @@ STATUS_TIMER = "status"
 VIEW_TIMER = "view"
 
 ReqKey = tuple[bytes, int, int]  # (client key, session, timestamp)
+
+AHEAD_REFUSAL = b"request timestamp too far ahead of the batch time (max_request_ahead_us)"
+"""The agreed result of a request whose timestamp is beyond its batch's time + max_request_ahead_us."""
 
 
 def leaf_bytes(key: bytes, session: int, timestamp: int, status: int, result: bytes) -> bytes:
@@ -163,7 +176,7 @@ class Replica:
         # Checkpoints.
         self.my_checkpoints: dict[int, tuple[bytes, bytes]] = {}  # seq -> (digest, snapshot)
         self.ckpt_votes: dict[int, dict[bytes, dict[int, pb.Envelope]]] = {}
-        self.ckpt_seqs_by_sender: dict[int, set[int]] = {}
+        self.ckpt_by_sender: dict[int, dict[int, bytes]] = {}  # sender -> seq -> the digest it voted
         self.pending_stable: tuple[int, bytes, list[pb.Envelope]] | None = None
 
         # View change.
@@ -176,6 +189,7 @@ class Replica:
         self.timers: dict[str, float] = {}
 
         self.transfer: Transfer | None = None
+        self.rejected_inputs = 0  # inputs dropped as malformed, oversized, badly signed or refused
         self.evidence: list[Evidence] = []
         self._evidence_keys: set[tuple[int, str, bytes, bytes]] = set()
         self.restoring = False
@@ -231,14 +245,18 @@ class Replica:
     def on_message(self, raw: bytes, now: float) -> None:
         """A serialised PeerMessage from another replica. Never raises on bad input."""
         if len(raw) > MAX_MESSAGE_BYTES:
+            self.rejected_inputs += 1
             return
         try:
             msg = parse(pb.PeerMessage, raw)
+            drop_if_unknown_fields(msg)
         except WireError:
+            self.rejected_inputs += 1
             return
         try:
             self._dispatch(msg, now)
         except WireError:
+            self.rejected_inputs += 1
             return
 
     def on_request(self, raw: bytes, now: float, forwarded: bool = False) -> str | None:
@@ -246,10 +264,14 @@ class Replica:
         try:
             opened = self._open_request(raw)
         except WireError as exc:
+            self.rejected_inputs += 1
             return str(exc)
         req = opened.request
         if self.recovering:
             return "replica is recovering its state"
+        if not forwarded and req.timestamp > int(now * 1_000_000) + self.p.max_request_ahead_us:
+            # Admission only (this replica's clock): execution applies the agreed bound.
+            return "request timestamp too far ahead of this replica's clock"
         if opened.read_only:
             if forwarded:
                 return None
@@ -327,6 +349,7 @@ class Replica:
         try:
             return open_replica(env, kind, self.cluster, self.verifier)
         except WireError:
+            self.rejected_inputs += 1
             return None
 
     def _in_window(self, seq: int) -> bool:
@@ -405,7 +428,7 @@ class Replica:
                 self.proposed.add(key)
             if not batch.requests:
                 return
-            ts = max(int(now * 1_000_000), self.last_proposed_ts + 1, self.last_ts + 1)
+            ts = min(max(int(now * 1_000_000), self.last_proposed_ts + 1, self.last_ts + 1), MAX_U64)
             batch.timestamp_us = ts
             self.last_proposed_ts = ts
             data = batch.SerializeToString()
@@ -430,9 +453,12 @@ class Replica:
     # ------------------------------------------------------------------ normal case: backups
 
     def _validate_batch(self, data: bytes, now: float, seq: int, check_clock: bool) -> bool:
-        """Every request validly signed; the timestamp after the previous batch's and near our clock."""
+        """Canonical and within its size cap; every request validly signed; the timestamp after the
+        previous batch's and near our clock."""
+        if len(data) > self.cluster.caps.batch:
+            return False
         try:
-            batch = parse(pb.Batch, data)
+            batch = parse_canonical(pb.Batch, data)
         except WireError:
             return False
         if check_clock:
@@ -587,10 +613,12 @@ class Replica:
             return
         if sha256(proof.batch) != pp.digest:
             return
+        if len(proof.commits) > self.cluster.n:
+            return
         signers: set[int] = set()
         for env in proof.commits:
             body = self._open(env, Kind.COMMIT)
-            if body is None:
+            if body is None or env.signer in signers:
                 return
             c = parse(pb.Commit, body)
             if (c.view, c.seq, c.digest) != (pp.view, pp.seq, pp.digest):
@@ -648,8 +676,15 @@ class Replica:
                     targets.append((req.client_key, req.session, req.timestamp, entry.status, entry.result))
                 continue  # duplicate: executed once already
             if entry is None and req.timestamp <= self.clients.floor:
-                status, result = pb.REPLY_STALE_TIMESTAMP, struct.pack(">Q", self.clients.floor + 1)
+                status, result = pb.REPLY_STALE_TIMESTAMP, struct.pack(">Q", self.clients.min_timestamp(cid))
                 targets.append((req.client_key, req.session, req.timestamp, status, result))
+                continue
+            if req.timestamp > ts + self.p.max_request_ahead_us:
+                # Bounded by the agreed batch time, not by anyone's clock: every replica refuses alike,
+                # and a timestamp near 2^64 can never reach the table (nor, by eviction, its floor).
+                targets.append(
+                    (req.client_key, req.session, req.timestamp, pb.REPLY_INVALID_REQUEST, AHEAD_REFUSAL)
+                )
                 continue
             res = self.app.execute(req, ExecContext(seq, index, ts))
             self.clients.record(cid, req.timestamp, seq, pb.REPLY_OK, res.result)
@@ -751,23 +786,41 @@ class Replica:
         return digest
 
     def _on_checkpoint(self, env: pb.Envelope, now: float) -> None:
+        """One vote per sender and seq (the first stands). Seqs inside the window (h, h+L] are L/K at
+        most; beyond it only the sender's highest is kept: that is how a lagging replica learns a
+        stable checkpoint it must fetch. So a sender holds at most L/K + 1 votes, whatever it signs,
+        and a stability check looks at one seq's votes only."""
         payload = self._open(env, Kind.CHECKPOINT)
         if payload is None:
             return
         ck = parse(pb.Checkpoint, payload)
         if ck.seq <= self.h or ck.seq % self.p.checkpoint_interval:
             return
-        seqs = self.ckpt_seqs_by_sender.setdefault(env.signer, set())
-        if ck.seq not in seqs and len(seqs) >= 2 * self.p.watermark_window // self.p.checkpoint_interval + 2:
-            oldest = min(seqs)
-            if oldest > ck.seq:
+        mine = self.ckpt_by_sender.setdefault(env.signer, {})
+        if ck.seq in mine:
+            return
+        top = self.h + self.p.watermark_window
+        if ck.seq > top:
+            far = [s for s in mine if s > top]
+            if any(s > ck.seq for s in far):
                 return
-            seqs.discard(oldest)
-            for votes in self.ckpt_votes.get(oldest, {}).values():
-                votes.pop(env.signer, None)
-        seqs.add(ck.seq)
+            for s in far:
+                self._forget_checkpoint_vote(env.signer, s)
+        mine[ck.seq] = ck.state_digest
         self.ckpt_votes.setdefault(ck.seq, {}).setdefault(ck.state_digest, {})[env.signer] = env
         self._check_stable(ck.seq)
+
+    def _forget_checkpoint_vote(self, sender: int, seq: int) -> None:
+        digest = self.ckpt_by_sender.get(sender, {}).pop(seq, None)
+        if digest is None:
+            return
+        by_digest = self.ckpt_votes.get(seq, {})
+        votes = by_digest.get(digest, {})
+        votes.pop(sender, None)
+        if not votes:
+            by_digest.pop(digest, None)
+        if not by_digest:
+            self.ckpt_votes.pop(seq, None)
 
     def _check_stable(self, seq: int) -> None:
         for digest, votes in self.ckpt_votes.get(seq, {}).items():
@@ -812,9 +865,9 @@ class Replica:
             del self.my_checkpoints[s]
         for s in [s for s in self.ckpt_votes if s <= h]:
             del self.ckpt_votes[s]
-        for seqs in self.ckpt_seqs_by_sender.values():
-            for s in [s for s in seqs if s <= h]:
-                seqs.discard(s)
+        for votes in self.ckpt_by_sender.values():
+            for s in [s for s in votes if s <= h]:
+                del votes[s]
         self._decided = {k: s for k, s in self._decided.items() if s > h}
         keep = {NULL_DIGEST}
         for slot in self.slots.values():
@@ -961,7 +1014,7 @@ class Replica:
                 return None
             seen.add(vc.sender)
             vcs.append(vc)
-        if len(vcs) < self.q.view_change:
+        if len(vcs) != self.q.view_change:  # exactly what an honest primary sends: bounded size
             return None
         plan = plan_new_view(vcs)
         if len(nv.preprepares) != len(plan.proposals):
