@@ -200,6 +200,12 @@ class OpenedRequest:
     min_seq: int
     raw: bytes  # the serialised Envelope, as it travels inside batches
 
+    @property
+    def retained_bytes(self) -> int:
+        """What keeping it costs: the travelling bytes, the signed body and the operation (three
+        copies, so a table of requests is bounded by this, not by ``len(raw)``)."""
+        return len(self.raw) + len(self.request.signed) + len(self.request.op)
+
 
 def make_request(
     signer: Signer,

@@ -4,6 +4,7 @@ with validly signed hostile input and checks the bound or refusal that stops it.
 from __future__ import annotations
 
 import struct
+import tracemalloc
 
 import pytest
 
@@ -13,9 +14,11 @@ from bft.core.config import ClusterInfo, Params
 from bft.core.events import Send, ToClient
 from bft.core.replica import Replica
 from bft.core.viewchange import check_prepared_proof, check_view_change, open_replica
-from bft.crypto import TAG_LEN, HashSigner, HashVerifier, Kind, cluster_id_from, sha256, tag
+from bft.crypto import TAG_LEN, CachingVerifier, HashSigner, HashVerifier, Kind, cluster_id_from, sha256, tag
 from bft.pb.bftchat.v1 import protocol_pb2 as pb
+from bft.replies import CheckedReply
 from bft.wire import MAX_MESSAGE_BYTES, MAX_REQUEST_BYTES, WireError, make_request, seal
+from client.session import ReadCursor
 
 CID = cluster_id_from(b"adversary")
 
@@ -274,3 +277,99 @@ def test_a_lagging_replica_still_learns_a_stable_checkpoint_beyond_its_window() 
         env = seal(signers[i], i, Kind.CHECKPOINT, CID, ck)
         reps[1].on_message(pb.PeerMessage(envelope=env).SerializeToString(), 1.0)
     assert reps[1].transfer is not None and reps[1].transfer.seq == far
+
+
+# ---- item 4: admission before storage, bounded in entries and bytes ------------------------
+
+
+def test_refused_requests_leave_nothing_behind() -> None:
+    """Requests were cached before the limits were checked, and the signature cache kept the full
+    bytes: ~360 KiB retained per refused 120 KiB request. Now a refused request costs a 32-byte
+    verifier entry."""
+    info, signers, hv = cluster(max_pending_per_client=2)
+    backup = Replica(info, 1, signers[1], CachingVerifier(hv), KVApp)
+    flood = HashSigner(b"flood", hv)
+    body = b"set k " + bytes(120 * 1024)
+    for ts in (1, 2):
+        assert backup.on_request(make_request(flood, CID, 1, ts, body), 0.5) is None
+    held = backup.pending_bytes
+    refused = [make_request(flood, CID, 1, ts, body) for ts in range(3, 43)]
+    tracemalloc.start()
+    before = tracemalloc.get_traced_memory()[0]
+    for raw in refused:
+        assert backup.on_request(raw, 0.5) is not None
+    grown = tracemalloc.get_traced_memory()[0] - before
+    tracemalloc.stop()
+    assert grown < 64 * 1024, grown  # 40 refused requests of 120 KiB: next to nothing kept
+    assert backup.pending_bytes == held and len(backup.pending) == 2
+
+
+def test_the_pending_table_is_bounded_in_bytes_and_the_largest_sender_pays() -> None:
+    info, signers, hv = cluster(max_pending_bytes=2 * 1024 * 1024, max_pending_per_client=64)
+    backup = Replica(info, 1, signers[1], hv, KVApp)
+    flood = HashSigner(b"flood", hv)
+    body = b"set k " + bytes(100 * 1024)
+    for ts in range(1, 40):
+        backup.on_request(make_request(flood, CID, 1, ts, body), 0.5)
+        assert backup.pending_bytes <= info.params.max_pending_bytes
+    assert backup.on_request(make_request(flood, CID, 1, 99, body), 0.5) is not None  # full: refused
+    honest = HashSigner(b"honest", hv)
+    assert backup.on_request(make_request(honest, CID, 1, 1, b"set a b"), 0.5) is None
+    assert (honest.public_key, 1, 1) in backup.pending  # admitted: the flood lost its newest
+    assert backup.pending_bytes <= info.params.max_pending_bytes
+
+
+def test_one_round_reads_are_not_cached() -> None:
+    info, signers, hv = cluster()
+    reps = replicas(info, signers, hv)
+    client = HashSigner(b"reader", hv)
+    for ts in range(1, 101):
+        reps[1].on_request(make_request(client, CID, 1, ts, b"get k", read_only=True), 0.5)
+    assert not reps[1]._opened and not reps[1].pending_reads
+
+
+# ---- item 8: one-round reads ------------------------------------------------------------------
+
+
+def _reply(replica: int, seq: int, result: bytes) -> CheckedReply:
+    return CheckedReply(replica, 0, seq, pb.REPLY_OK, result)
+
+
+def test_a_faulty_replicas_seq_is_never_trusted_beyond_the_f_plus_1_th_highest() -> None:
+    """One replica echoes the honest result with seq 2^62: the session's later reads (min_seq)
+    would wait for ever. The accepted seq is the f+1-th highest of the matching replies."""
+    info, _, _ = cluster(n=7)
+    cursor = ReadCursor(info.quorums)
+    ordered = cursor.collector(read_only=False)
+    assert ordered.add(_reply(0, 2**62, b"ok")) is None
+    assert ordered.add(_reply(1, 5, b"ok")) is None
+    accepted = ordered.add(_reply(2, 5, b"ok"))
+    assert accepted is not None and accepted.seq == 5
+    assert cursor.accept(accepted) is None and cursor.last_seq == 5
+    read = cursor.collector(read_only=True)
+    for r, seq in ((0, 2**62), (1, 2**61), (2, 7), (3, 6), (4, 6)):
+        got = read.add(_reply(r, seq, b"v"))
+    assert got is not None and got.seq == 7  # two liars above; the f+1-th highest is honest
+
+
+def test_parked_reads_are_deduplicated_capped_expire_and_absurd_ones_are_refused() -> None:
+    info, signers, hv = cluster(max_pending_reads=8, max_pending_reads_per_client=3)
+    r = Replica(info, 1, signers[1], hv, KVApp)
+    far = make_request(HashSigner(b"a", hv), CID, 1, 1, b"get k", read_only=True, min_seq=10**12)
+    assert r.on_request(far, 0.5) is not None  # beyond anything provable: refused at the door
+    flood = HashSigner(b"flood", hv)
+    soon = make_request(flood, CID, 1, 1, b"get k", read_only=True, min_seq=1)
+    for _ in range(5):
+        r.on_request(soon, 0.5)
+    assert len(r.pending_reads) == 1  # de-duplicated
+    for ts in range(2, 50):
+        r.on_request(make_request(flood, CID, 1, ts, b"get k", read_only=True, min_seq=1), 0.5)
+    assert len(r.pending_reads) == 3  # per client key
+    for i in range(20):
+        key = HashSigner(b"k%d" % i, hv)
+        r.on_request(make_request(key, CID, 1, 1, b"get k", read_only=True, min_seq=1), 0.6)
+    assert len(r.pending_reads) == 8  # in total
+    assert r.pending_read_bytes <= info.params.max_pending_read_bytes
+    r.start(0.0)
+    r.on_timer("status", 0.6 + info.params.read_wait_timeout + 1)
+    assert not r.pending_reads and not r.pending_read_bytes  # expired

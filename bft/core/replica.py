@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 
 from bft import merkle
 from bft.app.base import AppFactory, Application, ExecContext
+from bft.core.bounded import LargestFirst
 from bft.core.clients import MAX_U64, ClientId, ClientTable
 from bft.core.config import ClusterInfo
 from bft.core.events import (
@@ -165,13 +166,22 @@ class Replica:
         self.last_proposed_ts = 0
         self._decided: dict[bytes, int] = {}  # vote bodies already counted into a quorum -> seq
 
-        # Requests.
+        # Requests. Admission (size, per-client, total) comes before anything is stored; every
+        # table is bounded in entries and bytes (OpenedRequest.retained_bytes).
         self.pending: OrderedDict[ReqKey, OpenedRequest] = OrderedDict()
-        self.pending_per_client: dict[ClientId, int] = {}
+        self.pending_by_client: dict[ClientId, dict[ReqKey, None]] = {}  # in arrival order
+        self.pending_bytes = 0
+        self._pending_owners: LargestFirst[ClientId] = LargestFirst()  # bytes per client session
         self.proposed: set[ReqKey] = set()
-        self.pending_reads: list[OpenedRequest] = []
+        # Parked one-round reads (min_seq not executed yet, or a view change): by request, with
+        # their deadline; per client key and in total, in entries and bytes.
+        self.pending_reads: OrderedDict[ReqKey, tuple[OpenedRequest, float]] = OrderedDict()
+        self._reads_by_key: dict[bytes, dict[ReqKey, None]] = {}
+        self._read_owners: LargestFirst[bytes] = LargestFirst()  # parked reads per client key
+        self.pending_read_bytes = 0
+        # Verified requests met again in a PRE-PREPARE and at execution: by digest, bounded.
         self._opened: OrderedDict[bytes, OpenedRequest] = OrderedDict()
-        self._opened_cap = 2 * self.p.max_pending_total
+        self._opened_bytes = 0
 
         # Checkpoints.
         self.my_checkpoints: dict[int, tuple[bytes, bytes]] = {}  # seq -> (digest, snapshot)
@@ -234,6 +244,7 @@ class Replica:
             return
         del self.timers[name]
         if name == STATUS_TIMER:
+            self._expire_pending_reads(now)
             self._on_status_tick(now)
             self._set_timer(STATUS_TIMER, now + self.p.status_interval)
         elif name == VIEW_TIMER:
@@ -275,7 +286,7 @@ class Replica:
         if opened.read_only:
             if forwarded:
                 return None
-            return self._on_read(opened)
+            return self._on_read(opened, now)
         cid = (req.client_key, req.session)
         entry = self.clients.get(cid)
         if entry is not None and req.timestamp <= entry.last_timestamp:
@@ -284,12 +295,10 @@ class Replica:
             return None
         key = (req.client_key, req.session, req.timestamp)
         if key not in self.pending:
-            if len(self.pending) >= self.p.max_pending_total:
-                return "replica overloaded: too many pending requests"
-            if self.pending_per_client.get(cid, 0) >= self.p.max_pending_per_client:
-                return "too many pending requests for this client session"
-            self.pending[key] = opened
-            self.pending_per_client[cid] = self.pending_per_client.get(cid, 0) + 1
+            refusal = self._admit(key, opened)
+            if refusal is not None:
+                self.rejected_inputs += 1
+                return refusal
         if self.view_changing:
             return None
         if self.is_primary:
@@ -303,18 +312,64 @@ class Replica:
     # ------------------------------------------------------------------ small helpers
 
     def _open_request(self, raw: bytes) -> OpenedRequest:
-        """Verify and parse a client request once per replica: it is seen again in the
-        PRE-PREPARE and at execution. WireError if invalid (failures are not cached)."""
-        opened = self._opened.get(raw)
+        """Verify and parse a client request, or take it from the cache of requests already
+        admitted or accepted in a batch (it is seen again in the PRE-PREPARE and at execution).
+        WireError if invalid. Nothing is stored here: storing is for ``_remember_opened``."""
+        opened = self._opened.get(sha256(raw))
         if opened is None:
             # Replaying our own log: its chain, seals and commit certificates were verified when
             # it was loaded, and every request in it was verified before it was first executed.
             verifier = _TRUSTED if self.restoring else self.verifier
             opened = open_request(raw, self.cid, verifier)
-            self._opened[raw] = opened
-            if len(self._opened) > self._opened_cap:
-                self._opened.popitem(last=False)
         return opened
+
+    def _remember_opened(self, opened: OpenedRequest) -> None:
+        """Cache a verified request that was admitted or is in an accepted batch; the oldest go
+        first past 2 x max_pending_total entries or max_pending_bytes."""
+        digest = sha256(opened.raw)
+        if digest in self._opened:
+            return
+        self._opened[digest] = opened
+        self._opened_bytes += opened.retained_bytes
+        while self._opened and (
+            len(self._opened) > 2 * self.p.max_pending_total or self._opened_bytes > self.p.max_pending_bytes
+        ):
+            _, old = self._opened.popitem(last=False)
+            self._opened_bytes -= old.retained_bytes
+
+    def _forget_opened(self, raw: bytes) -> None:
+        old = self._opened.pop(sha256(raw), None)
+        if old is not None:
+            self._opened_bytes -= old.retained_bytes
+
+    def _admit(self, key: ReqKey, opened: OpenedRequest) -> str | None:
+        """Queue a verified request, or say why not. Per client session at most
+        max_pending_per_client; in total max_pending_total and max_pending_bytes. When the total is
+        full, the client session holding the most bytes loses its newest unproposed request, unless
+        the newcomer would then hold as much (deterministic: ties go to the smallest key, session),
+        so one key's flood costs the others nothing but its own share."""
+        cid = (key[0], key[1])
+        mine = self.pending_by_client.get(cid)
+        if mine is not None and len(mine) >= self.p.max_pending_per_client:
+            return "too many pending requests for this client session"
+        size = opened.retained_bytes
+        owners = self._pending_owners
+        while len(self.pending) >= self.p.max_pending_total or (
+            self.pending_bytes + size > self.p.max_pending_bytes
+        ):
+            victim = owners.largest()
+            if victim is None or owners.held[victim] <= owners.held.get(cid, 0) + size:
+                return "replica overloaded: too many pending requests"
+            drop = next((k for k in reversed(self.pending_by_client[victim]) if k not in self.proposed), None)
+            if drop is None:
+                return "replica overloaded: too many pending requests"
+            self._drop_pending(drop)
+        self.pending[key] = opened
+        self.pending_by_client.setdefault(cid, {})[key] = None
+        self.pending_bytes += size
+        owners.add(cid, size)
+        self._remember_opened(opened)
+        return None
 
     def _emit(self, out: Output) -> None:
         if not self.restoring:
@@ -471,6 +526,7 @@ class Replica:
                     return False
         if len(batch.requests) > self.p.batch_max_requests:
             return False
+        opened_all = []
         for raw in batch.requests:
             try:
                 opened = self._open_request(raw)
@@ -478,6 +534,9 @@ class Replica:
                 return False
             if opened.read_only:
                 return False
+            opened_all.append(opened)
+        for opened in opened_all:
+            self._remember_opened(opened)  # executed soon: verified once
         return True
 
     def _on_preprepare(self, env: pb.Envelope, batch: bytes, now: float) -> None:
@@ -665,7 +724,7 @@ class Replica:
                 opened = self._open_request(raw)
             except WireError:
                 continue  # cannot happen for a batch honest replicas prepared; deterministic anyway
-            self._opened.pop(raw, None)
+            self._forget_opened(raw)
             req = opened.request
             cid = (req.client_key, req.session)
             key = (req.client_key, req.session, req.timestamp)
@@ -724,25 +783,63 @@ class Replica:
         self._send_replies(self.view, self.last_executed, [(key, session, timestamp, status, result)])
 
     def _drop_pending(self, key: ReqKey) -> None:
-        if self.pending.pop(key, None) is not None:
+        opened = self.pending.pop(key, None)
+        if opened is not None:
             cid = (key[0], key[1])
-            left = self.pending_per_client.get(cid, 1) - 1
-            if left > 0:
-                self.pending_per_client[cid] = left
-            else:
-                self.pending_per_client.pop(cid, None)
+            mine = self.pending_by_client.get(cid, {})
+            mine.pop(key, None)
+            if not mine:
+                self.pending_by_client.pop(cid, None)
+            self.pending_bytes -= opened.retained_bytes
+            self._pending_owners.add(cid, -opened.retained_bytes)
         self.proposed.discard(key)
 
     # ------------------------------------------------------------------ reads
 
-    def _on_read(self, opened: OpenedRequest) -> str | None:
-        if self.view_changing or self.last_executed < opened.min_seq:
-            if len(self.pending_reads) >= self.p.max_pending_reads:
-                return "replica overloaded: too many waiting reads"
-            self.pending_reads.append(opened)
+    def _on_read(self, opened: OpenedRequest, now: float) -> str | None:
+        """Answer a one-round read now, or park it until ``min_seq`` is executed (or the view
+        change ends). Parked reads are de-duplicated, expire after ``read_wait_timeout``, and are
+        bounded per client key and in total (entries and bytes). A ``min_seq`` beyond anything a
+        client can have seen (past our window above the last executed) is refused at once."""
+        if opened.min_seq > self.last_executed + self.p.watermark_window:
+            self.rejected_inputs += 1
+            return "read min_seq beyond any executed sequence number"
+        if not self.view_changing and self.last_executed >= opened.min_seq:
+            self._answer_read(opened)
             return None
-        self._answer_read(opened)
+        req = opened.request
+        key = (req.client_key, req.session, req.timestamp)
+        if key in self.pending_reads:
+            return None
+        mine = self._reads_by_key.get(req.client_key, {})
+        if len(mine) >= self.p.max_pending_reads_per_client:
+            self._drop_read(next(iter(mine)))  # the client's oldest parked read makes room
+        size = opened.retained_bytes
+        owners = self._read_owners
+        while len(self.pending_reads) >= self.p.max_pending_reads or (
+            self.pending_read_bytes + size > self.p.max_pending_read_bytes
+        ):
+            victim = owners.largest()
+            if victim is None or owners.held[victim] <= owners.held.get(req.client_key, 0) + size:
+                self.rejected_inputs += 1
+                return "replica overloaded: too many waiting reads"
+            self._drop_read(next(iter(self._reads_by_key[victim])))
+        self.pending_reads[key] = (opened, now + self.p.read_wait_timeout)
+        self._reads_by_key.setdefault(req.client_key, {})[key] = None
+        self.pending_read_bytes += size
+        owners.add(req.client_key, size)
         return None
+
+    def _drop_read(self, key: ReqKey) -> None:
+        item = self.pending_reads.pop(key, None)
+        if item is None:
+            return
+        self.pending_read_bytes -= item[0].retained_bytes
+        self._read_owners.add(key[0], -item[0].retained_bytes)
+        mine = self._reads_by_key.get(key[0], {})
+        mine.pop(key, None)
+        if not mine:
+            self._reads_by_key.pop(key[0], None)
 
     def _answer_read(self, opened: OpenedRequest) -> None:
         req = opened.request
@@ -752,13 +849,18 @@ class Replica:
     def _serve_pending_reads(self) -> None:
         if not self.pending_reads or self.view_changing:
             return
-        waiting = []
-        for opened in self.pending_reads:
+        for key, (opened, _) in list(self.pending_reads.items()):
             if self.last_executed >= opened.min_seq:
+                self._drop_read(key)
                 self._answer_read(opened)
-            else:
-                waiting.append(opened)
-        self.pending_reads = waiting
+
+    def _expire_pending_reads(self, now: float) -> None:
+        """Drop parked reads past their deadline (arrival order = deadline order)."""
+        while self.pending_reads:
+            key, (_, deadline) = next(iter(self.pending_reads.items()))
+            if deadline > now:
+                return
+            self._drop_read(key)
 
     # ------------------------------------------------------------------ checkpoints
 
