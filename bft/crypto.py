@@ -180,18 +180,26 @@ class VerifyStats:
 class CachingVerifier:
     """Verifies each (key, bytes, signature) once: certificates repeat envelopes already checked.
 
-    The cache key is the whole triple, never the signature alone, so a known-good signature cannot
-    vouch for other bytes. Bounded LRU.
+    The cache key is a hash of the whole triple (lengths included), never the signature alone, so a
+    known-good signature cannot vouch for other bytes; and never the bytes themselves, which would
+    make every verified message (up to a 128 KiB request) a retained copy. Bounded LRU of 32-byte
+    keys, so bounded in bytes too.
     """
 
     def __init__(self, inner: Verifier, capacity: int = 65536) -> None:
         self._inner = inner
-        self._cache: OrderedDict[tuple[bytes, bytes, bytes], None] = OrderedDict()
+        self._cache: OrderedDict[bytes, None] = OrderedDict()
         self._capacity = capacity
         self.stats = VerifyStats()
 
+    def __len__(self) -> int:
+        return len(self._cache)
+
     def verify(self, public_key: bytes, data: bytes, signature: bytes) -> bool:
-        key = (public_key, data, signature)
+        h = hashlib.sha256(len(public_key).to_bytes(2, "big") + public_key)
+        h.update(len(signature).to_bytes(2, "big") + signature)
+        h.update(data)
+        key = h.digest()
         if key in self._cache:
             self._cache.move_to_end(key)
             self.stats.cache_hits += 1

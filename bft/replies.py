@@ -7,7 +7,7 @@ vouch for the same (status, result): f+1 for ordered requests, 2f+1 for one-roun
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from bft import merkle
 from bft.core.config import ClusterInfo
@@ -15,6 +15,7 @@ from bft.core.replica import leaf_bytes
 from bft.core.viewchange import open_replica
 from bft.crypto import Kind, Verifier
 from bft.pb.bftchat.v1 import protocol_pb2 as pb
+from bft.quorums import Quorums
 from bft.wire import WireError, parse
 
 
@@ -43,10 +44,22 @@ def check_reply(
 
 @dataclass
 class ReplyCollector:
-    """Tallies verified replies for one request until ``needed`` replicas agree."""
+    """Tallies verified replies for one request until ``needed`` replicas agree.
+
+    The accepted reply's view and seq are each the ``trust``-th highest (f+1-th) among the matching
+    replies: at least one honest replica reported that much. Taking the highest let one faulty
+    replica, echoing the honest result with seq 2^62, make every later read of the session wait for
+    a seq that never comes.
+    """
 
     needed: int
+    trust: int
     votes: dict[int, CheckedReply] = field(default_factory=dict)
+
+    @classmethod
+    def for_request(cls, quorums: Quorums, read_only: bool) -> ReplyCollector:
+        """f+1 matching replies for an ordered request, 2f+1 for a one-round read; trust f+1."""
+        return cls(quorums.read if read_only else quorums.reply, quorums.f + 1)
 
     def add(self, reply: CheckedReply) -> CheckedReply | None:
         """Record a reply (one per replica, the latest wins); return the accepted one, if any."""
@@ -56,7 +69,10 @@ class ReplyCollector:
             tally.setdefault((r.status, r.result), []).append(r)
         for group in tally.values():
             if len(group) >= self.needed:
-                return max(group, key=lambda r: (r.view, r.seq))
+                k = min(self.trust, len(group)) - 1
+                view = sorted((r.view for r in group), reverse=True)[k]
+                seq = sorted((r.seq for r in group), reverse=True)[k]
+                return replace(min(group, key=lambda r: r.replica), view=view, seq=seq)
         return None
 
     def disagreement(self) -> dict[tuple[int, bytes], list[int]]:

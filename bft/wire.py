@@ -3,6 +3,13 @@
 ``body = domain tag || payload``; the signature covers ``body`` exactly as it travels. Nothing is
 ever re-serialised to be verified (protobuf encoding is not canonical). Size caps are enforced
 before any parsing.
+
+Signed bodies must also be *canonical*: once the signature verified, the payload is parsed and
+re-encoded (unknown fields dropped, deterministic encoding), and it must give exactly the signed
+bytes. Protobuf keeps unknown fields and accepts repeated scalars and overlong varints, so without
+this a faulty replica could pad a validly signed message to any size, and honest replicas would
+copy it into every certificate that quotes it. ``SizeCaps`` bounds each kind of signed body (and
+hence every certificate) from the cluster's parameters.
 """
 
 from __future__ import annotations
@@ -13,7 +20,7 @@ from typing import TypeVar
 from google.protobuf.message import DecodeError, Message
 
 from bft.app.base import Request
-from bft.crypto import KEY_LEN, TAG_LEN, Kind, Signer, Verifier, split_tag, tag
+from bft.crypto import KEY_LEN, SIG_LEN, TAG_LEN, Kind, Signer, Verifier, split_tag, tag
 from bft.pb.bftchat.v1 import protocol_pb2 as pb
 
 MAX_REQUEST_BYTES = 128 * 1024
@@ -22,6 +29,22 @@ MAX_MESSAGE_BYTES = 8 * 1024 * 1024
 """One replica-to-replica message (the largest are NEW-VIEWs carrying certificates)."""
 
 M = TypeVar("M", bound=Message)
+
+KIND_MESSAGES: dict[Kind, type[Message]] = {
+    Kind.PREPREPARE: pb.PrePrepare,
+    Kind.PREPARE: pb.Prepare,
+    Kind.COMMIT: pb.Commit,
+    Kind.CHECKPOINT: pb.Checkpoint,
+    Kind.VIEW_CHANGE: pb.ViewChange,
+    Kind.NEW_VIEW: pb.NewView,
+    Kind.STATUS: pb.Status,
+    Kind.REPLY: pb.ReplyRoot,
+    Kind.FETCH: pb.Fetch,
+}
+"""The message inside each replica-signed kind (the others are checked where they are opened)."""
+
+ACCEPT_UNKNOWN_FIELDS = False
+"""Only the simulator's ``accept-unknown-fields`` mutation sets this, to prove the checkers notice."""
 
 
 class WireError(ValueError):
@@ -36,6 +59,106 @@ def parse(message_type: type[M], data: bytes) -> M:
     except (DecodeError, ValueError, RuntimeError) as exc:
         raise WireError(f"malformed {message_type.__name__}: {exc}") from None
     return msg
+
+
+def parse_canonical(message_type: type[M], data: bytes) -> M:
+    """Parse ``data`` and require it to be the canonical encoding of what it parsed to: no unknown
+    fields, no repeated or explicitly default scalars, no overlong varints, fields in order."""
+    msg = parse(message_type, data)
+    if ACCEPT_UNKNOWN_FIELDS:
+        return msg
+    msg.DiscardUnknownFields()
+    if msg.SerializeToString(deterministic=True) != data:
+        raise WireError(f"non-canonical {message_type.__name__} (unknown fields or padding)")
+    return msg
+
+
+def drop_if_unknown_fields(msg: Message) -> None:
+    """WireError if ``msg`` (an unsigned wrapper, e.g. a PeerMessage) carries unknown fields at any
+    depth: they would be kept, stored and re-sent with it."""
+    if ACCEPT_UNKNOWN_FIELDS:
+        return
+    size = msg.ByteSize()
+    msg.DiscardUnknownFields()
+    if msg.ByteSize() != size:
+        raise WireError(f"unknown fields in {type(msg).__name__}")
+
+
+def _varint_len(value: int) -> int:
+    return max(1, (value.bit_length() + 6) // 7)
+
+
+def _field(length: int) -> int:
+    """Encoded size of a length-delimited field (tag < 16) whose content is ``length`` bytes."""
+    return 1 + _varint_len(length) + length
+
+
+_U64 = 1 + 10  # a uint64 field at its largest
+_DIGEST = _field(32)
+
+
+def envelope_size(body: int) -> int:
+    """The largest Envelope around a body of ``body`` bytes (signer up to 2^32 - 1)."""
+    return _field(body) + 1 + 5 + _field(SIG_LEN)
+
+
+@dataclass(frozen=True)
+class SizeCaps:
+    """The largest signed body of each kind, and of the certificates built from them, for one
+    cluster: what an honest replica can produce at the configured limits (docs/PROTOCOL.md). A body
+    above its cap is dropped before its signature is checked."""
+
+    body: dict[Kind, int]
+    batch: int  # a Batch (unsigned; named by a PRE-PREPARE's digest)
+    prepared_proof: int
+    commit_proof: int
+
+    @classmethod
+    def compute(cls, n: int, f: int, window: int, batch_max_bytes: int, batch_max_requests: int) -> SizeCaps:
+        vote = TAG_LEN + _U64 + _U64 + _DIGEST  # PRE-PREPARE, PREPARE, COMMIT
+        checkpoint = TAG_LEN + _U64 + _DIGEST
+        status = TAG_LEN + _U64 + 2 + _U64 + _U64
+        fetch = TAG_LEN + max(_DIGEST, _U64, _field(2 * _U64))
+        reply = TAG_LEN + _U64 + _U64 + _DIGEST
+        prepared_proof = _field(envelope_size(vote)) + 2 * f * _field(envelope_size(vote))
+        view_change = (
+            TAG_LEN
+            + _U64
+            + _U64
+            + _DIGEST
+            + n * _field(envelope_size(checkpoint))
+            + window * _field(prepared_proof)
+        )
+        new_view = (
+            TAG_LEN
+            + _U64
+            + (2 * f + 1) * _field(envelope_size(view_change))
+            + window * _field(envelope_size(vote))
+        )
+        # The primary adds requests while they fit batch_max_bytes, and always at least one.
+        batch = _U64 + max(batch_max_bytes, MAX_REQUEST_BYTES) + batch_max_requests * (1 + 3)
+        commit_proof = _field(envelope_size(vote)) + _field(batch) + n * _field(envelope_size(vote))
+        body = {
+            Kind.PREPREPARE: vote,
+            Kind.PREPARE: vote,
+            Kind.COMMIT: vote,
+            Kind.CHECKPOINT: checkpoint,
+            Kind.STATUS: status,
+            Kind.FETCH: fetch,
+            Kind.REPLY: reply,
+            Kind.VIEW_CHANGE: view_change,
+            Kind.NEW_VIEW: new_view,
+        }
+        return cls(body, batch, prepared_proof, commit_proof)
+
+    def peer_message(self) -> int:
+        """The largest PeerMessage an honest replica sends (a NEW-VIEW, or a batch with its
+        PRE-PREPARE, or a CommitProof)."""
+        return max(
+            _field(envelope_size(self.body[Kind.NEW_VIEW])),
+            _field(envelope_size(self.body[Kind.PREPREPARE])) + _field(self.batch),
+            _field(self.commit_proof),
+        )
 
 
 def seal(signer: Signer, signer_id: int, kind: Kind, cluster_id: bytes, message: Message) -> pb.Envelope:
@@ -53,6 +176,9 @@ def open_envelope(
         raise WireError(f"not a {kind.name} of this cluster")
     if not verifier.verify(public_key, env.body, env.signature):
         raise WireError(f"bad signature on {kind.name} from {env.signer}")
+    message_type = KIND_MESSAGES.get(kind)
+    if message_type is not None:
+        parse_canonical(message_type, split[1])
     return split[1]
 
 
@@ -73,6 +199,12 @@ class OpenedRequest:
     read_only: bool
     min_seq: int
     raw: bytes  # the serialised Envelope, as it travels inside batches
+
+    @property
+    def retained_bytes(self) -> int:
+        """What keeping it costs: the travelling bytes, the signed body and the operation (three
+        copies, so a table of requests is bounded by this, not by ``len(raw)``)."""
+        return len(self.raw) + len(self.request.signed) + len(self.request.op)
 
 
 def make_request(
@@ -105,7 +237,10 @@ def open_request(raw: bytes, cluster_id: bytes, verifier: Verifier) -> OpenedReq
     key = payload[:KEY_LEN]
     if not verifier.verify(key, env.body, env.signature):
         raise WireError("bad client signature")
-    body = parse(pb.RequestBody, payload[KEY_LEN:])
+    body = parse_canonical(pb.RequestBody, payload[KEY_LEN:])
+    canonical = pb.Envelope(body=env.body, signature=env.signature).SerializeToString()
+    if canonical != raw and not ACCEPT_UNKNOWN_FIELDS:
+        raise WireError("non-canonical request envelope (unknown fields or padding)")
     req = Request(
         client_key=key,
         session=body.session,

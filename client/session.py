@@ -54,6 +54,7 @@ from bft.core.config import ClusterInfo
 from bft.crypto import CachingVerifier, Ed25519Verifier, Signer, sha256
 from bft.pb.bftchat.v1 import protocol_pb2 as pb
 from bft.pb.bftchat.v1 import service_pb2 as spb
+from bft.quorums import Quorums
 from bft.replies import CheckedReply, ReplyCollector, check_reply
 from bft.runtime.clusterconf import ClusterConfig, ConfigError
 from bft.runtime.handshake import CheckedPush, auth_proof, check_push, session_claim
@@ -172,6 +173,35 @@ class RetransmitTimer:
     def timeout(self, resends: int = 0) -> float:
         base = RESEND_AFTER if self.srtt is None else self.srtt + 4 * self.rttvar
         return max(RESEND_AFTER, min(base * 2**resends, RESEND_MAX))
+
+
+@dataclass
+class ReadCursor:
+    """The pure acceptance state of one session, shared with the simulator's client (one copy of
+    the rules): which replies to collect, and what an accepted result teaches the session.
+
+    ``last_seq`` is the seq a one-round read must not predate (its ``min_seq``). It only rises from
+    accepted results, whose seq the collector takes as the f+1-th highest among the matching
+    replies, so no faulty replica can push it beyond what an honest one executed.
+    """
+
+    quorums: Quorums
+    last_seq: int = 0
+
+    def collector(self, read_only: bool) -> ReplyCollector:
+        return ReplyCollector.for_request(self.quorums, read_only)
+
+    def min_seq(self, read_only: bool) -> int:
+        return self.last_seq if read_only else 0
+
+    def accept(self, reply: CheckedReply) -> int | None:
+        """Take an accepted result. Returns the smallest timestamp the replicas would take when f+1
+        agreed the request is below the eviction floor (re-sign above it), else None."""
+        if reply.status == pb.REPLY_STALE_TIMESTAMP:
+            return int(struct.unpack(">Q", reply.result)[0]) if len(reply.result) == 8 else MAX_TIMESTAMP + 1
+        if reply.seq:
+            self.last_seq = max(self.last_seq, reply.seq)
+        return None
 
 
 @dataclass
@@ -356,7 +386,7 @@ class ClusterSession:
         self._timestamp = 0
         self._views: dict[int, int] = {}  # replica -> view of its latest verified reply
         self.retransmit = RetransmitTimer()
-        self.last_seq = 0
+        self.cursor = ReadCursor(cluster.quorums)
         self.last_raw = b""  # the signed bytes of the latest request sent
 
     @classmethod
@@ -407,6 +437,15 @@ class ClusterSession:
             if time.monotonic() > deadline:
                 raise TimeoutError(f"only {have} of {need} {what}")
             await asyncio.sleep(0.02)
+
+    @property
+    def last_seq(self) -> int:
+        """The seq this session's one-round reads must not predate (``ReadCursor``)."""
+        return self.cursor.last_seq
+
+    @last_seq.setter
+    def last_seq(self, seq: int) -> None:
+        self.cursor.last_seq = seq
 
     # ---- the primary
 
@@ -478,12 +517,11 @@ class ClusterSession:
                     stale_tries += 1
                     self._move_past(reply.smallest, stale_tries)
                     continue
-                if reply.status == pb.REPLY_STALE_TIMESTAMP:  # f+1 agree: below the eviction floor
+                smallest = self.cursor.accept(reply)
+                if smallest is not None:  # f+1 agree: below the eviction floor
                     stale_tries += 1
-                    self._move_past(struct.unpack(">Q", reply.result)[0], stale_tries)
+                    self._move_past(smallest, stale_tries)
                     continue
-                if reply.seq:
-                    self.last_seq = max(self.last_seq, reply.seq)
                 return reply
 
     async def _attempt(self, op: bytes, read_only: bool, deadline: float) -> CheckedReply | _Stale | None:
@@ -499,12 +537,11 @@ class ClusterSession:
             ts,
             op,
             read_only=read_only,
-            min_seq=self.last_seq if read_only else 0,
+            min_seq=self.cursor.min_seq(read_only),
         )
         self.last_raw = raw
-        q = self.cluster.quorums
         fut: asyncio.Future[CheckedReply | _Stale] = asyncio.get_running_loop().create_future()
-        collector = ReplyCollector(q.read if read_only else q.reply)
+        collector = self.cursor.collector(read_only)
         target = None if read_only else self._first_target()
         p = _Pending(ts, raw, sha256(raw), read_only, collector, fut, target)
         self._pending[ts] = p

@@ -167,7 +167,7 @@ def test_requests_commit_and_clients_accept_f_plus_one_matching_replies() -> Non
     raw = make_request(client, CID, 1, 1, b"add x 5")
     reps[0].on_request(raw, 0.1)
     replies = _drive(reps, {0: reps[0].take_outputs()}, 0.1)
-    collector = ReplyCollector(info.quorums.reply)
+    collector = ReplyCollector.for_request(info.quorums, read_only=False)
     accepted = None
     for rep in replies:
         accepted = collector.add(check_reply(rep.data, info, hv, client.public_key, 1, 1)) or accepted

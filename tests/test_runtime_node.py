@@ -5,6 +5,7 @@ from the loop clock, replies and pushes reach only the sessions entitled to them
 from __future__ import annotations
 
 import asyncio
+import struct
 import time
 
 import pytest
@@ -52,12 +53,16 @@ class FakeReplica:
         self.recovering = False
         self.evidence: list[object] = []
         self.clients = ClientTable(16)
+        self.rejected_inputs = 0
+        self.explode = False
 
     def start(self, now: float) -> None:
         self.inputs.append(("start", now))
 
     def on_message(self, raw: bytes, now: float) -> None:
         self.inputs.append(("message", raw))
+        if self.explode:
+            raise struct.error("required argument is not within range")
 
     def on_request(self, raw: bytes, now: float, forwarded: bool = False) -> str | None:
         self.inputs.append(("request", raw))
@@ -400,3 +405,35 @@ def test_a_request_below_its_sessions_last_timestamp_is_refused_as_stale() -> No
     assert [f.WhichOneof("kind") for f in sink.frames] == ["error"]
     err = sink.frames[0].error
     assert err.min_timestamp == 11 and "stale timestamp 5" in err.message
+
+
+def test_an_exception_inside_the_core_stops_the_replica_and_nothing_of_its_burst_leaves() -> None:
+    """A core transition that raises leaves the core in an unknown state: the node stops (the exit
+    path, non-zero), logs it and counts it, carries out nothing of that burst and takes no more
+    input. Inputs the core dropped as invalid are only counted."""
+
+    async def scenario() -> tuple[list[str], Node, FakeReplica]:
+        trace: list[str] = []
+        node, core = make_node(trace)
+        node.start()
+        core.rejected_inputs = 3  # the core dropped three bad inputs: a metric, nothing else
+        core.script = [Send(1, b"fine")]
+        node.deliver_peer([b"m1"])
+        await asyncio.sleep(0.01)
+        assert node.failed is not None and not node.failed.done()
+        core.explode = True
+        core.script = [Send(1, b"half-done")]
+        node.deliver_peer([b"boom", b"after"])
+        await asyncio.sleep(0.01)
+        node.deliver_peer([b"later"])
+        await asyncio.sleep(0.01)
+        return trace, node, core
+
+    trace, node, core = asyncio.run(scenario())
+    assert node.failed is not None and node.failed.done()
+    assert "core exception" in node.failed.result()
+    assert node.stopping
+    assert trace == ["send1:fine"]
+    assert [raw for kind, raw in core.inputs if kind == "message"] == [b"m1", b"boom"]
+    assert node.metrics.core_errors._value.get() == 1
+    assert node.metrics.core_rejected._value.get() == 3

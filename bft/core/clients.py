@@ -18,6 +18,8 @@ from bft.lthash import LtHash
 from bft.pb.bftchat.v1 import protocol_pb2 as pb
 
 ClientId = tuple[bytes, int]  # (public key, session)
+MAX_U64 = 2**64 - 1
+"""Timestamps are uint64 on the wire: counters derived from them saturate here, never overflow."""
 
 
 @dataclass(slots=True)
@@ -55,7 +57,7 @@ class ClientTable:
     def min_timestamp(self, cid: ClientId) -> int:
         """The smallest timestamp a new request of ``cid`` may carry."""
         entry = self._entries.get(cid)
-        return (entry.last_timestamp if entry else self.floor) + 1
+        return min((entry.last_timestamp if entry else self.floor) + 1, MAX_U64)
 
     def record(self, cid: ClientId, timestamp: int, seq: int, status: int, result: bytes) -> None:
         self._entries[cid] = ClientEntry(timestamp, seq, status, result)

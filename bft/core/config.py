@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 
 from bft.quorums import Quorums
+from bft.wire import MAX_MESSAGE_BYTES, SizeCaps
 
 
 @dataclass(frozen=True)
@@ -22,8 +24,13 @@ class Params:
     clock_skew_us: int = 10_000_000  # a PRE-PREPARE's timestamp may differ this much from ours
     max_pending_per_client: int = 64
     max_pending_total: int = 50_000
+    max_pending_bytes: int = 256 * 1024 * 1024  # queued requests' bytes, all clients together
     client_table_capacity: int = 100_000
     max_pending_reads: int = 10_000
+    max_pending_reads_per_client: int = 16  # parked one-round reads of one client key
+    max_pending_read_bytes: int = 64 * 1024 * 1024
+    read_wait_timeout: float = 10.0  # a parked read not answerable by then is dropped
+    max_request_ahead_us: int = 600_000_000  # a request timestamp this far past its batch's time is refused
     state_chunk_bytes: int = 1024 * 1024
     max_snapshot_bytes: int = 4 * 1024 * 1024 * 1024
     catchup_slots_per_status: int = 16
@@ -33,6 +40,10 @@ class Params:
             raise ValueError("need checkpoint_interval >= 1 and watermark_window >= 2 * checkpoint_interval")
         if self.max_in_flight < 1 or self.batch_max_requests < 1:
             raise ValueError("max_in_flight and batch_max_requests must be positive")
+        if self.max_request_ahead_us < 1 or self.read_wait_timeout <= 0:
+            raise ValueError("max_request_ahead_us and read_wait_timeout must be positive")
+        if not 1 <= self.max_pending_reads_per_client <= self.max_pending_reads:
+            raise ValueError("need 1 <= max_pending_reads_per_client <= max_pending_reads")
 
 
 @dataclass(frozen=True)
@@ -43,9 +54,24 @@ class ClusterInfo:
     cluster_id: bytes
     params: Params = field(default_factory=Params)
 
+    def __post_init__(self) -> None:
+        if len(self.public_keys) >= 4 and self.caps.peer_message() > MAX_MESSAGE_BYTES:
+            raise ValueError(
+                f"at n = {self.n} the largest protocol message ({self.caps.peer_message()} bytes: "
+                f"watermark_window, batch_max_bytes) exceeds the {MAX_MESSAGE_BYTES}-byte message cap"
+            )
+
     @property
     def n(self) -> int:
         return len(self.public_keys)
+
+    @cached_property
+    def caps(self) -> SizeCaps:
+        """Size caps of every signed kind and certificate at these parameters (bft.wire.SizeCaps)."""
+        p = self.params
+        return SizeCaps.compute(
+            self.n, self.quorums.f, p.watermark_window, p.batch_max_bytes, p.batch_max_requests
+        )
 
     @property
     def quorums(self) -> Quorums:

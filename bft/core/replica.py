@@ -17,7 +17,8 @@ from dataclasses import dataclass, field
 
 from bft import merkle
 from bft.app.base import AppFactory, Application, ExecContext
-from bft.core.clients import ClientId, ClientTable
+from bft.core.bounded import LargestFirst
+from bft.core.clients import MAX_U64, ClientId, ClientTable
 from bft.core.config import ClusterInfo
 from bft.core.events import (
     CancelTimer,
@@ -50,7 +51,17 @@ from bft.core.viewchange import (
 from bft.crypto import TAG_LEN, AcceptAllVerifier, Kind, Signer, Verifier, sha256
 from bft.pb.bftchat.v1 import protocol_pb2 as pb
 from bft.quorums import Quorums
-from bft.wire import MAX_MESSAGE_BYTES, OpenedRequest, WireError, open_request, parse, peek_kind, seal
+from bft.wire import (
+    MAX_MESSAGE_BYTES,
+    OpenedRequest,
+    WireError,
+    drop_if_unknown_fields,
+    open_request,
+    parse,
+    parse_canonical,
+    peek_kind,
+    seal,
+)
 
 _TRUSTED = AcceptAllVerifier()
 
@@ -58,6 +69,9 @@ STATUS_TIMER = "status"
 VIEW_TIMER = "view"
 
 ReqKey = tuple[bytes, int, int]  # (client key, session, timestamp)
+
+AHEAD_REFUSAL = b"request timestamp too far ahead of the batch time (max_request_ahead_us)"
+"""The agreed result of a request whose timestamp is beyond its batch's time + max_request_ahead_us."""
 
 
 def leaf_bytes(key: bytes, session: int, timestamp: int, status: int, result: bytes) -> bytes:
@@ -152,18 +166,27 @@ class Replica:
         self.last_proposed_ts = 0
         self._decided: dict[bytes, int] = {}  # vote bodies already counted into a quorum -> seq
 
-        # Requests.
+        # Requests. Admission (size, per-client, total) comes before anything is stored; every
+        # table is bounded in entries and bytes (OpenedRequest.retained_bytes).
         self.pending: OrderedDict[ReqKey, OpenedRequest] = OrderedDict()
-        self.pending_per_client: dict[ClientId, int] = {}
+        self.pending_by_client: dict[ClientId, dict[ReqKey, None]] = {}  # in arrival order
+        self.pending_bytes = 0
+        self._pending_owners: LargestFirst[ClientId] = LargestFirst()  # bytes per client session
         self.proposed: set[ReqKey] = set()
-        self.pending_reads: list[OpenedRequest] = []
+        # Parked one-round reads (min_seq not executed yet, or a view change): by request, with
+        # their deadline; per client key and in total, in entries and bytes.
+        self.pending_reads: OrderedDict[ReqKey, tuple[OpenedRequest, float]] = OrderedDict()
+        self._reads_by_key: dict[bytes, dict[ReqKey, None]] = {}
+        self._read_owners: LargestFirst[bytes] = LargestFirst()  # parked reads per client key
+        self.pending_read_bytes = 0
+        # Verified requests met again in a PRE-PREPARE and at execution: by digest, bounded.
         self._opened: OrderedDict[bytes, OpenedRequest] = OrderedDict()
-        self._opened_cap = 2 * self.p.max_pending_total
+        self._opened_bytes = 0
 
         # Checkpoints.
         self.my_checkpoints: dict[int, tuple[bytes, bytes]] = {}  # seq -> (digest, snapshot)
         self.ckpt_votes: dict[int, dict[bytes, dict[int, pb.Envelope]]] = {}
-        self.ckpt_seqs_by_sender: dict[int, set[int]] = {}
+        self.ckpt_by_sender: dict[int, dict[int, bytes]] = {}  # sender -> seq -> the digest it voted
         self.pending_stable: tuple[int, bytes, list[pb.Envelope]] | None = None
 
         # View change.
@@ -176,6 +199,7 @@ class Replica:
         self.timers: dict[str, float] = {}
 
         self.transfer: Transfer | None = None
+        self.rejected_inputs = 0  # inputs dropped as malformed, oversized, badly signed or refused
         self.evidence: list[Evidence] = []
         self._evidence_keys: set[tuple[int, str, bytes, bytes]] = set()
         self.restoring = False
@@ -220,6 +244,7 @@ class Replica:
             return
         del self.timers[name]
         if name == STATUS_TIMER:
+            self._expire_pending_reads(now)
             self._on_status_tick(now)
             self._set_timer(STATUS_TIMER, now + self.p.status_interval)
         elif name == VIEW_TIMER:
@@ -231,14 +256,18 @@ class Replica:
     def on_message(self, raw: bytes, now: float) -> None:
         """A serialised PeerMessage from another replica. Never raises on bad input."""
         if len(raw) > MAX_MESSAGE_BYTES:
+            self.rejected_inputs += 1
             return
         try:
             msg = parse(pb.PeerMessage, raw)
+            drop_if_unknown_fields(msg)
         except WireError:
+            self.rejected_inputs += 1
             return
         try:
             self._dispatch(msg, now)
         except WireError:
+            self.rejected_inputs += 1
             return
 
     def on_request(self, raw: bytes, now: float, forwarded: bool = False) -> str | None:
@@ -246,14 +275,18 @@ class Replica:
         try:
             opened = self._open_request(raw)
         except WireError as exc:
+            self.rejected_inputs += 1
             return str(exc)
         req = opened.request
         if self.recovering:
             return "replica is recovering its state"
+        if not forwarded and req.timestamp > int(now * 1_000_000) + self.p.max_request_ahead_us:
+            # Admission only (this replica's clock): execution applies the agreed bound.
+            return "request timestamp too far ahead of this replica's clock"
         if opened.read_only:
             if forwarded:
                 return None
-            return self._on_read(opened)
+            return self._on_read(opened, now)
         cid = (req.client_key, req.session)
         entry = self.clients.get(cid)
         if entry is not None and req.timestamp <= entry.last_timestamp:
@@ -262,12 +295,10 @@ class Replica:
             return None
         key = (req.client_key, req.session, req.timestamp)
         if key not in self.pending:
-            if len(self.pending) >= self.p.max_pending_total:
-                return "replica overloaded: too many pending requests"
-            if self.pending_per_client.get(cid, 0) >= self.p.max_pending_per_client:
-                return "too many pending requests for this client session"
-            self.pending[key] = opened
-            self.pending_per_client[cid] = self.pending_per_client.get(cid, 0) + 1
+            refusal = self._admit(key, opened)
+            if refusal is not None:
+                self.rejected_inputs += 1
+                return refusal
         if self.view_changing:
             return None
         if self.is_primary:
@@ -281,18 +312,64 @@ class Replica:
     # ------------------------------------------------------------------ small helpers
 
     def _open_request(self, raw: bytes) -> OpenedRequest:
-        """Verify and parse a client request once per replica: it is seen again in the
-        PRE-PREPARE and at execution. WireError if invalid (failures are not cached)."""
-        opened = self._opened.get(raw)
+        """Verify and parse a client request, or take it from the cache of requests already
+        admitted or accepted in a batch (it is seen again in the PRE-PREPARE and at execution).
+        WireError if invalid. Nothing is stored here: storing is for ``_remember_opened``."""
+        opened = self._opened.get(sha256(raw))
         if opened is None:
             # Replaying our own log: its chain, seals and commit certificates were verified when
             # it was loaded, and every request in it was verified before it was first executed.
             verifier = _TRUSTED if self.restoring else self.verifier
             opened = open_request(raw, self.cid, verifier)
-            self._opened[raw] = opened
-            if len(self._opened) > self._opened_cap:
-                self._opened.popitem(last=False)
         return opened
+
+    def _remember_opened(self, opened: OpenedRequest) -> None:
+        """Cache a verified request that was admitted or is in an accepted batch; the oldest go
+        first past 2 x max_pending_total entries or max_pending_bytes."""
+        digest = sha256(opened.raw)
+        if digest in self._opened:
+            return
+        self._opened[digest] = opened
+        self._opened_bytes += opened.retained_bytes
+        while self._opened and (
+            len(self._opened) > 2 * self.p.max_pending_total or self._opened_bytes > self.p.max_pending_bytes
+        ):
+            _, old = self._opened.popitem(last=False)
+            self._opened_bytes -= old.retained_bytes
+
+    def _forget_opened(self, raw: bytes) -> None:
+        old = self._opened.pop(sha256(raw), None)
+        if old is not None:
+            self._opened_bytes -= old.retained_bytes
+
+    def _admit(self, key: ReqKey, opened: OpenedRequest) -> str | None:
+        """Queue a verified request, or say why not. Per client session at most
+        max_pending_per_client; in total max_pending_total and max_pending_bytes. When the total is
+        full, the client session holding the most bytes loses its newest unproposed request, unless
+        the newcomer would then hold as much (deterministic: ties go to the smallest key, session),
+        so one key's flood costs the others nothing but its own share."""
+        cid = (key[0], key[1])
+        mine = self.pending_by_client.get(cid)
+        if mine is not None and len(mine) >= self.p.max_pending_per_client:
+            return "too many pending requests for this client session"
+        size = opened.retained_bytes
+        owners = self._pending_owners
+        while len(self.pending) >= self.p.max_pending_total or (
+            self.pending_bytes + size > self.p.max_pending_bytes
+        ):
+            victim = owners.largest()
+            if victim is None or owners.held[victim] <= owners.held.get(cid, 0) + size:
+                return "replica overloaded: too many pending requests"
+            drop = next((k for k in reversed(self.pending_by_client[victim]) if k not in self.proposed), None)
+            if drop is None:
+                return "replica overloaded: too many pending requests"
+            self._drop_pending(drop)
+        self.pending[key] = opened
+        self.pending_by_client.setdefault(cid, {})[key] = None
+        self.pending_bytes += size
+        owners.add(cid, size)
+        self._remember_opened(opened)
+        return None
 
     def _emit(self, out: Output) -> None:
         if not self.restoring:
@@ -327,6 +404,7 @@ class Replica:
         try:
             return open_replica(env, kind, self.cluster, self.verifier)
         except WireError:
+            self.rejected_inputs += 1
             return None
 
     def _in_window(self, seq: int) -> bool:
@@ -405,7 +483,7 @@ class Replica:
                 self.proposed.add(key)
             if not batch.requests:
                 return
-            ts = max(int(now * 1_000_000), self.last_proposed_ts + 1, self.last_ts + 1)
+            ts = min(max(int(now * 1_000_000), self.last_proposed_ts + 1, self.last_ts + 1), MAX_U64)
             batch.timestamp_us = ts
             self.last_proposed_ts = ts
             data = batch.SerializeToString()
@@ -430,9 +508,12 @@ class Replica:
     # ------------------------------------------------------------------ normal case: backups
 
     def _validate_batch(self, data: bytes, now: float, seq: int, check_clock: bool) -> bool:
-        """Every request validly signed; the timestamp after the previous batch's and near our clock."""
+        """Canonical and within its size cap; every request validly signed; the timestamp after the
+        previous batch's and near our clock."""
+        if len(data) > self.cluster.caps.batch:
+            return False
         try:
-            batch = parse(pb.Batch, data)
+            batch = parse_canonical(pb.Batch, data)
         except WireError:
             return False
         if check_clock:
@@ -445,6 +526,7 @@ class Replica:
                     return False
         if len(batch.requests) > self.p.batch_max_requests:
             return False
+        opened_all = []
         for raw in batch.requests:
             try:
                 opened = self._open_request(raw)
@@ -452,6 +534,9 @@ class Replica:
                 return False
             if opened.read_only:
                 return False
+            opened_all.append(opened)
+        for opened in opened_all:
+            self._remember_opened(opened)  # executed soon: verified once
         return True
 
     def _on_preprepare(self, env: pb.Envelope, batch: bytes, now: float) -> None:
@@ -587,10 +672,12 @@ class Replica:
             return
         if sha256(proof.batch) != pp.digest:
             return
+        if len(proof.commits) > self.cluster.n:
+            return
         signers: set[int] = set()
         for env in proof.commits:
             body = self._open(env, Kind.COMMIT)
-            if body is None:
+            if body is None or env.signer in signers:
                 return
             c = parse(pb.Commit, body)
             if (c.view, c.seq, c.digest) != (pp.view, pp.seq, pp.digest):
@@ -637,7 +724,7 @@ class Replica:
                 opened = self._open_request(raw)
             except WireError:
                 continue  # cannot happen for a batch honest replicas prepared; deterministic anyway
-            self._opened.pop(raw, None)
+            self._forget_opened(raw)
             req = opened.request
             cid = (req.client_key, req.session)
             key = (req.client_key, req.session, req.timestamp)
@@ -648,8 +735,15 @@ class Replica:
                     targets.append((req.client_key, req.session, req.timestamp, entry.status, entry.result))
                 continue  # duplicate: executed once already
             if entry is None and req.timestamp <= self.clients.floor:
-                status, result = pb.REPLY_STALE_TIMESTAMP, struct.pack(">Q", self.clients.floor + 1)
+                status, result = pb.REPLY_STALE_TIMESTAMP, struct.pack(">Q", self.clients.min_timestamp(cid))
                 targets.append((req.client_key, req.session, req.timestamp, status, result))
+                continue
+            if req.timestamp > ts + self.p.max_request_ahead_us:
+                # Bounded by the agreed batch time, not by anyone's clock: every replica refuses alike,
+                # and a timestamp near 2^64 can never reach the table (nor, by eviction, its floor).
+                targets.append(
+                    (req.client_key, req.session, req.timestamp, pb.REPLY_INVALID_REQUEST, AHEAD_REFUSAL)
+                )
                 continue
             res = self.app.execute(req, ExecContext(seq, index, ts))
             self.clients.record(cid, req.timestamp, seq, pb.REPLY_OK, res.result)
@@ -689,25 +783,63 @@ class Replica:
         self._send_replies(self.view, self.last_executed, [(key, session, timestamp, status, result)])
 
     def _drop_pending(self, key: ReqKey) -> None:
-        if self.pending.pop(key, None) is not None:
+        opened = self.pending.pop(key, None)
+        if opened is not None:
             cid = (key[0], key[1])
-            left = self.pending_per_client.get(cid, 1) - 1
-            if left > 0:
-                self.pending_per_client[cid] = left
-            else:
-                self.pending_per_client.pop(cid, None)
+            mine = self.pending_by_client.get(cid, {})
+            mine.pop(key, None)
+            if not mine:
+                self.pending_by_client.pop(cid, None)
+            self.pending_bytes -= opened.retained_bytes
+            self._pending_owners.add(cid, -opened.retained_bytes)
         self.proposed.discard(key)
 
     # ------------------------------------------------------------------ reads
 
-    def _on_read(self, opened: OpenedRequest) -> str | None:
-        if self.view_changing or self.last_executed < opened.min_seq:
-            if len(self.pending_reads) >= self.p.max_pending_reads:
-                return "replica overloaded: too many waiting reads"
-            self.pending_reads.append(opened)
+    def _on_read(self, opened: OpenedRequest, now: float) -> str | None:
+        """Answer a one-round read now, or park it until ``min_seq`` is executed (or the view
+        change ends). Parked reads are de-duplicated, expire after ``read_wait_timeout``, and are
+        bounded per client key and in total (entries and bytes). A ``min_seq`` beyond anything a
+        client can have seen (past our window above the last executed) is refused at once."""
+        if opened.min_seq > self.last_executed + self.p.watermark_window:
+            self.rejected_inputs += 1
+            return "read min_seq beyond any executed sequence number"
+        if not self.view_changing and self.last_executed >= opened.min_seq:
+            self._answer_read(opened)
             return None
-        self._answer_read(opened)
+        req = opened.request
+        key = (req.client_key, req.session, req.timestamp)
+        if key in self.pending_reads:
+            return None
+        mine = self._reads_by_key.get(req.client_key, {})
+        if len(mine) >= self.p.max_pending_reads_per_client:
+            self._drop_read(next(iter(mine)))  # the client's oldest parked read makes room
+        size = opened.retained_bytes
+        owners = self._read_owners
+        while len(self.pending_reads) >= self.p.max_pending_reads or (
+            self.pending_read_bytes + size > self.p.max_pending_read_bytes
+        ):
+            victim = owners.largest()
+            if victim is None or owners.held[victim] <= owners.held.get(req.client_key, 0) + size:
+                self.rejected_inputs += 1
+                return "replica overloaded: too many waiting reads"
+            self._drop_read(next(iter(self._reads_by_key[victim])))
+        self.pending_reads[key] = (opened, now + self.p.read_wait_timeout)
+        self._reads_by_key.setdefault(req.client_key, {})[key] = None
+        self.pending_read_bytes += size
+        owners.add(req.client_key, size)
         return None
+
+    def _drop_read(self, key: ReqKey) -> None:
+        item = self.pending_reads.pop(key, None)
+        if item is None:
+            return
+        self.pending_read_bytes -= item[0].retained_bytes
+        self._read_owners.add(key[0], -item[0].retained_bytes)
+        mine = self._reads_by_key.get(key[0], {})
+        mine.pop(key, None)
+        if not mine:
+            self._reads_by_key.pop(key[0], None)
 
     def _answer_read(self, opened: OpenedRequest) -> None:
         req = opened.request
@@ -717,13 +849,18 @@ class Replica:
     def _serve_pending_reads(self) -> None:
         if not self.pending_reads or self.view_changing:
             return
-        waiting = []
-        for opened in self.pending_reads:
+        for key, (opened, _) in list(self.pending_reads.items()):
             if self.last_executed >= opened.min_seq:
+                self._drop_read(key)
                 self._answer_read(opened)
-            else:
-                waiting.append(opened)
-        self.pending_reads = waiting
+
+    def _expire_pending_reads(self, now: float) -> None:
+        """Drop parked reads past their deadline (arrival order = deadline order)."""
+        while self.pending_reads:
+            key, (_, deadline) = next(iter(self.pending_reads.items()))
+            if deadline > now:
+                return
+            self._drop_read(key)
 
     # ------------------------------------------------------------------ checkpoints
 
@@ -751,23 +888,41 @@ class Replica:
         return digest
 
     def _on_checkpoint(self, env: pb.Envelope, now: float) -> None:
+        """One vote per sender and seq (the first stands). Seqs inside the window (h, h+L] are L/K at
+        most; beyond it only the sender's highest is kept: that is how a lagging replica learns a
+        stable checkpoint it must fetch. So a sender holds at most L/K + 1 votes, whatever it signs,
+        and a stability check looks at one seq's votes only."""
         payload = self._open(env, Kind.CHECKPOINT)
         if payload is None:
             return
         ck = parse(pb.Checkpoint, payload)
         if ck.seq <= self.h or ck.seq % self.p.checkpoint_interval:
             return
-        seqs = self.ckpt_seqs_by_sender.setdefault(env.signer, set())
-        if ck.seq not in seqs and len(seqs) >= 2 * self.p.watermark_window // self.p.checkpoint_interval + 2:
-            oldest = min(seqs)
-            if oldest > ck.seq:
+        mine = self.ckpt_by_sender.setdefault(env.signer, {})
+        if ck.seq in mine:
+            return
+        top = self.h + self.p.watermark_window
+        if ck.seq > top:
+            far = [s for s in mine if s > top]
+            if any(s > ck.seq for s in far):
                 return
-            seqs.discard(oldest)
-            for votes in self.ckpt_votes.get(oldest, {}).values():
-                votes.pop(env.signer, None)
-        seqs.add(ck.seq)
+            for s in far:
+                self._forget_checkpoint_vote(env.signer, s)
+        mine[ck.seq] = ck.state_digest
         self.ckpt_votes.setdefault(ck.seq, {}).setdefault(ck.state_digest, {})[env.signer] = env
         self._check_stable(ck.seq)
+
+    def _forget_checkpoint_vote(self, sender: int, seq: int) -> None:
+        digest = self.ckpt_by_sender.get(sender, {}).pop(seq, None)
+        if digest is None:
+            return
+        by_digest = self.ckpt_votes.get(seq, {})
+        votes = by_digest.get(digest, {})
+        votes.pop(sender, None)
+        if not votes:
+            by_digest.pop(digest, None)
+        if not by_digest:
+            self.ckpt_votes.pop(seq, None)
 
     def _check_stable(self, seq: int) -> None:
         for digest, votes in self.ckpt_votes.get(seq, {}).items():
@@ -812,9 +967,9 @@ class Replica:
             del self.my_checkpoints[s]
         for s in [s for s in self.ckpt_votes if s <= h]:
             del self.ckpt_votes[s]
-        for seqs in self.ckpt_seqs_by_sender.values():
-            for s in [s for s in seqs if s <= h]:
-                seqs.discard(s)
+        for votes in self.ckpt_by_sender.values():
+            for s in [s for s in votes if s <= h]:
+                del votes[s]
         self._decided = {k: s for k, s in self._decided.items() if s > h}
         keep = {NULL_DIGEST}
         for slot in self.slots.values():
@@ -961,7 +1116,7 @@ class Replica:
                 return None
             seen.add(vc.sender)
             vcs.append(vc)
-        if len(vcs) < self.q.view_change:
+        if len(vcs) != self.q.view_change:  # exactly what an honest primary sends: bounded size
             return None
         plan = plan_new_view(vcs)
         if len(nv.preprepares) != len(plan.proposals):

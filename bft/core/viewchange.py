@@ -37,46 +37,54 @@ class ValidViewChange:
 
 
 def open_replica(env: pb.Envelope, kind: Kind, cluster: ClusterInfo, verifier: Verifier) -> bytes:
-    """Verify a replica-signed envelope; WireError if the signer is unknown or the signature bad."""
+    """Verify a replica-signed envelope; WireError if the signer is unknown, the body above its
+    kind's size cap (checked before the signature), the signature bad or the body not canonical."""
     if env.signer >= cluster.n:
         raise WireError(f"unknown replica {env.signer}")
+    cap = cluster.caps.body.get(kind)
+    if cap is not None and len(env.body) > cap:
+        raise WireError(f"{kind.name} body of {len(env.body)} bytes exceeds its cap of {cap}")
     return open_envelope(env, kind, cluster.cluster_id, cluster.public_keys[env.signer], verifier)
 
 
 def check_checkpoint_proof(
     cluster: ClusterInfo, verifier: Verifier, seq: int, digest: bytes, proof: list[pb.Envelope]
 ) -> bool:
-    """2f+1 CHECKPOINTs from distinct replicas, all for (seq, digest). Seq 0 is genesis: no proof."""
+    """2f+1 CHECKPOINTs from distinct replicas, all for (seq, digest), at most n, each verified.
+    Seq 0 is genesis: no proof."""
     if seq == 0:
         return True
+    if len(proof) > cluster.n:
+        return False
     signers: set[int] = set()
     for env in proof:
         try:
             ck = parse(pb.Checkpoint, open_replica(env, Kind.CHECKPOINT, cluster, verifier))
         except WireError:
             return False
-        if ck.seq != seq or ck.state_digest != digest:
+        if ck.seq != seq or ck.state_digest != digest or env.signer in signers:
             return False
         signers.add(env.signer)
     return len(signers) >= cluster.quorums.checkpoint
 
 
 def check_prepared_proof(cluster: ClusterInfo, verifier: Verifier, proof: pb.PreparedProof) -> PreparedCert:
-    """A PRE-PREPARE by the view's primary plus 2f matching PREPAREs from distinct backups."""
+    """A PRE-PREPARE by the view's primary plus exactly 2f matching PREPAREs from distinct backups,
+    every envelope verified (what an honest replica builds; anything else is padding or forgery)."""
     pp = parse(pb.PrePrepare, open_replica(proof.preprepare, Kind.PREPREPARE, cluster, verifier))
     primary = cluster.primary(pp.view)
     if proof.preprepare.signer != primary:
         raise WireError("pre-prepare not signed by the view's primary")
+    if len(proof.prepares) != cluster.quorums.prepare:
+        raise WireError("a prepared certificate carries exactly 2f prepares")
     backups: set[int] = set()
     for env in proof.prepares:
-        if env.signer == primary:
-            continue
         p = parse(pb.Prepare, open_replica(env, Kind.PREPARE, cluster, verifier))
+        if env.signer == primary or env.signer in backups:
+            raise WireError("prepare from the primary or twice from one backup")
         if (p.view, p.seq, p.digest) != (pp.view, pp.seq, pp.digest):
             raise WireError("prepare does not match the pre-prepare")
         backups.add(env.signer)
-    if len(backups) < cluster.quorums.prepare:
-        raise WireError("too few prepares in a prepared certificate")
     return PreparedCert(pp.view, pp.seq, pp.digest, proof)
 
 

@@ -67,6 +67,14 @@ class Metrics:
         self.bad_input = Counter(
             "bft_bad_input", "Malformed or refused input at the gRPC layer", ["endpoint"], registry=r
         )
+        self.core_rejected = Counter(
+            "bft_core_rejected_inputs",
+            "Peer messages and requests the core dropped: malformed, oversized, badly signed, refused",
+            registry=r,
+        )
+        self.core_errors = Counter(
+            "bft_core_errors", "Exceptions inside a core transition (each stops the replica)", registry=r
+        )
         self.client_sessions = Gauge("bft_client_sessions", "Open client session streams", registry=r)
         self.client_requests = Counter(
             "bft_client_requests",

@@ -35,6 +35,7 @@ from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from typing import Any, Protocol
 
+from bft.core.clients import MAX_U64
 from bft.core.config import ClusterInfo
 from bft.core.events import (
     CancelTimer,
@@ -215,6 +216,7 @@ class Node:
         self.failed: asyncio.Future[str] | None = None
         self.started_at = 0.0
         self.faults: list[str] = []  # set by the fault-injection controller, shown in status
+        self._rejected_seen = 0  # the core's rejected_inputs already added to the metric
         events.bind(self._where)
 
     # ---------------------------------------------------------------- seams and views
@@ -364,8 +366,15 @@ class Node:
                     self._on_request(item, extra)  # type: ignore[arg-type]
                 else:
                     core.on_timer(item, time.time())  # type: ignore[arg-type]
-            except Exception:  # a core bug must not take the process down with it
+            except Exception as exc:
+                # The core turns every input it cannot decode or validate into a counted drop, so an
+                # exception here comes from inside a validated transition: the core's state is now
+                # unknown. Stop (non-zero exit) and let the restart rebuild it from the log; never
+                # carry on, and carry out nothing of this burst.
+                self.metrics.core_errors.inc()
                 self.events.error("core_error", exc=True, input=kind)
+                self._fail(f"core exception on {kind!r} input: {type(exc).__name__}: {exc}")
+                return
             if (n & 31) == 0 and time.perf_counter() > deadline:
                 break
         try:
@@ -410,7 +419,7 @@ class Node:
         if entry is None or timestamp >= entry.last_timestamp:
             return None, 0
         text = f"stale timestamp {timestamp}: this session already executed timestamp {entry.last_timestamp}"
-        return text, entry.last_timestamp + 1
+        return text, min(entry.last_timestamp + 1, MAX_U64)
 
     # ---------------------------------------------------------------- timers
 
@@ -569,3 +578,7 @@ class Node:
         m.last_executed.set(r.last_executed)
         m.checkpoint_seq.set(r.h)
         m.log_bytes.set(self.storage.size_bytes)
+        rejected = r.rejected_inputs
+        if rejected > self._rejected_seen:
+            m.core_rejected.inc(rejected - self._rejected_seen)
+        self._rejected_seen = rejected

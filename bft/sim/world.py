@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import heapq
 import random
-import struct
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from bft.app.base import Application
 from bft.app.kv import KVApp
+from bft.core.clients import MAX_U64
 from bft.core.config import ClusterInfo, Params
 from bft.core.events import (
     CancelTimer,
@@ -30,6 +30,7 @@ from bft.core.events import (
 )
 from bft.core.replica import Replica
 from bft.crypto import (
+    TAG_LEN,
     AcceptAllVerifier,
     CachingVerifier,
     Ed25519Signer,
@@ -44,10 +45,11 @@ from bft.crypto import (
 from bft.faults import BEHAVIOURS, Behaviour, ByzantineReplica, Targeted
 from bft.pb.bftchat.v1 import protocol_pb2 as pb
 from bft.quorums import Quorums, WeakCommitQuorums
-from bft.replies import ReplyCollector, check_reply
+from bft.replies import CheckedReply, ReplyCollector, check_reply
 from bft.sim.scenario import Scenario
 from bft.sim.storage import SimStorage
 from bft.wire import WireError, make_request, parse, peek_kind
+from client.session import ReadCursor
 
 SETTLE = 3.0  # virtual seconds after the last client finishes, for stragglers to converge
 LIVENESS_BOUND = 90.0  # after GST, every honest client's requests must complete within this
@@ -117,7 +119,7 @@ class SimClient:
         self.collector: ReplyCollector | None = None
         self.attempt = 0
         self.view = 0
-        self.last_seq = 0
+        self.cursor = ReadCursor(world.cluster.quorums)
         self.done = False
         self.token = 0
         self.accepted: list[tuple[tuple[bytes, int, int], int, bytes, bool]] = []
@@ -140,10 +142,9 @@ class SimClient:
             self.timestamp,
             op,
             read_only=read_only,
-            min_seq=self.last_seq if read_only else 0,
+            min_seq=self.cursor.min_seq(read_only),
         )
-        q = self.world.cluster.quorums
-        self.collector = ReplyCollector(q.read if read_only else q.reply)
+        self.collector = self.cursor.collector(read_only)
         self.attempt = 0
         self._send(now)
 
@@ -179,13 +180,13 @@ class SimClient:
         if accepted is None:
             return
         self.view = max(self.view, accepted.view)
-        if accepted.seq:
-            self.last_seq = max(self.last_seq, accepted.seq)
         key = (self.key, self.session, self.timestamp)
         self.accepted.append((key, accepted.status, accepted.result, self.read_only))
-        self.world.checker.on_accept(self.index, key, accepted.status, accepted.result, self.read_only)
-        if accepted.status == pb.REPLY_STALE_TIMESTAMP:
-            self.timestamp = max(self.timestamp, struct.unpack(">Q", accepted.result)[0])
+        min_seq = self.cursor.min_seq(self.read_only)
+        smallest = self.cursor.accept(accepted)  # the client library's own rules
+        self.world.checker.on_accept(self.index, key, accepted, self.read_only, min_seq, self.cursor.last_seq)
+        if smallest is not None:
+            self.timestamp = min(max(self.timestamp, smallest - 1), MAX_U64 - 1)
         else:
             self.next_op += 1
         self._issue(now)
@@ -201,6 +202,8 @@ class Checker:
         self.executed_at: dict[tuple[bytes, int, int], int] = {}
         self.checkpoints: dict[int, tuple[bytes, int]] = {}
         self.results: dict[tuple[bytes, int, int], tuple[int, bytes]] = {}
+        self.read_answers: dict[tuple[bytes, int, int], set[tuple[int, bytes]]] = {}
+        self.max_honest_seq = 0
 
     def fail(self, text: str) -> None:
         if len(self.violations) < 20:
@@ -230,11 +233,21 @@ class Checker:
 
     def on_reply(self, replica: int, data: bytes) -> None:
         reply = parse(pb.ClientReply, data)
-        root = parse(pb.ReplyRoot, reply.root.body[22:])
-        if root.seq == 0:
-            return  # one-round read: answered from whatever state the replica had executed
+        root = parse(pb.ReplyRoot, reply.root.body[TAG_LEN:])
         key = (reply.client_key, reply.session, reply.timestamp)
         got = (reply.status, reply.result)
+        if root.seq == 0:
+            # One-round read: answered from the replica's executed state, which must have reached
+            # the min_seq the client asked for. Remember what honest replicas answered.
+            client = self.world.client_by_key.get((reply.client_key, reply.session))
+            executed = self.world.honest_core(replica).last_executed
+            if client is not None and client.timestamp == reply.timestamp and client.read_only:
+                want = client.cursor.min_seq(True)
+                if executed < want:
+                    self.fail(f"read: r{replica} answered at seq {executed} a read with min_seq {want}")
+            self.read_answers.setdefault(key, set()).add(got)
+            return
+        self.max_honest_seq = max(self.max_honest_seq, root.seq)
         prev = self.results.get(key)
         if prev is None:
             self.results[key] = got
@@ -242,9 +255,24 @@ class Checker:
             self.fail(f"results: honest replicas disagree on a reply (r{replica})")
 
     def on_accept(
-        self, client: int, key: tuple[bytes, int, int], status: int, result: bytes, read: bool
+        self,
+        client: int,
+        key: tuple[bytes, int, int],
+        reply: CheckedReply,
+        read: bool,
+        min_seq: int,
+        last_seq: int,
     ) -> None:
+        status, result = reply.status, reply.result
+        top = max(self.max_honest_seq, max(self.committed, default=0))
+        if last_seq > top:
+            self.fail(f"client {client} trusts seq {last_seq}, beyond anything committed ({top})")
         if read:
+            if (status, result) not in self.read_answers.get(key, set()):
+                self.fail(
+                    f"client {client} accepted a read result no honest replica gave at seq >= {min_seq}: "
+                    f"{result[:40]!r}"
+                )
             return
         honest = self.results.get(key)
         if honest is None:
@@ -388,6 +416,10 @@ class World:
             elif name == "targeted":
                 behaviours.append(Targeted(spec.victim))
         return ByzantineReplica(core, behaviours, random.Random(self.sc.seed * 31 + i))
+
+    def honest_core(self, i: int) -> Replica:
+        core = self.nodes[i].instances[0].core
+        return core.inner if isinstance(core, ByzantineReplica) else core
 
     # ---------------------------------------------------------------- scheduling
 

@@ -1,0 +1,375 @@
+"""The core against Byzantine clients and replicas (issue 11): each test drives real replica cores
+with validly signed hostile input and checks the bound or refusal that stops it."""
+
+from __future__ import annotations
+
+import struct
+import tracemalloc
+
+import pytest
+
+from bft.app.kv import KVApp
+from bft.core.clients import MAX_U64, ClientTable
+from bft.core.config import ClusterInfo, Params
+from bft.core.events import Send, ToClient
+from bft.core.replica import Replica
+from bft.core.viewchange import check_prepared_proof, check_view_change, open_replica
+from bft.crypto import TAG_LEN, CachingVerifier, HashSigner, HashVerifier, Kind, cluster_id_from, sha256, tag
+from bft.pb.bftchat.v1 import protocol_pb2 as pb
+from bft.replies import CheckedReply
+from bft.wire import MAX_MESSAGE_BYTES, MAX_REQUEST_BYTES, WireError, make_request, seal
+from client.session import ReadCursor
+
+CID = cluster_id_from(b"adversary")
+
+
+def cluster(n: int = 4, **params: int) -> tuple[ClusterInfo, list[HashSigner], HashVerifier]:
+    hv = HashVerifier()
+    signers = [HashSigner(b"r%d" % i, hv) for i in range(n)]
+    p = Params(**{"checkpoint_interval": 2, "watermark_window": 8, **params})
+    return ClusterInfo(tuple(s.public_key for s in signers), CID, p), signers, hv
+
+
+def replicas(info: ClusterInfo, signers: list[HashSigner], hv: HashVerifier) -> list[Replica]:
+    reps = [Replica(info, i, signers[i], hv, KVApp) for i in range(info.n)]
+    for r in reps:
+        r.start(0.0)
+        r.take_outputs()
+    return reps
+
+
+def drive(reps: list[Replica], now: float, first: int = 0) -> list[ToClient]:
+    """Deliver every Send until quiet (a lossless network); return the client replies."""
+    replies: list[ToClient] = []
+    queue = [(first, o) for o in reps[first].take_outputs()]
+    while queue:
+        i, out = queue.pop(0)
+        if isinstance(out, ToClient):
+            replies.append(out)
+        if not isinstance(out, Send):
+            continue
+        for j in [out.to] if out.to is not None else [k for k in range(len(reps)) if k != i]:
+            reps[j].on_message(out.data, now)
+            queue += [(j, o) for o in reps[j].take_outputs()]
+    return replies
+
+
+def statuses(replies: list[ToClient], key: bytes) -> set[int]:
+    return {pb.ClientReply.FromString(r.data).status for r in replies if r.client_key == key}
+
+
+# ---- item 1: request timestamps are bounded at execution, counters saturate -----------------
+
+
+def test_a_timestamp_near_2_64_is_refused_at_execution_and_cannot_lift_the_floor() -> None:
+    """The attack: a request with timestamp 2^64 - 1, then enough new sessions to evict it, lifted
+    the eviction floor to 2^64 - 1 and the next new session made every replica raise mid-batch."""
+    info, signers, hv = cluster(client_table_capacity=2)
+    reps = replicas(info, signers, hv)
+    attacker = HashSigner(b"attacker", hv)
+    raw = make_request(attacker, CID, 1, MAX_U64, b"set a b")
+    # At the door a replica refuses it by its own clock ...
+    error = reps[0].on_request(raw, 1.0)
+    assert error is not None and "ahead" in error
+    # ... but a faulty backup can forward it and a faulty primary order it: execution refuses it
+    # by the batch's agreed time, alike on every replica.
+    reps[0].on_request(raw, 1.0, forwarded=True)
+    replies = drive(reps, 1.0)
+    assert statuses(replies, attacker.public_key) == {pb.REPLY_INVALID_REQUEST}
+    assert all(r.clients.get((attacker.public_key, 1)) is None for r in reps)
+    # Session churn evicts sessions; the floor stays an honest timestamp; new sessions still run.
+    for s in range(2, 7):
+        reps[0].on_request(make_request(attacker, CID, s, 1_000_000 + s, b"add n 1"), 2.0)
+        assert statuses(drive(reps, 2.0), attacker.public_key) == {pb.REPLY_OK}
+    assert all(r.clients.floor < 2_000_000 for r in reps)
+    honest = HashSigner(b"honest", hv)
+    reps[0].on_request(make_request(honest, CID, 9, 3_000_000, b"set k v"), 3.0)
+    assert statuses(drive(reps, 3.0), honest.public_key) == {pb.REPLY_OK}
+    assert len({(r.last_executed, r.state_digest()) for r in reps}) == 1
+
+
+def test_the_client_table_floor_saturates_instead_of_overflowing() -> None:
+    t = ClientTable(capacity=1)
+    t.record((b"a", 1), MAX_U64, 1, 0, b"r")
+    t.record((b"b", 1), 5, 2, 0, b"r")
+    t.evict_overflow()
+    assert t.floor == MAX_U64
+    assert t.min_timestamp((b"new", 1)) == MAX_U64
+    struct.pack(">Q", t.min_timestamp((b"new", 1)))  # what a stale reply carries: must encode
+
+
+# ---- item 2: signed bodies are canonical and capped ------------------------------------------
+
+
+def _resign(signer: HashSigner, replica: int, kind: Kind, payload: bytes) -> pb.Envelope:
+    body = tag(kind, CID) + payload
+    return pb.Envelope(body=body, signer=replica, signature=signer.sign(body))
+
+
+def test_padded_signed_bodies_and_envelopes_are_dropped() -> None:
+    """A faulty primary pads its PRE-PREPARE with an unknown field (validly signed), or pads the
+    unsigned envelope around it: backups drop both and send no PREPARE; the plain one is prepared."""
+    info, signers, hv = cluster()
+    reps = replicas(info, signers, hv)
+    client = HashSigner(b"client", hv)
+    reps[0].on_request(make_request(client, CID, 1, 1, b"set a b"), 0.5)
+    honest = next(o for o in reps[0].take_outputs() if isinstance(o, Send))
+    msg = pb.PeerMessage.FromString(honest.data)
+    payload = msg.envelope.body[TAG_LEN:]
+    unknown = b"\x7a\x08" + b"x" * 8  # field 15, length-delimited: unknown to PrePrepare
+    overlong = b"\x08\x80\x00" + payload[2:]  # view = 0 as a two-byte varint
+    for bad in (payload + unknown, overlong):
+        env = _resign(signers[0], 0, Kind.PREPREPARE, bad)
+        with pytest.raises(WireError):
+            open_replica(env, Kind.PREPREPARE, info, hv)
+        reps[1].on_message(pb.PeerMessage(envelope=env, batch=msg.batch).SerializeToString(), 0.5)
+        assert not reps[1].take_outputs() and reps[1].rejected_inputs
+    wrapped = msg.envelope.SerializeToString() + unknown
+    padded = pb.PeerMessage(envelope=pb.Envelope.FromString(wrapped), batch=msg.batch)
+    reps[1].on_message(padded.SerializeToString(), 0.5)
+    assert not reps[1].take_outputs()
+    reps[1].on_message(honest.data, 0.5)
+    assert any(isinstance(o, Send) for o in reps[1].take_outputs())  # the canonical one: PREPARE
+
+
+def test_padded_client_requests_are_refused() -> None:
+    info, signers, hv = cluster()
+    reps = replicas(info, signers, hv)
+    client = HashSigner(b"client", hv)
+    raw = make_request(client, CID, 1, 1, b"set a b")
+    assert reps[1].on_request(raw + b"\x7a\x04pppp", 0.5) is not None  # unknown field in the envelope
+    env = pb.Envelope.FromString(raw)
+    body = env.body + b"\x7a\x04pppp"  # unknown field in the signed body
+    padded = pb.Envelope(body=body, signature=client.sign(body)).SerializeToString()
+    assert reps[1].on_request(padded, 0.5) is not None
+    assert reps[1].on_request(raw, 0.5) is None
+
+
+def test_every_envelope_of_a_prepared_proof_is_verified() -> None:
+    """An envelope claiming the primary among the PREPAREs was skipped unverified: now the proof
+    must carry exactly 2f PREPAREs from distinct backups, each verified."""
+    info, signers, hv = cluster()
+    pp = pb.PrePrepare(view=0, seq=1, digest=sha256(b"batch"))
+    prepare = pb.Prepare(view=0, seq=1, digest=pp.digest)
+    good = [seal(signers[i], i, Kind.PREPARE, CID, prepare) for i in (1, 2)]
+    proof = pb.PreparedProof(preprepare=seal(signers[0], 0, Kind.PREPREPARE, CID, pp), prepares=good)
+    assert check_prepared_proof(info, hv, proof).seq == 1
+    junk = pb.Envelope(body=b"\0" * 1_000, signer=0, signature=bytes(64))
+    for extra in (junk, good[0]):
+        padded = pb.PreparedProof()
+        padded.CopyFrom(proof)
+        padded.prepares.append(extra)
+        with pytest.raises(WireError):
+            check_prepared_proof(info, hv, padded)
+
+
+def _worst_view_change(info: ClusterInfo, signers: list[HashSigner], sender: int) -> pb.Envelope:
+    """The largest VIEW-CHANGE an honest replica can send: n checkpoint signatures, a prepared
+    certificate for every seq of the window, every number at its widest encoding."""
+    p = info.params
+    window, q = p.watermark_window, info.quorums
+    stable = (MAX_U64 - window - 1) // p.checkpoint_interval * p.checkpoint_interval
+    digest = sha256(b"state")
+    ck = pb.Checkpoint(seq=stable, state_digest=digest)
+    vc = pb.ViewChange(
+        new_view=MAX_U64,
+        stable_seq=stable,
+        stable_digest=digest,
+        checkpoint_proof=[seal(signers[i], i, Kind.CHECKPOINT, CID, ck) for i in range(info.n)],
+    )
+    view = MAX_U64 - 1
+    primary = info.primary(view)
+    backups = [i for i in range(info.n) if i != primary][: q.prepare]
+    for seq in range(stable + 1, stable + window + 1):
+        d = sha256(b"%d" % seq)
+        proof = vc.prepared.add()
+        proof.preprepare.CopyFrom(
+            seal(signers[primary], primary, Kind.PREPREPARE, CID, pb.PrePrepare(view=view, seq=seq, digest=d))
+        )
+        for b in backups:
+            proof.prepares.append(
+                seal(signers[b], b, Kind.PREPARE, CID, pb.Prepare(view=view, seq=seq, digest=d))
+            )
+    return seal(signers[sender], sender, Kind.VIEW_CHANGE, CID, vc)
+
+
+@pytest.mark.parametrize("n", [4, 7, 10])
+def test_the_largest_view_change_new_view_and_commit_proof_fit_their_caps(n: int) -> None:
+    """At the default limits (window 256, batches of 2 MiB), built for real and checked: the sizes
+    are stated in docs/PROTOCOL.md."""
+    hv = HashVerifier()
+    signers = [HashSigner(b"w%d" % i, hv) for i in range(n)]
+    info = ClusterInfo(tuple(s.public_key for s in signers), CID, Params())
+    caps = info.caps
+    q = info.quorums
+    new_primary = info.primary(MAX_U64)
+    senders = [new_primary, *[i for i in range(n) if i != new_primary][: q.view_change - 1]]
+    vcs = [_worst_view_change(info, signers, s) for s in senders]
+    assert check_view_change(info, hv, vcs[0]).new_view == MAX_U64
+    vc_size = max(len(e.body) for e in vcs)
+    assert vc_size <= caps.body[Kind.VIEW_CHANGE]
+    window = info.params.watermark_window
+    nv = pb.NewView(view=MAX_U64, view_changes=vcs)
+    stable = pb.ViewChange.FromString(vcs[0].body[TAG_LEN:]).stable_seq
+    for seq in range(stable + 1, stable + window + 1):
+        pp = pb.PrePrepare(view=MAX_U64, seq=seq, digest=sha256(b"%d" % seq))
+        nv.preprepares.append(seal(signers[new_primary], new_primary, Kind.PREPREPARE, CID, pp))
+    nv_env = seal(signers[new_primary], new_primary, Kind.NEW_VIEW, CID, nv)
+    assert len(nv_env.body) <= caps.body[Kind.NEW_VIEW]
+    assert open_replica(nv_env, Kind.NEW_VIEW, info, hv)
+    nv_msg = pb.PeerMessage(envelope=nv_env).SerializeToString()
+    assert len(nv_msg) <= caps.peer_message() <= MAX_MESSAGE_BYTES
+    # A full batch: requests of the largest size while they fit batch_max_bytes.
+    client = HashSigner(b"c", hv)
+    big = make_request(client, CID, 1, 1, b"set k " + bytes(MAX_REQUEST_BYTES - 300))
+    assert len(big) <= MAX_REQUEST_BYTES
+    count = info.params.batch_max_bytes // len(big)
+    batch = pb.Batch(timestamp_us=MAX_U64, requests=[big] * count).SerializeToString()
+    assert len(batch) <= caps.batch
+    pp = pb.PrePrepare(view=MAX_U64, seq=MAX_U64, digest=sha256(batch))
+    commit = pb.Commit(view=MAX_U64, seq=MAX_U64, digest=pp.digest)
+    cp = pb.CommitProof(
+        preprepare=seal(signers[0], 0, Kind.PREPREPARE, CID, pp),
+        batch=batch,
+        commits=[seal(signers[i], i, Kind.COMMIT, CID, commit) for i in range(n)],
+    )
+    assert len(cp.SerializeToString()) <= caps.commit_proof
+    assert len(pb.PeerMessage(commit_proof=cp).SerializeToString()) <= MAX_MESSAGE_BYTES
+    print(f"n={n}: VIEW-CHANGE {vc_size}, NEW-VIEW {len(nv_msg)}, CommitProof {cp.ByteSize()} bytes")
+
+
+def test_one_view_change_is_kept_per_sender() -> None:
+    info, signers, hv = cluster()
+    reps = replicas(info, signers, hv)
+    for v in (3, 2, 3, 5):
+        vc = seal(signers[2], 2, Kind.VIEW_CHANGE, CID, pb.ViewChange(new_view=v))
+        reps[1].on_message(pb.PeerMessage(envelope=vc).SerializeToString(), 1.0)
+    assert reps[1].vc_latest[2].new_view == 5
+    assert set(reps[1].vc_latest) <= {1, 2}
+
+
+# ---- item 6: CHECKPOINT floods --------------------------------------------------------------
+
+
+def test_a_checkpoint_flood_with_ever_new_digests_stays_bounded() -> None:
+    """One far-future seq with ever-new digests grew the vote table without bound (the limit
+    counted seqs, not digests). Now: one vote per sender and seq, L/K + 1 seqs per sender."""
+    info, signers, hv = cluster()
+    reps = replicas(info, signers, hv)
+    victim = reps[1]
+    p = info.params
+    for i in range(300):
+        for seq in (p.checkpoint_interval, 1_000_000 * p.checkpoint_interval):
+            ck = pb.Checkpoint(seq=seq, state_digest=sha256(b"%d" % i))
+            env = seal(signers[3], 3, Kind.CHECKPOINT, CID, ck)
+            victim.on_message(pb.PeerMessage(envelope=env).SerializeToString(), 1.0)
+    votes = sum(len(v) for by in victim.ckpt_votes.values() for v in by.values())
+    assert votes <= p.watermark_window // p.checkpoint_interval + 1
+    assert votes == 2
+
+
+def test_a_lagging_replica_still_learns_a_stable_checkpoint_beyond_its_window() -> None:
+    info, signers, hv = cluster()
+    reps = replicas(info, signers, hv)
+    far = 1000 * info.params.checkpoint_interval
+    ck = pb.Checkpoint(seq=far, state_digest=sha256(b"state"))
+    for i in (0, 2, 3):
+        env = seal(signers[i], i, Kind.CHECKPOINT, CID, ck)
+        reps[1].on_message(pb.PeerMessage(envelope=env).SerializeToString(), 1.0)
+    assert reps[1].transfer is not None and reps[1].transfer.seq == far
+
+
+# ---- item 4: admission before storage, bounded in entries and bytes ------------------------
+
+
+def test_refused_requests_leave_nothing_behind() -> None:
+    """Requests were cached before the limits were checked, and the signature cache kept the full
+    bytes: ~360 KiB retained per refused 120 KiB request. Now a refused request costs a 32-byte
+    verifier entry."""
+    info, signers, hv = cluster(max_pending_per_client=2)
+    backup = Replica(info, 1, signers[1], CachingVerifier(hv), KVApp)
+    flood = HashSigner(b"flood", hv)
+    body = b"set k " + bytes(120 * 1024)
+    for ts in (1, 2):
+        assert backup.on_request(make_request(flood, CID, 1, ts, body), 0.5) is None
+    held = backup.pending_bytes
+    refused = [make_request(flood, CID, 1, ts, body) for ts in range(3, 43)]
+    tracemalloc.start()
+    before = tracemalloc.get_traced_memory()[0]
+    for raw in refused:
+        assert backup.on_request(raw, 0.5) is not None
+    grown = tracemalloc.get_traced_memory()[0] - before
+    tracemalloc.stop()
+    assert grown < 64 * 1024, grown  # 40 refused requests of 120 KiB: next to nothing kept
+    assert backup.pending_bytes == held and len(backup.pending) == 2
+
+
+def test_the_pending_table_is_bounded_in_bytes_and_the_largest_sender_pays() -> None:
+    info, signers, hv = cluster(max_pending_bytes=2 * 1024 * 1024, max_pending_per_client=64)
+    backup = Replica(info, 1, signers[1], hv, KVApp)
+    flood = HashSigner(b"flood", hv)
+    body = b"set k " + bytes(100 * 1024)
+    for ts in range(1, 40):
+        backup.on_request(make_request(flood, CID, 1, ts, body), 0.5)
+        assert backup.pending_bytes <= info.params.max_pending_bytes
+    assert backup.on_request(make_request(flood, CID, 1, 99, body), 0.5) is not None  # full: refused
+    honest = HashSigner(b"honest", hv)
+    assert backup.on_request(make_request(honest, CID, 1, 1, b"set a b"), 0.5) is None
+    assert (honest.public_key, 1, 1) in backup.pending  # admitted: the flood lost its newest
+    assert backup.pending_bytes <= info.params.max_pending_bytes
+
+
+def test_one_round_reads_are_not_cached() -> None:
+    info, signers, hv = cluster()
+    reps = replicas(info, signers, hv)
+    client = HashSigner(b"reader", hv)
+    for ts in range(1, 101):
+        reps[1].on_request(make_request(client, CID, 1, ts, b"get k", read_only=True), 0.5)
+    assert not reps[1]._opened and not reps[1].pending_reads
+
+
+# ---- item 8: one-round reads ------------------------------------------------------------------
+
+
+def _reply(replica: int, seq: int, result: bytes) -> CheckedReply:
+    return CheckedReply(replica, 0, seq, pb.REPLY_OK, result)
+
+
+def test_a_faulty_replicas_seq_is_never_trusted_beyond_the_f_plus_1_th_highest() -> None:
+    """One replica echoes the honest result with seq 2^62: the session's later reads (min_seq)
+    would wait for ever. The accepted seq is the f+1-th highest of the matching replies."""
+    info, _, _ = cluster(n=7)
+    cursor = ReadCursor(info.quorums)
+    ordered = cursor.collector(read_only=False)
+    assert ordered.add(_reply(0, 2**62, b"ok")) is None
+    assert ordered.add(_reply(1, 5, b"ok")) is None
+    accepted = ordered.add(_reply(2, 5, b"ok"))
+    assert accepted is not None and accepted.seq == 5
+    assert cursor.accept(accepted) is None and cursor.last_seq == 5
+    read = cursor.collector(read_only=True)
+    for r, seq in ((0, 2**62), (1, 2**61), (2, 7), (3, 6), (4, 6)):
+        got = read.add(_reply(r, seq, b"v"))
+    assert got is not None and got.seq == 7  # two liars above; the f+1-th highest is honest
+
+
+def test_parked_reads_are_deduplicated_capped_expire_and_absurd_ones_are_refused() -> None:
+    info, signers, hv = cluster(max_pending_reads=8, max_pending_reads_per_client=3)
+    r = Replica(info, 1, signers[1], hv, KVApp)
+    far = make_request(HashSigner(b"a", hv), CID, 1, 1, b"get k", read_only=True, min_seq=10**12)
+    assert r.on_request(far, 0.5) is not None  # beyond anything provable: refused at the door
+    flood = HashSigner(b"flood", hv)
+    soon = make_request(flood, CID, 1, 1, b"get k", read_only=True, min_seq=1)
+    for _ in range(5):
+        r.on_request(soon, 0.5)
+    assert len(r.pending_reads) == 1  # de-duplicated
+    for ts in range(2, 50):
+        r.on_request(make_request(flood, CID, 1, ts, b"get k", read_only=True, min_seq=1), 0.5)
+    assert len(r.pending_reads) == 3  # per client key
+    for i in range(20):
+        key = HashSigner(b"k%d" % i, hv)
+        r.on_request(make_request(key, CID, 1, 1, b"get k", read_only=True, min_seq=1), 0.6)
+    assert len(r.pending_reads) == 8  # in total
+    assert r.pending_read_bytes <= info.params.max_pending_read_bytes
+    r.start(0.0)
+    r.on_timer("status", 0.6 + info.params.read_wait_timeout + 1)
+    assert not r.pending_reads and not r.pending_read_bytes  # expired
