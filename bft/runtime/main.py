@@ -19,8 +19,8 @@ os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
 
 import argparse
 import asyncio
-import functools
 import fcntl
+import functools
 import logging
 import signal
 import sys
