@@ -212,6 +212,34 @@ def test_bench_smoke_json(tmp_path: Path) -> None:
     assert "2 client processes" in proc.stderr and "crypto floor" in proc.stderr
 
 
+@pytest.mark.timeout(180)
+def test_bench_failover_reports_the_outage(tmp_path: Path) -> None:
+    """--failover stop: the primary is frozen mid-window, the cluster changes view and goes on, and
+    the row says how long nothing committed (the figure itself is measured, never asserted)."""
+    proc = subprocess.run(
+        [
+            sys.executable, "-m", "bft.runtime.bench", "--replicas", "4", "--clients", "4",
+            "--seconds", "8", "--warmup", "0.5", "--size", "64", "--no-baseline", "--json",
+            "--failover", "stop", "--failover-at", "2",
+        ],
+        cwd=REPO, capture_output=True, text=True, timeout=170, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    row = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert row["failover"] == "stop" and row["fault_at_s"] == 2.0
+    assert 0 < row["outage_s"] < 6  # commits resumed inside the window
+    assert row["view_after"] >= 1  # in a view whose primary is not the frozen one
+    assert "SIGSTOP (frozen) of the primary" in proc.stderr
+
+
+def test_outage_is_the_longest_gap_after_the_fault() -> None:
+    from bft.runtime.bench import outage
+
+    assert outage([1.0, 10.1, 10.2, 12.0, 13.5], fault_time=10.0, end=14.0) == pytest.approx(1.8)
+    assert outage([1.0, 2.0], fault_time=10.0, end=14.0) == pytest.approx(4.0)  # nothing after it
+    assert outage([10.5, 13.9], fault_time=10.0, end=14.0) == pytest.approx(3.4)
+
+
 @pytest.mark.timeout(120)
 def test_launcher_passes_fault_injection_and_shows_faulty_replicas(tmp_path: Path) -> None:
     directory = tmp_path / "cluster"

@@ -38,6 +38,7 @@ import json
 import os
 import random
 import re
+import signal
 import socket
 import statistics
 import subprocess
@@ -483,6 +484,7 @@ async def worker_main(spec: dict[str, Any]) -> int:
     go = json.loads(line)
     start, end = go["start"], go["end"]
     latencies: list[float] = []
+    done_times: list[float] = []  # wall-clock completion of each successful send (--failover)
     errors: dict[str, int] = {}
     body = os.urandom(size)
 
@@ -499,11 +501,13 @@ async def worker_main(spec: dict[str, Any]) -> int:
             if start <= done <= end:
                 if ok:
                     latencies.append((time.perf_counter() - t0) * 1000)
+                    if spec.get("times"):
+                        done_times.append(done)
                 else:
                     errors[why] = errors.get(why, 0) + 1
 
     await asyncio.gather(*(drive(i) for i in mine))
-    print(json.dumps({"latencies_ms": latencies, "errors": errors}), flush=True)
+    print(json.dumps({"latencies_ms": latencies, "errors": errors, "done_times": done_times}), flush=True)
     for c in clients.values():
         if spec["mode"] == "bft":
             for conn in c.conns:
@@ -617,6 +621,41 @@ class Point:
     batch_mean: float | None = None
     verifications_per_op: float | None = None
     loadavg_before: float = 0.0
+    failover: str | None = None  # "kill" (kill -9) or "stop" (SIGSTOP) of the primary, if measured
+    fault_at_s: float | None = None  # seconds into the window
+    outage_s: float | None = None  # longest time with no commit from the fault on (see ``outage``)
+    view_after: float | None = None  # the highest view a replica reports at the end
+
+
+@dataclass
+class Fault:
+    """A fault injected during the window: ``act`` at ``at`` seconds in, ``heal`` after the window."""
+
+    kind: str
+    at: float
+    pid: int
+    replica: int
+
+    def act(self) -> None:
+        os.kill(self.pid, signal.SIGKILL if self.kind == "kill" else signal.SIGSTOP)
+
+    def heal(self) -> None:
+        if self.kind == "stop":
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.pid, signal.SIGCONT)
+
+
+def outage(done_times: Sequence[float], fault_time: float, end: float) -> float:
+    """The longest stretch without a completed send from ``fault_time`` to ``end``.
+
+    Sends prepared before the fault may still complete just after it (the backups commit them
+    without the primary), so the outage is the longest gap, not the time to the first completion.
+    With no completion at all after the fault it is ``end - fault_time``, a lower bound.
+    """
+    longest, prev = 0.0, fault_time
+    for t in sorted(x for x in done_times if x >= fault_time):
+        longest, prev = max(longest, t - prev), t
+    return max(longest, end - prev)
 
 
 def _percentile(sorted_values: list[float], q: float) -> float:
@@ -647,6 +686,29 @@ def scrape(ports: Sequence[int]) -> dict[str, float]:
     return out
 
 
+def metric(port: int, name: str) -> float | None:
+    """One unlabelled sample from a replica's /metrics, or None if it cannot be read."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as r:
+            text = r.read().decode()
+    except OSError:
+        return None
+    for line in text.splitlines():
+        key, _, value = line.partition(" ")
+        if key == name:
+            return float(value)
+    return None
+
+
+def primary_of(ports: Sequence[int], n: int) -> int:
+    """The primary of the view most replicas report (view mod n)."""
+    views = [v for v in (metric(port, "bft_view") for port in ports) if v is not None]
+    if not views:
+        raise BenchError("--failover needs the replicas' metrics (bft_view) to find the primary")
+    view = int(statistics.mode(views))
+    return view % n
+
+
 def measure(
     specs: list[dict[str, Any]],
     server_pids: Sequence[int],
@@ -655,9 +717,11 @@ def measure(
     metrics_ports: Sequence[int] = (),
     warmup: float = WARMUP,
     profile: Path | None = None,
+    fault: Fault | None = None,
 ) -> Point:
     """Run the client processes through registration, warm-up and the window; fill in ``point``."""
     workers = Workers(specs, log_dir)
+    fault_time = 0.0
     try:
         workers.wait_ready()
         point.loadavg_before = loadavg()
@@ -672,19 +736,30 @@ def measure(
             named = [(f"server-{i}", pid) for i, pid in enumerate(server_pids)]
             named += [(f"client-{k}", pid) for k, pid in enumerate(workers.pids)]
             profilers = start_profilers(profile, point, named, point.seconds)
+        if fault is not None:
+            time.sleep(max(0.0, start + fault.at - time.time()))
+            fault_time = time.time()
+            fault.act()
         time.sleep(max(0.0, end - time.time()))
         cpu1 = cpu_of([*server_pids, *workers.pids])
         m1 = scrape(metrics_ports)
         for pid in server_pids:
-            if pid not in cpu1:
+            if pid not in cpu1 and (fault is None or pid != fault.pid):
                 raise BenchError(f"server process {pid} died during the run")
         results = workers.results()
         for proc in profilers:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 proc.wait(30)
     finally:
+        if fault is not None:
+            fault.heal()
         workers.close()
     lat = sorted(x for r in results for x in r["latencies_ms"])
+    if fault is not None:
+        point.failover, point.fault_at_s = fault.kind, fault.at
+        point.outage_s = outage([t for r in results for t in r["done_times"]], fault_time, end)
+        views = [v for v in (metric(port, "bft_view") for port in metrics_ports) if v is not None]
+        point.view_after = max(views) if views else None
     for r in results:
         for k, v in r["errors"].items():
             point.errors[k] = point.errors.get(k, 0) + v
@@ -952,6 +1027,14 @@ def report(p: Point, base: Point | None, crypto: CryptoCost, ncores: int, out: I
         f"clients {client_ms:.3f}); our processes used {busy:.0f}% of the machine",
         file=out,
     )
+    if p.failover is not None:
+        what = "kill -9" if p.failover == "kill" else "SIGSTOP (frozen)"
+        print(
+            f"  failover               {what} of the primary {p.fault_at_s:.1f} s into the window: "
+            f"no commit for {p.outage_s:.2f} s (outage_s); view at the end {p.view_after}; "
+            "latencies above are over the whole window",
+            file=out,
+        )
     if p.batch_mean is not None:
         v = f"{p.verifications_per_op:.1f}" if p.verifications_per_op is not None else "?"
         print(
@@ -1104,6 +1187,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--plot-from", metavar="FILE", help="only plot/tabulate saved JSON lines (no run)")
     p.add_argument("--keep", action="store_true", help="keep the temporary directory (logs, data)")
     p.add_argument("--profile", metavar="DIR", help="py-spy every server and client process in the window")
+    p.add_argument(
+        "--failover",
+        choices=["kill", "stop"],
+        help="stop the primary during the window (kill: kill -9; stop: SIGSTOP, a frozen primary) and "
+        "report the longest time with no commit after it (JSON key outage_s); a fresh cluster per point",
+    )
+    p.add_argument(
+        "--failover-at",
+        type=float,
+        default=None,
+        metavar="S",
+        help="seconds into the window for --failover (default: a third of --seconds)",
+    )
     return p
 
 
@@ -1123,6 +1219,11 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError("--size must be 1..60000 bytes")
     if args.seconds <= 0:
         raise UsageError("--seconds must be positive")
+    fault_at = args.failover_at if args.failover_at is not None else args.seconds / 3
+    if args.failover and args.config:
+        raise UsageError("--failover starts its own clusters: it cannot be used with --config")
+    if args.failover and not 0 < fault_at < args.seconds:
+        raise UsageError("--failover-at must be inside the window (0 < S < --seconds)")
     config = None
     if args.config:
         from bft.runtime.clusterconf import ConfigError, load_config
@@ -1167,33 +1268,39 @@ def run(args: argparse.Namespace) -> int:
                     )
             else:
                 ctx = bench_cluster(n, work, args.insecure, out)
-            with ctx as (cfg, pids, ports):
-                for c in args.clients:
-                    procs = args.processes or default_processes(c)
-                    point = Point("bft", n, c, procs, args.seconds, args.size)
-                    tag = os.urandom(4).hex()
-                    extra = {"config": str(cfg.path), "insecure": args.insecure}
-                    print(f"  n={n}, {c} clients ...", file=out, flush=True)
-                    measured = measure(
-                        client_specs("bft", c, procs, tag, args.size, extra),
-                        pids,
-                        point,
-                        work,
-                        ports,
-                        args.warmup,
-                        profile,
-                    )
-                    base = baselines.get(c)
-                    report(measured, base, crypto, ncores, out)
-                    row = as_json(measured, base, crypto, ncores)
-                    rows.append(row)
-                    if args.json:
-                        print(json.dumps(row), flush=True)
-                    if args.save:
-                        with open(args.save, "a") as f:
-                            f.write(json.dumps(row) + "\n")
-                    if not measured.ops:
-                        raise BenchError(f"no send completed at n={n}, {c} clients (logs in {work})")
+            fresh = args.failover is not None
+            for c, (cfg, pids, ports) in _clusters(ctx, args.clients, fresh, n, work, args, out):
+                procs = args.processes or default_processes(c)
+                point = Point("bft", n, c, procs, args.seconds, args.size)
+                tag = os.urandom(4).hex()
+                extra = {"config": str(cfg.path), "insecure": args.insecure}
+                print(f"  n={n}, {c} clients ...", file=out, flush=True)
+                fault = None
+                if args.failover:
+                    primary = primary_of(ports, n)
+                    fault = Fault(args.failover, fault_at, pids[primary], primary)
+                    extra["times"] = True
+                measured = measure(
+                    client_specs("bft", c, procs, tag, args.size, extra),
+                    pids,
+                    point,
+                    work,
+                    ports,
+                    args.warmup,
+                    profile,
+                    fault,
+                )
+                base = baselines.get(c)
+                report(measured, base, crypto, ncores, out)
+                row = as_json(measured, base, crypto, ncores)
+                rows.append(row)
+                if args.json:
+                    print(json.dumps(row), flush=True)
+                if args.save:
+                    with open(args.save, "a") as f:
+                        f.write(json.dumps(row) + "\n")
+                if not measured.ops:
+                    raise BenchError(f"no send completed at n={n}, {c} clients (logs in {work})")
     finally:
         if args.keep:
             print(f"  kept {work}", file=out)
@@ -1211,6 +1318,21 @@ def run(args: argparse.Namespace) -> int:
         plot(rows, Path(args.plot))
         print(f"  wrote {args.plot}", file=out)
     return 0
+
+
+def _clusters(
+    shared: Any, clients: list[int], fresh: bool, n: int, work: Path, args: argparse.Namespace, out: IO[str]
+) -> Iterator[tuple[int, tuple[Any, list[int], list[int]]]]:
+    """(clients, cluster) for each point: one shared cluster, or a fresh one per point (a failover
+    measurement leaves its cluster with a dead or frozen primary)."""
+    if not fresh:
+        with shared as cluster:
+            for c in clients:
+                yield c, cluster
+        return
+    for k, c in enumerate(clients):
+        with bench_cluster(n, work / f"point-{k}", args.insecure, out) as cluster:
+            yield c, cluster
 
 
 def main(argv: Sequence[str] | None = None) -> int:
