@@ -206,7 +206,9 @@ def test_bench_smoke_json(tmp_path: Path) -> None:
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-2000:]
     row = json.loads(proc.stdout.strip().splitlines()[-1])
-    for key in ("throughput_ops", "p50_ms", "p99_ms", "baseline_ops", "cpu_per_op_ms", "floor_ops"):
+    keys = ("throughput_ops", "p50_ms", "p99_ms", "baseline_ops", "cpu_per_op_ms", "floor_ops")
+    assert "loop_lag_p999_ms" in row and "gc_pause_max_ms" in row  # None when /metrics was too slow
+    for key in (*keys, "replica_rss_mb", "replica_peak_rss_mb"):
         assert isinstance(row[key], float), (key, row)
     assert row["throughput_ops"] > 0 and row["baseline_ops"] > 0 and row["replicas"] == 4
     assert "2 client processes" in proc.stderr and "crypto floor" in proc.stderr

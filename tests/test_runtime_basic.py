@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib.util
+import re
 import urllib.request
 from collections.abc import Iterator
 
@@ -188,5 +189,12 @@ def test_status_health_reflection_and_metrics(cluster: Cluster) -> None:
         "bft_fsync_seconds_bucket",
         "bft_verify_seconds_bucket",
         "bft_peers_connected 6.0",
+        "bft_event_loop_lag_seconds_bucket",
+        'bft_gc_pause_seconds_count{generation="2"}',
     ):
         assert metric in text, metric
+    # The loop is probed every 50 ms from the start, and the restored heap is frozen out of GC.
+    lag_count = re.search(r"^bft_event_loop_lag_seconds_count (\S+)$", text, re.M)
+    assert lag_count is not None and float(lag_count.group(1)) > 0
+    frozen = re.search(r"gc_frozen_objects=(\d+)", cluster.log_file(0).read_text())
+    assert frozen is not None and int(frozen.group(1)) > 10_000

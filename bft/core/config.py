@@ -70,7 +70,7 @@ class ClusterInfo:
         """Size caps of every signed kind and certificate at these parameters (bft.wire.SizeCaps)."""
         p = self.params
         return SizeCaps.compute(
-            self.n, self.quorums.f, p.watermark_window, p.batch_max_bytes, p.batch_max_requests
+            self.n, (self.n - 1) // 3, p.watermark_window, p.batch_max_bytes, p.batch_max_requests
         )
 
     @property

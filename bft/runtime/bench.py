@@ -625,6 +625,10 @@ class Point:
     fault_at_s: float | None = None  # seconds into the window
     outage_s: float | None = None  # longest time with no commit from the fault on (see ``outage``)
     view_after: float | None = None  # the highest view a replica reports at the end
+    replica_rss_mb: float | None = None  # the largest replica's resident memory at the end
+    replica_peak_rss_mb: float | None = None  # the largest VmHWM (peak resident memory) of a replica
+    loop_lag_p999_ms: float | None = None  # upper bound of the bucket holding the replicas' p99.9
+    gc_pause_max_ms: float | None = None  # upper bound of the longest GC pause bucket seen
 
 
 @dataclass
@@ -700,6 +704,46 @@ def metric(port: int, name: str) -> float | None:
     return None
 
 
+def histogram(ports: Sequence[int], name: str, labels: str = "") -> dict[float, float]:
+    """Cumulative bucket counts of histogram ``name`` summed over the replicas: {le: count}."""
+    out: dict[float, float] = {}
+    prefix = f"{name}_bucket{{{labels + ',' if labels else ''}le=\""
+    for port in ports:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as r:
+                text = r.read().decode()
+        except OSError:
+            continue
+        for line in text.splitlines():
+            if line.startswith(prefix):
+                le_text, _, value = line[len(prefix) :].partition('"} ')
+                le = float("inf") if le_text == "+Inf" else float(le_text)
+                out[le] = out.get(le, 0.0) + float(value)
+    return out
+
+
+def bucket_quantile(before: dict[float, float], after: dict[float, float], q: float) -> float | None:
+    """The upper bound of the bucket that holds quantile ``q`` of what was observed in between."""
+    delta = sorted((le, after[le] - before.get(le, 0.0)) for le in after)
+    if not delta or delta[-1][1] <= 0:
+        return None
+    for le, count in delta:
+        if count >= q * delta[-1][1]:
+            return le
+    return None
+
+
+def rss_mb(pid: int) -> tuple[float, float] | None:
+    """(VmRSS, VmHWM) of a process in MiB, from /proc."""
+    try:
+        text = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return None
+    fields = (line.partition(":") for line in text.splitlines())
+    values = {k: float(v.split()[0]) / 1024 for k, _, v in fields if k in ("VmRSS", "VmHWM")}
+    return values.get("VmRSS", 0.0), values.get("VmHWM", 0.0)
+
+
 def primary_of(ports: Sequence[int], n: int) -> int:
     """The primary of the view most replicas report (view mod n)."""
     views = [v for v in (metric(port, "bft_view") for port in ports) if v is not None]
@@ -731,6 +775,8 @@ def measure(
         time.sleep(max(0.0, start - time.time()))
         cpu0 = cpu_of([*server_pids, *workers.pids])
         m0 = scrape(metrics_ports)
+        lag0 = histogram(metrics_ports, "bft_event_loop_lag_seconds")
+        gc0 = histogram(metrics_ports, "bft_gc_pause_seconds", 'generation="2"')
         profilers = []
         if profile is not None:
             named = [(f"server-{i}", pid) for i, pid in enumerate(server_pids)]
@@ -743,6 +789,9 @@ def measure(
         time.sleep(max(0.0, end - time.time()))
         cpu1 = cpu_of([*server_pids, *workers.pids])
         m1 = scrape(metrics_ports)
+        lag1 = histogram(metrics_ports, "bft_event_loop_lag_seconds")
+        gc1 = histogram(metrics_ports, "bft_gc_pause_seconds", 'generation="2"')
+        memory = [m for m in (rss_mb(pid) for pid in server_pids) if m is not None]
         for pid in server_pids:
             if pid not in cpu1 and (fault is None or pid != fault.pid):
                 raise BenchError(f"server process {pid} died during the run")
@@ -755,6 +804,13 @@ def measure(
             fault.heal()
         workers.close()
     lat = sorted(x for r in results for x in r["latencies_ms"])
+    if memory:
+        point.replica_rss_mb = max(m[0] for m in memory)
+        point.replica_peak_rss_mb = max(m[1] for m in memory)
+    lag = bucket_quantile(lag0, lag1, 0.999)
+    point.loop_lag_p999_ms = None if lag is None else lag * 1000
+    longest = bucket_quantile(gc0, gc1, 1.0)
+    point.gc_pause_max_ms = None if longest is None else longest * 1000
     if fault is not None:
         point.failover, point.fault_at_s = fault.kind, fault.at
         point.outage_s = outage([t for r in results for t in r["done_times"]], fault_time, end)
@@ -1033,6 +1089,15 @@ def report(p: Point, base: Point | None, crypto: CryptoCost, ncores: int, out: I
             f"  failover               {what} of the primary {p.fault_at_s:.1f} s into the window: "
             f"no commit for {p.outage_s:.2f} s (outage_s); view at the end {p.view_after}; "
             "latencies above are over the whole window",
+            file=out,
+        )
+    if p.replica_rss_mb is not None:
+        lag = "-" if p.loop_lag_p999_ms is None else f"<= {p.loop_lag_p999_ms:g} ms"
+        gcp = "none" if p.gc_pause_max_ms is None else f"<= {p.gc_pause_max_ms:g} ms"
+        print(
+            f"  replicas               RSS {p.replica_rss_mb:.0f} MiB (largest; peak "
+            f"{p.replica_peak_rss_mb:.0f}); event-loop lag p99.9 {lag}; longest full GC {gcp} "
+            "(histogram buckets)",
             file=out,
         )
     if p.batch_mean is not None:

@@ -47,6 +47,7 @@ from bft.runtime.handshake import link_hello
 from bft.runtime.logs import EventLog
 from bft.runtime.metrics import Metrics
 from bft.runtime.node import Node, TimedVerifier
+from bft.runtime.pauses import PauseMonitor, freeze_heap
 from bft.runtime.peers import PeerLink, PeerLinks
 from bft.runtime.server import Servers
 from bft.runtime.tls import PeerTls
@@ -311,6 +312,9 @@ async def serve(p: Prepared) -> int:
         await servers.start(str(me.host), me.peer_link_port)
     except RuntimeError as exc:
         raise StartError(f"cannot listen: {exc}") from None
+    frozen = freeze_heap()  # the restored state leaves the collector's full passes
+    pauses = PauseMonitor(metrics.registry)
+    pauses.start()
     node.start()
     peers.start()
     await servers.set_serving(True)
@@ -322,6 +326,7 @@ async def serve(p: Prepared) -> int:
         recovering=node.replica.recovering,
         primary=node.replica.primary,
         loop=type(asyncio.get_running_loop()).__module__.split(".")[0],
+        gc_frozen_objects=frozen,
     )
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
@@ -338,6 +343,7 @@ async def serve(p: Prepared) -> int:
     await _bounded(servers.stop(SHUTDOWN_GRACE), SHUTDOWN_GRACE + 2.0, "servers", events)
     await _bounded(peers.close(), 2.0, "peer_links", events)
     p.log.close()
+    await pauses.stop()
     events.info("stopped", seconds=f"{time.perf_counter() - t0:.3f}", exit_code=code)
     return code
 
