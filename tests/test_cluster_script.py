@@ -16,6 +16,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -120,6 +121,12 @@ async def round_trip(config_path: Path, alice: User, bob: User, text: bytes) -> 
     assert text in await fetch_plaintexts(config_path, bob)
 
 
+def launcher_ports(taken: set[int]) -> list[str]:
+    """Free client, peer and metrics port ranges for a 4-replica launcher."""
+    kinds = ("--base-port", "--peer-base-port", "--metrics-base-port")
+    return [x for kind in kinds for x in (kind, str(free_range(4, taken)))]
+
+
 def launcher_cmd(directory: Path, *extra: str) -> list[str]:
     return [sys.executable, "-m", "bft.runtime.cluster", "--dir", str(directory), *extra]
 
@@ -128,7 +135,7 @@ def launcher_cmd(directory: Path, *extra: str) -> list[str]:
 def test_launcher_runs_stops_cleanly_and_keeps_data(tmp_path: Path) -> None:
     directory = tmp_path / "cluster"
     taken: set[int] = set()
-    ports = ["--base-port", str(free_range(4, taken)), "--peer-base-port", str(free_range(4, taken))]
+    ports = launcher_ports(taken)
     first = Launcher(launcher_cmd(directory, "--replicas", "4", *ports), tmp_path / "run1.out")
     try:
         first.wait_for(r"all 4 replicas up")
@@ -138,6 +145,11 @@ def test_launcher_runs_stops_cleanly_and_keeps_data(tmp_path: Path) -> None:
         alice, bob = User("alice"), User("bob")
         run(round_trip(directory / "config.toml", alice, bob, b"kept across restarts"), timeout=90)
         first.wait_for(r"4/4 up · view \d+ · primary \d+ · committed seq [1-9]")
+        # Metrics are on by default: a port per replica, in the table, serving Prometheus text.
+        metrics_port = int(ports[ports.index("--metrics-base-port") + 1])
+        first.wait_for(rf"Prometheus metrics: http://127.0.0.1:{metrics_port}/metrics")
+        page = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port + 3}/metrics", timeout=10).read()
+        assert b"bft_committed_requests_total" in page
         assert first.terminate() == 0, first.text()
     finally:
         first.kill()
@@ -246,7 +258,7 @@ def test_outage_is_the_longest_gap_after_the_fault() -> None:
 def test_launcher_passes_fault_injection_and_shows_faulty_replicas(tmp_path: Path) -> None:
     directory = tmp_path / "cluster"
     taken: set[int] = set()
-    ports = ["--base-port", str(free_range(4, taken)), "--peer-base-port", str(free_range(4, taken))]
+    ports = launcher_ports(taken)
     cmd = launcher_cmd(directory, "--replicas", "4", "--allow-fault-injection", *ports)
     launcher = Launcher(cmd, tmp_path / "run.out")
     try:
@@ -267,7 +279,7 @@ def test_launcher_passes_fault_injection_and_shows_faulty_replicas(tmp_path: Pat
 def test_launcher_restarts_a_failed_replica_and_one_on_request(tmp_path: Path) -> None:
     directory = tmp_path / "cluster"
     taken: set[int] = set()
-    ports = ["--base-port", str(free_range(4, taken)), "--peer-base-port", str(free_range(4, taken))]
+    ports = launcher_ports(taken)
     cmd = launcher_cmd(directory, "--replicas", "4", *ports)
     launcher = Launcher(cmd, tmp_path / "run.out")
     try:

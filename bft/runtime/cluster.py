@@ -496,7 +496,8 @@ class StatusBoard:
         return " · ".join(parts)
 
     def table(self) -> list[str]:
-        lines = ["  id  endpoint               state       view  executed  checkpoint  peers  faults"]
+        head = "  id  endpoint               state       view  executed  checkpoint  peers  metrics  faults"
+        lines = [head]
         for st in self.states:
             s = st.status
             if st.exit_code is not None:
@@ -515,9 +516,10 @@ class StatusBoard:
                 lines.append(f"  {st.id:<3} {st.endpoint:<22} {state:<11}")
                 continue
             faults = ", ".join(st.faults) or "-"
+            metrics = self.config.replicas[st.id].metrics_port or "-"
             lines.append(
                 f"  {st.id:<3} {st.endpoint:<22} {state:<11} {s.view:<5} {s.last_executed:<9} "
-                f"{s.stable_checkpoint:<11} {s.peers_connected}/{self.config.n - 1:<4} {faults}"
+                f"{s.stable_checkpoint:<11} {s.peers_connected}/{self.config.n - 1:<4} {metrics:<8} {faults}"
             )
         return lines
 
@@ -571,7 +573,7 @@ def _tool(name: str) -> str:
     return str(path)
 
 
-def connect_hint(config_path: Path, insecure: bool) -> list[str]:
+def connect_hint(config_path: Path, insecure: bool, metrics_ports: Sequence[int] = ()) -> list[str]:
     """How to talk to the cluster: the CLI if this tree has it, the client library otherwise."""
     flag = " --insecure" if insecure else ""
     try:
@@ -590,12 +592,15 @@ def connect_hint(config_path: Path, insecure: bool) -> list[str]:
             f"load_config('{config}'), signer{', insecure=True' if insecure else ''})"
         ]
     cli = f"{_tool('bftchat')} --config {config}{flag} --key keys/alice.key"
-    return [
+    hint = [
         "connect the CLI from another terminal (bftchat --help lists the commands):",
         f"  {_tool('bftchat-keygen')} user --out keys/alice.key",
         f"  {cli} register alice",
         f"  {cli} chat bob",
     ]
+    if metrics_ports:
+        hint.append(f"Prometheus metrics: http://127.0.0.1:{metrics_ports[0]}/metrics (one port per replica)")
+    return hint
 
 
 # ---------------------------------------------------------------- the launcher
@@ -680,7 +685,8 @@ async def run_launcher(
             if not came_up and board.up_count() == n:
                 came_up = True
                 display.note(f"all {n} replicas up")
-                for line in connect_hint(cluster.config.path, cluster.insecure):
+                ports = [r.metrics_port for r in cluster.config.replicas if r.metrics_port]
+                for line in connect_hint(cluster.config.path, cluster.insecure, ports):
                     display.note(line)
             display.show(board, footer, starting=not came_up)
             with contextlib.suppress(TimeoutError):
@@ -809,6 +815,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="new cluster: peer links on base + i (default base-port + 1000)",
     )
     p.add_argument(
+        "--metrics-base-port",
+        type=port_number,
+        default=None,
+        help="new cluster: Prometheus /metrics of replica i on base + i (default base-port + 2000)",
+    )
+    p.add_argument(
+        "--no-metrics",
+        action="store_true",
+        help="new cluster: no metrics ports in its config",
+    )
+    p.add_argument(
         "--restart",
         type=int,
         metavar="I",
@@ -824,6 +841,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="the replicas' log level (logs in DIR/logs)",
     )
     return p
+
+
+def metrics_base_port(args: argparse.Namespace) -> int | None:
+    """Metrics are on by default for a new cluster: base-port + 2000 unless told otherwise."""
+    if args.no_metrics:
+        return None
+    return args.metrics_base_port if args.metrics_base_port is not None else args.base_port + 2000
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -842,7 +866,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         lock.acquire()
         config = ensure_cluster(
-            directory, args.replicas, base_port=args.base_port, peer_base_port=args.peer_base_port, out=out
+            directory,
+            args.replicas,
+            base_port=args.base_port,
+            peer_base_port=args.peer_base_port,
+            metrics_base_port=metrics_base_port(args),
+            out=out,
         )
         if not args.insecure and config.tls_ca is None:
             raise UsageError(f"{config.path} has no tls_ca; run with --insecure")
