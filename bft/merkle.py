@@ -8,8 +8,10 @@ _LEAF = b"\x00"
 _NODE = b"\x01"
 
 
-def leaf_hash(data: bytes) -> bytes:
-    return hashlib.sha256(_LEAF + data).digest()
+def leaf_hash(data: bytes | memoryview) -> bytes:
+    h = hashlib.sha256(_LEAF)
+    h.update(data)
+    return h.digest()
 
 
 def _node(left: bytes, right: bytes) -> bytes:
@@ -49,3 +51,55 @@ def root_from_path(leaf: bytes, index: int, path: list[bytes]) -> bytes:
             node = _node(sibling, node) if index & 1 else _node(node, sibling)
         index //= 2
     return node
+
+
+def levels(leaves: list[bytes]) -> list[list[bytes]]:
+    """Every level of the tree ``build`` makes (leaves first, root last), to cut paths on demand."""
+    if not leaves:
+        return [[hashlib.sha256(b"empty").digest()]]
+    out = [list(leaves)]
+    while len(out[-1]) > 1:
+        level = out[-1]
+        out.append(
+            [
+                _node(level[i], level[i + 1]) if i + 1 < len(level) else level[i]
+                for i in range(0, len(level), 2)
+            ]
+        )
+    return out
+
+
+def path(tree: list[list[bytes]], index: int) -> list[bytes]:
+    """The audit path of leaf ``index`` in ``tree`` (from ``levels``), as ``build`` gives it."""
+    out: list[bytes] = []
+    for level in tree[:-1]:
+        sibling = index ^ 1
+        out.append(level[sibling] if sibling < len(level) else b"")
+        index //= 2
+    return out
+
+
+def verify(leaf: bytes, index: int, count: int, audit: list[bytes], root: bytes) -> bool:
+    """True if ``audit`` proves ``leaf`` is leaf ``index`` of a tree of ``count`` leaves with ``root``.
+
+    The path's shape (its length, and which levels promote the node unchanged) is derived from
+    ``count`` and ``index``, never taken from the path: otherwise a path with an extra promoted
+    level would move a genuine leaf to another index.
+    """
+    if not 0 <= index < count:
+        return False
+    node, width, pos, used = leaf, count, index, 0
+    while width > 1:
+        if used >= len(audit):
+            return False
+        sibling = audit[used]
+        used += 1
+        if pos ^ 1 < width:
+            if len(sibling) != 32:
+                return False
+            node = _node(sibling, node) if pos & 1 else _node(node, sibling)
+        elif sibling:
+            return False
+        pos //= 2
+        width = (width + 1) // 2
+    return used == len(audit) and node == root

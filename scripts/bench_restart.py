@@ -27,6 +27,7 @@ from bft.core.clients import ClientTable
 from bft.core.config import ClusterInfo, Params
 from bft.core.events import CheckpointRecord, ViewRecord
 from bft.core.replica import Replica, state_digest
+from bft.core.transfer import Snapshot
 from bft.crypto import Ed25519Signer, Ed25519Verifier, Kind, cluster_id_from
 from bft.pb.bftchat.v1 import protocol_pb2 as pb
 from bft.storage.log import ReplicaLog
@@ -55,8 +56,9 @@ def main() -> None:
     clients = ClientTable(params.client_table_capacity)
     snap = pb.StateSnapshot(seq=seq, last_timestamp_us=last_ts, app=app.snapshot())
     snap.clients.CopyFrom(clients.snapshot())
-    data = snap.SerializeToString()
-    digest = state_digest(seq, app.digest(), clients.digest(), last_ts)
+    data = snap.SerializeToString(deterministic=True)
+    state = state_digest(seq, app.digest(), clients.digest(), last_ts)
+    digest = Snapshot(seq, state, data, params.state_chunk_bytes).digest
     proof = tuple(
         seal(
             signers[i], i, Kind.CHECKPOINT, info.cluster_id, pb.Checkpoint(seq=seq, state_digest=digest)
@@ -80,7 +82,7 @@ def main() -> None:
         replica = Replica(info, 1, signers[1], Ed25519Verifier(), ChatApp, records=records)
         t2 = time.perf_counter()
         log.close()
-        assert replica.state_digest() == digest
+        assert replica.state_digest() == state and replica.stable_digest == digest
     print(f"log on disk: {size / 1e6:.1f} MB (snapshot {len(data) / 1e6:.1f} MB)")
     print(f"load + verify log: {t1 - t0:.2f} s; restore snapshot into the core: {t2 - t1:.2f} s")
     print(

@@ -34,6 +34,13 @@ class Params:
     state_chunk_bytes: int = 1024 * 1024
     max_snapshot_bytes: int = 4 * 1024 * 1024 * 1024
     catchup_slots_per_status: int = 16
+    # State transfer (bft/core/transfer.py) and answers to STATUS/FETCH (bft/core/answers.py).
+    state_chunks_per_fetch: int = 4  # chunks asked for and served per FETCH
+    state_transfer_timeout: float = 2.0  # no new verified chunk this long: ask another replica
+    snapshots_kept: int = 2  # stable checkpoints whose snapshots a replica keeps serving
+    answer_bytes_per_s: int = 8 * 1024 * 1024  # per peer, for answers to STATUS/FETCH/old VIEW-CHANGEs
+    answer_burst_bytes: int = 16 * 1024 * 1024
+    answer_repeat_interval: float = 1.0  # the same answer to the same peer at most this often
 
     def __post_init__(self) -> None:
         if self.checkpoint_interval < 1 or self.watermark_window < 2 * self.checkpoint_interval:
@@ -44,6 +51,16 @@ class Params:
             raise ValueError("max_request_ahead_us and read_wait_timeout must be positive")
         if not 1 <= self.max_pending_reads_per_client <= self.max_pending_reads:
             raise ValueError("need 1 <= max_pending_reads_per_client <= max_pending_reads")
+        if not 32 <= self.state_chunk_bytes <= 4 * 1024 * 1024:
+            raise ValueError("state_chunk_bytes must be between 32 bytes and 4 MiB (one message)")
+        if self.max_snapshot_bytes // self.state_chunk_bytes >= 2**32 - 1:
+            raise ValueError("max_snapshot_bytes / state_chunk_bytes must fit in 32 bits")
+        if self.state_chunks_per_fetch < 1 or self.snapshots_kept < 1:
+            raise ValueError("state_chunks_per_fetch and snapshots_kept must be positive")
+        if self.state_transfer_timeout <= 0 or self.answer_repeat_interval < 0:
+            raise ValueError("state_transfer_timeout must be positive, answer_repeat_interval not negative")
+        if self.answer_bytes_per_s < 1 or self.answer_burst_bytes < 1:
+            raise ValueError("answer_bytes_per_s and answer_burst_bytes must be positive")
 
 
 @dataclass(frozen=True)

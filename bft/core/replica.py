@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 
 from bft import merkle
 from bft.app.base import AppFactory, Application, ExecContext
+from bft.core.answers import AnswerLimiter
 from bft.core.bounded import LargestFirst
 from bft.core.clients import MAX_U64, ClientId, ClientTable
 from bft.core.config import ClusterInfo
@@ -39,11 +40,11 @@ from bft.core.events import (
     ViewEntered,
     ViewRecord,
 )
+from bft.core.transfer import Snapshot, Transfer
 from bft.core.viewchange import (
     NULL_DIGEST,
     PreparedCert,
     ValidViewChange,
-    check_checkpoint_proof,
     check_view_change,
     open_replica,
     plan_new_view,
@@ -80,7 +81,8 @@ def leaf_bytes(key: bytes, session: int, timestamp: int, status: int, result: by
 
 
 def state_digest(seq: int, app_digest: bytes, clients_digest: bytes, last_ts: int) -> bytes:
-    """The checkpoint digest: application state, client table and the clock clamp, at ``seq``."""
+    """Application state, client table and the clock clamp at ``seq``. A checkpoint digest is
+    this plus the chunk tree of the serialised snapshot (``bft.core.transfer.Manifest``)."""
     return sha256(b"bftchat state\0" + struct.pack(">QQ", seq, last_ts) + app_digest + clients_digest)
 
 
@@ -101,21 +103,6 @@ class Slot:
     committed: bool = False
     asked_pp_from: set[int] = field(default_factory=set)
     age: int = 0  # status ticks spent undecided: retransmit when > 0
-
-
-@dataclass
-class Transfer:
-    """A state transfer in progress towards a certified checkpoint."""
-
-    seq: int
-    digest: bytes
-    proof: list[pb.Envelope]
-    source: int
-    chunks: dict[int, bytes] = field(default_factory=dict)
-    total: int = 0
-    chunk_seq: int = 0
-    chunk_digest: bytes = b""
-    chunk_proof: list[pb.Envelope] = field(default_factory=list)
 
 
 class Replica:
@@ -154,7 +141,8 @@ class Replica:
         self.h = 0  # low watermark = last stable checkpoint
         self.stable_digest = b""
         self.stable_proof: list[pb.Envelope] = []
-        self.stable_snapshot: bytes | None = None
+        self.stable_snapshot: Snapshot | None = None
+        self.served: dict[int, Snapshot] = {}  # the last snapshots_kept stable snapshots, by seq
         self.last_executed = 0
         self.last_ts = 0  # timestamp clamp of the last executed batch (replicated state)
         self.slots: dict[int, Slot] = {}
@@ -184,7 +172,7 @@ class Replica:
         self._opened_bytes = 0
 
         # Checkpoints.
-        self.my_checkpoints: dict[int, tuple[bytes, bytes]] = {}  # seq -> (digest, snapshot)
+        self.my_checkpoints: dict[int, Snapshot] = {}  # our own checkpoints at seq >= h
         self.ckpt_votes: dict[int, dict[bytes, dict[int, pb.Envelope]]] = {}
         self.ckpt_by_sender: dict[int, dict[int, bytes]] = {}  # sender -> seq -> the digest it voted
         self.pending_stable: tuple[int, bytes, list[pb.Envelope]] | None = None
@@ -200,6 +188,7 @@ class Replica:
 
         self.transfer: Transfer | None = None
         self.rejected_inputs = 0  # inputs dropped as malformed, oversized, badly signed or refused
+        self.answers = AnswerLimiter(cluster.n, self.p)
         self.evidence: list[Evidence] = []
         self._evidence_keys: set[tuple[int, str, bytes, bytes]] = set()
         self.restoring = False
@@ -228,7 +217,8 @@ class Replica:
         return self.primary == self.id
 
     def state_digest(self) -> bytes:
-        """Digest of the replicated state at ``last_executed`` (what a CHECKPOINT there would carry)."""
+        """Digest of the replicated state at ``last_executed`` (cheap; a CHECKPOINT there would
+        carry it combined with the snapshot's chunk root)."""
         return self._current_state_digest(self.last_executed)
 
     def start(self, now: float) -> None:
@@ -867,14 +857,16 @@ class Replica:
     def _snapshot(self, seq: int) -> bytes:
         snap = pb.StateSnapshot(seq=seq, last_timestamp_us=self.last_ts, app=self.app.snapshot())
         snap.clients.CopyFrom(self.clients.snapshot())
-        return snap.SerializeToString()
+        return snap.SerializeToString(deterministic=True)
 
     def _current_state_digest(self, seq: int) -> bytes:
         return state_digest(seq, self.app.digest(), self.clients.digest(), self.last_ts)
 
     def _take_checkpoint(self, seq: int) -> bytes:
-        digest = self._current_state_digest(seq)
-        self.my_checkpoints[seq] = (digest, self._snapshot(seq))
+        state = self._current_state_digest(seq)
+        snapshot = Snapshot(seq, state, self._snapshot(seq), self.p.state_chunk_bytes)
+        digest = snapshot.digest
+        self.my_checkpoints[seq] = snapshot
         if self.restoring:
             return digest
         env = self._seal(Kind.CHECKPOINT, pb.Checkpoint(seq=seq, state_digest=digest))
@@ -936,8 +928,8 @@ class Replica:
         if seq <= self.h:
             return
         mine = self.my_checkpoints.get(seq)
-        if mine is not None and mine[0] == digest and seq <= self.last_executed:
-            self._install_stable(seq, digest, proof, mine[1])
+        if mine is not None and mine.digest == digest and seq <= self.last_executed:
+            self._install_stable(seq, digest, proof, mine)
             return
         if seq <= self.last_executed or mine is not None:
             # Our state at seq differs from the certified one: we diverged. Fetch state, do not vote.
@@ -950,12 +942,17 @@ class Replica:
             return
         self._begin_transfer(seq, digest, proof)
 
-    def _install_stable(self, seq: int, digest: bytes, proof: list[pb.Envelope], snapshot: bytes) -> None:
+    def _install_stable(self, seq: int, digest: bytes, proof: list[pb.Envelope], snapshot: Snapshot) -> None:
         self.h = seq
         self.stable_digest = digest
         self.stable_proof = proof
         self.stable_snapshot = snapshot
-        self._persist(CheckpointRecord(seq, digest, snapshot, tuple(e.SerializeToString() for e in proof)))
+        self.served[seq] = snapshot
+        for old in sorted(self.served)[: -self.p.snapshots_kept]:
+            del self.served[old]
+        self._persist(
+            CheckpointRecord(seq, digest, snapshot.data, tuple(e.SerializeToString() for e in proof))
+        )
         self._garbage_collect()
 
     def _garbage_collect(self) -> None:
@@ -1196,6 +1193,17 @@ class Replica:
                 slot.batch = batch
         self._try_execute(now)
 
+    def _answer(self, to: int, msg: pb.PeerMessage, now: float, what: str = "", key: object = None) -> bool:
+        """Send an answer to a peer's question within its byte budget (``bft.core.answers``);
+        with ``what``, the same answer (``key``) is not repeated within the repeat interval."""
+        if to == self.id:
+            return False
+        data = msg.SerializeToString()
+        if not self.answers.allow(to, len(data), now, what, key):
+            return False
+        self._emit(Send(to, data))
+        return True
+
     def _on_fetch(self, env: pb.Envelope, now: float) -> None:
         payload = self._open(env, Kind.FETCH)
         if payload is None:
@@ -1210,89 +1218,109 @@ class Replica:
                         batch = proof.batch
                         break
             if batch is not None:
-                self._send(env.signer, pb.PeerMessage(batch_reply=pb.BatchReply(batch=batch)))
+                self._answer(env.signer, pb.PeerMessage(batch_reply=pb.BatchReply(batch=batch)), now)
         elif which == "preprepare":
             slot = self.slots.get(fetch.preprepare.seq)
             if slot is not None and slot.view == fetch.preprepare.view and slot.pp_env is not None:
-                self._send(env.signer, pb.PeerMessage(envelope=slot.pp_env, batch=slot.batch or b""))
-        elif which == "state_seq":
-            self._serve_state(env.signer, fetch.state_seq)
+                msg = pb.PeerMessage(envelope=slot.pp_env, batch=slot.batch or b"")
+                self._answer(env.signer, msg, now)
+        elif which == "state":
+            self._serve_state(env.signer, fetch.state, now)
 
-    def _serve_state(self, to: int, seq: int) -> None:
-        if self.stable_snapshot is None or self.h < seq or self.h == 0:
+    def _serve_state(self, to: int, want: pb.FetchState, now: float) -> None:
+        """At most ``state_chunks_per_fetch`` chunks of a checkpoint we hold with that digest; for
+        a checkpoint older than all we keep, our stable proof (the peer then fetches that one)."""
+        snap = self.served.get(want.seq) or self.my_checkpoints.get(want.seq)
+        if snap is None or snap.digest != want.digest:
+            if self.h > want.seq:
+                self._send_stable_proof(to, now)
             return
-        data = self.stable_snapshot
-        size = self.p.state_chunk_bytes
-        total = max(1, (len(data) + size - 1) // size)
-        for i in range(total):
-            chunk = pb.StateChunk(seq=self.h, index=i, total=total, data=data[i * size : (i + 1) * size])
-            if i == 0:
-                chunk.proof.extend(self.stable_proof)
-            self._send(to, pb.PeerMessage(state_chunk=chunk))
+        end = min(snap.total, want.first + min(want.count, self.p.state_chunks_per_fetch))
+        for i in range(want.first, end):
+            if not self._answer(to, pb.PeerMessage(state_chunk=snap.chunk(i)), now):
+                return
+
+    def _send_stable_proof(self, to: int, now: float) -> None:
+        """Our stable checkpoint's 2f+1 CHECKPOINTs, so a peer behind it can fetch it."""
+        if self.h == 0 or not self.answers.allow(to, 0, now, "stable-proof", self.h):
+            return
+        for e in self.stable_proof:
+            self._answer(to, pb.PeerMessage(envelope=e), now)
 
     def _begin_transfer(self, seq: int, digest: bytes, proof: list[pb.Envelope]) -> None:
-        if self.transfer is not None and self.transfer.seq >= seq:
-            return
+        t = self.transfer
+        if t is not None:
+            if t.seq >= seq:
+                return
+            if t.chunks:
+                # Keep the progress made; move to the later checkpoint after installing this one,
+                # or earlier if this one stalls on every source (it may have been dropped by all).
+                if t.newer is None or t.newer[0] < seq:
+                    t.newer = (seq, digest, proof)
+                return
         sources = sorted({e.signer for e in proof} - {self.id}) or [
             r for r in range(self.cluster.n) if r != self.id
         ]
-        self.transfer = Transfer(seq, digest, proof, sources[0])
+        self.transfer = Transfer(
+            seq, digest, proof, sources[0], self.p.state_chunk_bytes, self.p.max_snapshot_bytes
+        )
+        if t is not None:
+            self.transfer.last_progress = t.last_progress
         self._request_state()
 
     def _request_state(self) -> None:
-        assert self.transfer is not None
-        fetch = pb.Fetch(state_seq=self.transfer.seq)
-        self._send(self.transfer.source, pb.PeerMessage(envelope=self._seal(Kind.FETCH, fetch)))
-
-    def _next_transfer_source(self) -> None:
-        assert self.transfer is not None
+        """Ask the current source for the next window of missing chunks."""
         t = self.transfer
+        assert t is not None
+        first, count = t.window(self.p.state_chunks_per_fetch)
+        t.asked = (first, first + count)
+        fetch = pb.Fetch(state=pb.FetchState(seq=t.seq, digest=t.digest, first=first, count=count))
+        self._send(t.source, pb.PeerMessage(envelope=self._seal(Kind.FETCH, fetch)))
+
+    def _transfer_tick(self, now: float) -> None:
+        """Once per status tick: re-ask after a lost answer; change source only on a real timeout
+        (no new verified chunk for ``state_transfer_timeout``); chunks already held are kept."""
+        t = self.transfer
+        assert t is not None
+        if t.last_progress is None or len(t.chunks) != t.progress_mark:
+            t.progress_mark = len(t.chunks)
+            if t.last_progress is None:
+                t.last_progress = now
+            return
+        if now - t.last_progress < self.p.state_transfer_timeout:
+            self._request_state()  # no progress in a tick: the request or its answer was lost
+            return
+        t.last_progress = now
+        t.switches += 1
         t.source = (t.source + 1) % self.cluster.n
         if t.source == self.id:
             t.source = (t.source + 1) % self.cluster.n
-        t.chunks.clear()
-        t.total = 0
+        if t.newer is not None and t.switches >= self.cluster.n - 1:
+            # A full round of sources without progress: the target may be gone everywhere.
+            newer, self.transfer = t.newer, None
+            self._begin_transfer(*newer)
+            return
         self._request_state()
 
     def _on_state_chunk(self, chunk: pb.StateChunk, now: float) -> None:
         t = self.transfer
-        if t is None or chunk.seq < t.seq:
+        if t is None or not t.offer(chunk):
             return
-        max_chunks = self.p.max_snapshot_bytes // self.p.state_chunk_bytes + 1
-        if chunk.total == 0 or chunk.total > max_chunks or chunk.index >= chunk.total:
-            return
-        if chunk.index == 0:
-            # The first chunk names the checkpoint and proves its digest (2f+1 signed CHECKPOINTs).
-            if not chunk.proof:
-                return
-            digest = self._proof_digest(list(chunk.proof))
-            if digest is None or not check_checkpoint_proof(
-                self.cluster, self.verifier, chunk.seq, digest, list(chunk.proof)
-            ):
-                return
-            if chunk.seq != t.chunk_seq:
-                t.chunks.clear()
-            t.chunk_seq, t.chunk_digest, t.chunk_proof, t.total = (
-                chunk.seq,
-                digest,
-                list(chunk.proof),
-                chunk.total,
-            )
-        elif chunk.seq != t.chunk_seq or chunk.total != t.total:
-            return
-        t.chunks[chunk.index] = chunk.data
-        if t.total and len(t.chunks) == t.total:
-            data = b"".join(t.chunks[i] for i in range(t.total))
-            if not self._install_snapshot(t.chunk_seq, t.chunk_digest, t.chunk_proof, data, now):
-                self._next_transfer_source()
+        t.last_progress = now
+        t.switches = 0
+        if t.complete:
+            if not self._install_snapshot(t, now):
+                # Certified bytes that do not restore: start over (cannot happen between honest
+                # replicas running the same code).
+                self.transfer = None
+                self._begin_transfer(t.seq, t.digest, t.proof)
+        elif t.window_done():
+            self._request_state()
 
-    def _proof_digest(self, proof: list[pb.Envelope]) -> bytes | None:
-        body = self._open(proof[0], Kind.CHECKPOINT)
-        return None if body is None else parse(pb.Checkpoint, body).state_digest
-
-    def _install_snapshot(
-        self, seq: int, digest: bytes, proof: list[pb.Envelope], data: bytes, now: float
-    ) -> bool:
+    def _install_snapshot(self, t: Transfer, now: float) -> bool:
+        assert t.manifest is not None
+        seq, digest, proof = t.seq, t.digest, t.proof
+        data = t.assemble()
         try:
             snap = parse(pb.StateSnapshot, data)
             app = self._app_factory()
@@ -1302,22 +1330,26 @@ class Replica:
         clients = ClientTable.restore(snap.clients, self.p.client_table_capacity)
         if (
             snap.seq != seq
-            or state_digest(seq, app.digest(), clients.digest(), snap.last_timestamp_us) != digest
+            or state_digest(seq, app.digest(), clients.digest(), snap.last_timestamp_us)
+            != t.manifest.state_digest
         ):
             return False
         self.app, self.clients = app, clients
         self.last_ts = snap.last_timestamp_us
         self.last_executed = seq
         self.transfer = None
-        self.my_checkpoints = {seq: (digest, data)}
+        snapshot = Snapshot(seq, t.manifest.state_digest, data, self.p.state_chunk_bytes)
+        self.my_checkpoints = {seq: snapshot}
         self.commit_proofs = {s: p for s, p in self.commit_proofs.items() if s > seq}
         for key in [
             k for k in self.pending if (e := self.clients.get((k[0], k[1]))) and k[2] <= e.last_timestamp
         ]:
             self._drop_pending(key)
-        self._install_stable(seq, digest, proof, data)
+        self._install_stable(seq, digest, proof, snapshot)
         self._emit(StateInstalled(seq))
         self.next_seq = max(self.next_seq, seq + 1)
+        if t.newer is not None:
+            self._make_stable(*t.newer)
         self._try_execute(now)
         return True
 
@@ -1337,7 +1369,7 @@ class Replica:
         if self.view_changing and self.my_vc is not None:
             self._send(None, pb.PeerMessage(envelope=self.my_vc))
         if self.transfer is not None:
-            self._next_transfer_source()
+            self._transfer_tick(now)
         for digest in list(self.wanted_batches):
             self.wanted_batches.discard(digest)
             self._want_batch(digest)
@@ -1371,31 +1403,35 @@ class Replica:
                 if self.h:
                     envs = tuple(e.SerializeToString() for e in self.stable_proof)
                     assert self.stable_snapshot is not None
-                    self._persist(CheckpointRecord(self.h, self.stable_digest, self.stable_snapshot, envs))
+                    self._persist(
+                        CheckpointRecord(self.h, self.stable_digest, self.stable_snapshot.data, envs)
+                    )
                 self._start_view_change(max(self.recovery_views.values()) + 1, now)
+        # Answers below are much larger than a STATUS: budgeted per peer, and the same answer to
+        # the same question is not repeated within answer_repeat_interval (bft/core/answers.py).
         if self.view_changing:
             if self.my_vc is not None and st.view <= self.view:
-                self._send(peer, pb.PeerMessage(envelope=self.my_vc))
+                self._answer(peer, pb.PeerMessage(envelope=self.my_vc), now, "view-change", self.view)
         elif (
             st.view <= self.view
             and (st.view < self.view or st.view_changing)
             and self.new_view_env is not None
         ):
-            self._send(peer, pb.PeerMessage(envelope=self.new_view_env))
+            self._answer(peer, pb.PeerMessage(envelope=self.new_view_env), now, "new-view", self.view)
         if st.last_executed < self.last_executed:
             if st.last_executed < self.h and self.h > 0:
                 # The peer is behind our stable checkpoint: show it the proof; it will fetch state.
-                for e in self.stable_proof:
-                    self._send(peer, pb.PeerMessage(envelope=e))
+                self._send_stable_proof(peer, now)
             else:
                 hi = min(self.last_executed, st.last_executed + self.p.catchup_slots_per_status)
+                if not self.answers.allow(peer, 0, now, "catch-up", (st.last_executed, hi)):
+                    return
                 for seq in range(st.last_executed + 1, hi + 1):
                     proof = self.commit_proofs.get(seq)
-                    if proof is not None:
-                        self._send(peer, pb.PeerMessage(commit_proof=proof))
+                    if proof is not None and not self._answer(peer, pb.PeerMessage(commit_proof=proof), now):
+                        break
         elif st.stable_seq < self.h and self.h > 0:
-            for e in self.stable_proof:
-                self._send(peer, pb.PeerMessage(envelope=e))
+            self._send_stable_proof(peer, now)
 
     # ------------------------------------------------------------------ restart
 
@@ -1420,9 +1456,15 @@ class Replica:
             self.last_executed = self.h = snap_rec.seq
             self.stable_digest = snap_rec.state_digest
             self.stable_proof = [parse(pb.Envelope, e) for e in snap_rec.proof]
-            self.stable_snapshot = snap_rec.snapshot
-            self.my_checkpoints[snap_rec.seq] = (snap_rec.state_digest, snap_rec.snapshot)
-            if self._current_state_digest(snap_rec.seq) != snap_rec.state_digest:
+            snapshot = Snapshot(
+                snap_rec.seq,
+                self._current_state_digest(snap_rec.seq),
+                snap_rec.snapshot,
+                self.p.state_chunk_bytes,
+            )
+            self.stable_snapshot = self.served[snap_rec.seq] = snapshot
+            self.my_checkpoints[snap_rec.seq] = snapshot
+            if snapshot.digest != snap_rec.state_digest:
                 raise ValueError(
                     f"checkpoint snapshot at seq {snap_rec.seq} does not match its certified digest"
                 )

@@ -229,14 +229,26 @@ class NewView(_message.Message):
     def __init__(self, view: _Optional[int] = ..., view_changes: _Optional[_Iterable[_Union[Envelope, _Mapping]]] = ..., preprepares: _Optional[_Iterable[_Union[Envelope, _Mapping]]] = ...) -> None: ...
 
 class Fetch(_message.Message):
-    __slots__ = ("batch_digest", "state_seq", "preprepare")
+    __slots__ = ("batch_digest", "preprepare", "state")
     BATCH_DIGEST_FIELD_NUMBER: _ClassVar[int]
-    STATE_SEQ_FIELD_NUMBER: _ClassVar[int]
     PREPREPARE_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
     batch_digest: bytes
-    state_seq: int
     preprepare: FetchPrePrepare
-    def __init__(self, batch_digest: _Optional[bytes] = ..., state_seq: _Optional[int] = ..., preprepare: _Optional[_Union[FetchPrePrepare, _Mapping]] = ...) -> None: ...
+    state: FetchState
+    def __init__(self, batch_digest: _Optional[bytes] = ..., preprepare: _Optional[_Union[FetchPrePrepare, _Mapping]] = ..., state: _Optional[_Union[FetchState, _Mapping]] = ...) -> None: ...
+
+class FetchState(_message.Message):
+    __slots__ = ("seq", "digest", "first", "count")
+    SEQ_FIELD_NUMBER: _ClassVar[int]
+    DIGEST_FIELD_NUMBER: _ClassVar[int]
+    FIRST_FIELD_NUMBER: _ClassVar[int]
+    COUNT_FIELD_NUMBER: _ClassVar[int]
+    seq: int
+    digest: bytes
+    first: int
+    count: int
+    def __init__(self, seq: _Optional[int] = ..., digest: _Optional[bytes] = ..., first: _Optional[int] = ..., count: _Optional[int] = ...) -> None: ...
 
 class FetchPrePrepare(_message.Message):
     __slots__ = ("view", "seq")
@@ -253,15 +265,21 @@ class BatchReply(_message.Message):
     def __init__(self, batch: _Optional[bytes] = ...) -> None: ...
 
 class StateChunk(_message.Message):
-    __slots__ = ("seq", "index", "total", "data", "proof")
+    __slots__ = ("seq", "index", "total", "data", "state_digest", "snapshot_bytes", "chunk_root", "path")
     SEQ_FIELD_NUMBER: _ClassVar[int]
     INDEX_FIELD_NUMBER: _ClassVar[int]
     TOTAL_FIELD_NUMBER: _ClassVar[int]
     DATA_FIELD_NUMBER: _ClassVar[int]
-    PROOF_FIELD_NUMBER: _ClassVar[int]
+    STATE_DIGEST_FIELD_NUMBER: _ClassVar[int]
+    SNAPSHOT_BYTES_FIELD_NUMBER: _ClassVar[int]
+    CHUNK_ROOT_FIELD_NUMBER: _ClassVar[int]
+    PATH_FIELD_NUMBER: _ClassVar[int]
     seq: int
     index: int
     total: int
     data: bytes
-    proof: _containers.RepeatedCompositeFieldContainer[Envelope]
-    def __init__(self, seq: _Optional[int] = ..., index: _Optional[int] = ..., total: _Optional[int] = ..., data: _Optional[bytes] = ..., proof: _Optional[_Iterable[_Union[Envelope, _Mapping]]] = ...) -> None: ...
+    state_digest: bytes
+    snapshot_bytes: int
+    chunk_root: bytes
+    path: _containers.RepeatedScalarFieldContainer[bytes]
+    def __init__(self, seq: _Optional[int] = ..., index: _Optional[int] = ..., total: _Optional[int] = ..., data: _Optional[bytes] = ..., state_digest: _Optional[bytes] = ..., snapshot_bytes: _Optional[int] = ..., chunk_root: _Optional[bytes] = ..., path: _Optional[_Iterable[bytes]] = ...) -> None: ...

@@ -1,0 +1,262 @@
+"""State transfer and answers to STATUS/FETCH, on real replica cores over a tiny timed network.
+
+The network models a slow link (each state chunk occupies it for a while), junk senders and
+floods; everything is virtual time, so nothing here depends on the machine's speed.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import Callable
+
+from bft import merkle
+from bft.app.kv import KVApp
+from bft.core.config import ClusterInfo, Params
+from bft.core.events import Send, SetTimer, StateInstalled
+from bft.core.replica import Replica
+from bft.core.transfer import Snapshot, Transfer
+from bft.crypto import HashSigner, HashVerifier, Kind, cluster_id_from
+from bft.pb.bftchat.v1 import protocol_pb2 as pb
+from bft.wire import make_request, seal
+
+CID = cluster_id_from(b"transfer test")
+LAGGER = 3
+
+# (src, dst, PeerMessage) -> extra messages to deliver to dst right after it (a Byzantine helper)
+Tamper = Callable[[int, int, pb.PeerMessage], list[bytes]]
+
+
+class Net:
+    """Four replicas, 1 ms links, status timers; state chunks to the lagging replica share one
+    slow link (``chunk_time`` each), and replica LAGGER is cut off until ``join``."""
+
+    def __init__(self, params: Params, chunk_time: float = 0.0, tamper: Tamper | None = None) -> None:
+        self.hv = HashVerifier()
+        self.signers = [HashSigner(b"r%d" % i, self.hv) for i in range(4)]
+        self.info = ClusterInfo(tuple(s.public_key for s in self.signers), CID, params)
+        self.reps = [Replica(self.info, i, self.signers[i], self.hv, KVApp) for i in range(4)]
+        self.heap: list[tuple[float, int, tuple[object, ...]]] = []
+        self.count = 0
+        self.now = 0.0
+        self.cut = True
+        self.chunk_time = chunk_time
+        self.link_free = 0.0
+        self.tamper = tamper
+        self.installed: list[int] = []
+        self.sources: list[int] = []  # the lagger's transfer source after each of its status ticks
+        self.sent_to: dict[int, int] = {}  # bytes sent to each replica
+        for i, r in enumerate(self.reps):
+            r.start(0.0)
+            self._take(i)
+
+    def _push(self, at: float, ev: tuple[object, ...]) -> None:
+        self.count += 1
+        heapq.heappush(self.heap, (at, self.count, ev))
+
+    def _take(self, i: int) -> None:
+        for out in self.reps[i].take_outputs():
+            if isinstance(out, SetTimer):
+                self._push(out.at, ("timer", i, out.name))
+            elif isinstance(out, StateInstalled):
+                self.installed.append(out.seq)
+            elif isinstance(out, Send):
+                for j in [out.to] if out.to is not None else [k for k in range(4) if k != i]:
+                    self._send(i, j, out.data)
+
+    def _send(self, i: int, j: int, data: bytes) -> None:
+        if self.cut and LAGGER in (i, j):
+            return
+        self.sent_to[j] = self.sent_to.get(j, 0) + len(data)
+        msg = pb.PeerMessage.FromString(data)
+        at = self.now + 0.001
+        if j == LAGGER and msg.HasField("state_chunk") and self.chunk_time:
+            self.link_free = max(self.link_free, self.now) + self.chunk_time
+            at = self.link_free
+        self._push(at, ("msg", j, data))
+        if self.tamper is not None:
+            for extra in self.tamper(i, j, msg):
+                self._push(at, ("msg", j, extra))
+
+    def request(self, client: HashSigner, ts: int, op: bytes) -> None:
+        raw = make_request(client, CID, 1, ts, op)
+        for i in range(4):
+            if not (self.cut and i == LAGGER):
+                self.reps[i].on_request(raw, self.now)
+                self._take(i)
+
+    def run(self, until: float, stop: Callable[[], bool] = lambda: False, max_events: int = 200_000) -> None:
+        while self.heap and self.heap[0][0] <= until and not stop() and max_events > 0:
+            max_events -= 1
+            at, _, ev = heapq.heappop(self.heap)
+            self.now = at
+            i = ev[1]
+            assert isinstance(i, int)
+            if ev[0] == "timer":
+                self.reps[i].on_timer(str(ev[2]), at)
+                t = self.reps[i].transfer
+                if i == LAGGER and t is not None:
+                    self.sources.append(t.source)
+            else:
+                self.reps[i].on_message(ev[2], at)  # type: ignore[arg-type]
+            self._take(i)
+        self.now = max(self.now, until)
+
+
+def _params(**kw: object) -> Params:
+    base: dict[str, object] = dict(
+        checkpoint_interval=2, watermark_window=8, state_chunk_bytes=64, status_interval=0.2
+    )
+    base.update(kw)
+    return Params(**base)  # type: ignore[arg-type]
+
+
+def _lagging_cluster(params: Params, **kw: object) -> Net:
+    """Replicas 0-2 build a stable checkpoint with a snapshot of many chunks while 3 is cut off."""
+    net = _busy_cluster(params, **kw)
+    assert all(r.last_executed == 10 and r.h == 10 for r in net.reps[:3])
+    snap = net.reps[0].stable_snapshot
+    assert snap is not None and snap.total > 30  # needs many chunks
+    net.cut = False
+    return net
+
+
+def _busy_cluster(params: Params, **kw: object) -> Net:
+    net = Net(params, **kw)  # type: ignore[arg-type]
+    client = HashSigner(b"client", net.hv)
+    for ts in range(1, 11):
+        net.request(client, ts, b"set key%d %s" % (ts, b"v" * 200))
+        net.run(net.now + 0.05)
+    return net
+
+
+def _caught_up(net: Net) -> bool:
+    lag, ref = net.reps[LAGGER], net.reps[0]
+    return lag.transfer is None and lag.last_executed == ref.last_executed and lag.h == ref.h
+
+
+def test_slow_transfer_keeps_its_progress_and_source_across_ticks() -> None:
+    """Chunks trickle in (the whole snapshot takes ~20 status ticks): the transfer keeps what it
+    has and stays with its source, which is making progress, and completes."""
+    net = _lagging_cluster(_params(), chunk_time=0.1)
+    net.run(30.0, lambda: _caught_up(net))
+    assert _caught_up(net), (net.reps[LAGGER].last_executed, net.reps[LAGGER].h)
+    assert net.installed == [10]
+    assert net.reps[LAGGER].state_digest() == net.reps[0].state_digest()
+    assert len(net.sources) > 10 and len(set(net.sources)) == 1
+
+
+def test_silent_source_is_replaced_after_the_timeout_only() -> None:
+    """The first source never answers: it is kept for state_transfer_timeout, then replaced."""
+    net = _lagging_cluster(_params(state_transfer_timeout=1.0))
+    silent = 0  # the lagger asks the first signer of the stable proof: replica 0
+    orig_send = net._send
+
+    def send(i: int, j: int, data: bytes) -> None:
+        if i == silent and j == LAGGER and pb.PeerMessage.FromString(data).HasField("state_chunk"):
+            return
+        orig_send(i, j, data)
+
+    net._send = send  # type: ignore[method-assign]
+    net.run(30.0, lambda: _caught_up(net))
+    assert _caught_up(net)
+    first_other = next(k for k, s in enumerate(net.sources) if s != silent)
+    assert net.sources[0] == silent and first_other >= 4  # >= 1 s of 0.2 s ticks on the silent one
+
+
+def test_junk_chunks_from_a_byzantine_replica_are_dropped() -> None:
+    """After every real chunk, replica 2 sends a junk one with the same seq, index and total (and
+    a copy of the honest manifest): each is checked on its own and dropped, the transfer completes."""
+
+    def junk(i: int, j: int, msg: pb.PeerMessage) -> list[bytes]:
+        if j != LAGGER or not msg.HasField("state_chunk"):
+            return []
+        bad = pb.StateChunk()
+        bad.CopyFrom(msg.state_chunk)
+        bad.data = bytes(b ^ 0x55 for b in bad.data)
+        return [pb.PeerMessage(state_chunk=bad).SerializeToString()]
+
+    net = _lagging_cluster(_params(), tamper=junk)
+    net.run(30.0, lambda: _caught_up(net))
+    assert _caught_up(net)
+    assert net.reps[LAGGER].state_digest() == net.reps[0].state_digest()
+
+
+def test_a_chunk_is_bound_to_its_index() -> None:
+    """A genuine chunk offered at another index (with a path padded to fit) is refused."""
+    data = bytes(range(256)) * 3
+    snap = Snapshot(8, b"s" * 32, data, 64)
+    t = Transfer(8, snap.digest, [], 0, 64, 1 << 20)
+    for i in range(snap.total):
+        moved = snap.chunk(i)
+        moved.index = 2 * i + 1
+        moved.path.insert(0, b"")
+        assert not t.offer(moved)
+        assert t.offer(snap.chunk(i))
+    assert t.complete and t.assemble() == data
+    leaves = [merkle.leaf_hash(data[i : i + 64]) for i in range(0, len(data), 64)]
+    root, paths = merkle.build(leaves)
+    assert root == snap.manifest.root
+    assert all(merkle.path(snap.tree, i) == paths[i] for i in range(len(leaves)))
+
+
+def test_fetch_gets_a_bounded_number_of_chunks() -> None:
+    net = _lagging_cluster(_params(state_chunks_per_fetch=3))
+    server = net.reps[0]
+    snap = server.stable_snapshot
+    assert snap is not None
+    fetch = pb.Fetch(state=pb.FetchState(seq=snap.seq, digest=snap.digest, first=0, count=10_000))
+    env = seal(net.signers[LAGGER], LAGGER, Kind.FETCH, CID, fetch)
+    server.on_message(pb.PeerMessage(envelope=env).SerializeToString(), net.now)
+    chunks = [o for o in server.take_outputs() if isinstance(o, Send)]
+    assert len(chunks) == 3 and all(o.to == LAGGER for o in chunks)
+
+
+def _status(net: Net, sender: int, **fields: object) -> bytes:
+    env = seal(net.signers[sender], sender, Kind.STATUS, CID, pb.Status(**fields))  # type: ignore[arg-type]
+    return pb.PeerMessage(envelope=env).SerializeToString()
+
+
+def _answer_bytes(rep: Replica, sender: int) -> int:
+    return sum(len(o.data) for o in rep.take_outputs() if isinstance(o, Send) and o.to == sender)
+
+
+def test_repeated_status_gets_no_repeated_answer() -> None:
+    """A STATUS that says "I am at seq 0" sent 100 times in 0.5 s: the answer (the stable proof)
+    goes out once, not 100 times."""
+    net = _lagging_cluster(_params())
+    rep = net.reps[0]
+    rep.take_outputs()
+    once = 0
+    for k in range(100):
+        rep.on_message(_status(net, LAGGER, view=0, last_executed=0, stable_seq=0), net.now + k * 0.005)
+        got = _answer_bytes(rep, LAGGER)
+        if k == 0:
+            once = got
+        else:
+            assert got == 0, k
+    assert once > 0
+
+
+def test_status_flood_answers_are_bounded_per_peer_in_bytes() -> None:
+    """Distinct STATUS questions (each asking for different commit proofs) from one peer: the bytes
+    answered stay within the peer's budget (burst + rate x time + one message), not 16 proofs each."""
+    budget = 20_000
+    params = _params(
+        answer_bytes_per_s=budget,
+        answer_burst_bytes=budget,
+        answer_repeat_interval=0.0,
+        checkpoint_interval=64,
+        watermark_window=128,
+    )
+    net = _busy_cluster(params)
+    rep = net.reps[0]
+    assert rep.last_executed == 10 and rep.h == 0  # commit proofs are still held: catch-up answers
+    rep.take_outputs()
+    total = 0
+    for k in range(200):
+        rep.on_message(_status(net, LAGGER, view=0, last_executed=k % 9), net.now + k * 0.001)
+        total += _answer_bytes(rep, LAGGER)
+    largest = max(len(pb.PeerMessage(commit_proof=p).SerializeToString()) for p in rep.commit_proofs.values())
+    assert total > budget / 2  # the budget was used, not refused outright
+    assert total <= budget + budget * 0.2 + largest
+    assert rep.answers.dropped > 0
