@@ -473,14 +473,21 @@ class ChatClient:
     # ---- live delivery
 
     async def messages(
-        self, *, ack: bool = True, poll_every: float = POLL_EVERY, caught_up: asyncio.Event | None = None
+        self,
+        *,
+        ack: bool = True,
+        poll_every: float = POLL_EVERY,
+        caught_up: asyncio.Event | None = None,
+        keep: Callable[[Message], None] | None = None,
     ) -> AsyncGenerator[Message, None]:
         """Every undelivered message and then each new one, as it arrives, forever.
 
         With ``ack``, what the consumer has taken is acknowledged (so it is not delivered again)
         after each page and before waiting for news, and when the consumer closes the iterator
-        (``aclose()``, e.g. via ``contextlib.aclosing``). A message handed over when the consumer
-        dies (cancelled, crashed) is delivered again next time: keep it idempotent by id.
+        (``aclose()``, e.g. via ``contextlib.aclosing``; a garbage-collected iterator is closed
+        too). ``keep(message)`` runs before a message is handed over, so it counts as taken only
+        once ``keep`` returned: store it durably there. If ``keep`` raises, the iteration ends with
+        that exception and the message is not acknowledged (it is delivered again next time).
         Only one ``messages()`` iterator per client at a time (they share the push queue).
         ``caught_up`` is set whenever everything undelivered so far has been handed over.
         """
@@ -493,6 +500,8 @@ class ChatClient:
                 while True:  # catch up: fetch until nothing is left after `after`
                     page, more = await self.fetch(after)
                     for m in page:
+                        if keep is not None:
+                            keep(m)
                         after = m.id
                         yield m
                     if ack and after > acked:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import sqlite3
 import sys
 import threading
 from collections.abc import Callable
@@ -72,6 +73,7 @@ class ChatSession:
         self.sending = False  # the sender task is delivering right now
         self.stuck: int | None = None  # the outbox row the last delivery stopped at (no answer)
         self.told: set[int] = set()  # outbox rows the user was told are not sent yet
+        self.changed: dict[bytes, bool] = {}  # received messages stored: from a changed key?
 
     def emit(self, obj: dict[str, object], text: str) -> None:
         if self.out.json:
@@ -127,8 +129,14 @@ class ChatSession:
         first attempt failed), so that the session opens with them."""
         while True:
             try:
-                async for m in self.client.messages(caught_up=caught_up):
+                async for m in self.client.messages(caught_up=caught_up, keep=self._keep):
                     self._incoming(m)
+            except sqlite3.Error as exc:  # not stored, so not acknowledged: it stays on the replicas
+                self.error(
+                    f"live delivery stopped: cannot store a received message ({exc}); it stays undelivered"
+                )
+                caught_up.set()
+                return
             except RejectedError as exc:  # e.g. the account is gone: retrying cannot help
                 if not caught_up.is_set():
                     raise
@@ -139,8 +147,12 @@ class ChatSession:
                 caught_up.set()
             await asyncio.sleep(RETRY_AFTER)
 
+    def _keep(self, m: Message) -> None:
+        """Store a received message; the iterator acknowledges it only after this returned."""
+        self.changed[m.ref] = self.local.record_in(m)
+
     def _incoming(self, m: Message) -> None:
-        changed = self.local.record_in(m)  # stored before the iterator acknowledges it
+        changed = self.changed.pop(m.ref, False)
         self.emit(message_json(m, changed), message_text(m, full=False, key_changed=changed))
         if changed:
             self.error(key_changed_note(m.sender)[2:])

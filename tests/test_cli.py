@@ -539,3 +539,28 @@ def test_a_resent_request_refused_as_stale_is_unknown_not_failed(cluster: Cluste
     assert "may or may not have been delivered" in cli(cfg, hal, "history", "st-ida").stdout
     assert ok(cli(cfg, ida, "--json", "inbox")) == []
     assert ok(cli(cfg, hal, "--json", "outbox", "--list"))[0]["state"] == "unknown"
+
+
+@pytest.mark.slow  # a guard for the chat's store-then-acknowledge path; today's main passes it too
+@pytest.mark.timeout(90)
+def test_a_received_message_that_cannot_be_stored_is_not_acknowledged(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    """Item 13. The chat acknowledges a message only after the history stored it: with the history
+    refusing writes (a trigger stands in for a full disk), the message stays on the replicas."""
+    cfg = cluster.config_path
+    carl, dora = new_key(tmp_path, "ns-carl"), new_key(tmp_path, "ns-dora")
+    ok(cli(cfg, carl, "register", "ns-carl"))
+    ok(cli(cfg, dora, "register", "ns-dora"))
+    ok(cli(cfg, dora, "send", "ns-carl", "keep me"))
+    cli(cfg, carl, "history", "ns-dora")  # creates the history file
+    db = history_db(carl)
+    db.execute("CREATE TRIGGER full BEFORE INSERT ON messages BEGIN SELECT RAISE(ABORT, 'disk full'); END")
+    db.commit()
+    proc = cli(cfg, carl, "chat", "ns-dora", stdin="/quit\n")
+    assert "disk full" in proc.stdout + proc.stderr, proc
+    time.sleep(1)  # anything the chat process might still have sent has arrived
+    db.execute("DROP TRIGGER full")
+    db.commit()
+    db.close()
+    assert [m["text"] for m in ok(cli(cfg, carl, "--json", "inbox"))] == ["keep me"]
