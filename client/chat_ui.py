@@ -171,10 +171,10 @@ class ChatSession:
             finally:
                 self.sending = False
             self.stuck = stuck.row.id if stuck is not None else None
-            if self.closing and (stuck is not None or not self.local.waiting()):
-                return
+            if self.closing and (stuck is not None or not self.wake.is_set()):
+                return  # (rows another process is sending are not ours to wait for)
             if self.closing:
-                continue
+                continue  # something was queued during this pass
             if stuck is None:
                 await self.wake.wait()
             else:
