@@ -38,14 +38,17 @@ import grpc
 import grpc.aio
 
 from bft.app.names import normalize_name, normalize_pattern
+from bft.crypto import sha256
 from bft.keys import UserKey, fingerprint_of, load_user_key
 from bft.pb.bftchat.v1 import chat_pb2 as cpb
 from bft.pb.bftchat.v1 import protocol_pb2 as pb
+from bft.replies import CheckedReply
 from bft.runtime.clusterconf import ClusterConfig, load_config
 from client import e2e
 from client.errors import (
     ChatClientError,
     ClusterUnreachable,
+    FateUnknown,
     NameTaken,
     NoAgreement,
     NoSuchAccount,
@@ -81,6 +84,9 @@ class Sent:
     id: int
     seq: int
     timestamp_us: int
+    ref: bytes = b""  # SHA-256 of the signed request that was executed: the message's identity
+    recipient_key: bytes = b""  # the recipient's signing key when the message was encrypted to it
+    recipient_box: bytes = b""
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,6 +102,16 @@ class Message:
     sender_key: bytes
     text: str
     problem: str | None = None
+    ref: bytes = b""  # SHA-256 of the signed bytes: unique per message, whatever cluster or id
+    sender_box_key: bytes = b""
+
+
+def message_ref(request: bytes) -> bytes:
+    """A message's identity: the SHA-256 of the signed bytes of its send request (what the
+    recipient fetches as ``signed``), from the serialised request envelope the sender holds."""
+    envelope = pb.Envelope()
+    envelope.ParseFromString(request)
+    return sha256(envelope.body)
 
 
 def _name(raw: str, what: str = "account name") -> str:
@@ -133,7 +149,7 @@ class ChatClient:
         self.connect_timeout = connect_timeout
         self.session = ClusterSession.from_config(config, key.signer, insecure=insecure)
         self.cluster = self.session.cluster
-        self._box_keys: dict[str, bytes] = {}
+        self._accounts: dict[str, Account] = {}  # the latest keys seen behind each name
         self._seen_subscribed: set[int] = set()
 
     @classmethod
@@ -192,9 +208,9 @@ class ChatClient:
     def _up(self) -> int:
         return sum(c.up for c in self.session.conns)
 
-    async def _probe(self) -> dict[int, str]:
+    async def _probe(self, session: ClusterSession | None = None) -> dict[int, str]:
         """Why each replica whose stream is down cannot be reached (a status call to it)."""
-        down = [c for c in self.session.conns if not c.up]
+        down = [c for c in (session or self.session).conns if not c.up]
 
         async def one(endpoint: str) -> str | None:
             try:
@@ -213,12 +229,23 @@ class ChatClient:
 
     # ---- requests
 
-    async def _call(self, op: bytes, *, read_only: bool = False) -> cpb.ChatResult:
+    async def _call(
+        self,
+        op: bytes,
+        *,
+        read_only: bool = False,
+        on_signed: Callable[[bytes, int, int], None] | None = None,
+    ) -> cpb.ChatResult:
         """Run one operation: the ChatResult f+1 (ordered) or 2f+1 (one-round read) replicas agree on."""
         try:
-            reply = await self.session.request(op, read_only=read_only, timeout=self.timeout)
+            reply = await self.session.request(
+                op, read_only=read_only, timeout=self.timeout, on_signed=on_signed
+            )
         except RequestFailed as exc:
             raise await self._failure(exc) from None
+        return self._result(reply)
+
+    def _result(self, reply: CheckedReply) -> cpb.ChatResult:
         if reply.status != pb.REPLY_OK:
             raise RejectedError(f"the replicas refused the request (status {reply.status})")
         try:
@@ -226,16 +253,18 @@ class ChatClient:
         except ValueError:
             raise ChatClientError("the replicas agreed on a result this client cannot parse") from None
 
-    async def _failure(self, exc: RequestFailed) -> ChatClientError:
+    async def _failure(self, exc: RequestFailed, session: ClusterSession | None = None) -> ChatClientError:
         """A request that got no agreed result in time: unreachable replicas or disagreement?
 
         With replicas down and no reply at all, or fewer than f+1 streams up, the likely cause is
         the cluster lacking the 2f+1 live replicas it needs to order anything: name who is down
         (a status call to each says why; the stream's own last error if that call succeeds)."""
-        if exc.unreachable or self._up() < self.cluster.n:
-            failures = await self._probe()
-            if failures and (not exc.replies or self._up() < self.f + 1):
-                return ClusterUnreachable(failures, 2 * self.f + 1, self._up(), self.cluster.n)
+        session = session or self.session
+        up = sum(c.up for c in session.conns)
+        if exc.unreachable or up < self.cluster.n:
+            failures = await self._probe(session)
+            if failures and (not exc.replies or up < self.f + 1):
+                return ClusterUnreachable(failures, 2 * self.f + 1, up, self.cluster.n)
         return NoAgreement(exc.detail)
 
     def me(self) -> str:
@@ -294,8 +323,9 @@ class ChatClient:
             result = await self._call(e2e.list_op(pat, page_size, after), read_only=True)
             self._check(result, "accounts")
             for a in result.accounts.accounts:
-                self._box_keys[a.name] = a.box_key
-                yield Account(a.name, a.signing_key, a.box_key)
+                acct = Account(a.name, a.signing_key, a.box_key)
+                self._accounts[a.name] = acct
+                yield acct
             after = result.accounts.next_after
             if not after:
                 return
@@ -308,27 +338,93 @@ class ChatClient:
                 return acct
         raise NoSuchUser(f"no such user: '{n}'", "NO_SUCH_RECIPIENT")
 
-    async def send(self, to: str, text: str | bytes) -> Sent:
-        """Encrypt ``text`` to ``to``'s box key and send it, signed, as our account."""
+    async def send(
+        self,
+        to: str,
+        text: str | bytes,
+        *,
+        check: Callable[[Account], None] | None = None,
+        on_signed: Callable[[bytes, int, int, Account], None] | None = None,
+        known: Account | None = None,
+    ) -> Sent:
+        """Encrypt ``text`` to ``to``'s box key and send it, signed, as our account.
+
+        ``check(account)`` sees the recipient's keys before anything is encrypted to them (each time
+        they are looked up) and may refuse by raising (the CLI's pinned keys: ``KeyChanged``).
+        ``on_signed(raw, session, timestamp, account)`` gets the exact signed request before each
+        transmission (the CLI's outbox); if the send then ends without an agreed answer, this client
+        moves to a new session, so the stored request can be resent later as is (``resend``).
+        ``known``: the recipient's keys as the caller last saw them (the CLI's pins), used without a
+        lookup; if they are no longer the name's keys the replicas refuse the send and the keys
+        are looked up."""
         me = self.me()
         n = _name(to, "user name")
         plaintext = text.encode() if isinstance(text, str) else text
         if len(plaintext) > e2e.MAX_PLAINTEXT:
             raise UsageError(f"message too long: {len(plaintext)} bytes, at most {e2e.MAX_PLAINTEXT}")
         for attempt in range(2):
-            box_key = self._box_keys.get(n) or (await self.lookup(n)).box_key
-            op = e2e.encrypt_send_op(me, self.box, n, box_key, plaintext)
-            result = await self._call(op)
+            acct = (known if attempt == 0 else None) or self._accounts.get(n) or await self.lookup(n)
+            if check is not None:
+                check(acct)
+            op = e2e.encrypt_send_op(me, self.box, n, acct.box_key, plaintext)
+            signed: list[bytes] = []
+
+            def keep(
+                raw: bytes, session: int, timestamp: int, acct: Account = acct, signed: list[bytes] = signed
+            ) -> None:
+                signed.append(raw)
+                if on_signed is not None:
+                    on_signed(raw, session, timestamp, acct)
+
+            result = await self._call(op, on_signed=keep)
             stale_key = result.WhichOneof("result") == "error" and (
                 result.error.code == _Code.RECIPIENT_KEY_MISMATCH
             )
             if stale_key and attempt == 0:  # the name changed hands since we cached its key
-                self._box_keys.pop(n, None)
+                self._accounts.pop(n, None)
                 continue
             self._check(result, "sent", target=n)
             s = result.sent
-            return Sent(n, s.id, s.seq, s.timestamp_us)
+            return Sent(
+                n, s.id, s.seq, s.timestamp_us, message_ref(signed[-1]), acct.signing_key, acct.box_key
+            )
         raise AssertionError("unreachable")
+
+    async def resend(self, raw: bytes, session: int, timestamp: int, recipient: str) -> Sent:
+        """Send an earlier signed send request again, exactly as stored (never re-signed), over a
+        session of its own id, until its fate is known: ``Sent`` if it executed (now, or before: the
+        replicas answer a repeat from their client table), ``RejectedError`` if the replicas agreed
+        to refuse it (it was not delivered), ``FateUnknown`` if they refuse it as stale (it can
+        never execute now but may have before), ``ClusterUnreachable``/``NoAgreement`` if there is
+        no agreed answer yet (try again later)."""
+        config = self.config
+        pinned = ClusterSession(
+            self.cluster,
+            [r.endpoint for r in config.replicas],
+            self.key.signer,
+            ca_pem=self.session.ca_pem,
+            session=session,
+        )
+        await pinned.connect()
+        try:
+            try:
+                reply = await pinned.resend(raw, timestamp, timeout=self.timeout)
+            except RequestFailed as exc:
+                raise await self._failure(exc, pinned) from None
+        finally:
+            await pinned.close()
+        if reply is None or reply.status == pb.REPLY_STALE_TIMESTAMP:
+            why = (
+                "its session has run a later request" if reply is None else "the replicas forgot its session"
+            )
+            raise FateUnknown(
+                f"resent message refused as stale ({why}): it may or may not have been delivered"
+            )
+        self.session.last_seq = max(self.session.last_seq, reply.seq)
+        result = self._result(reply)
+        self._check(result, "sent", target=recipient)
+        s = result.sent
+        return Sent(recipient, s.id, s.seq, s.timestamp_us, message_ref(raw))
 
     async def fetch(self, after_id: int = 0, limit: int = 0) -> tuple[list[Message], bool]:
         """One page of undelivered messages with id > ``after_id``, verified and decrypted, and
@@ -342,9 +438,12 @@ class ChatClient:
         try:
             got = e2e.open_delivered(m, self.cluster.cluster_id, me, self.box, self.session.verifier)
         except e2e.E2EError as exc:
-            return Message(m.id, m.seq, m.timestamp_us, "?", me, b"", "", str(exc))
+            return Message(m.id, m.seq, m.timestamp_us, "?", me, b"", "", str(exc), sha256(m.signed))
         text = got.plaintext.decode("utf-8", errors="replace")
-        return Message(m.id, m.seq, m.timestamp_us, got.sender, me, got.sender_key, text)
+        ref = sha256(m.signed)
+        return Message(
+            m.id, m.seq, m.timestamp_us, got.sender, me, got.sender_key, text, None, ref, got.sender_box_key
+        )
 
     async def inbox(self) -> list[Message]:
         """Every undelivered message, oldest first (all pages). Acknowledge with ``ack``."""
@@ -374,14 +473,21 @@ class ChatClient:
     # ---- live delivery
 
     async def messages(
-        self, *, ack: bool = True, poll_every: float = POLL_EVERY, caught_up: asyncio.Event | None = None
+        self,
+        *,
+        ack: bool = True,
+        poll_every: float = POLL_EVERY,
+        caught_up: asyncio.Event | None = None,
+        keep: Callable[[Message], None] | None = None,
     ) -> AsyncGenerator[Message, None]:
         """Every undelivered message and then each new one, as it arrives, forever.
 
         With ``ack``, what the consumer has taken is acknowledged (so it is not delivered again)
         after each page and before waiting for news, and when the consumer closes the iterator
-        (``aclose()``, e.g. via ``contextlib.aclosing``). A message handed over when the consumer
-        dies (cancelled, crashed) is delivered again next time: keep it idempotent by id.
+        (``aclose()``, e.g. via ``contextlib.aclosing``; a garbage-collected iterator is closed
+        too). ``keep(message)`` runs before a message is handed over, so it counts as taken only
+        once ``keep`` returned: store it durably there. If ``keep`` raises, the iteration ends with
+        that exception and the message is not acknowledged (it is delivered again next time).
         Only one ``messages()`` iterator per client at a time (they share the push queue).
         ``caught_up`` is set whenever everything undelivered so far has been handed over.
         """
@@ -394,6 +500,8 @@ class ChatClient:
                 while True:  # catch up: fetch until nothing is left after `after`
                     page, more = await self.fetch(after)
                     for m in page:
+                        if keep is not None:
+                            keep(m)
                         after = m.id
                         yield m
                     if ack and after > acked:

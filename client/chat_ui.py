@@ -7,52 +7,73 @@ conversation opens with the recent local history. Without a terminal the same co
 line by line from stdin (a daemon thread, so a blocked read never holds the process at exit) and
 output is plain lines, or JSON objects with ``--json``.
 
-Commands: ``/to NAME``, ``/list [PATTERN]``, ``/history``, ``/help``, ``/quit`` (or Ctrl-D);
-any other line is sent to the current peer (``//text`` sends ``/text``).
+Commands: ``/to NAME``, ``/list [PATTERN]``, ``/history``, ``/outbox``, ``/give-up [ID|all]``,
+``/accept-new-key [NAME]``, ``/help``, ``/quit`` (or Ctrl-D); any other line is sent to the current
+peer as typed (``//text`` sends ``/text``).
+
+Sending never blocks the prompt: a line goes into the outbox (``client.local``) and a sender task
+delivers the outbox in order, so a line typed while the cluster is down is kept, shown as not sent
+yet, and resent (the same signed bytes) when the cluster answers. Leaving waits for the messages
+still being sent unless the cluster is not answering (they stay in the outbox for the next run).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import sqlite3
 import sys
 import threading
 from collections.abc import Callable
 
+from bft.app.names import normalize_name
 from client.chat import ChatClient, Message
 from client.cli import (
+    DROPPED,
+    SENT,
+    WAITING,
     Out,
-    history_json,
-    history_line,
+    history_lines,
+    key_changed_note,
     message_json,
     message_text,
-    record_in,
-    record_out,
+    outbox_json,
+    outbox_text,
 )
 from client.errors import ChatClientError, RejectedError
-from client.history import History
+from client.history import FAILED, UNKNOWN
+from client.local import Local, Outcome, give_up
 
-COMMANDS = ("/to", "/list", "/history", "/help", "/quit")
+COMMANDS = ("/to", "/list", "/history", "/outbox", "/give-up", "/accept-new-key", "/help", "/quit")
 HELP = (
     "/to NAME  talk to NAME    /list [PATTERN]  accounts    /history  recent messages    "
-    "/quit  leave (or Ctrl-D)    any other line is sent; //text sends /text"
+    "/outbox  messages not sent yet    /give-up [ID|all]  stop resending them    "
+    "/accept-new-key [NAME]  trust a changed key    /quit  leave (or Ctrl-D)    "
+    "any other line is sent as typed; //text sends /text"
 )
 RECENT = 20
 MAX_COMPLETION_NAMES = 1000
-RETRY_AFTER = 3.0  # seconds before live delivery is tried again after an error
+RETRY_AFTER = 3.0  # seconds before live delivery, or the outbox, is tried again after an error
 
 
 class ChatSession:
     """The state and commands of one chat, shared by the prompt and plain-line front ends."""
 
-    def __init__(self, client: ChatClient, history: History, out: Out, show: Callable[[str], None]) -> None:
+    def __init__(self, client: ChatClient, local: Local, out: Out, show: Callable[[str], None]) -> None:
         self.client = client
-        self.history = history
+        self.local = local
+        self.history = local.store
         self.out = out
         self.show = show  # prints one line of text (above the prompt when there is one)
         self.me = client.me()
         self.peer: str | None = None
         self.names: list[str] = []
+        self.wake = asyncio.Event()  # something was queued in the outbox
+        self.closing = False
+        self.sending = False  # the sender task is delivering right now
+        self.stuck: int | None = None  # the outbox row the last delivery stopped at (no answer)
+        self.told: set[int] = set()  # outbox rows the user was told are not sent yet
+        self.changed: dict[bytes, bool] = {}  # received messages stored: from a changed key?
 
     def emit(self, obj: dict[str, object], text: str) -> None:
         if self.out.json:
@@ -79,15 +100,27 @@ class ChatSession:
     def recent(self) -> None:
         if self.peer is None:
             return
-        for e in self.history.conversation(self.me, self.peer, RECENT):
-            self.emit(history_json(self.me, e), history_line(self.me, e, full=False))
+        for obj, text in history_lines(self.me, self.history.conversation(self.me, self.peer, RECENT), False):
+            if obj:
+                self.emit(obj, text)
+            elif not self.out.json:
+                self.show(text)
 
     async def talk_to(self, name: str) -> None:
         acct = await self.client.lookup(name)
         self.peer = acct.name
         if acct.name not in self.names:
             self.names = sorted([*self.names, acct.name])
-        self.emit({"talking_to": acct.name}, f"-- talking to {acct.name} (fingerprint {acct.fingerprint})")
+        changed = self.local.key_changed(acct)
+        warn = (
+            f"; KEY CHANGED since you first talked: sends are refused until /accept-new-key {acct.name}"
+            if changed
+            else ""
+        )
+        self.emit(
+            {"talking_to": acct.name, "fingerprint": acct.fingerprint, "key_changed": changed},
+            f"-- talking to {acct.name} (fingerprint {acct.fingerprint}){warn}",
+        )
         self.recent()
 
     async def receive(self, caught_up: asyncio.Event) -> None:
@@ -96,8 +129,14 @@ class ChatSession:
         first attempt failed), so that the session opens with them."""
         while True:
             try:
-                async for m in self.client.messages(caught_up=caught_up):
+                async for m in self.client.messages(caught_up=caught_up, keep=self._keep):
                     self._incoming(m)
+            except sqlite3.Error as exc:  # not stored, so not acknowledged: it stays on the replicas
+                self.error(
+                    f"live delivery stopped: cannot store a received message ({exc}); it stays undelivered"
+                )
+                caught_up.set()
+                return
             except RejectedError as exc:  # e.g. the account is gone: retrying cannot help
                 if not caught_up.is_set():
                     raise
@@ -108,24 +147,99 @@ class ChatSession:
                 caught_up.set()
             await asyncio.sleep(RETRY_AFTER)
 
+    def _keep(self, m: Message) -> None:
+        """Store a received message; the iterator acknowledges it only after this returned."""
+        self.changed[m.ref] = self.local.record_in(m)
+
     def _incoming(self, m: Message) -> None:
-        record_in(self.history, self.me, m)
-        self.emit(message_json(m), message_text(m, full=False))
+        changed = self.changed.pop(m.ref, False)
+        self.emit(message_json(m, changed), message_text(m, full=False, key_changed=changed))
+        if changed:
+            self.error(key_changed_note(m.sender)[2:])
+
+    # ---- sending: the outbox
+
+    async def sender(self) -> None:
+        """Deliver the outbox, in order, whenever something is queued, and every RETRY_AFTER
+        seconds while a message gets no agreed answer. Returns once closing and nothing more can
+        be done now."""
+        while True:
+            self.wake.clear()
+            self.sending = True
+            try:
+                stuck = await self.local.deliver(self._report)
+            finally:
+                self.sending = False
+            self.stuck = stuck.row.id if stuck is not None else None
+            if self.closing and (stuck is not None or not self.wake.is_set()):
+                return  # (rows another process is sending are not ours to wait for)
+            if self.closing:
+                continue  # something was queued during this pass
+            if stuck is None:
+                await self.wake.wait()
+            else:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.wake.wait(), RETRY_AFTER)
+
+    def _report(self, o: Outcome) -> None:
+        row, err = o.row, str(o.error or "")
+        if o.state == SENT and o.sent is not None:
+            if self.out.json:
+                obj = {"sent": row.text, "to": row.peer, "id": o.sent.id, "seq": o.sent.seq, "outbox": row.id}
+                self.out.emit(obj, None)
+            elif row.id in self.told:
+                self.show(f"-- sent to {row.peer} after all (outbox #{row.id}, message {o.sent.id})")
+            self.told.discard(row.id)
+        elif o.state == WAITING:
+            if row.id not in self.told and o.error is not None:
+                self.told.add(row.id)
+                self.emit(
+                    outbox_json(row, "waiting") | {"error": o.error.code},
+                    f"! not sent yet to {row.peer} (outbox #{row.id}): {err}; kept in the outbox and resent "
+                    "when the cluster answers (/outbox lists, /give-up stops)",
+                )
+        elif o.state in (FAILED, DROPPED):
+            self.told.discard(row.id)
+            self.emit(outbox_json(row, o.state) | {"error": err}, f"! not sent to {row.peer}: {err}")
+        elif o.state == UNKNOWN:
+            self.told.discard(row.id)
+            self.emit(
+                outbox_json(row, o.state) | {"error": err},
+                f"! message to {row.peer} (outbox #{row.id}): {err}",
+            )
+
+    async def close(self, sender: asyncio.Task[None]) -> None:
+        """Leaving: let the sender finish what it can now (not when the cluster is not answering)."""
+        self.closing = True
+        if sender.done():
+            return
+        if not self.sending and (self.stuck is not None or not self.local.waiting()):
+            sender.cancel()
+            return
+        waiting = len(self.local.waiting())
+        if waiting and not self.out.json:
+            self.show(
+                f"-- sending {waiting} message(s) before leaving (Ctrl-C leaves now; they stay in the outbox)"
+            )
+        self.wake.set()
+        await sender
+
+    # ---- input
 
     async def handle(self, line: str) -> bool:
-        """Run one input line; False when the user leaves."""
-        line = line.strip()
-        if not line:
+        """Run one input line (without its line end); False when the user leaves."""
+        stripped = line.strip()
+        if not stripped:
             return True
         try:
-            return await self._handle(line)
+            return await self._handle(line, stripped)
         except ChatClientError as exc:
             self.error(str(exc))
             return True
 
-    async def _handle(self, line: str) -> bool:
-        if line.startswith("/") and not line.startswith("//"):
-            cmd, _, rest = line.partition(" ")
+    async def _handle(self, line: str, stripped: str) -> bool:
+        if stripped.startswith("/") and not stripped.startswith("//"):
+            cmd, _, rest = stripped.partition(" ")
             rest = rest.strip()
             if cmd in ("/quit", "/exit"):
                 return False
@@ -135,43 +249,90 @@ class ChatSession:
                 await self.refresh_names(rest or "*", show=True)
             elif cmd == "/history":
                 self.recent()
+            elif cmd == "/outbox":
+                self.list_outbox()
+            elif cmd == "/give-up":
+                self.give_up(rest or "all")
+            elif cmd == "/accept-new-key" and (rest or self.peer):
+                name = normalize_name(rest or self.peer or "")
+                if name is None:
+                    self.error(f"invalid user name {rest!r}")
+                    return True
+                self.local.accept_key(name)
+                self.emit({"accepted": name}, f"-- the keys {name} has now will be trusted (pinned again)")
             elif cmd == "/help":
                 self.emit({"help": HELP}, HELP)
             else:
                 self.error(f"unknown command {cmd!r} ({HELP})")
             return True
-        text = line[1:] if line.startswith("//") else line
+        text = line.replace("/", "", 1) if stripped.startswith("//") else line  # as typed
         if self.peer is None:
             self.error("nobody to send to: /to NAME first")
             return True
-        sent = await self.client.send(self.peer, text)
-        record_out(self.history, self.me, sent.recipient, text, sent.id, sent.seq, sent.timestamp_us)
-        if self.out.json:
-            self.out.emit({"sent": text, "to": sent.recipient, "id": sent.id, "seq": sent.seq}, None)
+        self.local.queue(self.peer, text)  # durable before anything is signed; the sender sends it
+        self.wake.set()
         return True
 
+    def list_outbox(self) -> None:
+        rows = self.local.waiting()
+        for row in rows:
+            self.emit(outbox_json(row), outbox_text(row))
+        if not rows:
+            self.emit({"outbox": None}, "-- nothing waiting in the outbox")
 
-async def run_chat(client: ChatClient, history: History, peer: str | None, out: Out, *, tty: bool) -> int:
+    def give_up(self, which: str) -> None:
+        rows = {r.id: r for r in self.local.waiting()}
+        ids = list(rows) if which == "all" else [int(which)] if which.isdigit() else []
+        if not ids or any(i not in rows for i in ids):
+            self.error(f"no waiting outbox message {which!r} (/outbox lists them)")
+            return
+        if self.sending:
+            self.error("a delivery attempt is under way; try again in a moment")
+            return
+        for i in ids:
+            state = give_up(self.history, rows[i])
+            self.told.discard(i)
+            self.emit(outbox_json(rows[i], state), outbox_text(rows[i], state, why="given up"))
+
+
+async def run_chat(client: ChatClient, local: Local, peer: str | None, out: Out, *, tty: bool) -> int:
     """The chat loop; returns the exit status (0 on /quit or end of input)."""
     show: Callable[[str], None] = lambda text: print(text, flush=True)  # noqa: E731
-    chat = ChatSession(client, history, out, show)
+    chat = ChatSession(client, local, out, show)
     if peer is not None:
-        await chat.talk_to(peer)  # NoSuchUser ends the command before the session starts
+        try:
+            await chat.talk_to(peer)  # NoSuchUser ends the command before the session starts
+        except RejectedError:
+            raise
+        except ChatClientError as exc:  # no answer now: open anyway, lines wait in the outbox
+            name = normalize_name(peer)
+            if name is None:
+                raise
+            chat.peer = name
+            chat.error(f"could not look up {name}: {exc}; what you type waits in the outbox for the cluster")
+            chat.recent()
     with contextlib.suppress(ChatClientError):  # completion is a convenience
         await chat.refresh_names()
     caught_up = asyncio.Event()
     receiver = asyncio.get_running_loop().create_task(chat.receive(caught_up))
+    sender: asyncio.Task[None] | None = None
     try:
         ready = asyncio.get_running_loop().create_task(caught_up.wait())
         await asyncio.wait({ready, receiver}, return_when=asyncio.FIRST_COMPLETED)
         ready.cancel()
         if receiver.done():
             receiver.result()  # a refusal before the session opened (not our account ...): exit with it
+        sender = asyncio.get_running_loop().create_task(chat.sender())  # what earlier runs left, too
         if tty:
             await _prompt_loop(chat)
         else:
             await _line_loop(chat)
+        await chat.close(sender)
     finally:
+        if sender is not None:
+            sender.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await sender
         receiver.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await receiver
@@ -217,5 +378,5 @@ async def _line_loop(chat: ChatSession) -> None:
     threading.Thread(target=reader, name="bftchat-stdin", daemon=True).start()
     while True:
         line = await lines.get()
-        if line is None or not await chat.handle(line):
+        if line is None or not await chat.handle(line.removesuffix("\n").removesuffix("\r")):
             return

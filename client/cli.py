@@ -35,13 +35,25 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from bft.app.names import normalize_name
-from bft.keys import KeyFileError, UserKey, load_user_key, write_user_key
+from bft.keys import KeyFileError, UserKey, fingerprint_of, load_user_key, write_user_key
 from bft.runtime.clusterconf import ClusterConfig, ConfigError, load_config
 from client.errors import ChatClientError, UsageError
-from client.history import History, HistoryEntry, history_path_for
+from client.history import (
+    FAILED,
+    PENDING,
+    QUEUED,
+    UNKNOWN,
+    History,
+    HistoryEntry,
+    OutboxRow,
+    history_path_for,
+)
 
 if TYPE_CHECKING:
-    from client.chat import ChatClient, Message
+    from client.chat import ChatClient, Message, Sent
+    from client.local import Local, Outcome
+
+SENT, DROPPED, WAITING = "sent", "dropped", "waiting"  # outbox outcomes besides the row states
 
 EXIT_INTERRUPTED = 130
 _ESCAPE_CATEGORIES = frozenset({"Cc", "Cf", "Zl", "Zp"})
@@ -100,7 +112,7 @@ def message_line(sender: str, text: str, timestamp_us: int, full: bool = True) -
     return head + clean(text).replace("\n", "\n" + " " * len(head))
 
 
-def message_json(m: Message) -> dict[str, Any]:
+def message_json(m: Message, key_changed: bool = False) -> dict[str, Any]:
     obj: dict[str, Any] = {
         "id": m.id,
         "from": m.sender,
@@ -112,13 +124,25 @@ def message_json(m: Message) -> dict[str, Any]:
     }
     if m.problem is not None:
         obj["error"] = m.problem
+    if key_changed:
+        obj["key_changed"] = True
     return obj
 
 
-def message_text(m: Message, full: bool = True) -> str:
+CHANGED_MARK = " [key changed]"  # after the sender's name: signed by a key other than the pinned one
+
+
+def message_text(m: Message, full: bool = True, key_changed: bool = False) -> str:
     if m.problem is not None:
         return f"[{when(m.timestamp_us, full)}] message {m.id} could not be opened: {m.problem}"
-    return message_line(m.sender, m.text, m.timestamp_us, full)
+    return message_line(m.sender + (CHANGED_MARK if key_changed else ""), m.text, m.timestamp_us, full)
+
+
+def key_changed_note(name: str) -> str:
+    return (
+        f"! '{name}' signed this with a key other than the one you first saw for that name: the name may "
+        f"belong to someone else now (compare fingerprints out of band; --accept-new-key {name} trusts it)"
+    )
 
 
 class Out:
@@ -146,20 +170,23 @@ class Out:
         return exit_code
 
 
-def record_in(history: History, account: str, m: Message) -> bool:
-    """Keep a received message in the local history (False if it was there already)."""
-    if m.problem is not None:
-        return False
-    return history.add(account, HistoryEntry("in", m.sender, m.text, m.id, m.seq, m.timestamp_us))
+STATE_NOTES = {
+    QUEUED: "queued: not sent yet",
+    PENDING: "pending: not known to be delivered yet, will be resent",
+    UNKNOWN: "unknown: may or may not have been delivered",
+    FAILED: "failed: not delivered",
+}
 
 
-def record_out(history: History, account: str, peer: str, text: str, msg_id: int, seq: int, ts: int) -> None:
-    history.add(account, HistoryEntry("out", peer, text, msg_id, seq, ts))
+def history_state(e: HistoryEntry) -> str:
+    """What the history says of an entry: received, sent, or the outbox state of one not delivered."""
+    return e.state or ("sent" if e.direction == "out" else "received")
 
 
 def history_line(account: str, e: HistoryEntry, full: bool = True) -> str:
-    sender = account if e.direction == "out" else e.peer
-    return message_line(sender, e.text, e.timestamp_us, full)
+    sender = account if e.direction == "out" else e.peer + (CHANGED_MARK if e.key_changed else "")
+    line = message_line(sender, e.text, e.timestamp_us, full)
+    return f"{line}  ({STATE_NOTES[e.state]})" if e.state else line
 
 
 def history_json(account: str, e: HistoryEntry) -> dict[str, Any]:
@@ -172,7 +199,59 @@ def history_json(account: str, e: HistoryEntry) -> dict[str, Any]:
         "id": e.message_id,
         "seq": e.seq,
         "timestamp_us": e.timestamp_us,
+        "state": history_state(e),
+        "peer_key": e.peer_key.hex() if e.peer_key else None,
+        "key_changed": e.key_changed,
     }
+
+
+def history_lines(
+    account: str, entries: Sequence[HistoryEntry], full: bool = True
+) -> list[tuple[dict[str, Any], str]]:
+    """(JSON, text) per entry, with a text line wherever the peer's key differs from the one before."""
+    out: list[tuple[dict[str, Any], str]] = []
+    last: bytes | None = None
+    for e in entries:
+        if e.peer_key and last and e.peer_key != last:
+            fp = fingerprint_of(e.peer_key, e.peer_box) if e.peer_box else e.peer_key.hex()[:16]
+            out.append(({}, f"-- {e.peer}'s key changed here (now {fp}): possibly another person"))
+        last = e.peer_key or last
+        out.append((history_json(account, e), history_line(account, e, full)))
+    return out
+
+
+def outbox_json(row: OutboxRow, state: str | None = None, sent: Sent | None = None) -> dict[str, Any]:
+    obj: dict[str, Any] = {
+        "outbox": row.id,
+        "to": row.peer,
+        "text": row.text,
+        "state": state or row.state,
+        "created_us": row.created_us,
+    }
+    if row.detail:
+        obj["detail"] = row.detail
+    if sent is not None:
+        obj |= {"id": sent.id, "seq": sent.seq, "timestamp_us": sent.timestamp_us}
+    return obj
+
+
+def outbox_text(row: OutboxRow, state: str | None = None, sent: Sent | None = None, why: str = "") -> str:
+    state = state or row.state
+    head = f"outbox #{row.id} to {row.peer} [{when(row.created_us)}]"
+    if state == SENT and sent is not None:
+        return f"{head}: sent (message {sent.id}): {clean(row.text)}"
+    if state == DROPPED:
+        return f"{head}: not sent ({why}): {clean(row.text)}"
+    note = STATE_NOTES.get(state, state)
+    detail = why or row.detail
+    return f"{head}: {note}{f' ({detail})' if detail else ''}: {clean(row.text)}"
+
+
+def kept_error(exc: ChatClientError, what: str) -> ChatClientError:
+    """``exc`` (same code and exit status) with what became of the message appended."""
+    err = ChatClientError(f"{exc}; {what}")
+    err.code, err.exit_code = exc.code, exc.exit_code
+    return err
 
 
 # ---- context -----------------------------------------------------------------------------------
@@ -189,6 +268,7 @@ class Ctx:
         self.key: UserKey = load_user_key(self.key_path)
         self._config: ClusterConfig | None = None
         self._history: History | None = None
+        self._locals: list[Local] = []
 
     @property
     def config(self) -> ClusterConfig:
@@ -232,6 +312,20 @@ class Ctx:
             self._history = History(history_path_for(self.key_path))
         return self._history
 
+    def local(self, client: ChatClient) -> Local:
+        """The local store for this account and cluster (pinned keys, history, outbox)."""
+        from client.local import Local
+
+        accept = set()
+        for raw in self.args.accept_new_key or ():
+            name = normalize_name(raw)
+            if name is None:
+                raise UsageError(f"invalid user name {raw!r} (--accept-new-key)")
+            accept.add(name)
+        local = Local(self.history(), client, frozenset(accept))
+        self._locals.append(local)
+        return local
+
     def set_key_name(self, name: str | None) -> None:
         """Remember (or forget) the account name in the key file (atomic replace, stays 0600)."""
         if self.key.name != name:
@@ -239,6 +333,8 @@ class Ctx:
             write_user_key(self.key_path, self.key, force=True)
 
     def close(self) -> None:
+        for local in self._locals:
+            local.close()
         if self._history is not None:
             self._history.close()
 
@@ -280,27 +376,66 @@ def _read_text(arg: str) -> str:
 
 
 async def cmd_send(ctx: Ctx) -> int:
-    me = ctx.me()
+    """Queue the message in the outbox, then deliver the outbox in order: earlier waiting messages
+    of this account first (each reported on stderr), then this one."""
+    ctx.me()
+    peer = normalize_name(ctx.args.name)
+    if peer is None:
+        raise UsageError(f"invalid user name {ctx.args.name!r}")
     text = _read_text(ctx.args.text)
     if not text:
         raise UsageError("empty message")
-    history = ctx.history()
+    from client.e2e import MAX_PLAINTEXT
+
+    if len(text.encode()) > MAX_PLAINTEXT:
+        raise UsageError(f"message too long: {len(text.encode())} bytes, at most {MAX_PLAINTEXT}")
     async with ctx.client() as c:
-        sent = await c.send(ctx.args.name, text)
-    record_out(history, me, sent.recipient, text, sent.id, sent.seq, sent.timestamp_us)
-    obj = {"to": sent.recipient, "id": sent.id, "seq": sent.seq, "timestamp_us": sent.timestamp_us}
-    ctx.out.emit(obj, f"sent to {sent.recipient} (message {sent.id})")
-    return 0
+        local = ctx.local(c)
+        row_id = local.queue(peer, text)
+        mine: list[Outcome] = []
+
+        def report(o: Outcome) -> None:
+            if o.row.id == row_id:
+                mine.append(o)
+            else:
+                ctx.out.note(outbox_text(o.row, o.state, o.sent, str(o.error or "")))
+
+        stuck = await local.deliver(report)
+    if not mine:  # an earlier message got no agreed answer: this one waits behind it, unsent
+        assert stuck is not None and stuck.error is not None
+        what = (
+            f"not sent: this message is queued in the outbox (#{row_id}) behind an earlier one "
+            "that is still pending; bftchat resends them with the next send, chat or `bftchat outbox`"
+        )
+        raise kept_error(stuck.error, what)
+    o = mine[0]
+    if o.state == SENT and o.sent is not None:
+        sent = o.sent
+        obj = {"to": sent.recipient, "id": sent.id, "seq": sent.seq, "timestamp_us": sent.timestamp_us}
+        ctx.out.emit(obj, f"sent to {sent.recipient} (message {sent.id})")
+        return 0
+    assert o.error is not None
+    if o.state == WAITING:
+        state = (local.store.outbox_row(row_id) or o.row).state
+        what = (
+            f"the message was not delivered yet: it is kept in the outbox (#{row_id}, {state}) and resent "
+            "by the next bftchat send, chat or `bftchat outbox` (`bftchat outbox --give-up "
+            f"{row_id}` stops that)"
+        )
+        raise kept_error(o.error, what)
+    raise o.error
 
 
 async def cmd_inbox(ctx: Ctx) -> int:
-    me = ctx.me()
-    history = ctx.history()
+    ctx.me()
     async with ctx.client() as c:
+        local = ctx.local(c)
         messages = await c.inbox()
         for m in messages:
-            record_in(history, me, m)
-            ctx.out.emit(message_json(m), message_text(m))
+            changed = local.record_in(m)  # durably stored before anything is acknowledged
+            ctx.out.emit(message_json(m, changed), message_text(m, key_changed=changed))
+            if changed:
+                ctx.out.note(key_changed_note(m.sender))
         if messages and not ctx.args.peek:
             await c.ack(messages[-1].id)
     if not messages:
@@ -314,8 +449,11 @@ async def cmd_history(ctx: Ctx) -> int:
     if peer is None:
         raise UsageError(f"invalid user name {ctx.args.name!r}")
     entries = ctx.history().conversation(me, peer, ctx.args.limit)
-    for e in entries:
-        ctx.out.emit(history_json(me, e), history_line(me, e))
+    for obj, text in history_lines(me, entries):
+        if obj:
+            ctx.out.emit(obj, text)
+        elif not ctx.out.json:  # a key change (JSON entries carry peer_key instead)
+            print(text, flush=True)
     if not entries:
         ctx.out.note(f"no messages with {peer} in {history_path_for(ctx.key_path)}")
     return 0
@@ -356,14 +494,56 @@ async def cmd_whoami(ctx: Ctx) -> int:
     return 0
 
 
+async def cmd_outbox(ctx: Ctx) -> int:
+    """Deliver (or with --list just show) this account's outbox; --give-up stops sending rows."""
+    me = ctx.me()
+    store = ctx.history()
+    if ctx.args.give_up:
+        rows = {r.id: r for r in store.outbox(me)}
+        wanted = list(rows) if ctx.args.give_up == ["all"] else []
+        for raw in ctx.args.give_up if not wanted else ():
+            if not raw.isdigit() or int(raw) not in rows:
+                raise UsageError(
+                    f"no queued or pending outbox message #{raw} of '{me}' (bftchat outbox --list)"
+                )
+            wanted.append(int(raw))
+        from client.local import give_up
+
+        for row_id in wanted:
+            state = give_up(store, rows[row_id])
+            ctx.out.emit(outbox_json(rows[row_id], state), outbox_text(rows[row_id], state, why="given up"))
+        return 0
+    if not ctx.args.list:
+        async with ctx.client() as c:
+            local = ctx.local(c)
+
+            def report(o: Outcome) -> None:
+                ctx.out.emit(
+                    outbox_json(o.row, o.state, o.sent),
+                    outbox_text(o.row, o.state, o.sent, str(o.error or "")),
+                )
+
+            stuck = await local.deliver(report)
+        if stuck is not None:
+            ctx.out.note(f"no agreed answer from the cluster; outbox #{stuck.row.id} and later stay waiting")
+    listed = store.outbox(me, states=(QUEUED, PENDING, UNKNOWN, FAILED))
+    if ctx.args.list:
+        for row in listed:
+            ctx.out.emit(outbox_json(row), outbox_text(row))
+    waiting = sum(r.state in (QUEUED, PENDING) for r in listed)
+    ctx.out.note(
+        f"{waiting} message(s) waiting in the outbox" if waiting else "nothing waiting in the outbox"
+    )
+    return 3 if waiting and not ctx.args.list else 0
+
+
 async def cmd_chat(ctx: Ctx) -> int:
     from client.chat_ui import run_chat
 
     ctx.me()
-    history = ctx.history()
     tty = sys.stdin.isatty() and sys.stdout.isatty() and not ctx.out.json
     async with ctx.client() as c:
-        return await run_chat(c, history, ctx.args.name, ctx.out, tty=tty)
+        return await run_chat(c, ctx.local(c), ctx.args.name, ctx.out, tty=tty)
 
 
 # ---- parser ------------------------------------------------------------------------------------
@@ -393,6 +573,13 @@ def _global_options(p: argparse.ArgumentParser, suppress: bool) -> None:
     p.add_argument("--timeout", type=_positive, metavar="SECONDS", default=d(15.0), help="per operation")
     p.add_argument(
         "--insecure", action="store_true", default=d(False), help="no TLS (replicas run --insecure)"
+    )
+    p.add_argument(
+        "--accept-new-key",
+        action="append",
+        metavar="NAME",
+        default=d(None),
+        help="trust NAME's keys although they differ from the ones pinned when you first talked",
     )
 
 
@@ -431,6 +618,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add("chat", cmd_chat, "interactive chat (plain line mode when stdin is not a terminal)").add_argument(
         "name", nargs="?", help="whom to talk to first"
+    )
+    p = add(
+        "outbox", cmd_outbox, "send the messages waiting in the outbox (or list them, or give up on them)"
+    )
+    p.add_argument("--list", action="store_true", help="only list the outbox (no network)")
+    p.add_argument(
+        "--give-up", nargs="+", metavar="ID", help="stop sending these outbox messages ('all': every one)"
     )
     add("whoami", cmd_whoami, "show this key's account, fingerprint and files")
     return parser

@@ -60,6 +60,7 @@ class Received:
     plaintext: bytes
     session: int
     timestamp: int
+    sender_box_key: bytes = b""  # the sender account's box key (the replicas checked it is registered)
 
 
 # ---- sender side -----------------------------------------------------------------------------
@@ -142,7 +143,7 @@ def open_message(
     except (nacl.exceptions.CryptoError, ValueError, TypeError):
         raise E2EError("ciphertext does not decrypt") from None
     req = opened.request
-    return Received(req.client_key, sender, me, plaintext, req.session, req.timestamp)
+    return Received(req.client_key, sender, me, plaintext, req.session, req.timestamp, send.sender_box_key)
 
 
 def open_delivered(

@@ -102,3 +102,29 @@ class StaleTimestamp(ChatClientError):
         self.timestamp = timestamp
         self.wanted = wanted
         self.attempts = attempts
+
+
+class KeyChanged(ChatClientError):
+    """The name's keys differ from the ones pinned when this user first talked to it (trust on first
+    use): the name may have changed hands. Nothing was sent; accept the new key to send anyway."""
+
+    code = "key_changed"
+
+    def __init__(self, name: str, pinned: str, now: str) -> None:
+        super().__init__(
+            f"the key of '{name}' changed since you first talked (pinned fingerprint {pinned}, now {now}): "
+            f"the name may belong to someone else now. Nothing was sent. Compare the fingerprint with "
+            f"{name} out of band, then pass --accept-new-key {name} (in chat: /accept-new-key {name})"
+        )
+        self.name = name
+        self.pinned = pinned
+        self.now = now
+
+
+class FateUnknown(ChatClientError):
+    """A resent request was refused as stale: its session was forgotten by the replicas, or has run
+    a later request. It can never execute now, but it may have executed before: whether the message
+    was delivered is unknown."""
+
+    code = "unknown"
+    exit_code = 3

@@ -354,7 +354,8 @@ class _Conn:
 class ClusterSession:
     """One client session (one key, a random session id) with every replica of a cluster. Use as
     ``async with``. ``clock`` gives timestamps' clock in microseconds (tests inject one); ``session``
-    pins the session id (tests only: two live instances with one id would fight over timestamps)."""
+    pins the session id (tests, and resending an outbox request; two live instances with one id
+    that both sign would fight over timestamps)."""
 
     def __init__(
         self,
@@ -494,7 +495,14 @@ class ClusterSession:
             raise StaleTimestamp(self.session, self._timestamp, smallest, tries)
         self._timestamp = max(self._timestamp, smallest - 1)
 
-    async def request(self, op: bytes, *, read_only: bool = False, timeout: float = 30.0) -> CheckedReply:
+    async def request(
+        self,
+        op: bytes,
+        *,
+        read_only: bool = False,
+        timeout: float = 30.0,
+        on_signed: Callable[[bytes, int, int], None] | None = None,
+    ) -> CheckedReply:
         """Run one operation and return the result enough replicas agree on.
 
         Requests of one session run one at a time (callers queue on a lock): the replicas execute a
@@ -504,27 +512,49 @@ class ClusterSession:
         operation with a larger timestamp (it was not executed) and runs it again, at most
         ``MAX_STALE_RETRIES`` times; then ``StaleTimestamp``. ``RequestFailed`` if no result is
         accepted within ``timeout`` seconds.
+
+        ``on_signed(raw, session, timestamp)`` is called with the signed bytes before each
+        transmission (the outbox stores them). If such a request ends without an accepted result,
+        this instance moves to a fresh session id before anything else is signed, so that request
+        stays the last of its session: resent later as is, it executes at most once, or is answered
+        from the replicas' client table.
         """
         async with self._lock:
-            deadline = time.monotonic() + timeout
-            stale_tries = 0
-            while True:
-                reply = await self._attempt(op, read_only, deadline)
-                if reply is None:  # a read that did not gather 2f+1: order it
-                    read_only = False
-                    continue
-                if isinstance(reply, _Stale):  # f+1 refused it: below our session's last timestamp
-                    stale_tries += 1
-                    self._move_past(reply.smallest, stale_tries)
-                    continue
-                smallest = self.cursor.accept(reply)
-                if smallest is not None:  # f+1 agree: below the eviction floor
-                    stale_tries += 1
-                    self._move_past(smallest, stale_tries)
-                    continue
-                return reply
+            try:
+                return await self._request(op, read_only, timeout, on_signed)
+            except BaseException:
+                if on_signed is not None:
+                    self.new_session()
+                raise
 
-    async def _attempt(self, op: bytes, read_only: bool, deadline: float) -> CheckedReply | _Stale | None:
+    async def _request(
+        self, op: bytes, read_only: bool, timeout: float, on_signed: Callable[[bytes, int, int], None] | None
+    ) -> CheckedReply:
+        deadline = time.monotonic() + timeout
+        stale_tries = 0
+        while True:
+            reply = await self._attempt(op, read_only, deadline, on_signed)
+            if reply is None:  # a read that did not gather 2f+1: order it
+                read_only = False
+                continue
+            if isinstance(reply, _Stale):  # f+1 refused it: below our session's last timestamp
+                stale_tries += 1
+                self._move_past(reply.smallest, stale_tries)
+                continue
+            smallest = self.cursor.accept(reply)
+            if smallest is not None:  # f+1 agree: below the eviction floor
+                stale_tries += 1
+                self._move_past(smallest, stale_tries)
+                continue
+            return reply
+
+    async def _attempt(
+        self,
+        op: bytes,
+        read_only: bool,
+        deadline: float,
+        on_signed: Callable[[bytes, int, int], None] | None = None,
+    ) -> CheckedReply | _Stale | None:
         """Sign ``op`` with a fresh timestamp and send it until a result is accepted: an ordered
         request first to the believed primary, then (after the retransmission timeout, or a
         refusal) to all, resent to all with the wait doubling up to RESEND_MAX. None: a one-round
@@ -540,6 +570,8 @@ class ClusterSession:
             min_seq=self.cursor.min_seq(read_only),
         )
         self.last_raw = raw
+        if on_signed is not None:
+            on_signed(raw, self.session, ts)
         fut: asyncio.Future[CheckedReply | _Stale] = asyncio.get_running_loop().create_future()
         collector = self.cursor.collector(read_only)
         target = None if read_only else self._first_target()
@@ -568,6 +600,48 @@ class ClusterSession:
                 self._transmit(p)
         finally:
             self._pending.pop(ts, None)
+
+    def new_session(self) -> None:
+        """Use a fresh session id from now on (claimed again on every stream). The old one is never
+        used to sign again, so its last request stays its last (see ``request``)."""
+        self.session = int.from_bytes(os.urandom(6), "big")
+        for c in self.conns:
+            c.claimed, c.claim_refused = False, None
+            if c.up:
+                c.claim()
+
+    async def resend(self, raw: bytes, timestamp: int, *, timeout: float = 30.0) -> CheckedReply | None:
+        """Send the exact bytes of an earlier ordered request of this session again, to all
+        replicas, never re-signed, until f+1 replicas agree on its reply: the one they cached if it
+        executed, its execution if it had not, or ``REPLY_STALE_TIMESTAMP`` if the session was
+        evicted. None if f+1 refuse it as below the session's last executed timestamp (it can never
+        execute now). ``RequestFailed`` past ``timeout``. This instance must have been built with
+        the request's session id and must sign nothing else."""
+        async with self._lock:
+            self._timestamp = max(self._timestamp, timestamp)
+            deadline = time.monotonic() + timeout
+            fut: asyncio.Future[CheckedReply | _Stale] = asyncio.get_running_loop().create_future()
+            collector = self.cursor.collector(read_only=False)
+            p = _Pending(timestamp, raw, sha256(raw), False, collector, fut, None)
+            self._pending[timestamp] = p
+            try:
+                resends = 0
+                self._transmit(p)
+                while True:
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        raise self._failed(p)
+                    try:
+                        result = await asyncio.wait_for(
+                            asyncio.shield(fut), min(left, self.retransmit.timeout(resends))
+                        )
+                    except TimeoutError:
+                        resends += 1
+                        self._transmit(p)
+                        continue
+                    return None if isinstance(result, _Stale) else result
+            finally:
+                self._pending.pop(timestamp, None)
 
     def _failed(self, p: _Pending) -> RequestFailed:
         replies = {i: (r.status, r.result) for i, r in p.collector.votes.items()}

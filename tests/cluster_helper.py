@@ -236,6 +236,15 @@ class Cluster:
         assert not self.alive(i)
         shutil.rmtree(self.data_dir(i), ignore_errors=True)
 
+    def reset(self) -> None:
+        """Stop every replica, wipe every data dir and start again from genesis (same config and
+        keys, so the same cluster id, but empty state: message ids start over)."""
+        self.stop_all()
+        for i in range(self.n):
+            self.wipe(i)
+        self._started_once.clear()
+        self.start_all()
+
     # ---- waiting
 
     def _channel(self, i: int) -> grpc.Channel:

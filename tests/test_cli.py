@@ -12,9 +12,12 @@ import asyncio
 import dataclasses
 import json
 import os
+import sqlite3
 import subprocess
 import sys
+import threading
 import time
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -24,8 +27,11 @@ from cluster_helper import Cluster, write_cluster
 
 from bft.keys import load_user_key, write_user_key
 from bft.runtime import keygen
-from client.chat import ChatClient, SyncChatClient
+from bft.runtime.clusterconf import load_config
+from client import e2e
+from client.chat import ChatClient, SyncChatClient, message_ref
 from client.errors import StaleTimestamp
+from client.history import History
 from client.session import ClusterSession, wall_clock_us
 
 
@@ -303,3 +309,258 @@ def test_one_replica_down_is_tolerated_two_are_named(cluster: Cluster, tmp_path:
         cluster.wait_healthy()
     texts = [m["text"] for m in ok(cli(cfg, key, "--json", "inbox"))]
     assert texts[0] == "with one down"  # the second may commit too, once the replicas are back
+
+
+# ---- issue 12, items 12-14: pinned keys, history identity, the outbox ---------------------------
+
+
+CLI = [sys.executable, "-m", "client.cli"]
+
+
+def history_db(key: Path) -> sqlite3.Connection:
+    return sqlite3.connect(key.with_name(key.name + ".history.sqlite"))
+
+
+@pytest.mark.timeout(120)
+def test_a_recycled_name_is_refused_until_its_new_key_is_accepted(cluster: Cluster, tmp_path: Path) -> None:
+    """Item 12. alice writes to carol; carol deletes her account; mallory registers "carol". alice's
+    next send is refused (nothing is encrypted to mallory), mallory's messages as "carol" are
+    flagged, the history shows the change, and --accept-new-key lets alice go on knowingly."""
+    cfg = cluster.config_path
+    alice, carol, mallory = (new_key(tmp_path, n) for n in ("pa-alice", "pa-carol", "pa-mallory"))
+    for key, name in ((alice, "pa-alice"), (carol, "pa-carol")):
+        ok(cli(cfg, key, "register", name))
+    ok(cli(cfg, alice, "send", "pa-carol", "hi carol"))  # pins carol's keys (first use)
+    ok(cli(cfg, carol, "delete-account", "--yes"))
+    ok(cli(cfg, mallory, "register", "pa-carol"))
+
+    failed(cli(cfg, alice, "send", "pa-carol", "the secret"), 1, "the key of 'pa-carol' changed")
+    assert ok_error(cli(cfg, alice, "--json", "send", "pa-carol", "the secret")) == "key_changed"
+    assert ok(cli(cfg, mallory, "--json", "inbox")) == []  # nothing reached the new holder
+
+    ok(cli(cfg, mallory, "send", "pa-alice", "it's me, carol"))
+    got = cli(cfg, alice, "--json", "inbox")
+    assert [(m["from"], m.get("key_changed")) for m in ok(got)] == [("pa-carol", True)]
+    assert "a key other than the one you first saw" not in got.stderr  # JSON mode: no prose
+    shown = cli(cfg, alice, "history", "pa-carol").stdout
+    assert "pa-carol's key changed here" in shown and "pa-carol [key changed]: it's me, carol" in shown
+    hist = ok(cli(cfg, alice, "--json", "history", "pa-carol"))
+    assert [h["text"] for h in hist] == ["hi carol", "it's me, carol"]
+    assert hist[0]["peer_key"] != hist[1]["peer_key"] and hist[1]["key_changed"]
+
+    ok(cli(cfg, alice, "--accept-new-key", "pa-carol", "send", "pa-carol", "hello, new carol"))
+    ok(cli(cfg, alice, "send", "pa-carol", "again"))  # accepted: pinned again
+    assert [m["text"] for m in ok(cli(cfg, mallory, "--json", "inbox"))] == ["hello, new carol", "again"]
+
+
+@pytest.mark.timeout(150)
+def test_history_keeps_messages_with_the_same_id_after_a_cluster_reset(tmp_path: Path) -> None:
+    """Item 13. A reset cluster (same config, wiped state) hands out message ids from 1 again; both
+    received messages stay in the history (v1 dropped the second, already acknowledged, for good)."""
+    with Cluster(tmp_path / "reset", 4) as c:
+        c.start_all()
+        c.wait_healthy()
+        cfg = c.config_path
+        users = tmp_path / "users"
+        alice, bob = new_key(users, "alice"), new_key(users, "bob")
+        ids = []
+        for text in ("before the reset", "after the reset"):
+            for key, name in ((alice, "alice"), (bob, "bob")):
+                ok(cli(cfg, key, "register", name))
+            ok(cli(cfg, alice, "send", "bob", text))
+            ids += [m["id"] for m in ok(cli(cfg, bob, "--json", "inbox"))]
+            if text == "before the reset":
+                c.reset()
+                c.wait_healthy()
+                c.wait_agree(timeout=30)
+        assert ids[0] == ids[1]  # the collision is real
+        hist = ok(cli(cfg, bob, "--json", "history", "alice"))
+        assert [h["text"] for h in hist] == ["before the reset", "after the reset"]
+        assert [h["text"] for h in ok(cli(cfg, alice, "--json", "history", "bob"))] == [
+            "before the reset",
+            "after the reset",
+        ]
+
+
+def two_backups(cluster: Cluster) -> list[int]:
+    """Two replicas other than the primary most replicas follow (one still changing views, left by
+    an earlier test, first: stopping it costs nothing)."""
+    statuses = {i: st for i, st in cluster.statuses().items() if st is not None}
+    views = Counter(st.view for st in statuses.values() if not st.view_changing)
+    primary = cluster.cluster.primary(views.most_common(1)[0][0])
+    changing = [i for i, st in statuses.items() if st.view_changing and i != primary]
+    return (changing + [i for i in range(cluster.n) if i != primary and i not in changing])[:2]
+
+
+class Lines:
+    """A process's stdout, read line by line in a thread, searchable while it runs."""
+
+    def __init__(self, proc: subprocess.Popen[str]) -> None:
+        self.lines: list[str] = []
+        assert proc.stdout is not None
+        stream = proc.stdout
+        self.thread = threading.Thread(
+            target=lambda: self.lines.extend(iter(stream.readline, "")), daemon=True
+        )
+        self.thread.start()
+
+    def wait_for(self, text: str, timeout: float) -> str:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for line in list(self.lines):
+                if text in line:
+                    return line
+            time.sleep(0.1)
+        raise AssertionError(f"{text!r} not seen in {self.lines}")
+
+
+@pytest.mark.timeout(240)
+def test_messages_written_while_the_cluster_is_down_are_kept_and_resent(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    """Item 14. With two of four replicas down nothing can be ordered. A chat line is kept in the
+    outbox, shown as not sent yet, and sent by the chat itself once the cluster is back; a one-shot
+    send exits 3 saying the message is kept, and the next send delivers it first. What is
+    delivered is the signed request stored before the first transmission, never re-signed."""
+    cfg = cluster.config_path
+    erin, gina, fred = (new_key(tmp_path, n) for n in ("ob-erin", "ob-gina", "ob-fred"))
+    for key, name in ((erin, "ob-erin"), (gina, "ob-gina"), (fred, "ob-fred")):
+        ok(cli(cfg, key, "register", name))
+    ok(cli(cfg, gina, "send", "ob-fred", "before"))  # gina knows fred's keys (pinned): no lookup needed
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BFTCHAT_")}
+    chat = subprocess.Popen(
+        [*CLI, "--config", str(cfg), "--key", str(erin), "--timeout", "3", "chat", "ob-fred"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        cwd=tmp_path,
+        env=env,
+    )
+    out = Lines(chat)
+    assert chat.stdin is not None
+    victims = two_backups(cluster)
+    try:
+        out.wait_for("-- talking to ob-fred", 30)
+        for i in victims:
+            cluster.kill9(i)
+        chat.stdin.write("  typed while down, spaces kept  \n")
+        chat.stdin.flush()
+        out.wait_for("! not sent yet to ob-fred (outbox #", 40)
+        one_shot = cli(cfg, gina, "--timeout", "3", "send", "ob-fred", "one-shot while down")
+        failed(one_shot, 3, "kept in the outbox (#")
+        listed = ok(cli(cfg, gina, "--json", "outbox", "--list"))
+        assert [(r["text"], r["state"]) for r in listed] == [("one-shot while down", "pending")]
+        assert "(pending: not known to be delivered yet" in cli(cfg, gina, "history", "ob-fred").stdout
+        stored = {
+            name: history_db(key).execute("SELECT request FROM outbox").fetchall()
+            for name, key in (("erin", erin), ("gina", gina))
+        }
+        assert all(len(rows) == 1 and rows[0][0] for rows in stored.values())
+    finally:
+        for i in victims:
+            if not cluster.alive(i):
+                cluster.start(i)
+        cluster.wait_healthy()
+    out.wait_for("-- sent to ob-fred after all (outbox #", 90)  # the chat resent it by itself
+    chat.stdin.write("/quit\n")
+    chat.stdin.flush()
+    assert chat.wait(30) == 0
+
+    later = cli(cfg, gina, "send", "ob-fred", "after it")
+    ok(later)
+    assert "one-shot while down" in later.stderr and ": sent (message " in later.stderr  # sent first
+    got = [(m["from"], m["text"]) for m in ok(cli(cfg, fred, "--json", "inbox"))]
+    assert sorted(got) == [
+        ("ob-erin", "  typed while down, spaces kept  "),
+        ("ob-gina", "after it"),
+        ("ob-gina", "before"),
+        ("ob-gina", "one-shot while down"),
+    ]
+    assert got.index(("ob-gina", "one-shot while down")) < got.index(("ob-gina", "after it"))
+    refs = {r[0] for r in history_db(fred).execute("SELECT ref FROM messages WHERE direction = 'in'")}
+    sent_refs = {  # each sender's history names the message by the same identity
+        request: ref
+        for (request,), key in ((stored["erin"][0], erin), (stored["gina"][0], gina))
+        for (ref,) in history_db(key).execute("SELECT ref FROM messages WHERE direction = 'out'")
+        if ref == message_ref(request)
+    }
+    for rows in stored.values():  # the very bytes stored before the first transmission
+        assert message_ref(rows[0][0]) in refs and sent_refs[rows[0][0]] in refs
+    assert ok(cli(cfg, gina, "--json", "outbox", "--list")) == []
+
+
+@pytest.mark.timeout(90)
+def test_a_resent_request_refused_as_stale_is_unknown_not_failed(cluster: Cluster, tmp_path: Path) -> None:
+    """Item 14. An outbox request whose session has since run a later request can never execute,
+    but the client cannot tell whether it did before: it is shown as unknown, never as failed,
+    and is not re-signed. Giving up on a queued message drops it (it never left the machine)."""
+    cfg = cluster.config_path
+    hal, ida = new_key(tmp_path, "st-hal"), new_key(tmp_path, "st-ida")
+    ok(cli(cfg, hal, "register", "st-hal"))
+    ok(cli(cfg, ida, "register", "st-ida"))
+    config, key = load_config(cfg), load_user_key(hal)
+    ida_box = load_user_key(ida).box_public
+    session, stamp = 0xABCDEF, wall_clock_us()
+    raw = e2e.seal_message(
+        key.signer,
+        config.cluster_id,
+        session,
+        stamp,
+        "st-hal",
+        e2e.BoxKeys.from_secret(key.box_secret),
+        "st-ida",
+        ida_box,
+        b"never transmitted",
+    )
+    store = History(hal.with_name(hal.name + ".history.sqlite"))
+    row = store.queue("st-hal", "st-ida", "never transmitted", config.cluster_id, stamp, 0, 0)
+    assert store.signed(row, raw, session, stamp, b"", ida_box, None)
+    queued = store.queue("st-hal", "st-ida", "given up", config.cluster_id, stamp + 1, 0, 0)
+    store.close()
+
+    async def later_request_in_that_session() -> None:  # (session, stamp) can never execute now
+        s = ClusterSession(
+            config.info(),
+            [r.endpoint for r in config.replicas],
+            key.signer,
+            ca_pem=cluster.ca_pem,
+            session=session,
+        )
+        async with s:
+            reply = await s.request(e2e.list_op("st-*"), timeout=30)
+            assert reply.status == 0
+
+    asyncio.run(later_request_in_that_session())
+    gave_up = ok(cli(cfg, hal, "--json", "outbox", "--give-up", str(queued)))
+    assert [(r["outbox"], r["state"]) for r in gave_up] == [(queued, "dropped")]
+    done = ok(cli(cfg, hal, "--json", "outbox"))
+    assert [(r["outbox"], r["state"]) for r in done] == [(row, "unknown")]
+    assert "may or may not have been delivered" in cli(cfg, hal, "history", "st-ida").stdout
+    assert ok(cli(cfg, ida, "--json", "inbox")) == []
+    assert ok(cli(cfg, hal, "--json", "outbox", "--list"))[0]["state"] == "unknown"
+
+
+@pytest.mark.slow  # a guard for the chat's store-then-acknowledge path; today's main passes it too
+@pytest.mark.timeout(90)
+def test_a_received_message_that_cannot_be_stored_is_not_acknowledged(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    """Item 13. The chat acknowledges a message only after the history stored it: with the history
+    refusing writes (a trigger stands in for a full disk), the message stays on the replicas."""
+    cfg = cluster.config_path
+    carl, dora = new_key(tmp_path, "ns-carl"), new_key(tmp_path, "ns-dora")
+    ok(cli(cfg, carl, "register", "ns-carl"))
+    ok(cli(cfg, dora, "register", "ns-dora"))
+    ok(cli(cfg, dora, "send", "ns-carl", "keep me"))
+    cli(cfg, carl, "history", "ns-dora")  # creates the history file
+    db = history_db(carl)
+    db.execute("CREATE TRIGGER full BEFORE INSERT ON messages BEGIN SELECT RAISE(ABORT, 'disk full'); END")
+    db.commit()
+    proc = cli(cfg, carl, "chat", "ns-dora", stdin="/quit\n")
+    assert "disk full" in proc.stdout + proc.stderr, proc
+    time.sleep(1)  # anything the chat process might still have sent has arrived
+    db.execute("DROP TRIGGER full")
+    db.commit()
+    db.close()
+    assert [m["text"] for m in ok(cli(cfg, carl, "--json", "inbox"))] == ["keep me"]
