@@ -39,14 +39,14 @@ class Inbox:
         self.messages: list[bytes] = []
         self.arrived = asyncio.Event()
 
-    def deliver_peer(self, messages: list[bytes]) -> None:
+    def deliver_peer(self, messages: list[bytes], peer: int = -1) -> None:
         self.messages.extend(messages)
         self.arrived.set()
 
-    def backlogged(self) -> bool:
+    def backlogged(self, peer: int | None = None) -> bool:
         return False
 
-    async def drained(self) -> None:
+    async def drained(self, peer: int | None = None) -> None:
         return None
 
 
