@@ -251,3 +251,46 @@ def test_session_limits_hold_against_grpc_directly(cluster: Cluster) -> None:
     assert "from this address" in reason, reason
     time.sleep(0.5)
     assert_up(c)
+
+
+@pytest.mark.timeout(120)
+def test_attack_tool_runs_a_flood_and_reports(cluster: Cluster) -> None:
+    import subprocess
+    import sys
+
+    from bft.runtime import keygen
+
+    c = cluster
+    key = c.dir / "attacker.key"
+    if not key.exists():
+        keygen.main(["user", "--out", str(key)])
+    cmd = [sys.executable, "-m", "bft.runtime.attack", "--config", str(c.config_path), "--key", str(key)]
+    cmd += ["--seconds", "2", "--baseline-seconds", "1", "--honest-clients", "2", "connections"]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=100, check=False)
+    assert r.returncode == 0, r.stdout + r.stderr
+    out = r.stdout
+    assert "== flood connections" in out and "share this machine's CPUs" in out, out
+    assert "honest sends/s:" in out and "during the flood" in out and "without it" in out, out
+    rows = [ln.split() for ln in out.splitlines() if ln.strip()[:1].isdigit()]
+    assert sorted(int(row[0]) for row in rows) == list(range(c.n)), out  # one row per replica
+    assert all(row[1] == "yes" for row in rows), out
+    assert "Traceback" not in r.stderr, r.stderr
+
+
+def test_attack_tool_refuses_hosts_outside_loopback(tmp_path: Path) -> None:
+    from bft.runtime import keygen
+
+    cfg, signers, admin = keygen.plan_cluster(
+        tmp_path,
+        name="far",
+        replicas=4,
+        hosts=["192.0.2.10"],
+        base_port=7100,
+        peer_base_port=8100,
+        metrics_base_port=9100,
+        params=None,
+    )
+    keygen.write_cluster(cfg, signers, admin, force=False)
+    keygen.main(["user", "--out", str(tmp_path / "me.key")])
+    args = ["--config", str(cfg.path), "--key", str(tmp_path / "me.key"), "--seconds", "1", "connections"]
+    assert attack.main(args) == 2

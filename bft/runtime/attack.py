@@ -111,6 +111,7 @@ class Relay:
         self.server: asyncio.Server | None = None
         self.listen_port = 0
         self._tasks: set[asyncio.Task[None]] = set()
+        self._writers: set[asyncio.StreamWriter] = set()
 
     async def start(self) -> Relay:
         self.server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
@@ -124,21 +125,26 @@ class Relay:
     async def close(self) -> None:
         if self.server is not None:
             self.server.close()
-        for t in list(self._tasks):
-            t.cancel()
+        for w in list(self._writers):  # end the pipes (a cancelled handler task logs a traceback)
+            w.transport.abort()
         if self._tasks:
             await asyncio.wait(list(self._tasks), timeout=2)
+        for t in list(self._tasks):
+            t.cancel()
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
         assert task is not None
         self._tasks.add(task)
         try:
-            up_r, up_w = await asyncio.open_connection(self.host, self.port, local_addr=(self.source, 0))
+            up_r, up_w = await asyncio.open_connection(
+                self.host, self.port, local_addr=(self.source, 0) if self.source else None
+            )
         except OSError:
             writer.close()
             self._tasks.discard(task)
             return
+        self._writers.update((writer, up_w))
 
         async def pipe(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
             with contextlib.suppress(Exception):
@@ -152,6 +158,7 @@ class Relay:
             await asyncio.gather(pipe(reader, up_w), pipe(up_r, writer))
         finally:
             self._tasks.discard(task)
+            self._writers.difference_update((writer, up_w))
 
 
 def _channel(endpoint: str, ca_pem: bytes | None, own_connection: bool = True) -> grpc.aio.Channel:
@@ -491,8 +498,7 @@ async def run_attack(args: argparse.Namespace) -> int:
     from client.session import ClusterSession
 
     config = load_config(args.config)
-    signer = load_user_key(args.key) if args.key else Ed25519Signer.generate()
-    del signer  # the user key proves the operator's intent; floods use throwaway keys of their own
+    load_user_key(args.key)  # a key of the operator's, as for any client; floods use throwaway keys
     ca = None if args.insecure or config.tls_ca is None else Path(config.tls_ca).read_bytes()
     cluster = config.info()
     endpoints = [r.endpoint for r in config.replicas]
@@ -552,7 +558,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         epilog=f"floods: {', '.join(FLOODS)}",
     )
     ap.add_argument("--config", required=True, help="the cluster config (config.toml)")
-    ap.add_argument("--key", help="a user key file of yours (bftchat-keygen user)")
+    ap.add_argument("--key", required=True, help="a user key file of yours (bftchat-keygen user)")
     ap.add_argument("--target", type=int, default=0, help="the replica to attack (default 0)")
     ap.add_argument("--seconds", type=float, default=30.0, help="length of each flood (default 30)")
     ap.add_argument(
