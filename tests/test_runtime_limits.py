@@ -99,3 +99,22 @@ def test_session_queues_are_bounded_per_session_and_in_total() -> None:
     for s in sessions:
         s.close()
     assert budget.total == 0
+
+
+def test_claims_are_capped_per_client_key_and_counted_back_down() -> None:
+    from bft.runtime.node import MAX_CLAIMS_PER_KEY, MAX_CLAIMS_PER_SESSION
+
+    node, _ = make_node([])
+    key, other = b"k" * 32, b"o" * 32
+    sinks = [Sink([], f"s{i}") for i in range(MAX_CLAIMS_PER_KEY // MAX_CLAIMS_PER_SESSION + 1)]
+    session = 0
+    for sink in sinks[:-1]:
+        for _ in range(MAX_CLAIMS_PER_SESSION):
+            session += 1
+            assert node.claim((key, session), sink) is None
+    refused = node.claim((key, session + 1), sinks[-1])
+    assert refused is not None and "per client key" in refused
+    assert node.claim((other, 1), sinks[-1]) is None  # another key is not affected
+    assert node.claim((key, 1), sinks[-1]) is None  # taking over an existing route is no new claim
+    node.forget(sinks[0])
+    assert node.claim((key, session + 1), sinks[-1]) is None  # room again

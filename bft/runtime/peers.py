@@ -410,7 +410,7 @@ class PeerListener:
             port,
             ssl=self.tls,
             limit=STREAM_LIMIT,
-            ssl_handshake_timeout=HANDSHAKE_TIMEOUT,
+            ssl_handshake_timeout=HANDSHAKE_TIMEOUT if self.tls is not None else None,
         )
 
     async def close(self) -> None:
