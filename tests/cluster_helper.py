@@ -164,14 +164,27 @@ class Cluster:
         log.load()
         log.close()
 
-    def start(self, i: int, *extra: str) -> None:
+    def start(self, i: int, *extra: str, nofile: int | None = None) -> None:
+        """Start replica ``i``; ``nofile``: its RLIMIT_NOFILE (soft and hard), as a host might set it."""
         assert i not in self.procs or self.procs[i].popen.poll() is not None, f"replica {i} is running"
         if "--recover" not in extra and not self._started_once.get(i):
             self.init_data(i)
         self._started_once[i] = True
         err = self.log_file(i).open("ab")
+
+        def limit() -> None:
+            if nofile is not None:
+                import resource
+
+                resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))
+
         popen = subprocess.Popen(
-            self.command(i, *extra), stdout=subprocess.DEVNULL, stderr=err, cwd=REPO, start_new_session=True
+            self.command(i, *extra),
+            stdout=subprocess.DEVNULL,
+            stderr=err,
+            cwd=REPO,
+            start_new_session=True,
+            preexec_fn=limit if nofile is not None else None,
         )
         self.procs[i] = Proc(popen, err)
 

@@ -115,3 +115,56 @@ def test_data_dir_and_segments_are_private(tmp_path: Path) -> None:
     log.close()
     assert _mode(data) == 0o700 and _mode(data / "log") == 0o700
     assert sum("tightened to 0700" in w for w in report.warnings) == 2, report.warnings
+
+
+@pytest.mark.timeout(120)
+def test_full_disk_stops_the_replica_cleanly(tmp_path: Path) -> None:
+    """Replica 0's data dir on a 1 MiB tmpfs fills up under 60 KiB messages: it stops with one clear
+    `fatal` line naming ENOSPC and exit code 1 (no traceback, no limping on); the others go on."""
+    import shutil
+    import subprocess
+
+    if os.geteuid() != 0 or shutil.which("mount") is None:
+        pytest.skip("needs root to mount a small tmpfs")
+    from cluster_helper import ChatUser, run
+
+    with Cluster(tmp_path, 4) as c:
+        data = c.data_dir(0)
+        data.mkdir(mode=0o700)
+        mounted = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", "size=1m,mode=0700", "tmpfs", str(data)],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if mounted.returncode != 0:
+            pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
+        try:
+            c.start_all()
+            c.wait_healthy()
+
+            async def fill() -> int:
+                sent = 0
+                async with ChatUser(c, "filler") as a, ChatUser(c, "sink") as b:
+                    await a.register()
+                    await b.register()
+                    while c.alive(0) and sent < 60:
+                        await a.send(b, os.urandom(60 * 1024))
+                        sent += 1
+                    await asyncio.sleep(1.0)
+                    await a.send(b, b"after replica 0 stopped")  # the other three still commit
+                return sent
+
+            run(fill(), 100)
+            deadline = time.monotonic() + 10
+            while c.alive(0) and time.monotonic() < deadline:
+                time.sleep(0.1)
+            assert not c.alive(0), "replica 0 kept running on a full disk"
+            code = c.procs[0].popen.returncode
+            text = c.log_file(0).read_text(errors="replace")
+            assert code == 1, (code, text[-2000:])
+            assert "event=fatal" in text and "No space left on device" in text, text[-2000:]
+            assert "Traceback" not in text
+        finally:
+            c.stop_all()
+            subprocess.run(["umount", str(data)], check=False)

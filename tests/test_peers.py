@@ -39,14 +39,14 @@ class Inbox:
         self.messages: list[bytes] = []
         self.arrived = asyncio.Event()
 
-    def deliver_peer(self, messages: list[bytes]) -> None:
+    def deliver_peer(self, messages: list[bytes], peer: int = -1) -> None:
         self.messages.extend(messages)
         self.arrived.set()
 
-    def backlogged(self) -> bool:
+    def backlogged(self, peer: int | None = None) -> bool:
         return False
 
-    async def drained(self) -> None:
+    async def drained(self, peer: int | None = None) -> None:
         return None
 
 
@@ -174,3 +174,33 @@ def test_a_certificate_from_another_ca_gets_no_nonce(certs: Path) -> None:
         return got_nonce
 
     assert asyncio.run(scenario()) is False
+
+
+def test_connections_that_never_say_hello_are_capped_per_address() -> None:
+    """Past MAX_PENDING_PER_ADDRESS connections from one address that have not finished the hello,
+    the next is aborted without a nonce; another address still gets one."""
+    from bft.runtime.peers import MAX_PENDING_PER_ADDRESS
+
+    async def nonce_from(port: int, source: str) -> tuple[asyncio.StreamWriter, bool]:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port, local_addr=(source, 0))
+        try:
+            got = await asyncio.wait_for(reader.read(4), 2)
+        except (TimeoutError, ConnectionError):
+            got = b""
+        return writer, bool(got)
+
+    async def scenario() -> tuple[list[bool], bool, bool]:
+        port = _free_port()
+        inbox = Inbox(0)
+        listener = PeerListener(inbox, Ed25519Verifier(), Metrics(0), EventLog(0), None)
+        await listener.start("127.0.0.1", port)
+        held = [await nonce_from(port, "127.0.0.2") for _ in range(MAX_PENDING_PER_ADDRESS)]
+        extra, extra_ok = await nonce_from(port, "127.0.0.2")
+        other, other_ok = await nonce_from(port, "127.0.0.3")
+        for w, _ in [*held, (extra, False), (other, False)]:
+            w.close()
+        await listener.close()
+        return [ok for _, ok in held], extra_ok, other_ok
+
+    held, extra, other = asyncio.run(scenario())
+    assert all(held) and not extra and other

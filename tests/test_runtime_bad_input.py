@@ -221,7 +221,8 @@ def test_garbage_from_an_authenticated_peer_is_dropped(cluster: Cluster, history
         link.send(spb.LinkUp(messages=junk).SerializeToString())
         await link.writer.drain()
         await asyncio.sleep(0.5)
-        assert not link.reader.at_eof()
+        # (Whether this link is still up says nothing: the real replica 3 reconnecting replaces it,
+        # one inbound link per replica, newest wins. test_flood covers that rule.)
         link.close()
         async with ChatUser(c, "after-peer-junk") as u:
             await u.register()

@@ -22,6 +22,7 @@ import asyncio
 import fcntl
 import functools
 import logging
+import resource
 import signal
 import sys
 import time
@@ -49,10 +50,12 @@ from bft.runtime.metrics import Metrics
 from bft.runtime.node import Node, TimedVerifier
 from bft.runtime.pauses import PauseMonitor, freeze_heap
 from bft.runtime.peers import PeerLink, PeerLinks
-from bft.runtime.server import Servers
+from bft.runtime.server import ClientLimits, Servers
 from bft.runtime.tls import PeerTls
 
 SHUTDOWN_GRACE = 1.0
+FD_RESERVE = 256  # descriptors kept from client connections: log, peer links, metrics, TLS files
+FD_PER_PEER = 4  # an outgoing and an incoming link, and one of each reconnecting
 
 
 class UsageError(Exception):
@@ -94,6 +97,27 @@ def load_tls(config: Any, replica_id: int) -> Tls:
 
 
 # ---------------------------------------------------------------- running a replica
+
+
+def raise_fd_limit() -> int:
+    """Raise RLIMIT_NOFILE's soft limit to its hard limit (the default soft limit, often 1024, is
+    what a flood of idle connections exhausted); returns the soft limit now in force."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
+    if target > soft:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (ValueError, OSError):
+            pass  # e.g. above the kernel's nr_open: keep what we have
+    return soft
+
+
+def client_connection_cap(wanted: int, fd_limit: int, n: int) -> int:
+    """At most ``wanted`` client connections, and never so many that the log, the peer links and
+    the metrics endpoint could find no descriptor left (each connection costs one)."""
+    reserve = FD_RESERVE + FD_PER_PEER * n
+    return min(wanted, fd_limit - reserve)
 
 
 def _in_use(data: Path, rid: int) -> StartError:
@@ -165,6 +189,7 @@ class Prepared:
     metrics_port: int | None
     load_seconds: float
     data_dir: Path
+    limits: ClientLimits
     allow_fault_injection: bool = False
 
 
@@ -190,6 +215,17 @@ def prepare(args: argparse.Namespace) -> Prepared:
     if signer.public_key != config.replicas[rid].public_key:
         raise UsageError(f"{args.key}: public key does not match replica {rid} in {config.path}")
     tls = None if args.insecure else load_tls(config, rid)
+    for flag in ("max_client_connections", "max_sessions", "max_sessions_per_address"):
+        if getattr(args, flag) < 1:
+            raise UsageError(f"--{flag.replace('_', '-')} must be at least 1")
+    fd_limit = raise_fd_limit()
+    max_connections = client_connection_cap(args.max_client_connections, fd_limit, config.n)
+    if max_connections < 1:
+        raise UsageError(
+            f"RLIMIT_NOFILE is {fd_limit}: too low to keep {fd_limit - max_connections} descriptors for "
+            "the log and the peers and still accept clients (raise it with ulimit -n / LimitNOFILE=)"
+        )
+    limits = ClientLimits(max_connections, args.max_sessions, args.max_sessions_per_address)
     cluster = config.info()
     timing = TimedVerifier(Ed25519Verifier())
     verifier = CachingVerifier(timing)
@@ -244,6 +280,7 @@ def prepare(args: argparse.Namespace) -> Prepared:
         metrics_port,
         load_seconds,
         data,
+        limits,
         allow_fault_injection=bool(getattr(args, "allow_fault_injection", False)),
     )
 
@@ -254,9 +291,17 @@ async def serve(p: Prepared) -> int:
     cluster = config.info()
     metrics = Metrics(rid)
     me = config.replicas[rid]
+    events.info(
+        "limits",
+        fd_limit=resource.getrlimit(resource.RLIMIT_NOFILE)[0],
+        max_client_connections=p.limits.max_connections,
+        max_sessions=p.limits.max_sessions,
+        max_sessions_per_address=p.limits.max_sessions_per_address,
+    )
+    metrics_server = None
     if p.metrics_port:
         try:
-            metrics.serve(p.metrics_port, me.host)
+            metrics_server = await metrics.serve(p.metrics_port, str(me.host))
         except OSError as exc:
             raise StartError(f"cannot serve metrics on {me.host}:{p.metrics_port}: {exc}") from None
     peers = PeerLinks(rid, metrics)
@@ -306,6 +351,7 @@ async def serve(p: Prepared) -> int:
         client_creds=client_creds,
         peer_tls=tls.peers.server if tls else None,
         admin=admin,
+        limits=p.limits,
     )
     try:
         servers.bind(f"{_host(me)}:{me.port}")
@@ -342,6 +388,8 @@ async def serve(p: Prepared) -> int:
     node.stop()  # no more input to the core; the log is flushed
     await _bounded(servers.stop(SHUTDOWN_GRACE), SHUTDOWN_GRACE + 2.0, "servers", events)
     await _bounded(peers.close(), 2.0, "peer_links", events)
+    if metrics_server is not None:
+        metrics_server.close()
     p.log.close()
     await pauses.stop()
     events.info("stopped", seconds=f"{time.perf_counter() - t0:.3f}", exit_code=code)
@@ -420,6 +468,26 @@ def _parser() -> argparse.ArgumentParser:
         "--recover", action="store_true", help="discard the local state and rebuild it from peers"
     )
     parser.add_argument("--metrics-port", type=int, default=None, help="serve Prometheus /metrics here")
+    defaults = ClientLimits()
+    parser.add_argument(
+        "--max-client-connections",
+        type=int,
+        default=defaults.max_connections,
+        help="client-port connections at once (default %(default)s; lowered to fit RLIMIT_NOFILE "
+        "with descriptors kept for the log and the peers)",
+    )
+    parser.add_argument(
+        "--max-sessions",
+        type=int,
+        default=defaults.max_sessions,
+        help="client session streams at once (default %(default)s)",
+    )
+    parser.add_argument(
+        "--max-sessions-per-address",
+        type=int,
+        default=defaults.max_sessions_per_address,
+        help="client session streams from one source address (default %(default)s)",
+    )
     parser.add_argument(
         "--allow-fault-injection",
         action="store_true",

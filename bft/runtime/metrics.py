@@ -1,12 +1,31 @@
 """Prometheus metrics of one replica process, in a registry of its own, on an optional HTTP port.
 
 Gauges that mirror the core (view, executed seq, checkpoint, log size) are refreshed by the node
-after each burst of input, not read from the HTTP thread, so the scrape never touches the core.
+after each burst of input, so a scrape only reads the registry.
+
+The endpoint is a small HTTP/1.0 responder on the replica's event loop, not prometheus-client's
+threaded server (a thread per connection: a flood of connections was a flood of threads). It reads
+one request head (at most ``MAX_HEAD`` bytes within ``HEAD_TIMEOUT``), answers ``GET /metrics``,
+and closes; at most ``MAX_CONNECTIONS`` connections at once, more are closed unanswered.
 """
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+import asyncio
+import contextlib
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+
+MAX_CONNECTIONS = 16
+MAX_HEAD = 8192
+HEAD_TIMEOUT = 5.0
 
 _FAST = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
 
@@ -76,6 +95,11 @@ class Metrics:
             "bft_core_errors", "Exceptions inside a core transition (each stops the replica)", registry=r
         )
         self.client_sessions = Gauge("bft_client_sessions", "Open client session streams", registry=r)
+        self.session_frames_dropped = Counter(
+            "bft_session_frames_dropped",
+            "Frames for client sessions dropped: the session's queue or all sessions' queues were full",
+            registry=r,
+        )
         self.client_requests = Counter(
             "bft_client_requests",
             "Client requests received on client session streams (not forwarded by replicas), by kind",
@@ -84,7 +108,35 @@ class Metrics:
         )
         self.client_errors = Counter("bft_client_request_errors", "Client requests refused", registry=r)
         self.pushes = Counter("bft_pushes_sent", "Signed pushes sent to subscribed sessions", registry=r)
+        self._http_open = 0
 
-    def serve(self, port: int, host: str = "127.0.0.1") -> None:
-        """Expose ``/metrics`` over HTTP (a daemon thread of prometheus-client)."""
-        start_http_server(port, addr=host, registry=self.registry)
+    async def serve(self, port: int, host: str = "127.0.0.1") -> asyncio.Server:
+        """Expose ``/metrics`` over HTTP on the running event loop (raises OSError if the port is taken)."""
+        return await asyncio.start_server(self._http, host, port, limit=MAX_HEAD)
+
+    async def _http(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if self._http_open >= MAX_CONNECTIONS:
+            writer.transport.abort()
+            return
+        self._http_open += 1
+        try:
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), HEAD_TIMEOUT)
+            method, _, rest = head.partition(b" ")
+            path = rest.partition(b" ")[0].partition(b"?")[0]
+            if method == b"GET" and path in (b"/metrics", b"/"):
+                body, status, ctype = generate_latest(self.registry), b"200 OK", CONTENT_TYPE_LATEST.encode()
+            else:
+                body, status, ctype = b"not found\n", b"404 Not Found", b"text/plain"
+            writer.write(
+                b"HTTP/1.0 %s\r\nContent-Type: %s\r\nContent-Length: %d\r\nConnection: close\r\n\r\n"
+                % (status, ctype, len(body))
+                + body
+            )
+            await asyncio.wait_for(writer.drain(), HEAD_TIMEOUT)
+        except (OSError, TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError):
+            pass  # a broken, slow or oversized request: just close
+        finally:
+            self._http_open -= 1
+            writer.close()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(writer.wait_closed(), 1.0)

@@ -68,8 +68,13 @@ BURST_SECONDS = 0.02
 MAX_ROUTES = 200_000  # (client key, session) -> session stream, by arrival (oldest forgotten first)
 MAX_CLAIMS = 200_000  # and by claim; past this new claims are refused (MAX_SESSIONS x per-stream < it)
 MAX_CLAIMS_PER_SESSION = 16  # claims one session stream may hold
+MAX_CLAIMS_PER_KEY = 64  # routes of one client key claimed at once (sessions are free to make)
 MAX_SUBSCRIPTIONS_PER_KEY = 64
-INBOX_HIGH = 20_000  # queued inputs past which peer readers stop reading until half of it is done
+INBOX_HIGH = 20_000  # queued inputs past which readers stop reading until half of it is done
+INBOX_HIGH_BYTES = 64 * 1024 * 1024  # queued input bytes, likewise
+PEER_INBOX_SHARE = 4096  # queued messages of one peer past which its reader waits (fairness)
+SESSION_INBOX = 64  # queued requests of one client session stream past which its reader waits
+CLIENT_INBOX_HIGH = 4096  # queued client requests (all sessions) past which session readers wait
 
 
 class Storage(Protocol):
@@ -130,14 +135,27 @@ def request_meta(raw: bytes) -> tuple[Route, pb.RequestBody] | None:
 
 class RouteIndex:
     """(client key, session) -> session stream, also indexed by stream, so that a closing stream
-    drops its routes in O(its routes). Insertion order is recency (``put`` moves a route last)."""
+    drops its routes in O(its routes), and counted per client key (a key may make any number of
+    sessions, so only a per-key count makes a per-key limit). Insertion order is recency (``put``
+    moves a route last)."""
 
     def __init__(self) -> None:
         self._sink: dict[Route, Sink] = {}
         self._of: dict[Sink, set[Route]] = {}
+        self._per_key: dict[bytes, int] = {}
 
     def __len__(self) -> int:
         return len(self._sink)
+
+    def count_key(self, key: bytes) -> int:
+        return self._per_key.get(key, 0)
+
+    def _gone(self, route: Route) -> None:
+        left = self._per_key[route[0]] - 1
+        if left:
+            self._per_key[route[0]] = left
+        else:
+            del self._per_key[route[0]]
 
     def get(self, route: Route) -> Sink | None:
         return self._sink.get(route)
@@ -148,7 +166,9 @@ class RouteIndex:
     def put(self, route: Route, sink: Sink) -> None:
         """``route`` goes to ``sink`` from now on (taken over from another stream if need be)."""
         old = self._sink.pop(route, None)
-        if old is not None and old is not sink:
+        if old is None:
+            self._per_key[route[0]] = self._per_key.get(route[0], 0) + 1
+        elif old is not sink:
             self._of.get(old, set()).discard(route)
         self._sink[route] = sink
         self._of.setdefault(sink, set()).add(route)
@@ -156,11 +176,13 @@ class RouteIndex:
     def evict_oldest(self) -> None:
         route = next(iter(self._sink))
         self._of.get(self._sink.pop(route), set()).discard(route)
+        self._gone(route)
 
     def drop(self, sink: Sink) -> None:
         for route in self._of.pop(sink, ()):
             if self._sink.get(route) is sink:
                 del self._sink[route]
+                self._gone(route)
 
 
 def _reply_frame(data: bytes) -> bytes:
@@ -197,7 +219,15 @@ class Node:
         self.metrics = metrics
         self.events = events
         self._timing = timing
+        # Input waiting for the core: ("m", message, peer id) | ("r", request, sink) | ("t", name, None).
+        # Bounded by backpressure, not by dropping: readers stop reading (TCP and HTTP/2 flow control
+        # then push back on the sender) while the inbox is over its marks, in total, per peer or per
+        # session stream.
         self._inbox: deque[tuple[str, object, object]] = deque()
+        self._inbox_bytes = 0
+        self._from_peer: dict[int, int] = {}  # queued messages per peer
+        self._from_sink: dict[Sink, int] = {}  # queued requests per session stream
+        self._requests = 0  # queued requests in total
         self._room = asyncio.Event()
         # Group commit off the event loop: records appended / made durable so far, outputs waiting
         # for a group to be durable (in order), and the one thread that writes and fsyncs.
@@ -211,6 +241,7 @@ class Node:
         self._routes = RouteIndex()  # by arrival: the stream the session's last request came on
         self._claims = RouteIndex()  # by a verified SessionClaim
         self._subscribers: dict[bytes, set[Sink]] = {}
+        self._subscribed: dict[Sink, set[bytes]] = {}  # the reverse, so forget() is O(own keys)
         self._loop: asyncio.AbstractEventLoop | None = None
         self.stopping = False
         self.failed: asyncio.Future[str] | None = None
@@ -271,6 +302,9 @@ class Node:
         """Stop feeding the core and flush what it asked to persist (graceful shutdown)."""
         self.stopping = True
         self._inbox.clear()
+        self._inbox_bytes = self._requests = 0
+        self._from_peer.clear()
+        self._from_sink.clear()
         self._room.set()
         for handle in self._timers.values():
             handle.cancel()
@@ -285,21 +319,30 @@ class Node:
 
     # ---------------------------------------------------------------- inputs
 
-    def deliver_peer(self, messages: list[bytes]) -> None:
-        """Serialised PeerMessages from an authenticated peer link."""
+    def deliver_peer(self, messages: list[bytes], peer: int = -1) -> None:
+        """Serialised PeerMessages from an authenticated peer link (``peer``: its id, for fairness)."""
         if self.stopping:
             return
         inbox = self._inbox
         for m in messages:
-            inbox.append(("m", m, None))
+            inbox.append(("m", m, peer))
+            self._inbox_bytes += len(m)
+        self._from_peer[peer] = self._from_peer.get(peer, 0) + len(messages)
         self._schedule()
 
-    def backlogged(self) -> bool:
-        return len(self._inbox) > INBOX_HIGH
+    def _over(self, divisor: int) -> bool:
+        return len(self._inbox) > INBOX_HIGH // divisor or self._inbox_bytes > INBOX_HIGH_BYTES // divisor
 
-    async def drained(self) -> None:
-        """Wait until the inbox is down to half the high mark (or the node stops)."""
-        while len(self._inbox) > INBOX_HIGH // 2 and not self.stopping:
+    def backlogged(self, peer: int | None = None) -> bool:
+        """Should this peer's reader stop reading: the inbox is over its high marks, or this peer
+        has more than its share queued (so f faulty peers cannot crowd out the honest ones)."""
+        return self._over(1) or (peer is not None and self._from_peer.get(peer, 0) > PEER_INBOX_SHARE)
+
+    async def drained(self, peer: int | None = None) -> None:
+        """Wait until the inbox is down to half its marks and ``peer``'s share to half (or the node stops)."""
+        while not self.stopping and (
+            self._over(2) or (peer is not None and self._from_peer.get(peer, 0) > PEER_INBOX_SHARE // 2)
+        ):
             self._room.clear()
             await self._room.wait()
 
@@ -308,13 +351,32 @@ class Node:
         if self.stopping:
             return
         self._inbox.append(("r", raw, sink))
+        self._inbox_bytes += len(raw)
+        self._requests += 1
+        self._from_sink[sink] = self._from_sink.get(sink, 0) + 1
         self._schedule()
+
+    def requests_backlogged(self, sink: Sink) -> bool:
+        """Should this session's reader stop reading: it has SESSION_INBOX requests queued, or all
+        sessions together CLIENT_INBOX_HIGH, or the inbox is over its marks."""
+        return (
+            self._from_sink.get(sink, 0) >= SESSION_INBOX
+            or self._requests >= CLIENT_INBOX_HIGH
+            or self._over(1)
+        )
+
+    async def request_room(self, sink: Sink) -> None:
+        """Wait until ``sink`` may queue another request (or the node stops)."""
+        while not self.stopping and self.requests_backlogged(sink):
+            self._room.clear()
+            await self._room.wait()
 
     def subscribe(self, key: bytes, sink: Sink) -> bool:
         subs = self._subscribers.setdefault(key, set())
         if sink not in subs and len(subs) >= MAX_SUBSCRIPTIONS_PER_KEY:
             return False
         subs.add(sink)
+        self._subscribed.setdefault(sink, set()).add(key)
         return True
 
     def claim(self, route: Route, sink: Sink) -> str | None:
@@ -324,8 +386,11 @@ class Node:
         mine = self._claims.held_by(sink)
         if route not in mine and len(mine) >= MAX_CLAIMS_PER_SESSION:
             return f"at most {MAX_CLAIMS_PER_SESSION} claimed sessions per stream"
-        if self._claims.get(route) is None and len(self._claims) >= MAX_CLAIMS:
-            return "too many claimed sessions on this replica"
+        if self._claims.get(route) is None:
+            if self._claims.count_key(route[0]) >= MAX_CLAIMS_PER_KEY:
+                return f"at most {MAX_CLAIMS_PER_KEY} claimed sessions per client key"
+            if len(self._claims) >= MAX_CLAIMS:
+                return "too many claimed sessions on this replica"
         self._claims.put(route, sink)
         return None
 
@@ -333,11 +398,12 @@ class Node:
         """A session ended: drop its routes, claims and subscriptions."""
         self._routes.drop(sink)
         self._claims.drop(sink)
-        for key in [k for k, subs in self._subscribers.items() if sink in subs]:
-            subs = self._subscribers[key]
-            subs.discard(sink)
-            if not subs:
-                del self._subscribers[key]
+        for key in self._subscribed.pop(sink, ()):
+            subs = self._subscribers.get(key)
+            if subs is not None:
+                subs.discard(sink)
+                if not subs:
+                    del self._subscribers[key]
 
     def _schedule(self) -> None:
         if not self._scheduled and self._loop is not None:
@@ -356,9 +422,25 @@ class Node:
         inbox = self._inbox
         n = 0
         deadline = start + BURST_SECONDS
+        clock = time.perf_counter
         while inbox and n < BURST_INPUTS:
             kind, item, extra = inbox.popleft()
             n += 1
+            if kind == "m":
+                self._inbox_bytes -= len(item)  # type: ignore[arg-type]
+                left = self._from_peer[extra] - 1  # type: ignore[index]
+                if left:
+                    self._from_peer[extra] = left  # type: ignore[index]
+                else:
+                    del self._from_peer[extra]  # type: ignore[arg-type]
+            elif kind == "r":
+                self._inbox_bytes -= len(item)  # type: ignore[arg-type]
+                self._requests -= 1
+                left = self._from_sink[extra] - 1  # type: ignore[index]
+                if left:
+                    self._from_sink[extra] = left  # type: ignore[index]
+                else:
+                    del self._from_sink[extra]  # type: ignore[arg-type]
             try:
                 if kind == "m":
                     core.on_message(item, time.time())  # type: ignore[arg-type]
@@ -375,7 +457,7 @@ class Node:
                 self.events.error("core_error", exc=True, input=kind)
                 self._fail(f"core exception on {kind!r} input: {type(exc).__name__}: {exc}")
                 return
-            if (n & 31) == 0 and time.perf_counter() > deadline:
+            if clock() > deadline:  # every input: one input may take milliseconds (a big message)
                 break
         try:
             self._carry(core.take_outputs())
@@ -383,8 +465,8 @@ class Node:
             return
         if inbox:
             self._schedule()
-        if len(inbox) <= INBOX_HIGH // 2:
-            self._room.set()
+        if n:
+            self._room.set()  # waiting readers re-check their own marks
         if self._timing is not None:
             self.metrics.verify_seconds.observe(self._timing.seconds - v_seconds)
             self.metrics.verifications.inc(self._timing.count - v_count)

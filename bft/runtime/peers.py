@@ -49,6 +49,9 @@ FRAME_BYTES = MAX_MESSAGE_BYTES  # a frame holds at least one message, and stops
 MAX_FRAME_WIRE = MAX_MESSAGE_BYTES + 64 * 1024  # largest LinkUp accepted: the receive limit
 MAX_HANDSHAKE_FRAME = 64 * 1024  # a hello or a LinkDown
 QUEUE_MESSAGES = 8192
+MAX_FRAME_MESSAGES = QUEUE_MESSAGES  # an honest frame never holds more (it is one queue's worth)
+MAX_PENDING_LINKS = 64  # connections on the peer port not yet authenticated, in total
+MAX_PENDING_PER_ADDRESS = 8  # and from one source address
 QUEUE_BYTES = 32 * 1024 * 1024
 QUEUE_MESSAGES_DOWN = 512  # while the link is down: what is queued then is mostly stale
 BACKOFF_MIN = 0.05
@@ -75,6 +78,36 @@ def _varint(n: int) -> bytes:
 
 def encode_frame(payload: bytes) -> bytes:
     return _LEN.pack(len(payload)) + payload
+
+
+def split_messages(raw: bytes, limit: int = MAX_FRAME_MESSAGES) -> list[bytes]:
+    """The messages of a ``LinkUp`` data frame (field 2 only), read without building a protobuf
+    object: WireError for any other field, a broken length, or more than ``limit`` messages, found
+    before more than ``limit`` are sliced (a frame of millions of tiny messages costs no memory)."""
+    out: list[bytes] = []
+    view = memoryview(raw)
+    pos, end = 0, len(raw)
+    while pos < end:
+        if raw[pos] != 0x12:
+            raise WireError("a link frame after the hello may only carry messages")
+        pos += 1
+        size = shift = 0
+        while True:
+            if pos >= end or shift > 28:
+                raise WireError("broken message length in a link frame")
+            b = raw[pos]
+            pos += 1
+            size |= (b & 0x7F) << shift
+            shift += 7
+            if not b & 0x80:
+                break
+        if size > end - pos:
+            raise WireError("message runs past the end of its link frame")
+        if len(out) == limit:
+            raise WireError(f"more than {limit} messages in one link frame")
+        out.append(bytes(view[pos : pos + size]))
+        pos += size
+    return out
 
 
 async def read_frame(reader: asyncio.StreamReader, limit: int) -> bytes | None:
@@ -340,11 +373,11 @@ class Inbox(Protocol):
     cluster: ClusterInfo
     stopping: bool
 
-    def deliver_peer(self, messages: list[bytes]) -> None: ...
+    def deliver_peer(self, messages: list[bytes], peer: int = -1) -> None: ...
 
-    def backlogged(self) -> bool: ...
+    def backlogged(self, peer: int | None = None) -> bool: ...
 
-    async def drained(self) -> None: ...
+    async def drained(self, peer: int | None = None) -> None: ...
 
 
 class PeerListener:
@@ -359,28 +392,38 @@ class PeerListener:
         self.events = events
         self.tls = tls
         self.inbound: dict[int, int] = {}
+        self._current: dict[int, asyncio.StreamWriter] = {}  # the one live inbound link per replica
+        self._pending: dict[str, int] = {}  # unauthenticated connections per source address
         self._limit = RateLimit()
         self._server: asyncio.Server | None = None
         self._handlers: set[asyncio.Task[None]] = set()
+        self._writers: set[asyncio.StreamWriter] = set()
 
     async def start(self, host: str, port: int) -> None:
         """Listen (raises OSError if the port is taken)."""
+        # The TLS handshake runs before ``_handle`` (asyncio has no hook in front of it; 3.11's
+        # server-side StreamWriter.start_tls does not work): it is bounded in time only. The caps on
+        # unauthenticated links count from the end of the TLS handshake to the end of the hello.
         self._server = await asyncio.start_server(
             self._handle,
             host,
             port,
             ssl=self.tls,
             limit=STREAM_LIMIT,
-            ssl_handshake_timeout=HANDSHAKE_TIMEOUT,
+            ssl_handshake_timeout=HANDSHAKE_TIMEOUT if self.tls is not None else None,
         )
 
     async def close(self) -> None:
         if self._server is not None:
             self._server.close()
-        for task in list(self._handlers):
-            task.cancel()
+        # End the connections rather than cancel their handlers: a handler task that ends cancelled
+        # makes asyncio log a traceback (StreamReaderProtocol asks it for its exception).
+        for writer in list(self._writers):
+            writer.transport.abort()
         if self._handlers:
             await asyncio.wait(list(self._handlers), timeout=CLOSE_PHASE_SECONDS)
+        for task in list(self._handlers):
+            task.cancel()
 
     def _bad(self, what: str, peer: str, error: str) -> None:
         self.metrics.bad_input.labels(what).inc()
@@ -390,18 +433,42 @@ class PeerListener:
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
         assert task is not None
+        peername = writer.get_extra_info("peername")
+        remote = str(peername)
+        address = str(peername[0]) if isinstance(peername, tuple) and peername else remote
+        if (
+            sum(self._pending.values()) >= MAX_PENDING_LINKS
+            or self._pending.get(address, 0) >= MAX_PENDING_PER_ADDRESS
+        ):
+            self.metrics.bad_input.labels("peer_pending_full").inc()
+            writer.transport.abort()  # no handshake, no goodbye: it costs us nothing more
+            return
         self._handlers.add(task)
-        remote = str(writer.get_extra_info("peername"))
+        self._writers.add(writer)
+        self._pending[address] = self._pending.get(address, 0) + 1
+        pending = True
         tune_socket(writer)
         try:
             peer = await self._accept(reader, writer, remote)
+            self._unpend(address)
+            pending = False
             if peer is not None:
-                await self._receive(reader, peer)
+                await self._receive(reader, writer, peer)
         except (OSError, ssl.SSLError, TimeoutError, asyncio.IncompleteReadError):
             pass  # the connection broke; the peer reconnects
         finally:
+            if pending:
+                self._unpend(address)
             self._handlers.discard(task)
+            self._writers.discard(writer)
             await _close(writer)
+
+    def _unpend(self, address: str) -> None:
+        left = self._pending[address] - 1
+        if left:
+            self._pending[address] = left
+        else:
+            del self._pending[address]
 
     async def _accept(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, remote: str
@@ -434,8 +501,16 @@ class PeerListener:
         await writer.drain()
         return peer
 
-    async def _receive(self, reader: asyncio.StreamReader, peer: int) -> None:
+    async def _receive(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, peer: int) -> None:
+        """One replica's messages, until its link ends. A replica has one live inbound link: a newer
+        authenticated one replaces this (the honest case is a reconnect; a faulty replica opening
+        more gains nothing)."""
         node = self.node
+        older = self._current.get(peer)
+        self._current[peer] = writer
+        if older is not None:
+            older.transport.abort()  # its reader sees the connection end and returns
+            self.events.info("peer_link_replaced", peer=peer)
         self.inbound[peer] = self.inbound.get(peer, 0) + 1
         self.events.debug("peer_link_in", peer=peer)
         try:
@@ -448,16 +523,18 @@ class PeerListener:
                 if raw is None:
                     return
                 try:
-                    up = parse(spb.LinkUp, raw)
-                except WireError as exc:
+                    messages = split_messages(raw)
+                except WireError as exc:  # dropped whole (the work to find out was bounded)
                     self._bad("peer_frame", str(peer), str(exc))
                     continue
-                if up.messages:
-                    node.deliver_peer(list(up.messages))
-                    if node.backlogged():  # let TCP push back on a peer that sends faster than we process
-                        await node.drained()
+                if messages:
+                    node.deliver_peer(messages, peer)
+                    if node.backlogged(peer):  # TCP pushes back on a peer that sends faster than we process
+                        await node.drained(peer)
         finally:
             self.inbound[peer] -= 1
+            if self._current.get(peer) is writer:
+                del self._current[peer]
 
 
 def cert_replica_ids(names: list[str]) -> set[int]:

@@ -3,6 +3,11 @@
 Handlers take and give raw bytes and parse them with ``bft.wire.parse``, so malformed input becomes
 a clear error for the sender instead of a gRPC deserialisation traceback. Size limits are enforced
 by gRPC itself (``grpc.max_receive_message_length``) before anything is read, and again by the core.
+
+Resource limits (docs/SECURITY.md, "Replica runtime"): gRPC caps connections, streams per
+connection, the TLS handshake time, idle time and age, and enforces keepalive ping strikes; this
+module caps sessions in total and per source address, the bytes queued for each session and for
+all of them, and stops reading a session's requests while the node's inbox is over its marks.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ import os
 import ssl
 from collections import deque
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 
 import grpc
 import grpc.aio
@@ -33,20 +39,64 @@ CLIENT_SERVICE = "bftchat.v1.ClientService"
 MAX_CLIENT_FRAME = MAX_REQUEST_BYTES + 4096  # a signed request plus the ClientFrame around it
 MAX_SESSIONS = 10_000
 MAX_KEYS_PER_SESSION = 16
-SESSION_QUEUE_BYTES = 32 * 1024 * 1024  # frames waiting for a slow client; oldest dropped past this
+SESSION_QUEUE_BYTES = 4 * 1024 * 1024  # frames waiting for one slow client; oldest dropped past this
+SESSIONS_QUEUE_BYTES = 128 * 1024 * 1024  # all sessions: past it, a session with a backlog gets no more
 HALF_CLOSE_LINGER = 10.0  # seconds a session stays open for replies after the client stops sending
+HANDSHAKE_TIMEOUT_MS = 5_000  # TLS handshake + HTTP/2 preface of a new connection
+MAX_CONNECTION_IDLE_MS = 5 * 60_000  # a connection without a stream for this long is closed
+MAX_CONNECTION_AGE_MS = 60 * 60_000  # every connection is asked to go away after this (GOAWAY) ...
+MAX_CONNECTION_AGE_GRACE_MS = 5 * 60_000  # ... and closed this much later
+MAX_PING_STRIKES = 2  # pings more often than every 5 s without data: GOAWAY after this many
 
 
-def server_options(max_receive: int) -> list[tuple[str, int]]:
+@dataclass(frozen=True)
+class ClientLimits:
+    """The client port's operator-set limits (``bftchat-replica`` flags)."""
+
+    max_connections: int = 4096  # --max-client-connections (also capped by RLIMIT_NOFILE - reserve)
+    max_sessions: int = MAX_SESSIONS  # --max-sessions
+    max_sessions_per_address: int = 1024  # --max-sessions-per-address
+
+    @property
+    def max_streams_per_connection(self) -> int:
+        """HTTP/2 streams on one connection: one address's sessions plus room for unary calls.
+        (Clients in one process share one connection per replica, so it is not smaller.)"""
+        return self.max_sessions_per_address + 64
+
+
+def server_options(max_receive: int, limits: ClientLimits | None = None) -> list[tuple[str, int]]:
+    limits = limits or ClientLimits()
     return [
         ("grpc.max_receive_message_length", max_receive),
         ("grpc.max_send_message_length", 64 * 1024 * 1024),
         ("grpc.keepalive_time_ms", 20_000),
         ("grpc.keepalive_timeout_ms", 10_000),
         ("grpc.http2.min_recv_ping_interval_without_data_ms", 5_000),
-        ("grpc.http2.max_ping_strikes", 0),
+        ("grpc.http2.max_ping_strikes", MAX_PING_STRIKES),
         ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.max_allowed_incoming_connections", limits.max_connections),
+        ("grpc.server_handshake_timeout_ms", HANDSHAKE_TIMEOUT_MS),
+        ("grpc.max_concurrent_streams", limits.max_streams_per_connection),
+        ("grpc.max_connection_idle_ms", MAX_CONNECTION_IDLE_MS),
+        ("grpc.max_connection_age_ms", MAX_CONNECTION_AGE_MS),
+        ("grpc.max_connection_age_grace_ms", MAX_CONNECTION_AGE_GRACE_MS),
     ]
+
+
+def peer_address(peer: str) -> str:
+    """The source address of a gRPC peer string (``ipv4:127.0.0.2:5555``, ``ipv6:[::1]:5555``)."""
+    kind, _, rest = peer.partition(":")
+    if kind not in ("ipv4", "ipv6"):
+        return peer
+    host = rest.rpartition(":")[0]
+    return host.strip("[]")
+
+
+class QueueBudget:
+    """The bytes queued for all client sessions together (``SESSIONS_QUEUE_BYTES``)."""
+
+    def __init__(self) -> None:
+        self.total = 0
 
 
 # ---------------------------------------------------------------- client sessions
@@ -55,26 +105,50 @@ def server_options(max_receive: int) -> list[tuple[str, int]]:
 class ClientSession:
     """One client's stream: the node routes replies and pushes here; a writer task sends them."""
 
-    def __init__(self, metrics: Metrics) -> None:
+    def __init__(self, metrics: Metrics, budget: QueueBudget | None = None) -> None:
         self.queue: deque[bytes] = deque()
         self.queued = 0
         self.wake = asyncio.Event()
         self.keys: set[bytes] = set()
         self.dropped = 0
         self._metrics = metrics
+        self._budget = budget or QueueBudget()
 
     def send(self, frame: bytes) -> None:
+        """Queue a frame, never blocking. Past SESSION_QUEUE_BYTES the oldest frames go; while all
+        sessions together hold SESSIONS_QUEUE_BYTES, a session that has not taken its earlier
+        frames gets no new ones (a client that reads keeps getting its own), and past twice that
+        nobody does (the hard bound)."""
+        budget = self._budget
+        over = budget.total + len(frame) - SESSIONS_QUEUE_BYTES
+        if over > 0 and (self.queue or over > SESSIONS_QUEUE_BYTES):
+            self._dropped(1)
+            return
         self.queue.append(frame)
         self.queued += len(frame)
+        budget.total += len(frame)
         while self.queued > SESSION_QUEUE_BYTES and len(self.queue) > 1:
-            self.queued -= len(self.queue.popleft())
-            self.dropped += 1
+            size = len(self.queue.popleft())
+            self.queued -= size
+            budget.total -= size
+            self._dropped(1)
         self.wake.set()
+
+    def _dropped(self, count: int) -> None:
+        self.dropped += count
+        self._metrics.session_frames_dropped.inc(count)
 
     def take(self) -> bytes:
         frame = self.queue.popleft()
         self.queued -= len(frame)
+        self._budget.total -= len(frame)
         return frame
+
+    def close(self) -> None:
+        """The session ended: what it still had queued leaves the shared budget."""
+        self._budget.total -= self.queued
+        self.queue.clear()
+        self.queued = 0
 
 
 def _error_frame(raw: bytes, message: str) -> bytes:
@@ -85,19 +159,40 @@ def _error_frame(raw: bytes, message: str) -> bytes:
 class ClientSessionService:
     """Client sessions (requests out, replies and pushes back) and the status call."""
 
-    def __init__(self, node: Node, verifier: Verifier, metrics: Metrics, events: EventLog) -> None:
+    def __init__(
+        self,
+        node: Node,
+        verifier: Verifier,
+        metrics: Metrics,
+        events: EventLog,
+        limits: ClientLimits | None = None,
+    ) -> None:
         self.node = node
         self.verifier = verifier
         self.metrics = metrics
         self.events = events
+        self.limits = limits or ClientLimits()
         self.sessions: set[ClientSession] = set()
+        self.per_address: dict[str, int] = {}
+        self.budget = QueueBudget()
 
     async def session(self, requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext) -> None:
-        if len(self.sessions) >= MAX_SESSIONS or self.node.stopping:
+        limits = self.limits
+        address = peer_address(context.peer())
+        if len(self.sessions) >= limits.max_sessions or self.node.stopping:
+            self.metrics.bad_input.labels("sessions_full").inc()
             await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, "too many client sessions")
             return
-        sess = ClientSession(self.metrics)
+        if self.per_address.get(address, 0) >= limits.max_sessions_per_address:
+            self.metrics.bad_input.labels("sessions_per_address").inc()
+            await context.abort(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"too many client sessions from this address (at most {limits.max_sessions_per_address})",
+            )
+            return
+        sess = ClientSession(self.metrics, self.budget)
         self.sessions.add(sess)
+        self.per_address[address] = self.per_address.get(address, 0) + 1
         self.metrics.client_sessions.set(len(self.sessions))
         nonce = os.urandom(NONCE_LEN)
         sess.send(spb.ServerFrame(nonce=nonce).SerializeToString())
@@ -125,7 +220,13 @@ class ClientSessionService:
         finally:
             reader.cancel()
             self.node.forget(sess)
+            sess.close()
             self.sessions.discard(sess)
+            left = self.per_address[address] - 1
+            if left:
+                self.per_address[address] = left
+            else:
+                del self.per_address[address]
             self.metrics.client_sessions.set(len(self.sessions))
 
     async def _read(self, requests: AsyncIterator[bytes], sess: ClientSession, nonce: bytes) -> bool:
@@ -142,6 +243,8 @@ class ClientSessionService:
                 which = frame.WhichOneof("kind")
                 if which == "request":
                     node.submit_request(frame.request, sess)
+                    if node.requests_backlogged(sess):  # HTTP/2 flow control pushes back meanwhile
+                        await node.request_room(sess)
                 elif which == "auth":
                     self._subscribe(frame.auth, sess, nonce)
                 elif which == "claim":
@@ -216,11 +319,13 @@ class Servers:
         client_creds: grpc.ServerCredentials | None,
         peer_tls: ssl.SSLContext | None,
         admin: grpc.GenericRpcHandler | None = None,
+        limits: ClientLimits | None = None,
     ) -> None:
+        limits = limits or ClientLimits()
         self.peer_listener = PeerListener(node, verifier, metrics, events, peer_tls)
-        self.client_service = ClientSessionService(node, verifier, metrics, events)
+        self.client_service = ClientSessionService(node, verifier, metrics, events, limits)
         self.client_creds = client_creds
-        self.client = grpc.aio.server(options=server_options(MAX_CLIENT_FRAME))
+        self.client = grpc.aio.server(options=server_options(MAX_CLIENT_FRAME, limits))
         self.health = health_aio.HealthServicer()
         self.client.add_generic_rpc_handlers(
             (
