@@ -94,6 +94,7 @@ def _field(length: int) -> int:
 
 
 _U64 = 1 + 10  # a uint64 field at its largest
+_U32 = 1 + 5  # a uint32 field at its largest
 _DIGEST = _field(32)
 
 
@@ -118,7 +119,8 @@ class SizeCaps:
         vote = TAG_LEN + _U64 + _U64 + _DIGEST  # PRE-PREPARE, PREPARE, COMMIT
         checkpoint = TAG_LEN + _U64 + _DIGEST
         status = TAG_LEN + _U64 + 2 + _U64 + _U64
-        fetch = TAG_LEN + max(_DIGEST, _U64, _field(2 * _U64))
+        fetch_state = _field(_U64 + _DIGEST + 2 * _U32)  # FetchState: seq, digest, first, count
+        fetch = TAG_LEN + max(_DIGEST, _field(2 * _U64), fetch_state)
         reply = TAG_LEN + _U64 + _U64 + _DIGEST
         prepared_proof = _field(envelope_size(vote)) + 2 * f * _field(envelope_size(vote))
         view_change = (

@@ -260,3 +260,14 @@ def test_status_flood_answers_are_bounded_per_peer_in_bytes() -> None:
     assert total > budget / 2  # the budget was used, not refused outright
     assert total <= budget + budget * 0.2 + largest
     assert rep.answers.dropped > 0
+
+
+def test_the_largest_fetch_fits_its_size_cap() -> None:
+    """A FETCH for chunks at the largest seq and index is within the cap that refuses padded bodies
+    (caught when the cap predated FetchState: every honest FETCH was dropped)."""
+    from bft.crypto import TAG_LEN
+
+    info = ClusterInfo(tuple(HashSigner(b"r%d" % i, HashVerifier()).public_key for i in range(4)), CID)
+    top = pb.FetchState(seq=2**64 - 1, digest=b"\xff" * 32, first=2**32 - 1, count=2**32 - 1)
+    fetch = pb.Fetch(state=top)
+    assert TAG_LEN + len(fetch.SerializeToString()) <= info.caps.body[Kind.FETCH]
