@@ -1,8 +1,9 @@
 """``bftchat``: the chat command line (usage walkthrough in docs/CLI.md).
 
-    bftchat [--config PATH] [--key PATH] [--as NAME] [--json] [--timeout S] [--insecure] COMMAND
+    bftchat [--config PATH] [--key PATH] [--as NAME] [--json] [--timeout S] [--insecure]
+            [--accept-new-key NAME] COMMAND
         register NAME | list [PATTERN] | send NAME TEXT|- | inbox [--peek] | history NAME
-        | delete-account [--yes] | chat [NAME] | whoami
+        | outbox [--list] [--give-up ID...|all] | delete-account [--yes] | chat [NAME] | whoami
 
 The cluster config comes from ``--config``, else ``$BFTCHAT_CONFIG``, else the first that exists
 of ``keys/cluster/config.toml`` (relative to the working directory, where ``bftchat-keygen
@@ -10,7 +11,8 @@ cluster`` writes it) and ``~/.config/bftchat/config.toml``. The user key likewis
 ``$BFTCHAT_KEY``, ``keys/user.key``, ``~/.config/bftchat/user.key`` (``$XDG_CONFIG_HOME`` is
 honoured). "Who I am" is the ``name`` field of the key file, which ``register`` sets (``--as``
 overrides it, e.g. for a second account of the same key). The local history lives beside the key
-file (``<key>.history.sqlite``, mode 0600).
+file (``<key>.history.sqlite``, mode 0600), with the keys pinned for each peer name and the
+outbox of messages not known to be delivered (``client.local``).
 
 Exit status: 0 success; 1 refused or a local problem (no such user, name taken, key file, config);
 2 bad usage; 3 no agreed answer from the cluster (unreachable, replies disagree, or timestamps kept

@@ -336,6 +336,10 @@ def test_a_recycled_name_is_refused_until_its_new_key_is_accepted(cluster: Clust
 
     failed(cli(cfg, alice, "send", "pa-carol", "the secret"), 1, "the key of 'pa-carol' changed")
     assert ok_error(cli(cfg, alice, "--json", "send", "pa-carol", "the secret")) == "key_changed"
+    chat = cli(cfg, alice, "chat", "pa-carol", stdin="typed in the chat\n/quit\n")
+    assert chat.returncode == 0, chat.stderr
+    assert "KEY CHANGED since you first talked" in chat.stdout  # said on /to (here: at the start)
+    assert "! not sent to pa-carol: the key of 'pa-carol' changed" in chat.stdout
     assert ok(cli(cfg, mallory, "--json", "inbox")) == []  # nothing reached the new holder
 
     ok(cli(cfg, mallory, "send", "pa-alice", "it's me, carol"))

@@ -33,6 +33,7 @@ from bft.wire import WireError
 from client import e2e
 from client import session as session_module
 from client.chat import ChatClient
+from client.errors import FateUnknown
 from client.session import RESEND_AFTER, RESEND_MAX, SESSION_METHOD, ClusterSession, RetransmitTimer, channel
 
 CID = cluster_id_from(b"claims")
@@ -214,6 +215,33 @@ def test_one_key_in_two_sessions_at_once(c4: Cluster) -> None:
             assert all(r.status == pb.REPLY_OK for r in replies)
 
     run(sessions(), 100)
+
+
+@pytest.mark.timeout(120)
+def test_a_resent_send_executes_once_and_an_evicted_one_has_an_unknown_fate(c4: Cluster) -> None:
+    """Issue 12 item 14, the outbox's resend: the exact signed request of a send that executed is
+    answered from the client table (same message, not delivered twice); once its session is
+    evicted (the table holds 4), the same bytes are refused as stale, which says nothing about
+    whether it executed, so the fate is unknown, not failed."""
+    alice, bob = generate_user_key(), generate_user_key()
+
+    async def scenario() -> None:
+        async with ChatClient(c4.config, alice) as a, ChatClient(c4.config, bob) as b:
+            await a.register("rs-alice")
+            await b.register("rs-bob")
+            kept: list[tuple[bytes, int, int]] = []
+            first = await a.send("rs-bob", "once", on_signed=lambda raw, s, t, _: kept.append((raw, s, t)))
+            again = await a.resend(*kept[-1], "rs-bob")
+            assert (again.id, again.seq, again.ref) == (first.id, first.seq, first.ref)
+            assert [m.text for m in await b.inbox()] == ["once"]
+            for _ in range(5):  # five more sessions: the send's session is evicted
+                async with c4.client(Ed25519Signer.generate()) as s:
+                    await s.request(e2e.list_op("*"), timeout=60)
+            with pytest.raises(FateUnknown, match="forgot its session"):
+                await a.resend(*kept[-1], "rs-bob")
+            assert [m.text for m in await b.inbox()] == ["once"]
+
+    run(scenario(), 100)
 
 
 @pytest.mark.timeout(120)
