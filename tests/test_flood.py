@@ -74,8 +74,14 @@ async def under_load(c: Cluster, flood: object, min_sends: int = 1) -> tuple[obj
 
 
 def assert_up(c: Cluster) -> None:
+    """Alive, and answering health checks again within 15 s (it may still be working off the
+    flood's backlog on a loaded machine)."""
     assert c.alive(TARGET), c.tail(TARGET, 30)
-    assert c.healthy(TARGET)
+    deadline = time.monotonic() + 15
+    while not c.healthy(TARGET):
+        assert c.alive(TARGET), c.tail(TARGET, 30)
+        assert time.monotonic() < deadline, "replica 0 is up but not answering health checks"
+        time.sleep(0.2)
 
 
 @pytest.mark.timeout(90)
@@ -133,10 +139,13 @@ def test_one_address_cannot_take_every_session_slot(cluster: Cluster) -> None:
     per-address cap (1,024 by default) and no more; a client from another address still gets in."""
     c = cluster
     t = target(c, sources=("127.0.0.2",))
-    result, _ = run(under_load(c, attack.flood_sessions(t, 6.0, per_connection=65, connections=20)), 100)
+    flood = attack.flood_sessions(t, 10.0, per_connection=65, connections=20)
+    result, _ = run(under_load(c, flood), 100)
     counts = result.counts  # type: ignore[attr-defined]
+    attempts = counts.get("opened", 0) + counts.get("refused", 0)
+    assert attempts > 1024, counts  # the cap was reached within the flood's time
     assert counts.get("opened", 0) <= 1024, counts
-    assert counts.get("refused", 0) >= 1300 - 1024 - 20, counts
+    assert counts.get("refused", 0) >= attempts - 1024, counts
     assert_up(c)
     assert peak_mib(c) < 600
 

@@ -99,6 +99,8 @@ def test_session_queues_are_bounded_per_session_and_in_total() -> None:
     for s in sessions:
         s.close()
     assert budget.total == 0
+    sessions[0].send(b"late")  # an output for a stream that has ended costs nothing
+    assert budget.total == 0
 
 
 def test_claims_are_capped_per_client_key_and_counted_back_down() -> None:
