@@ -303,3 +303,55 @@ def test_attack_tool_refuses_hosts_outside_loopback(tmp_path: Path) -> None:
     keygen.main(["user", "--out", str(tmp_path / "me.key")])
     args = ["--config", str(cfg.path), "--key", str(tmp_path / "me.key"), "--seconds", "1", "connections"]
     assert attack.main(args) == 2
+
+
+@pytest.mark.timeout(60)
+def test_a_connection_that_never_handshakes_is_closed_within_seconds(cluster: Cluster) -> None:
+    """A bare TCP connection (no TLS ClientHello) is closed by the replica after its 5 s handshake
+    deadline, not kept for 120 s."""
+    import socket
+
+    port = cluster.config.replicas[TARGET].port
+    socks = []
+    for _ in range(5):
+        s = socket.create_connection(("127.0.0.1", port), timeout=5, source_address=("127.0.0.4", 0))
+        s.settimeout(15)
+        socks.append(s)
+    start = time.monotonic()
+    try:
+        for s in socks:
+            assert s.recv(1) == b""  # closed by the replica (a timeout would raise)
+    finally:
+        for s in socks:
+            s.close()
+    assert time.monotonic() - start < 15
+    assert_up(cluster)
+
+
+@pytest.mark.timeout(60)
+def test_keepalive_ping_floods_are_ended(cluster: Cluster) -> None:
+    """A client pinging every 100 ms without data gets GOAWAY (too many pings) after 2 strikes."""
+    c = cluster
+
+    async def scenario() -> str:
+        opts = [
+            ("grpc.keepalive_time_ms", 100),
+            ("grpc.keepalive_permit_without_calls", 1),
+            ("grpc.http2.max_pings_without_data", 0),
+            ("grpc.use_local_subchannel_pool", 1),
+        ]
+        creds = grpc.ssl_channel_credentials(root_certificates=c.ca_pem)
+        async with grpc.aio.secure_channel(c.endpoint(TARGET), creds, opts) as ch:
+            call = ch.stream_stream(attack.SESSION_METHOD)()
+            try:
+                while True:
+                    if await asyncio.wait_for(call.read(), 20) is grpc.aio.EOF:
+                        return "eof"
+            except grpc.aio.AioRpcError as exc:
+                return f"{exc.code().name}: {exc.details()}"
+            except TimeoutError:
+                return "still open after 20 s"
+
+    outcome = run(scenario(), 40)
+    assert outcome.startswith("UNAVAILABLE"), outcome
+    assert_up(c)
