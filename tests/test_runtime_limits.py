@@ -26,7 +26,7 @@ def test_split_messages_matches_protobuf_and_bounds_the_count() -> None:
     with pytest.raises(WireError, match="more than"):
         split_messages(tiny)
     assert len(split_messages(b"\x12\x01\x00" * MAX_FRAME_MESSAGES)) == MAX_FRAME_MESSAGES
-    for bad in (b"\x0a\x00", b"\x12\x05ab", b"\x12\xff\xff\xff\xff\xff\xff"):
+    for bad in (b"\x0a\x00", b"\x12\x05ab", b"\x12\xff\xff\xff\xff\xff\xff", b"\x12\x01a\x1a\x00"):
         with pytest.raises(WireError):
             split_messages(bad)
 
