@@ -54,8 +54,10 @@ def target(c: Cluster, sources: tuple[str, ...] = attack.SOURCES[:4]) -> attack.
 
 
 def peak_mib(c: Cluster) -> float:
+    """Replica 0's peak RSS so far (VmHWM), printed for the record (pytest -s shows it)."""
     mem = attack.memory_kib(pid(c))
     assert mem is not None, f"replica {TARGET} is gone: {c.tail(TARGET)}"
+    print(f"replica {TARGET}: RSS {mem[0] / MIB:.0f} MiB, peak {mem[1] / MIB:.0f} MiB")
     return mem[1] / MIB
 
 
