@@ -164,8 +164,9 @@ class Cluster:
         log.load()
         log.close()
 
-    def start(self, i: int, *extra: str, nofile: int | None = None) -> None:
-        """Start replica ``i``; ``nofile``: its RLIMIT_NOFILE (soft and hard), as a host might set it."""
+    def start(self, i: int, *extra: str, nofile: int | tuple[int, int] | None = None) -> None:
+        """Start replica ``i``; ``nofile``: its RLIMIT_NOFILE (soft and hard, or both the same), as
+        a host might set it."""
         assert i not in self.procs or self.procs[i].popen.poll() is not None, f"replica {i} is running"
         if "--recover" not in extra and not self._started_once.get(i):
             self.init_data(i)
@@ -176,7 +177,8 @@ class Cluster:
             if nofile is not None:
                 import resource
 
-                resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))
+                soft, hard = nofile if isinstance(nofile, tuple) else (nofile, nofile)
+                resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
 
         popen = subprocess.Popen(
             self.command(i, *extra),

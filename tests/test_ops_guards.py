@@ -168,3 +168,17 @@ def test_full_disk_stops_the_replica_cleanly(tmp_path: Path) -> None:
         finally:
             c.stop_all()
             subprocess.run(["umount", str(data)], check=False)
+
+
+@pytest.mark.timeout(60)
+def test_descriptor_limit_is_raised_and_client_connections_keep_a_reserve(one: Cluster) -> None:
+    """Started with the common default (soft 1024, hard 4096), the replica raises its soft limit to
+    the hard one and caps client connections below it, keeping 256 + 4n descriptors."""
+    c = one
+    c.start(0, nofile=(1024, 4096))
+    c.wait_healthy([0])
+    status = Path(f"/proc/{c.procs[0].popen.pid}/limits").read_text()
+    line = next(ln for ln in status.splitlines() if ln.startswith("Max open files"))
+    assert line.split()[3:5] == ["4096", "4096"], line
+    log = c.log_file(0).read_text()
+    assert "fd_limit=4096 max_client_connections=3824 " in log, log[-1500:]

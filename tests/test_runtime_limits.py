@@ -26,7 +26,7 @@ def test_split_messages_matches_protobuf_and_bounds_the_count() -> None:
     with pytest.raises(WireError, match="more than"):
         split_messages(tiny)
     assert len(split_messages(b"\x12\x01\x00" * MAX_FRAME_MESSAGES)) == MAX_FRAME_MESSAGES
-    for bad in (b"\x0a\x00", b"\x12\x05ab", b"\x12\xff\xff\xff\xff\xff\xff"):
+    for bad in (b"\x0a\x00", b"\x12\x05ab", b"\x12\xff\xff\xff\xff\xff\xff", b"\x12\x01a\x1a\x00"):
         with pytest.raises(WireError):
             split_messages(bad)
 
@@ -98,6 +98,8 @@ def test_session_queues_are_bounded_per_session_and_in_total() -> None:
     assert reader.take() == b"reply"
     for s in sessions:
         s.close()
+    assert budget.total == 0
+    sessions[0].send(b"late")  # an output for a stream that has ended costs nothing
     assert budget.total == 0
 
 

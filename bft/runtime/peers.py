@@ -80,10 +80,24 @@ def encode_frame(payload: bytes) -> bytes:
     return _LEN.pack(len(payload)) + payload
 
 
+def _field_bytes(size: int) -> int:
+    """Wire size of one ``messages`` entry of ``size`` bytes: tag, varint length, payload."""
+    head = 2 if size < 0x80 else 3 if size < 0x4000 else 4 if size < 0x200000 else 5
+    return head + size
+
+
 def split_messages(raw: bytes, limit: int = MAX_FRAME_MESSAGES) -> list[bytes]:
-    """The messages of a ``LinkUp`` data frame (field 2 only), read without building a protobuf
-    object: WireError for any other field, a broken length, or more than ``limit`` messages, found
-    before more than ``limit`` are sliced (a frame of millions of tiny messages costs no memory)."""
+    """The messages of a ``LinkUp`` data frame (field 2 only): WireError for any other field, a
+    broken length, or more than ``limit`` messages. Each entry starts with the byte 0x12, so a frame
+    with at most ``limit`` such bytes holds at most ``limit`` messages and protobuf (C) parses it;
+    otherwise the frame is walked in Python, which stops at message ``limit + 1`` before slicing
+    more (a frame of millions of tiny messages costs no memory)."""
+    if raw.count(0x12) <= limit:
+        up = parse(spb.LinkUp, raw)
+        messages = list(up.messages)
+        if up.HasField("hello") or sum(_field_bytes(len(m)) for m in messages) != len(raw):
+            raise WireError("a link frame after the hello may only carry messages")
+        return messages
     out: list[bytes] = []
     view = memoryview(raw)
     pos, end = 0, len(raw)

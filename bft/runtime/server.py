@@ -113,12 +113,15 @@ class ClientSession:
         self.dropped = 0
         self._metrics = metrics
         self._budget = budget or QueueBudget()
+        self.closed = False
 
     def send(self, frame: bytes) -> None:
         """Queue a frame, never blocking. Past SESSION_QUEUE_BYTES the oldest frames go; while all
         sessions together hold SESSIONS_QUEUE_BYTES, a session that has not taken its earlier
         frames gets no new ones (a client that reads keeps getting its own), and past twice that
         nobody does (the hard bound)."""
+        if self.closed:  # a late output for a stream that has ended
+            return
         budget = self._budget
         over = budget.total + len(frame) - SESSIONS_QUEUE_BYTES
         if over > 0 and (self.queue or over > SESSIONS_QUEUE_BYTES):
@@ -146,6 +149,7 @@ class ClientSession:
 
     def close(self) -> None:
         """The session ended: what it still had queued leaves the shared budget."""
+        self.closed = True
         self._budget.total -= self.queued
         self.queue.clear()
         self.queued = 0
