@@ -629,6 +629,8 @@ class Point:
     replica_peak_rss_mb: float | None = None  # the largest VmHWM (peak resident memory) of a replica
     loop_lag_p999_ms: float | None = None  # upper bound of the bucket holding the replicas' p99.9
     gc_pause_max_ms: float | None = None  # upper bound of the longest GC pause bucket seen
+    preload_accounts: int = 0  # state installed before the run (--preload-accounts)
+    preload_messages: int = 0
 
 
 @dataclass
@@ -933,9 +935,10 @@ def default_processes(clients: int) -> int:
 
 @contextlib.contextmanager
 def bench_cluster(
-    n: int, work: Path, insecure: bool, out: IO[str]
+    n: int, work: Path, insecure: bool, out: IO[str], preload: tuple[int, int] = (0, 0)
 ) -> Iterator[tuple[Any, list[int], list[int]]]:
-    """A fresh local cluster (as bftchat-cluster makes it) with metrics ports; (config, pids, ports)."""
+    """A fresh local cluster (as bftchat-cluster makes it) with metrics ports; (config, pids, ports).
+    ``preload`` = (accounts, messages) installs that state first (``bft.runtime.preload``)."""
     from bft.runtime.cluster import LocalCluster, StatusBoard, ensure_cluster
 
     taken: set[int] = set()
@@ -949,12 +952,16 @@ def bench_cluster(
     )
     cluster = LocalCluster(directory, config, insecure=insecure, log_level="WARNING")
     cluster.init_genesis()
+    ready_timeout = READY_TIMEOUT
+    if any(preload):
+        install_preload(cluster, *preload, out)
+        ready_timeout = READY_TIMEOUT * 5  # every replica restores the big state first
     cluster.start_all()
     try:
         board = StatusBoard(config, cluster.ca_pem)
 
         async def wait_up() -> None:
-            deadline = time.monotonic() + READY_TIMEOUT
+            deadline = time.monotonic() + ready_timeout
             try:
                 while True:
                     codes = {i: cluster.exit_code(i) for i in range(n)}
@@ -970,7 +977,7 @@ def bench_cluster(
                     ):
                         return
                     if time.monotonic() > deadline:
-                        raise BenchError(f"cluster not up in {READY_TIMEOUT:.0f}s: {board.summary()}")
+                        raise BenchError(f"cluster not up in {ready_timeout:.0f}s: {board.summary()}")
                     await asyncio.sleep(0.2)
             finally:
                 await board.close()
@@ -984,6 +991,25 @@ def bench_cluster(
         unclean = {i: c for i, c in codes.items() if c != 0}
         if unclean:
             print(f"  note: replicas stopped uncleanly: {unclean}", file=out)
+
+
+def install_preload(cluster: Any, accounts: int, messages: int, out: IO[str]) -> None:
+    """Build the preloaded state for this cluster and put it in every replica's log."""
+    from bft.keys import load_replica_key
+    from bft.runtime import preload
+
+    t0 = time.perf_counter()
+    info = cluster.config.info()
+    built = preload.build(accounts, messages, info.cluster_id, time.time_ns() // 1000)
+    signers = [load_replica_key(cluster.key_path(i))[1] for i in range(info.n)]
+    record = preload.checkpoint(info, signers, built.app, info.params.checkpoint_interval, built.last_ts)
+    preload.install([cluster.data_dir(i) for i in range(info.n)], info, signers, record)
+    print(
+        f"  preloaded {accounts} accounts and {messages} messages: snapshot "
+        f"{len(record.snapshot) / 2**20:.0f} MiB, {time.perf_counter() - t0:.0f} s",
+        file=out,
+        flush=True,
+    )
 
 
 @contextlib.contextmanager
@@ -1253,6 +1279,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--keep", action="store_true", help="keep the temporary directory (logs, data)")
     p.add_argument("--profile", metavar="DIR", help="py-spy every server and client process in the window")
     p.add_argument(
+        "--preload-accounts",
+        type=int,
+        default=0,
+        metavar="N",
+        help="start each cluster with N registered accounts (a checkpoint built by a fast path, "
+        "bft/runtime/preload.py; default 0)",
+    )
+    p.add_argument(
+        "--preload-messages",
+        type=int,
+        default=0,
+        metavar="M",
+        help="...and M undelivered messages among up to 1,000 of them (default 0)",
+    )
+    p.add_argument(
         "--failover",
         choices=["kill", "stop"],
         help="stop the primary during the window (kill: kill -9; stop: SIGSTOP, a frozen primary) and "
@@ -1287,6 +1328,13 @@ def run(args: argparse.Namespace) -> int:
     fault_at = args.failover_at if args.failover_at is not None else args.seconds / 3
     if args.failover and args.config:
         raise UsageError("--failover starts its own clusters: it cannot be used with --config")
+    preload = (args.preload_accounts, args.preload_messages)
+    if any(preload) and args.config:
+        raise UsageError("--preload-* builds its own clusters: it cannot be used with --config")
+    if args.preload_accounts < 0 or args.preload_messages < 0:
+        raise UsageError("--preload-accounts and --preload-messages must not be negative")
+    if args.preload_messages and args.preload_accounts < 2:
+        raise UsageError("--preload-messages needs --preload-accounts 2 or more")
     if args.failover and not 0 < fault_at < args.seconds:
         raise UsageError("--failover-at must be inside the window (0 < S < --seconds)")
     config = None
@@ -1332,11 +1380,12 @@ def run(args: argparse.Namespace) -> int:
                         file=out,
                     )
             else:
-                ctx = bench_cluster(n, work, args.insecure, out)
+                ctx = bench_cluster(n, work, args.insecure, out, preload)
             fresh = args.failover is not None
             for c, (cfg, pids, ports) in _clusters(ctx, args.clients, fresh, n, work, args, out):
                 procs = args.processes or default_processes(c)
                 point = Point("bft", n, c, procs, args.seconds, args.size)
+                point.preload_accounts, point.preload_messages = preload
                 tag = os.urandom(4).hex()
                 extra = {"config": str(cfg.path), "insecure": args.insecure}
                 print(f"  n={n}, {c} clients ...", file=out, flush=True)
@@ -1396,7 +1445,8 @@ def _clusters(
                 yield c, cluster
         return
     for k, c in enumerate(clients):
-        with bench_cluster(n, work / f"point-{k}", args.insecure, out) as cluster:
+        preload = (args.preload_accounts, args.preload_messages)
+        with bench_cluster(n, work / f"point-{k}", args.insecure, out, preload) as cluster:
             yield c, cluster
 
 
