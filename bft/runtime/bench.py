@@ -680,26 +680,25 @@ def scrape(ports: Sequence[int]) -> dict[str, float]:
     )
     out = dict.fromkeys(wanted, 0.0)
     for port in ports:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as r:
-                text = r.read().decode()
-        except OSError:
-            continue
-        for line in text.splitlines():
+        for line in metrics_text(port).splitlines():
             name, _, value = line.partition(" ")
             if name in out:
                 out[name] += float(value)
     return out
 
 
-def metric(port: int, name: str) -> float | None:
-    """One unlabelled sample from a replica's /metrics, or None if it cannot be read."""
+def metrics_text(port: int) -> str:
+    """A replica's /metrics page, or "" when it cannot be read (the samples are then missing)."""
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as r:
-            text = r.read().decode()
+            return str(r.read().decode())
     except OSError:
-        return None
-    for line in text.splitlines():
+        return ""
+
+
+def metric(port: int, name: str) -> float | None:
+    """One unlabelled sample from a replica's /metrics, or None if it cannot be read."""
+    for line in metrics_text(port).splitlines():
         key, _, value = line.partition(" ")
         if key == name:
             return float(value)
@@ -711,12 +710,7 @@ def histogram(ports: Sequence[int], name: str, labels: str = "") -> dict[float, 
     out: dict[float, float] = {}
     prefix = f"{name}_bucket{{{labels + ',' if labels else ''}le=\""
     for port in ports:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as r:
-                text = r.read().decode()
-        except OSError:
-            continue
-        for line in text.splitlines():
+        for line in metrics_text(port).splitlines():
             if line.startswith(prefix):
                 le_text, _, value = line[len(prefix) :].partition('"} ')
                 le = float("inf") if le_text == "+Inf" else float(le_text)
@@ -737,13 +731,10 @@ def bucket_quantile(before: dict[float, float], after: dict[float, float], q: fl
 
 def rss_mb(pid: int) -> tuple[float, float] | None:
     """(VmRSS, VmHWM) of a process in MiB, from /proc."""
-    try:
-        text = Path(f"/proc/{pid}/status").read_text()
-    except OSError:
-        return None
-    fields = (line.partition(":") for line in text.splitlines())
-    values = {k: float(v.split()[0]) / 1024 for k, _, v in fields if k in ("VmRSS", "VmHWM")}
-    return values.get("VmRSS", 0.0), values.get("VmHWM", 0.0)
+    from bft.runtime.attack import memory_kib
+
+    kib = memory_kib(pid)
+    return None if kib is None else (kib[0] / 1024, kib[1] / 1024)
 
 
 def primary_of(ports: Sequence[int], n: int) -> int:
