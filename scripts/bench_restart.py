@@ -25,13 +25,11 @@ from bft.app.base import ExecContext
 from bft.app.chat import ChatApp
 from bft.core.clients import ClientTable
 from bft.core.config import ClusterInfo, Params
-from bft.core.events import CheckpointRecord, ViewRecord
+from bft.core.events import ViewRecord
 from bft.core.replica import Replica, state_digest
-from bft.core.transfer import Snapshot
-from bft.crypto import Ed25519Signer, Ed25519Verifier, Kind, cluster_id_from
-from bft.pb.bftchat.v1 import protocol_pb2 as pb
+from bft.crypto import Ed25519Signer, Ed25519Verifier, cluster_id_from
+from bft.runtime import preload
 from bft.storage.log import ReplicaLog
-from bft.wire import seal
 from client import e2e
 
 
@@ -53,23 +51,14 @@ def main() -> None:
         op = send_op(f"user{u}", f"user{to}", 256)
         app.execute(req(key(u), op, 1000 + m), ExecContext(2 + m // 400, m % 400, 2 + m))
     seq, last_ts = 64, 2 + args.messages
-    clients = ClientTable(params.client_table_capacity)
-    snap = pb.StateSnapshot(seq=seq, last_timestamp_us=last_ts, app=app.snapshot())
-    snap.clients.CopyFrom(clients.snapshot())
-    data = snap.SerializeToString(deterministic=True)
-    state = state_digest(seq, app.digest(), clients.digest(), last_ts)
-    digest = Snapshot(seq, state, data, params.state_chunk_bytes).digest
-    proof = tuple(
-        seal(
-            signers[i], i, Kind.CHECKPOINT, info.cluster_id, pb.Checkpoint(seq=seq, state_digest=digest)
-        ).SerializeToString()
-        for i in (0, 1, 2)
-    )
+    record = preload.checkpoint(info, signers[:3], app, seq, last_ts)  # 2f+1 votes
+    data, digest = record.snapshot, record.state_digest
+    state = state_digest(seq, app.digest(), ClientTable(params.client_table_capacity).digest(), last_ts)
     with tempfile.TemporaryDirectory() as tmp:
         d = Path(tmp) / "data"
         log = ReplicaLog(d, 1, signers[1], info, Ed25519Verifier())
         log.load()
-        log.append(CheckpointRecord(seq, digest, data, proof))
+        log.append(record)
         log.append(ViewRecord(1))
         log.sync()
         log.close()

@@ -156,7 +156,8 @@ def test_launcher_runs_stops_cleanly_and_keeps_data(tmp_path: Path) -> None:
     assert "stopped (clean" in first.text()
     assert all(gone(pid) for pid in pids), first.text()
     for i in range(4):
-        assert (directory / "logs" / f"replica-{i}.log").stat().st_size > 0
+        log = (directory / "logs" / f"replica-{i}.log").read_text()
+        assert log and "Traceback" not in log, log[-3000:]  # a clean stop logs no traceback
 
     # Same directory, no --replicas: the same keys and data come back.
     second = Launcher(launcher_cmd(directory), tmp_path / "run2.out")
@@ -207,12 +208,13 @@ def test_launcher_refuses_a_different_size_and_a_busy_port(tmp_path: Path) -> No
 
 @pytest.mark.timeout(180)
 def test_bench_smoke_json(tmp_path: Path) -> None:
-    """bftchat-bench end to end at the smallest size: its own cluster, two clients in two processes,
-    the baseline, and the JSON fields the docs rely on."""
+    """bftchat-bench end to end at the smallest size: its own cluster (with a small preloaded state),
+    two clients in two processes, the baseline, and the JSON fields the docs rely on."""
     proc = subprocess.run(
         [
             sys.executable, "-m", "bft.runtime.bench", "--replicas", "4", "--clients", "2",
             "--processes", "2", "--seconds", "1", "--warmup", "0.5", "--size", "64", "--json",
+            "--preload-accounts", "40", "--preload-messages", "10",
         ],
         cwd=REPO, capture_output=True, text=True, timeout=170, check=False,
     )  # fmt: skip
@@ -223,6 +225,7 @@ def test_bench_smoke_json(tmp_path: Path) -> None:
     for key in (*keys, "replica_rss_mb", "replica_peak_rss_mb"):
         assert isinstance(row[key], float), (key, row)
     assert row["throughput_ops"] > 0 and row["baseline_ops"] > 0 and row["replicas"] == 4
+    assert row["preload_accounts"] == 40 and "preloaded 40 accounts and 10 messages" in proc.stderr
     assert "2 client processes" in proc.stderr and "crypto floor" in proc.stderr
 
 

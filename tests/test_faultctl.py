@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
+from pathlib import Path
 
 import pytest
 
@@ -66,3 +68,18 @@ def test_bad_commands_are_refused(case: str) -> None:
         check_command(
             req, cid, None if case == "no-admin-key" else admin_key, Ed25519Verifier(), replica, last, now
         )
+
+
+def test_no_silent_plaintext_without_tls_ca(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A config without tls_ca needs --insecure, as for the chat client (nothing is sent)."""
+    from cluster_helper import write_cluster
+
+    from bft.runtime import faultctl
+    from bft.runtime.clusterconf import dump_config, load_config
+
+    cfg = load_config(write_cluster(tmp_path, 4))
+    plain = tmp_path / "plain.toml"
+    plain.write_text(dump_config(dataclasses.replace(cfg, tls_ca=None, path=plain)))
+    code = faultctl.main(["--config", str(plain), "--replica", "1", "equivocate"])
+    assert code == 1
+    assert "has no tls_ca: pass --insecure" in capsys.readouterr().err

@@ -629,6 +629,8 @@ class Point:
     replica_peak_rss_mb: float | None = None  # the largest VmHWM (peak resident memory) of a replica
     loop_lag_p999_ms: float | None = None  # upper bound of the bucket holding the replicas' p99.9
     gc_pause_max_ms: float | None = None  # upper bound of the longest GC pause bucket seen
+    preload_accounts: int = 0  # state installed before the run (--preload-accounts)
+    preload_messages: int = 0
 
 
 @dataclass
@@ -678,26 +680,25 @@ def scrape(ports: Sequence[int]) -> dict[str, float]:
     )
     out = dict.fromkeys(wanted, 0.0)
     for port in ports:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as r:
-                text = r.read().decode()
-        except OSError:
-            continue
-        for line in text.splitlines():
+        for line in metrics_text(port).splitlines():
             name, _, value = line.partition(" ")
             if name in out:
                 out[name] += float(value)
     return out
 
 
-def metric(port: int, name: str) -> float | None:
-    """One unlabelled sample from a replica's /metrics, or None if it cannot be read."""
+def metrics_text(port: int) -> str:
+    """A replica's /metrics page, or "" when it cannot be read (the samples are then missing)."""
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as r:
-            text = r.read().decode()
+            return str(r.read().decode())
     except OSError:
-        return None
-    for line in text.splitlines():
+        return ""
+
+
+def metric(port: int, name: str) -> float | None:
+    """One unlabelled sample from a replica's /metrics, or None if it cannot be read."""
+    for line in metrics_text(port).splitlines():
         key, _, value = line.partition(" ")
         if key == name:
             return float(value)
@@ -709,12 +710,7 @@ def histogram(ports: Sequence[int], name: str, labels: str = "") -> dict[float, 
     out: dict[float, float] = {}
     prefix = f"{name}_bucket{{{labels + ',' if labels else ''}le=\""
     for port in ports:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as r:
-                text = r.read().decode()
-        except OSError:
-            continue
-        for line in text.splitlines():
+        for line in metrics_text(port).splitlines():
             if line.startswith(prefix):
                 le_text, _, value = line[len(prefix) :].partition('"} ')
                 le = float("inf") if le_text == "+Inf" else float(le_text)
@@ -735,13 +731,10 @@ def bucket_quantile(before: dict[float, float], after: dict[float, float], q: fl
 
 def rss_mb(pid: int) -> tuple[float, float] | None:
     """(VmRSS, VmHWM) of a process in MiB, from /proc."""
-    try:
-        text = Path(f"/proc/{pid}/status").read_text()
-    except OSError:
-        return None
-    fields = (line.partition(":") for line in text.splitlines())
-    values = {k: float(v.split()[0]) / 1024 for k, _, v in fields if k in ("VmRSS", "VmHWM")}
-    return values.get("VmRSS", 0.0), values.get("VmHWM", 0.0)
+    from bft.runtime.attack import memory_kib
+
+    kib = memory_kib(pid)
+    return None if kib is None else (kib[0] / 1024, kib[1] / 1024)
 
 
 def primary_of(ports: Sequence[int], n: int) -> int:
@@ -933,9 +926,10 @@ def default_processes(clients: int) -> int:
 
 @contextlib.contextmanager
 def bench_cluster(
-    n: int, work: Path, insecure: bool, out: IO[str]
+    n: int, work: Path, insecure: bool, out: IO[str], preload: tuple[int, int] = (0, 0)
 ) -> Iterator[tuple[Any, list[int], list[int]]]:
-    """A fresh local cluster (as bftchat-cluster makes it) with metrics ports; (config, pids, ports)."""
+    """A fresh local cluster (as bftchat-cluster makes it) with metrics ports; (config, pids, ports).
+    ``preload`` = (accounts, messages) installs that state first (``bft.runtime.preload``)."""
     from bft.runtime.cluster import LocalCluster, StatusBoard, ensure_cluster
 
     taken: set[int] = set()
@@ -949,12 +943,16 @@ def bench_cluster(
     )
     cluster = LocalCluster(directory, config, insecure=insecure, log_level="WARNING")
     cluster.init_genesis()
+    ready_timeout = READY_TIMEOUT
+    if any(preload):
+        install_preload(cluster, *preload, out)
+        ready_timeout = READY_TIMEOUT * 5  # every replica restores the big state first
     cluster.start_all()
     try:
         board = StatusBoard(config, cluster.ca_pem)
 
         async def wait_up() -> None:
-            deadline = time.monotonic() + READY_TIMEOUT
+            deadline = time.monotonic() + ready_timeout
             try:
                 while True:
                     codes = {i: cluster.exit_code(i) for i in range(n)}
@@ -970,7 +968,7 @@ def bench_cluster(
                     ):
                         return
                     if time.monotonic() > deadline:
-                        raise BenchError(f"cluster not up in {READY_TIMEOUT:.0f}s: {board.summary()}")
+                        raise BenchError(f"cluster not up in {ready_timeout:.0f}s: {board.summary()}")
                     await asyncio.sleep(0.2)
             finally:
                 await board.close()
@@ -984,6 +982,25 @@ def bench_cluster(
         unclean = {i: c for i, c in codes.items() if c != 0}
         if unclean:
             print(f"  note: replicas stopped uncleanly: {unclean}", file=out)
+
+
+def install_preload(cluster: Any, accounts: int, messages: int, out: IO[str]) -> None:
+    """Build the preloaded state for this cluster and put it in every replica's log."""
+    from bft.keys import load_replica_key
+    from bft.runtime import preload
+
+    t0 = time.perf_counter()
+    info = cluster.config.info()
+    built = preload.build(accounts, messages, info.cluster_id, time.time_ns() // 1000)
+    signers = [load_replica_key(cluster.key_path(i))[1] for i in range(info.n)]
+    record = preload.checkpoint(info, signers, built.app, info.params.checkpoint_interval, built.last_ts)
+    preload.install([cluster.data_dir(i) for i in range(info.n)], info, signers, record)
+    print(
+        f"  preloaded {accounts} accounts and {messages} messages: snapshot "
+        f"{len(record.snapshot) / 2**20:.0f} MiB, {time.perf_counter() - t0:.0f} s",
+        file=out,
+        flush=True,
+    )
 
 
 @contextlib.contextmanager
@@ -1253,6 +1270,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--keep", action="store_true", help="keep the temporary directory (logs, data)")
     p.add_argument("--profile", metavar="DIR", help="py-spy every server and client process in the window")
     p.add_argument(
+        "--preload-accounts",
+        type=int,
+        default=0,
+        metavar="N",
+        help="start each cluster with N registered accounts (a checkpoint built by a fast path, "
+        "bft/runtime/preload.py; default 0)",
+    )
+    p.add_argument(
+        "--preload-messages",
+        type=int,
+        default=0,
+        metavar="M",
+        help="...and M undelivered messages among up to 1,000 of them (default 0)",
+    )
+    p.add_argument(
         "--failover",
         choices=["kill", "stop"],
         help="stop the primary during the window (kill: kill -9; stop: SIGSTOP, a frozen primary) and "
@@ -1287,6 +1319,13 @@ def run(args: argparse.Namespace) -> int:
     fault_at = args.failover_at if args.failover_at is not None else args.seconds / 3
     if args.failover and args.config:
         raise UsageError("--failover starts its own clusters: it cannot be used with --config")
+    preload = (args.preload_accounts, args.preload_messages)
+    if any(preload) and args.config:
+        raise UsageError("--preload-* builds its own clusters: it cannot be used with --config")
+    if args.preload_accounts < 0 or args.preload_messages < 0:
+        raise UsageError("--preload-accounts and --preload-messages must not be negative")
+    if args.preload_messages and args.preload_accounts < 2:
+        raise UsageError("--preload-messages needs --preload-accounts 2 or more")
     if args.failover and not 0 < fault_at < args.seconds:
         raise UsageError("--failover-at must be inside the window (0 < S < --seconds)")
     config = None
@@ -1332,11 +1371,12 @@ def run(args: argparse.Namespace) -> int:
                         file=out,
                     )
             else:
-                ctx = bench_cluster(n, work, args.insecure, out)
+                ctx = bench_cluster(n, work, args.insecure, out, preload)
             fresh = args.failover is not None
             for c, (cfg, pids, ports) in _clusters(ctx, args.clients, fresh, n, work, args, out):
                 procs = args.processes or default_processes(c)
                 point = Point("bft", n, c, procs, args.seconds, args.size)
+                point.preload_accounts, point.preload_messages = preload
                 tag = os.urandom(4).hex()
                 extra = {"config": str(cfg.path), "insecure": args.insecure}
                 print(f"  n={n}, {c} clients ...", file=out, flush=True)
@@ -1396,7 +1436,8 @@ def _clusters(
                 yield c, cluster
         return
     for k, c in enumerate(clients):
-        with bench_cluster(n, work / f"point-{k}", args.insecure, out) as cluster:
+        preload = (args.preload_accounts, args.preload_messages)
+        with bench_cluster(n, work / f"point-{k}", args.insecure, out, preload) as cluster:
             yield c, cluster
 
 

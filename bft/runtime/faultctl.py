@@ -275,6 +275,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             Path(args.admin_key) if args.admin_key else Path(config.path).parent / "admin.key"
         )
         req = sign_command(admin, config.cluster_id, cmd)
+        if not args.insecure and config.tls_ca is None:
+            raise FaultError(f"{config.path} has no tls_ca: pass --insecure to send in plaintext")
         ca = None if args.insecure or config.tls_ca is None else config.tls_ca.read_bytes()
         reply = asyncio.run(send_fault(config.address(args.replica).endpoint, ca, req))
     except (ConfigError, KeyFileError, FaultError, OSError) as exc:

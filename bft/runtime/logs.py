@@ -8,10 +8,12 @@ evidence and errors. Per-batch events are DEBUG. Lines look like::
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import sys
 import time
 from collections.abc import Callable
+from typing import Any
 
 LOGGER_NAME = "bftchat"
 
@@ -61,7 +63,9 @@ class EventLog:
     def enabled(self, level: int) -> bool:
         return self._log.isEnabledFor(level)
 
-    def _emit(self, level: int, event: str, fields: dict[str, object], exc: bool = False) -> None:
+    def _emit(
+        self, level: int, event: str, fields: dict[str, object], exc: bool | BaseException = False
+    ) -> None:
         if not self._log.isEnabledFor(level):
             return
         parts = [f"replica={self._replica}"]
@@ -81,8 +85,24 @@ class EventLog:
     def warning(self, event: str, **fields: object) -> None:
         self._emit(logging.WARNING, event, fields)
 
-    def error(self, event: str, exc: bool = False, **fields: object) -> None:
+    def error(self, event: str, exc: bool | BaseException = False, **fields: object) -> None:
+        """``exc``: True for the exception being handled, or an exception object."""
         self._emit(logging.ERROR, event, fields, exc)
+
+    def loop_exception_handler(self) -> Callable[[asyncio.AbstractEventLoop, dict[str, Any]], None]:
+        """For ``loop.set_exception_handler``: what reaches asyncio's handler (an exception nobody
+        awaited, a failing callback) is logged as one ``event=asyncio_error`` line like the rest,
+        not as asyncio's multi-line default."""
+
+        def handle(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+            exc = context.get("exception")
+            fields: dict[str, object] = {"message": context.get("message", "")}
+            for key in ("task", "future", "handle"):
+                if key in context:
+                    fields[key] = repr(context[key])[:200]
+            self.error("asyncio_error", exc=exc if isinstance(exc, BaseException) else False, **fields)
+
+        return handle
 
 
 class RateLimit:

@@ -288,6 +288,7 @@ def prepare(args: argparse.Namespace) -> Prepared:
 async def serve(p: Prepared) -> int:
     """Run until SIGTERM/SIGINT (exit 0) or a fatal error (exit 1)."""
     config, rid, events = p.config, p.replica_id, p.events
+    asyncio.get_running_loop().set_exception_handler(events.loop_exception_handler())
     cluster = config.info()
     metrics = Metrics(rid)
     me = config.replicas[rid]
