@@ -56,6 +56,7 @@ from bft.wire import (
     OpenedRequest,
     WireError,
     drop_if_unknown_fields,
+    envelope_size,
     open_request,
     parse,
     parse_canonical,
@@ -1396,6 +1397,50 @@ class Replica:
         elif st.stable_seq < self.h and self.h > 0:
             for e in self.stable_proof:
                 self._send(peer, pb.PeerMessage(envelope=e))
+
+    # ------------------------------------------------------------------ bounded tables
+
+    def retained(self) -> dict[str, int]:
+        """Bytes held now in each table the network feeds (recounted, not the running totals): what
+        the simulator checks against ``retained_bound``. Batches are bounded by the window and the
+        batch cap (docs/SECURITY.md) and not counted here."""
+
+        def envs(items: object) -> int:
+            return sum(e.ByteSize() for e in items)  # type: ignore[attr-defined]
+
+        return {
+            "pending": sum(o.retained_bytes for o in self.pending.values()),
+            "reads": sum(o.retained_bytes for o, _ in self.pending_reads.values()),
+            "opened": sum(o.retained_bytes for o in self._opened.values()),
+            "checkpoints": sum(envs(v.values()) for by in self.ckpt_votes.values() for v in by.values()),
+            "view-changes": sum(v.envelope.ByteSize() for v in self.vc_latest.values()),
+            "slots": sum(
+                (slot.pp_env.ByteSize() if slot.pp_env is not None else 0)
+                + sum(envs(v.values()) for v in slot.prepares.values())
+                + sum(envs(v.values()) for v in slot.commits.values())
+                for slot in self.slots.values()
+            ),
+            "commit-proofs": sum(p.ByteSize() for p in self.commit_proofs.values()),
+            "evidence": sum(e.first.ByteSize() + e.second.ByteSize() for e in self.evidence),
+        }
+
+    def retained_bound(self) -> dict[str, int]:
+        """The most each ``retained`` table may hold at these parameters, whatever peers and clients
+        send (docs/SECURITY.md states the same bounds)."""
+        p, n, caps = self.p, self.cluster.n, self.cluster.caps
+        vote = envelope_size(caps.body[Kind.PREPARE])
+        return {
+            "pending": p.max_pending_bytes,
+            "reads": p.max_pending_read_bytes,
+            "opened": p.max_pending_bytes,
+            "checkpoints": (n + 1)
+            * (p.watermark_window // p.checkpoint_interval + 1)
+            * envelope_size(caps.body[Kind.CHECKPOINT]),
+            "view-changes": n * envelope_size(caps.body[Kind.VIEW_CHANGE]),
+            "slots": p.watermark_window * (2 * n + 1) * vote,
+            "commit-proofs": p.watermark_window * caps.commit_proof,
+            "evidence": 256 * 2 * vote,
+        }
 
     # ------------------------------------------------------------------ restart
 
