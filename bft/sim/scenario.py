@@ -26,16 +26,19 @@ REPLICA_ATTACKS = (
     "flood",
     "twin",
     "targeted",
-    "pad",
-    "checkpoint-flood",
-    "reply-lie",
 )
+# Attacks on resources (issue 11): added to a Byzantine replica's behaviours with probability
+# RESOURCE_SHARE, on top of the draw above so the older attacks keep their frequencies (a padding
+# replica next to a targeted one would only neutralise it).
+RESOURCE_ATTACKS = ("pad", "checkpoint-flood", "reply-lie")
+RESOURCE_SHARE = 0.3
 # What a Byzantine client does (several may be combined): "garbage" = bad signatures, random bytes,
 # oversized requests and replays of other clients' requests; "extreme-timestamps" = validly signed
 # requests with timestamps near 2^64; "session-churn" = many new sessions to force evictions from
 # the client table; "read-flood" = one-round reads with absurd or just-ahead min_seq; "padded" =
-# requests padded with unknown fields, in the signed body and around it.
-CLIENT_ATTACKS = ("garbage", "extreme-timestamps", "session-churn", "read-flood", "padded")
+# requests padded with unknown fields, in the signed body and around it; "quota" = fill a session's
+# quota at the primary, then send one more request to the backups only (Aardvark).
+CLIENT_ATTACKS = ("garbage", "extreme-timestamps", "session-churn", "read-flood", "padded", "quota")
 MUTATIONS = (
     "weak-commit-quorum",
     "skip-signature-check",
@@ -143,6 +146,9 @@ def generate(seed: int, n: int | None = None, mutation: str | None = None, app: 
     for r in byz_ids:
         k = rng.choice((1, 1, 2))
         behaviours = rng.sample(REPLICA_ATTACKS, k)
+        extra = rng.choice(RESOURCE_ATTACKS)
+        if rng.random() < RESOURCE_SHARE and "targeted" not in behaviours:
+            behaviours.append(extra)
         spec = ByzSpec(r, sorted(behaviours))
         if "crash" in behaviours:
             spec.crash_at = rng.uniform(0.0, sc.gst + 2.0)

@@ -754,6 +754,19 @@ class World:
                 body = env.body + b"\x7a\x02pp"
                 out.append(pb.Envelope(body=body, signature=signer.sign(body)).SerializeToString())
                 out.append(raw + b"\x7a\x80\x08" + bytes(1024))
+            elif attack == "quota":
+                # Fill the session's quota at the primary, then one more request to the backups only.
+                honest = [i for i, node in enumerate(self.nodes) if node.honest and node.alive]
+                primary = max((self.honest_core(i).view for i in honest), default=0) % n
+                quota = self.params.max_pending_per_client
+                base = 10_000 * rounds
+                for k in range(quota):
+                    raw = make_request(signer, cid, 50, base + k, b"add quota 1")
+                    self._net(-1, primary, ("request", primary, raw))
+                extra = make_request(signer, cid, 50, base + quota, b"add quota 1")
+                for r in range(n):
+                    if r != primary:
+                        self._net(-1, r, ("request", r, extra))
         for raw in out:
             for r in range(n) if rng.random() < 0.25 else [rng.randrange(n)]:
                 self._net(-1, r, ("request", r, raw))
