@@ -318,6 +318,106 @@ class Targeted(Behaviour):
         return [out]
 
 
+PAD_BYTES = 4 * 1024  # unknown-field padding per padded envelope wrapper
+
+
+def _pad_field(size: int) -> bytes:
+    """An unknown length-delimited field (number 15): what protobuf keeps and re-sends verbatim."""
+    data = b"\x00" * size
+    length = bytearray()
+    n = size
+    while True:
+        byte, n = n & 0x7F, n >> 7
+        length.append(byte | (0x80 if n else 0))
+        if not n:
+            break
+    return b"\x7a" + bytes(length) + data
+
+
+class Pad(Behaviour):
+    """Pads every message kind with unknown protobuf fields: inside the signed body (validly
+    signed, a few bytes, within the kind's size cap) and around it, in the unsigned envelope, the
+    CommitProof and the PeerMessage (kilobytes). Honest replicas that kept them would copy them
+    into every certificate (VIEW-CHANGE, NEW-VIEW, CommitProof) and into their tables."""
+
+    name = "pad"
+
+    def transform(self, node: ByzantineReplica, out: Output) -> list[Output]:
+        if not isinstance(out, Send):
+            return [out]
+        try:
+            msg = parse(pb.PeerMessage, out.data)
+        except WireError:
+            return [out]
+        if msg.HasField("envelope"):
+            kind = peek_kind(msg.envelope, node.cid)
+            if kind in _MESSAGES:
+                body = msg.envelope.body + _pad_field(4)
+                msg.envelope.body = body
+                msg.envelope.signature = node.inner.signer.sign(body)
+            msg.envelope.ParseFromString(msg.envelope.SerializeToString() + _pad_field(PAD_BYTES))
+        if msg.HasField("commit_proof"):
+            proof = msg.commit_proof
+            for env in [proof.preprepare, *proof.commits]:
+                env.ParseFromString(env.SerializeToString() + _pad_field(PAD_BYTES))
+        return [Send(out.to, msg.SerializeToString() + _pad_field(64))]
+
+
+class CheckpointFlood(Behaviour):
+    """Next to each of its CHECKPOINTs, validly signed CHECKPOINTs with ever-new digests at its
+    seq, at in-window seqs above it and at far-future seqs (bounded per output)."""
+
+    name = "checkpoint-flood"
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    def transform(self, node: ByzantineReplica, out: Output) -> list[Output]:
+        dec = _decode(out, node.cid)
+        if dec is None or dec[1] != Kind.CHECKPOINT or not isinstance(out, Send):
+            return [out]
+        ck = dec[2]
+        assert isinstance(ck, pb.Checkpoint)
+        k = node.inner.p.checkpoint_interval
+        outs: list[Output] = [out]
+        for i in range(6):
+            self.count += 1
+            seq = ck.seq + k * (i % 4) + (10**6 * k if i % 3 == 0 else 0)
+            fake = pb.Checkpoint(seq=seq, state_digest=sha256(b"flood %d" % self.count))
+            msg = pb.PeerMessage(envelope=node.reseal(Kind.CHECKPOINT, fake))
+            outs.append(Send(out.to, msg.SerializeToString()))
+        return outs
+
+
+class ReplyLie(Behaviour):
+    """Replies with the honest result but a signed root claiming an absurd view and seq: a client
+    that believed the highest seq would wait for ever on its next read."""
+
+    name = "reply-lie"
+
+    def transform(self, node: ByzantineReplica, out: Output) -> list[Output]:
+        if not isinstance(out, ToClient):
+            return [out]
+        try:
+            reply = parse(pb.ClientReply, out.data)
+        except WireError:
+            return [out]
+        leaf = merkle.leaf_hash(
+            leaf_bytes(reply.client_key, reply.session, reply.timestamp, reply.status, reply.result)
+        )
+        signed = node.reseal(Kind.REPLY, pb.ReplyRoot(view=2**40 + node.inner.view, seq=2**62, root=leaf))
+        lie = pb.ClientReply(
+            root=signed,
+            session=reply.session,
+            timestamp=reply.timestamp,
+            result=reply.result,
+            index=0,
+            client_key=reply.client_key,
+            status=reply.status,
+        )
+        return [ToClient(out.client_key, out.session, out.timestamp, lie.SerializeToString())]
+
+
 BEHAVIOURS: dict[str, Callable[[], Behaviour]] = {
     "silent": Silent,
     "equivocate": Equivocate,
@@ -329,6 +429,9 @@ BEHAVIOURS: dict[str, Callable[[], Behaviour]] = {
     "replay": Replay,
     "mutate": Mutate,
     "flood": Flood,
+    "pad": Pad,
+    "checkpoint-flood": CheckpointFlood,
+    "reply-lie": ReplyLie,
 }
 
 

@@ -373,3 +373,62 @@ def test_parked_reads_are_deduplicated_capped_expire_and_absurd_ones_are_refused
     r.start(0.0)
     r.on_timer("status", 0.6 + info.params.read_wait_timeout + 1)
     assert not r.pending_reads and not r.pending_read_bytes  # expired
+
+
+# ---- item 7: a client cannot force view changes ---------------------------------------------
+
+
+def test_a_client_that_filled_its_quota_at_the_primary_cannot_force_a_view_change() -> None:
+    """Aardvark's attack: quota full at the primary, one more request to the backups only. They
+    forward it; the primary used to refuse it silently and the backups' timers fired."""
+    info, signers, hv = cluster(max_pending_per_client=2)
+    reps = replicas(info, signers, hv)
+    attacker = HashSigner(b"quota", hv)
+    for ts in (1, 2):
+        assert reps[0].on_request(make_request(attacker, CID, 1, ts, b"add q 1"), 0.1) is None
+    reps[0].take_outputs()  # the first batch is in flight (its messages are lost)
+    extra = make_request(attacker, CID, 1, 3, b"add q 1")
+    assert reps[0].on_request(extra, 0.1) is not None  # sent directly: over its quota
+    for b in reps[1:]:
+        assert b.on_request(extra, 0.1) is None
+        for out in b.take_outputs():
+            if isinstance(out, Send) and out.to == 0:
+                reps[0].on_message(out.data, 0.1)
+    assert (attacker.public_key, 1, 3) in reps[0].pending  # forwarded copies do not count
+
+
+def test_a_backup_forwards_again_before_it_suspects_the_primary() -> None:
+    info, signers, hv = cluster()
+    reps = replicas(info, signers, hv)
+    backup = reps[1]
+    raw = make_request(HashSigner(b"c", hv), CID, 1, 1, b"set a b")
+    backup.on_request(raw, 0.0)
+    backup.take_outputs()
+    half = info.params.view_change_timeout / 2
+    backup.on_timer("view", half)
+    outs = [pb.PeerMessage.FromString(o.data) for o in backup.take_outputs() if isinstance(o, Send)]
+    assert [m.request for m in outs] == [raw] and not backup.view_changing
+    backup.on_timer("view", 2 * half)
+    assert backup.view_changing and backup.view == 1
+
+
+def test_the_primary_serves_client_keys_round_robin() -> None:
+    info, signers, hv = cluster(batch_max_requests=3, max_pending_per_client=64)
+    reps = replicas(info, signers, hv)
+    first = HashSigner(b"first", hv)
+    reps[0].on_request(make_request(first, CID, 1, 1, b"set x 1"), 0.1)
+    held = reps[0].take_outputs()  # batch 1 in flight
+    heavy, b, c = (HashSigner(k, hv) for k in (b"heavy", b"b", b"c"))
+    for ts in range(1, 7):
+        reps[0].on_request(make_request(heavy, CID, 1, ts, b"add h 1"), 0.1)
+    reps[0].on_request(make_request(b, CID, 1, 1, b"add b 1"), 0.1)
+    reps[0].on_request(make_request(c, CID, 1, 1, b"add c 1"), 0.1)
+    reps[0]._out = held + reps[0].take_outputs()
+    replies = drive(reps, 0.2)
+    seq_of = {}
+    for r in replies:
+        reply = pb.ClientReply.FromString(r.data)
+        root = pb.ReplyRoot.FromString(reply.root.body[TAG_LEN:])
+        seq_of[(reply.client_key, reply.timestamp)] = root.seq
+    # Batch 2 holds one request of each waiting key, not three of the heavy one.
+    assert seq_of[(b.public_key, 1)] == seq_of[(c.public_key, 1)] == seq_of[(heavy.public_key, 1)] == 2

@@ -57,6 +57,7 @@ from bft.wire import (
     OpenedRequest,
     WireError,
     drop_if_unknown_fields,
+    envelope_size,
     open_request,
     parse,
     parse_canonical,
@@ -184,6 +185,7 @@ class Replica:
         self.vc_timeouts = 0  # consecutive view changes without progress
         self.vc_timer_view = -1  # the view whose NEW-VIEW timer is running
         self.request_timer_on = False
+        self.reforwarded = False  # the request timer's first half ended in a re-forward
         self.timers: dict[str, float] = {}
 
         self.transfer: Transfer | None = None
@@ -238,6 +240,13 @@ class Replica:
             self._on_status_tick(now)
             self._set_timer(STATUS_TIMER, now + self.p.status_interval)
         elif name == VIEW_TIMER:
+            if self.request_timer_on and not self.view_changing and not self.reforwarded:
+                # Half the timeout passed with requests still unordered: forward them to the primary
+                # again before suspecting it (the first copy may have been lost, or refused).
+                self.reforwarded = True
+                self._reforward()
+                self._set_timer(VIEW_TIMER, now + self._timeout() / 2)
+                return
             self.request_timer_on = False
             self.vc_timer_view = -1
             self.vc_timeouts += 1
@@ -285,7 +294,7 @@ class Replica:
             return None
         key = (req.client_key, req.session, req.timestamp)
         if key not in self.pending:
-            refusal = self._admit(key, opened)
+            refusal = self._admit(key, opened, forwarded)
             if refusal is not None:
                 self.rejected_inputs += 1
                 return refusal
@@ -332,15 +341,18 @@ class Replica:
         if old is not None:
             self._opened_bytes -= old.retained_bytes
 
-    def _admit(self, key: ReqKey, opened: OpenedRequest) -> str | None:
+    def _admit(self, key: ReqKey, opened: OpenedRequest, forwarded: bool = False) -> str | None:
         """Queue a verified request, or say why not. Per client session at most
-        max_pending_per_client; in total max_pending_total and max_pending_bytes. When the total is
+        max_pending_per_client, not counting copies forwarded by backups (else a client that filled
+        its quota here could send one more request to the backups only: they forward it, we refuse
+        it silently, their timers fire and the client has forced a view change at will); in total
+        max_pending_total and max_pending_bytes. When the total is
         full, the client session holding the most bytes loses its newest unproposed request, unless
         the newcomer would then hold as much (deterministic: ties go to the smallest key, session),
         so one key's flood costs the others nothing but its own share."""
         cid = (key[0], key[1])
         mine = self.pending_by_client.get(cid)
-        if mine is not None and len(mine) >= self.p.max_pending_per_client:
+        if not forwarded and mine is not None and len(mine) >= self.p.max_pending_per_client:
             return "too many pending requests for this client session"
         size = opened.retained_bytes
         owners = self._pending_owners
@@ -461,9 +473,7 @@ class Replica:
                 return
             batch = pb.Batch()
             size = 0
-            for key, opened in self.pending.items():
-                if key in self.proposed:
-                    continue
+            for key, opened in self._round_robin():
                 if len(batch.requests) >= self.p.batch_max_requests:
                     break
                 if size + len(opened.raw) > self.p.batch_max_bytes and batch.requests:
@@ -488,6 +498,23 @@ class Replica:
             self._persist(PrePrepareRecord(self.view, seq, digest, env.SerializeToString(), data))
             self._send(None, pb.PeerMessage(envelope=env, batch=data))
             self._check_prepared(slot, now)
+
+    def _round_robin(self) -> list[tuple[ReqKey, OpenedRequest]]:
+        """Unproposed requests, one per client key in turn (each key's own in arrival order; keys
+        in the order of their oldest waiting request): a key with a thousand queued requests gets
+        one place per round in a batch, like a key with one (Aardvark's fair primary)."""
+        queues: dict[bytes, list[tuple[ReqKey, OpenedRequest]]] = {}
+        for key, opened in self.pending.items():
+            if key not in self.proposed:
+                queues.setdefault(key[0], []).append((key, opened))
+        order: list[tuple[ReqKey, OpenedRequest]] = []
+        rows = list(queues.values())
+        depth = 0
+        while rows and len(order) < self.p.batch_max_requests:
+            rows = [q for q in rows if len(q) > depth]
+            order.extend(q[depth] for q in rows)
+            depth += 1
+        return order
 
     def _slot(self, seq: int) -> Slot:
         slot = self.slots.get(seq)
@@ -982,10 +1009,21 @@ class Replica:
     # ------------------------------------------------------------------ view change
 
     def _arm_request_timer(self, now: float) -> None:
+        """Half the timeout, a re-forward, the other half, then a view change (``on_timer``)."""
         if self.request_timer_on or self.view_changing or not self.pending or self.is_primary:
             return
         self.request_timer_on = True
-        self._set_timer(VIEW_TIMER, now + self._timeout())
+        self.reforwarded = False
+        self._set_timer(VIEW_TIMER, now + self._timeout() / 2)
+
+    def _reforward(self) -> None:
+        """The oldest waiting requests, at most a batch's worth, to the primary once more."""
+        size = 0
+        for count, opened in enumerate(self.pending.values()):
+            if count >= self.p.batch_max_requests or size > self.p.batch_max_bytes:
+                break
+            size += len(opened.raw)
+            self._send(self.primary, pb.PeerMessage(request=opened.raw))
 
     def _refresh_request_timer(self, now: float) -> None:
         """Progress was made: restart the timer if requests still wait, else stop it."""
@@ -1432,6 +1470,50 @@ class Replica:
                         break
         elif st.stable_seq < self.h and self.h > 0:
             self._send_stable_proof(peer, now)
+
+    # ------------------------------------------------------------------ bounded tables
+
+    def retained(self) -> dict[str, int]:
+        """Bytes held now in each table the network feeds (recounted, not the running totals): what
+        the simulator checks against ``retained_bound``. Batches are bounded by the window and the
+        batch cap (docs/SECURITY.md) and not counted here."""
+
+        def envs(items: object) -> int:
+            return sum(e.ByteSize() for e in items)  # type: ignore[attr-defined]
+
+        return {
+            "pending": sum(o.retained_bytes for o in self.pending.values()),
+            "reads": sum(o.retained_bytes for o, _ in self.pending_reads.values()),
+            "opened": sum(o.retained_bytes for o in self._opened.values()),
+            "checkpoints": sum(envs(v.values()) for by in self.ckpt_votes.values() for v in by.values()),
+            "view-changes": sum(v.envelope.ByteSize() for v in self.vc_latest.values()),
+            "slots": sum(
+                (slot.pp_env.ByteSize() if slot.pp_env is not None else 0)
+                + sum(envs(v.values()) for v in slot.prepares.values())
+                + sum(envs(v.values()) for v in slot.commits.values())
+                for slot in self.slots.values()
+            ),
+            "commit-proofs": sum(p.ByteSize() for p in self.commit_proofs.values()),
+            "evidence": sum(e.first.ByteSize() + e.second.ByteSize() for e in self.evidence),
+        }
+
+    def retained_bound(self) -> dict[str, int]:
+        """The most each ``retained`` table may hold at these parameters, whatever peers and clients
+        send (docs/SECURITY.md states the same bounds)."""
+        p, n, caps = self.p, self.cluster.n, self.cluster.caps
+        vote = envelope_size(caps.body[Kind.PREPARE])
+        return {
+            "pending": p.max_pending_bytes,
+            "reads": p.max_pending_read_bytes,
+            "opened": p.max_pending_bytes,
+            "checkpoints": (n + 1)
+            * (p.watermark_window // p.checkpoint_interval + 1)
+            * envelope_size(caps.body[Kind.CHECKPOINT]),
+            "view-changes": n * envelope_size(caps.body[Kind.VIEW_CHANGE]),
+            "slots": p.watermark_window * (2 * n + 1) * vote,
+            "commit-proofs": p.watermark_window * caps.commit_proof,
+            "evidence": 256 * 2 * vote,
+        }
 
     # ------------------------------------------------------------------ restart
 

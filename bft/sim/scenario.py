@@ -27,7 +27,25 @@ REPLICA_ATTACKS = (
     "twin",
     "targeted",
 )
-MUTATIONS = ("weak-commit-quorum", "skip-signature-check", "no-fsync")
+# Attacks on resources (issue 11): added to a Byzantine replica's behaviours with probability
+# RESOURCE_SHARE, on top of the draw above so the older attacks keep their frequencies (a padding
+# replica next to a targeted one would only neutralise it).
+RESOURCE_ATTACKS = ("pad", "checkpoint-flood", "reply-lie")
+RESOURCE_SHARE = 0.3
+# What a Byzantine client does (several may be combined): "garbage" = bad signatures, random bytes,
+# oversized requests and replays of other clients' requests; "extreme-timestamps" = validly signed
+# requests with timestamps near 2^64; "session-churn" = many new sessions to force evictions from
+# the client table; "read-flood" = one-round reads with absurd or just-ahead min_seq; "padded" =
+# requests padded with unknown fields, in the signed body and around it; "quota" = fill a session's
+# quota at the primary, then send one more request to the backups only (Aardvark).
+CLIENT_ATTACKS = ("garbage", "extreme-timestamps", "session-churn", "read-flood", "padded", "quota")
+MUTATIONS = (
+    "weak-commit-quorum",
+    "skip-signature-check",
+    "no-fsync",
+    "accept-unknown-fields",
+    "unbounded-timestamps",
+)
 
 
 @dataclass
@@ -62,6 +80,7 @@ class Scenario:
     requests: int = 4
     read_share: float = 0.2
     byz_clients: int = 0
+    client_attacks: list[str] = field(default_factory=list)  # empty: "garbage" (older scenarios)
     byzantine: list[ByzSpec] = field(default_factory=list)
     crashes: list[CrashSpec] = field(default_factory=list)
     partitions: list[Partition] = field(default_factory=list)
@@ -102,7 +121,9 @@ def generate(seed: int, n: int | None = None, mutation: str | None = None, app: 
     sc.clients = rng.randint(1, 3)
     sc.requests = rng.randint(2, 6)
     sc.read_share = rng.choice((0.0, 0.2, 0.5))
-    sc.byz_clients = 1 if rng.random() < 0.2 else 0
+    sc.byz_clients = 1 if rng.random() < 0.3 else 0
+    if sc.byz_clients:
+        sc.client_attacks = sorted(rng.sample(CLIENT_ATTACKS, rng.randint(1, 3)))
     sc.gst = rng.uniform(0.5, 6.0)
     sc.drop = rng.choice((0.0, 0.0, 0.05, 0.2, 0.4))
     sc.dup = rng.choice((0.0, 0.05, 0.2))
@@ -125,6 +146,9 @@ def generate(seed: int, n: int | None = None, mutation: str | None = None, app: 
     for r in byz_ids:
         k = rng.choice((1, 1, 2))
         behaviours = rng.sample(REPLICA_ATTACKS, k)
+        extra = rng.choice(RESOURCE_ATTACKS)
+        if rng.random() < RESOURCE_SHARE and "targeted" not in behaviours:
+            behaviours.append(extra)
         spec = ByzSpec(r, sorted(behaviours))
         if "crash" in behaviours:
             spec.crash_at = rng.uniform(0.0, sc.gst + 2.0)
@@ -194,6 +218,8 @@ def shrink_candidates(sc: Scenario) -> list[Scenario]:
         variant(requests=sc.requests - 1)
     if sc.byz_clients:
         variant(byz_clients=0)
+        for attack in sc.client_attacks if len(sc.client_attacks) > 1 else []:
+            variant(client_attacks=[a for a in sc.client_attacks if a != attack])
     if sc.read_share:
         variant(read_share=0.0)
     if sc.drop:

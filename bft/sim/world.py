@@ -9,9 +9,10 @@ from __future__ import annotations
 import heapq
 import random
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
+from bft import wire
 from bft.app.base import Application
 from bft.app.kv import KVApp
 from bft.core.clients import MAX_U64
@@ -203,6 +204,7 @@ class Checker:
         self.checkpoints: dict[int, tuple[bytes, int]] = {}
         self.results: dict[tuple[bytes, int, int], tuple[int, bytes]] = {}
         self.read_answers: dict[tuple[bytes, int, int], set[tuple[int, bytes]]] = {}
+        self.stale_answers: dict[tuple[bytes, int, int], set[tuple[int, bytes]]] = {}
         self.max_honest_seq = 0
 
     def fail(self, text: str) -> None:
@@ -248,6 +250,11 @@ class Checker:
             self.read_answers.setdefault(key, set()).add(got)
             return
         self.max_honest_seq = max(self.max_honest_seq, root.seq)
+        if reply.status == pb.REPLY_STALE_TIMESTAMP:
+            # Not an execution result: a session evicted from the client table (session churn) gets
+            # it for a request that may have run before the eviction.
+            self.stale_answers.setdefault(key, set()).add(got)
+            return
         prev = self.results.get(key)
         if prev is None:
             self.results[key] = got
@@ -274,11 +281,51 @@ class Checker:
                     f"{result[:40]!r}"
                 )
             return
+        if status == pb.REPLY_STALE_TIMESTAMP:
+            if (status, result) not in self.stale_answers.get(key, set()):
+                self.fail(f"client {client} accepted a stale-timestamp answer no honest replica gave")
+            return
         honest = self.results.get(key)
         if honest is None:
             self.fail(f"client {client} accepted a result no honest replica produced: {result[:40]!r}")
         elif honest != (status, result):
             self.fail(f"client {client} accepted {result[:40]!r}, honest execution gave {honest[1][:40]!r}")
+
+    def on_send(self, replica: int, data: bytes) -> None:
+        """Honest output is canonical and within its caps: no unknown fields anywhere (a replica
+        that accepted padding re-sends it), no signed body above its kind's cap."""
+        msg = parse(pb.PeerMessage, data)
+        stripped = pb.PeerMessage()
+        stripped.CopyFrom(msg)
+        stripped.DiscardUnknownFields()
+        if stripped.ByteSize() != msg.ByteSize():
+            self.fail(f"padding: honest r{replica} sent unknown fields ({msg.ByteSize()} bytes)")
+            return
+        caps = self.world.cluster.caps
+        if len(data) > caps.peer_message():
+            self.fail(f"size: honest r{replica} sent {len(data)} bytes, cap {caps.peer_message()}")
+        if msg.HasField("envelope"):
+            kind = peek_kind(msg.envelope, self.world.cluster.cluster_id)
+            cap = caps.body.get(kind) if kind is not None else None
+            if cap is not None and len(msg.envelope.body) > cap:
+                size = len(msg.envelope.body)
+                self.fail(f"size: honest r{replica} signed a {kind} of {size} bytes > {cap}")
+
+    def on_executed(self, replica: int, c: Committed, batch_ts: int) -> None:
+        """No request runs with a timestamp beyond its batch's agreed time + max_request_ahead_us."""
+        bound = batch_ts + self.world.params.max_request_ahead_us
+        for key in c.executed:
+            if key[2] > bound:
+                self.fail(f"timestamp: r{replica} executed timestamp {key[2]} at seq {c.seq} (bound {bound})")
+                return
+
+    def check_retained(self, replica: int) -> None:
+        """Tables fed by the network stay within the bounds the core states."""
+        core = self.world.honest_core(replica)
+        bound = core.retained_bound()
+        for table, size in core.retained().items():
+            if size > bound[table]:
+                self.fail(f"memory: r{replica} holds {size} bytes in {table}, bound {bound[table]}")
 
     def on_evidence(self, replica: int, ev: Evidence) -> None:
         if self.world.nodes[ev.replica].honest:
@@ -314,7 +361,19 @@ class World:
             max_view_change_timeout=8.0,
             status_interval=0.3,
             clock_skew_us=2_000_000,
+            # Small tables, so that Byzantine clients reach every bound within a scenario.
+            max_pending_per_client=8,
+            max_pending_total=64,
+            max_pending_bytes=2 * 1024 * 1024,
+            client_table_capacity=8,
+            max_pending_reads=32,
+            max_pending_reads_per_client=4,
+            max_pending_read_bytes=1024 * 1024,
+            read_wait_timeout=3.0,
         )
+        self.params = params  # what the checkers hold the replicas to (mutations change the replicas')
+        if sc.mutation == "unbounded-timestamps":
+            params = replace(params, max_request_ahead_us=2**64)
         keys = tuple(s.public_key for s in signers)
         self.cluster = ClusterInfo(keys, cluster_id_from(b"sim %d" % sc.seed), params)
         self.signers = signers
@@ -356,6 +415,7 @@ class World:
                     ops.append((b"set " + k + b" v%d" % self.rng.randrange(100), False))
             self.clients.append(SimClient(self, c, csigner, ops))
         self.client_by_key = {(cl.key, cl.session): cl for cl in self.clients}
+        self.byz_rounds: dict[int, int] = {}
 
     def _chat_ops(self, c: int) -> list[tuple[bytes, bool]]:
         """Register, then sends to the others, inbox reads, acks and listings (ciphertexts are
@@ -489,6 +549,8 @@ class World:
         elif isinstance(out, Send):
             if inst.storage.dirty:
                 inst.storage.sync()
+            if node.honest:
+                self.checker.on_send(node.id, out.data)
             targets = [out.to] if out.to is not None else [r for r in range(self.sc.n) if r != node.id]
             for t in targets:
                 self._net(node.id, t, ("msg", t, out.data))
@@ -509,6 +571,9 @@ class World:
             if node.honest:
                 self.stats.committed += 1
                 self.checker.on_commit(node.id, out)
+                self.checker.on_executed(node.id, out, self.honest_core(node.id).last_ts)
+                if out.state_digest is not None:
+                    self.checker.check_retained(node.id)
         elif isinstance(out, Evidence):
             if node.honest:
                 self.checker.on_evidence(node.id, out)
@@ -573,7 +638,11 @@ class World:
                 break
             self.now = at
             self.stats.events += 1
-            self._handle(ev)
+            try:
+                self._handle(ev)
+            except Exception as exc:  # the core (or a client) must never raise: a violation
+                self.checker.fail(f"exception on {ev[0]!r}: {type(exc).__name__}: {exc}")
+                break
             if done_at is None and all(c.done for c in self.clients):
                 done_at = max(self.now, sc.gst)
             if done_at is not None and self.now >= done_at + SETTLE:
@@ -581,6 +650,9 @@ class World:
             if self.checker.violations and len(self.checker.violations) >= 5:
                 break
         self.stats.end_time = self.now
+        for node in self.nodes:
+            if node.honest and node.alive:
+                self.checker.check_retained(node.id)
         unfinished = [c.index for c in self.clients if not c.done]
         if unfinished and not self.checker.violations:
             self.checker.fail(f"liveness: clients {unfinished} unfinished {LIVENESS_BOUND:.0f}s after GST")
@@ -638,30 +710,73 @@ class World:
                 self._drain(node, inst)
 
     def _byzantine_client(self, b: int) -> None:
-        """Bad signatures, garbage, oversized requests and replays of other clients' requests."""
-        count = 0
+        """One round of each of the scenario's client attacks (``CLIENT_ATTACKS``), every 0.8 s
+        until GST. Bounded: at most two dozen requests per round, most to one replica."""
         rng = self.rng
+        cid = self.cluster.cluster_id
         signer = HashSigner(b"byzclient-%d" % b, self.hash_verifier)
-        while count < 6:
-            count += 1
-            r = rng.randrange(self.sc.n)
-            roll = rng.randrange(4)
-            if roll == 0:
-                raw = make_request(signer, self.cluster.cluster_id, 1, count, b"set x y")
+        n = self.sc.n
+        self.byz_rounds[b] = rounds = self.byz_rounds.get(b, 0) + 1
+        out: list[bytes] = []
+        for attack in self.sc.client_attacks or ["garbage"]:
+            if attack == "garbage":
+                for count in range(1, 5):
+                    roll = rng.randrange(4)
+                    if roll == 0:
+                        env = parse(pb.Envelope, make_request(signer, cid, 1, count, b"set x y"))
+                        env.signature = bytes(64)
+                        out.append(env.SerializeToString())
+                    elif roll == 1:
+                        out.append(rng.randbytes(rng.randrange(1, 300)))
+                    elif roll == 2:
+                        out.append(make_request(signer, cid, 1, count, b"set x " + bytes(200_000)))
+                    else:
+                        reqs = [c.raw for c in self.clients if c.raw]
+                        if reqs:
+                            out.append(rng.choice(reqs))
+            elif attack == "extreme-timestamps":
+                for ts in (MAX_U64, MAX_U64 - rng.randrange(1, 1 << 20), 2**63 + rounds):
+                    out.append(make_request(signer, cid, 7 + rng.randrange(2), ts, b"add x 1"))
+            elif attack == "session-churn":
+                for k in range(4):
+                    session = 1000 * rounds + k
+                    out.append(make_request(signer, cid, session, 1 + rng.randrange(5), b"add churn 1"))
+            elif attack == "read-flood":
+                top = max(self.checker.committed, default=0)
+                absurd = (2**62, 10**9, top + 1 + self.params.watermark_window)
+                for k in range(5):
+                    min_seq = rng.choice((*absurd, top + 1, top + 2))
+                    ts = 100 * rounds + k
+                    out.append(make_request(signer, cid, 3, ts, b"get k0", read_only=True, min_seq=min_seq))
+            elif attack == "padded":
+                raw = make_request(signer, cid, 5, rounds, b"set pad 1")
                 env = parse(pb.Envelope, raw)
-                env.signature = bytes(64)
-                raw = env.SerializeToString()
-            elif roll == 1:
-                raw = rng.randbytes(rng.randrange(1, 300))
-            elif roll == 2:
-                raw = make_request(signer, self.cluster.cluster_id, 1, count, b"set x " + bytes(200_000))
-            else:
-                reqs = [c.raw for c in self.clients if c.raw]
-                raw = rng.choice(reqs) if reqs else b""
-            self._net(-1, r, ("request", r, raw))
+                body = env.body + b"\x7a\x02pp"
+                out.append(pb.Envelope(body=body, signature=signer.sign(body)).SerializeToString())
+                out.append(raw + b"\x7a\x80\x08" + bytes(1024))
+            elif attack == "quota":
+                # Fill the session's quota at the primary, then one more request to the backups only.
+                honest = [i for i, node in enumerate(self.nodes) if node.honest and node.alive]
+                primary = max((self.honest_core(i).view for i in honest), default=0) % n
+                quota = self.params.max_pending_per_client
+                base = 10_000 * rounds
+                for k in range(quota):
+                    raw = make_request(signer, cid, 50, base + k, b"add quota 1")
+                    self._net(-1, primary, ("request", primary, raw))
+                extra = make_request(signer, cid, 50, base + quota, b"add quota 1")
+                for r in range(n):
+                    if r != primary:
+                        self._net(-1, r, ("request", r, extra))
+        for raw in out:
+            for r in range(n) if rng.random() < 0.25 else [rng.randrange(n)]:
+                self._net(-1, r, ("request", r, raw))
         if self.now < self.sc.gst:
-            self.schedule(self.now + 0.5, ("byzclient", b))
+            self.schedule(self.now + 0.8, ("byzclient", b))
 
 
 def run_scenario(sc: Scenario) -> Result:
-    return World(sc).run()
+    wire.ACCEPT_UNKNOWN_FIELDS = sc.mutation == "accept-unknown-fields"
+    try:
+        return World(sc).run()
+    finally:
+        wire.ACCEPT_UNKNOWN_FIELDS = False
