@@ -271,3 +271,31 @@ def test_the_largest_fetch_fits_its_size_cap() -> None:
     top = pb.FetchState(seq=2**64 - 1, digest=b"\xff" * 32, first=2**32 - 1, count=2**32 - 1)
     fetch = pb.Fetch(state=top)
     assert TAG_LEN + len(fetch.SerializeToString()) <= info.caps.body[Kind.FETCH]
+
+
+# ---- a recovering (wiped) replica and lying STATUS views --------------------------------------
+
+
+def _recovering(net: Net, claims: dict[int, int]) -> Replica:
+    """A wiped replica 3 that hears STATUS(view=claims[i]) from each peer i."""
+    rep = Replica(net.info, LAGGER, net.signers[LAGGER], net.hv, KVApp, recovering=True)
+    rep.start(0.0)
+    for i, view in claims.items():
+        rep.on_message(_status(net, i, view=view, last_executed=0), 0.1)
+    rep.take_outputs()
+    return rep
+
+
+def test_one_liar_cannot_park_a_recovering_replica() -> None:
+    """Two honest peers in view 2, one claiming view 10**9: the replica moves to view 3, not
+    10**9 + 1 (the (f+1)-th highest view, not the maximum)."""
+    net = Net(_params())
+    rep = _recovering(net, {0: 10**9, 1: 2, 2: 2})
+    assert not rep.recovering
+    assert rep.view == 3
+
+
+def test_a_view_of_2_64_minus_1_does_not_break_recovery() -> None:
+    net = Net(_params())
+    rep = _recovering(net, {0: 2**64 - 1, 1: 0, 2: 1})
+    assert not rep.recovering and rep.view == 1

@@ -109,6 +109,8 @@ class Slot:
 class Replica:
     """One PBFT replica. ``records`` are the persisted records of a previous run, in write order."""
 
+    transfer_class: type[Transfer] = Transfer  # the simulator's mutations swap it
+
     def __init__(
         self,
         cluster: ClusterInfo,
@@ -190,14 +192,15 @@ class Replica:
 
         self.transfer: Transfer | None = None
         self.rejected_inputs = 0  # inputs dropped as malformed, oversized, badly signed or refused
+        self.chunks_rejected = 0  # state chunks that failed their check (metric)
         self.answers = AnswerLimiter(cluster.n, self.p)
         self.evidence: list[Evidence] = []
         self._evidence_keys: set[tuple[int, str, bytes, bytes]] = set()
         self.restoring = False
 
         # Amnesia guard: a replica whose records were lost (wiped disk) may have signed votes it no
-        # longer remembers. It signs nothing until 2f+1 peers told it their views, then moves to a
-        # view above all of them, so it never votes again in a view where it might have voted.
+        # longer remembers. It signs nothing until 2f+1 peers told it their views, then moves to
+        # the view after the (f+1)-th highest of them (one that f liars cannot inflate).
         self.recovering = recovering and not records
         self.recovery_views: dict[int, int] = {}
 
@@ -1075,7 +1078,8 @@ class Replica:
                 and self.new_view_env is not None
                 and self.is_primary
             ):
-                self._send(env.signer, pb.PeerMessage(envelope=self.new_view_env))
+                msg = pb.PeerMessage(envelope=self.new_view_env)
+                self._answer(env.signer, msg, now, "new-view", self.view)
             return
         prev = self.vc_latest.get(env.signer)
         if prev is not None and prev.new_view >= vc.new_view:
@@ -1299,7 +1303,7 @@ class Replica:
         sources = sorted({e.signer for e in proof} - {self.id}) or [
             r for r in range(self.cluster.n) if r != self.id
         ]
-        self.transfer = Transfer(
+        self.transfer = self.transfer_class(
             seq, digest, proof, sources[0], self.p.state_chunk_bytes, self.p.max_snapshot_bytes
         )
         if t is not None:
@@ -1342,7 +1346,12 @@ class Replica:
 
     def _on_state_chunk(self, chunk: pb.StateChunk, now: float) -> None:
         t = self.transfer
-        if t is None or not t.offer(chunk):
+        if t is None:
+            return
+        rejected = t.rejected
+        accepted = t.offer(chunk)
+        self.chunks_rejected += t.rejected - rejected
+        if not accepted:
             return
         t.last_progress = now
         t.switches = 0
@@ -1435,7 +1444,10 @@ class Replica:
         st = parse(pb.Status, payload)
         peer = env.signer
         if self.recovering:
-            self.recovery_views[peer] = max(st.view, self.recovery_views.get(peer, 0))
+            # No honest replica reaches 2**63 views; a bigger claim is a lie (and 2**64-1 + 1
+            # does not fit the wire).
+            view = st.view if st.view < 2**63 else 0
+            self.recovery_views[peer] = max(view, self.recovery_views.get(peer, 0))
             if len(self.recovery_views) >= self.q.view_change:
                 self.recovering = False
                 if self.h:
@@ -1444,7 +1456,10 @@ class Replica:
                     self._persist(
                         CheckpointRecord(self.h, self.stable_digest, self.stable_snapshot.data, envs)
                     )
-                self._start_view_change(max(self.recovery_views.values()) + 1, now)
+                # The (f+1)-th highest view reported: at least one honest replica is there or
+                # beyond, so f liars cannot park us in a view nobody will reach.
+                views = sorted(self.recovery_views.values(), reverse=True)
+                self._start_view_change(views[self.q.f] + 1, now)
         # Answers below are much larger than a STATUS: budgeted per peer, and the same answer to
         # the same question is not repeated within answer_repeat_interval (bft/core/answers.py).
         if self.view_changing:
