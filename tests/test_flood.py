@@ -193,7 +193,9 @@ class FaultyLink:
     async def closed(self, timeout: float) -> bool:
         try:
             return await asyncio.wait_for(self.reader.read(1), timeout) == b""
-        except (TimeoutError, ConnectionError, ssl.SSLError):
+        except (ConnectionError, ssl.SSLError):
+            return True  # reset or torn down mid-record: closed all the same
+        except TimeoutError:
             return False
 
 
@@ -219,7 +221,7 @@ def test_a_faulty_replica_cannot_exhaust_an_honest_one(cluster: Cluster) -> None
             with_timeout = asyncio.wait_for(link.writer.drain(), 5)
             with contextlib.suppress(TimeoutError, ConnectionError, ssl.SSLError):
                 await with_timeout
-        older = sum([await link.closed(3) for link in links[:-1]])
+        older = sum([await link.closed(10) for link in links[:-1]])  # a loaded machine is slow
         newest_open = not await links[-1].closed(0.5)
         for link in links:
             link.writer.close()
