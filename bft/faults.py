@@ -416,6 +416,120 @@ class ReplyLie(Behaviour):
             status=reply.status,
         )
         return [ToClient(out.client_key, out.session, out.timestamp, lie.SerializeToString())]
+def _status_broadcast(out: Output, cluster_id: bytes) -> pb.Status | None:
+    """Our periodic STATUS (sent once per status tick), parsed; None for any other output."""
+    if not isinstance(out, Send) or out.to is not None:
+        return None
+    try:
+        msg = parse(pb.PeerMessage, out.data)
+    except WireError:
+        return None
+    if not msg.HasField("envelope") or peek_kind(msg.envelope, cluster_id) != Kind.STATUS:
+        return None
+    return parse(pb.Status, msg.envelope.body[TAG_LEN:])
+
+
+def _state_chunk(out: Output) -> pb.PeerMessage | None:
+    if not isinstance(out, Send):
+        return None
+    try:
+        msg = parse(pb.PeerMessage, out.data)
+    except WireError:
+        return None
+    return msg if msg.HasField("state_chunk") else None
+
+
+def _junk(node: ByzantineReplica, size: int) -> bytes:
+    return bytes([node.rng.randrange(256)]) * size  # cheap to make: chunks may be megabytes
+
+
+class JunkChunks(Behaviour):
+    """State transfer junk: every chunk it serves has its data replaced (manifest, index and path
+    kept, so only a per-chunk check catches it); at each status tick it also pushes a junk chunk
+    of its stable checkpoint to everyone, and a FETCH for an absurd window."""
+
+    name = "junk-chunks"
+
+    def transform(self, node: ByzantineReplica, out: Output) -> list[Output]:
+        msg = _state_chunk(out)
+        if msg is not None and isinstance(out, Send):
+            msg.state_chunk.data = _junk(node, len(msg.state_chunk.data))
+            return [Send(out.to, msg.SerializeToString())]
+        if _status_broadcast(out, node.cid) is None:
+            return [out]
+        outs: list[Output] = [out]
+        snap = node.inner.stable_snapshot
+        if snap is None:
+            return outs
+        chunk = snap.chunk(node.rng.randrange(snap.total))
+        chunk.data = _junk(node, len(chunk.data))
+        outs.append(Send(None, pb.PeerMessage(state_chunk=chunk).SerializeToString()))
+        want = pb.FetchState(seq=snap.seq, digest=snap.digest, first=0, count=2**32 - 1)
+        fetch = node.reseal(Kind.FETCH, pb.Fetch(state=want))
+        outs.append(Send(None, pb.PeerMessage(envelope=fetch).SerializeToString()))
+        return outs
+
+
+class SlowTransfer(Behaviour):
+    """A source that stalls: of the chunks asked from it, it sends only the first of each answer,
+    and only every other time (progress slow enough to hurt, sometimes none at all)."""
+
+    name = "slow-transfer"
+
+    def __init__(self) -> None:
+        self.turn = 0
+
+    def transform(self, node: ByzantineReplica, out: Output) -> list[Output]:
+        msg = _state_chunk(out)
+        if msg is None:
+            return [out]
+        self.turn += 1
+        keep = msg.state_chunk.index % node.inner.p.state_chunks_per_fetch == 0 and self.turn % 2 == 0
+        return [out] if keep else []
+
+
+class StatusFlood(Behaviour):
+    """Amplification requests: next to each STATUS, ten more claiming to be far behind or still
+    changing view (each asks for commit proofs, a NEW-VIEW or a checkpoint proof), and now and
+    then a FETCH for the whole of everybody's snapshot."""
+
+    name = "status-flood"
+
+    def transform(self, node: ByzantineReplica, out: Output) -> list[Output]:
+        st = _status_broadcast(out, node.cid)
+        if st is None:
+            return [out]
+        outs: list[Output] = [out]
+        for _ in range(10):
+            lie = pb.Status(
+                view=node.rng.randrange(st.view + 1),
+                view_changing=node.rng.random() < 0.5,
+                last_executed=node.rng.randrange(st.last_executed + 1),
+                stable_seq=0,
+            )
+            env = node.reseal(Kind.STATUS, lie)
+            outs.append(Send(None, pb.PeerMessage(envelope=env).SerializeToString()))
+        snap = node.inner.stable_snapshot
+        if snap is not None and node.rng.random() < 0.1:
+            want = pb.FetchState(seq=snap.seq, digest=snap.digest, first=0, count=snap.total)
+            env = node.reseal(Kind.FETCH, pb.Fetch(state=want))
+            outs.append(Send(node.rng.choice(node.peers()), pb.PeerMessage(envelope=env).SerializeToString()))
+        return outs
+
+
+class AbsurdView(Behaviour):
+    """STATUS claiming views no quorum ever reached (10**9, or 2**64 - 1): a recovering replica
+    that believed one peer would park itself there."""
+
+    name = "absurd-view"
+
+    def transform(self, node: ByzantineReplica, out: Output) -> list[Output]:
+        st = _status_broadcast(out, node.cid)
+        if st is None:
+            return [out]
+        st.view = node.rng.choice((10**9, 2**64 - 1))
+        env = node.reseal(Kind.STATUS, st)
+        return [Send(None, pb.PeerMessage(envelope=env).SerializeToString())]
 
 
 BEHAVIOURS: dict[str, Callable[[], Behaviour]] = {
@@ -432,6 +546,10 @@ BEHAVIOURS: dict[str, Callable[[], Behaviour]] = {
     "pad": Pad,
     "checkpoint-flood": CheckpointFlood,
     "reply-lie": ReplyLie,
+    "junk-chunks": JunkChunks,
+    "slow-transfer": SlowTransfer,
+    "status-flood": StatusFlood,
+    "absurd-view": AbsurdView,
 }
 
 

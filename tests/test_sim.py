@@ -23,6 +23,7 @@ PINNED = {
     "weak-commit-quorum": [336],
     "accept-unknown-fields": [14, 58, 79, 84],
     "unbounded-timestamps": [13, 31, 40],
+    "unauthenticated-chunks": [78, 92, 139, 187],
 }
 
 
@@ -208,3 +209,28 @@ def test_core_exceptions_are_violations() -> None:
     core.on_message = boom  # type: ignore[method-assign]
     res = w.run()
     assert any("exception" in v and "argument out of range" in v for v in res.violations)
+
+
+def test_lagging_replica_catches_up_through_junk_and_stalled_transfers() -> None:
+    """r6 is down while the others pass several checkpoints of a many-chunk snapshot; r0 pushes
+    junk chunks (and serves junk as r6's first source), r1 stalls as a source. r6 still installs
+    the state and catches up (the world's catch-up check), and the junk was seen and dropped."""
+    sc = Scenario(
+        seed=6,
+        n=7,
+        clients=2,
+        requests=8,
+        checkpoint_interval=2,
+        state_chunk_bytes=64,
+        preload_bytes=2048,
+        byzantine=[ByzSpec(0, ["junk-chunks"]), ByzSpec(1, ["slow-transfer"])],
+        crashes=[CrashSpec(6, 0.1, 4.0)],
+        gst=4.2,
+    )
+    w = World(sc)
+    res = w.run()
+    assert not res.violations
+    assert res.stats.state_transfers >= 1
+    r6 = _core(w, 6)
+    assert r6.last_executed == _core(w, 2).last_executed and r6.h == _core(w, 2).h
+    assert r6.chunks_rejected > 0

@@ -47,6 +47,17 @@ class KVApp:
         self._data: dict[bytes, bytes] = {}
         self._hash = LtHash()
 
+    @classmethod
+    def preloaded(cls, total_bytes: int) -> KVApp:
+        """A state of about ``total_bytes`` of deterministic filler (keys ``fill00000``, ...), so
+        the simulator's snapshots span many chunks without ordering megabytes of requests."""
+        app = cls()
+        for i in range(-(-total_bytes // MAX_VALUE)):
+            key = b"fill%05d" % i
+            size = min(MAX_VALUE, total_bytes - i * MAX_VALUE)
+            app._put(key, (key * (size // len(key) + 1))[:size])
+        return app
+
     # ---- Application protocol ---------------------------------------------------------------
 
     def execute(self, request: Request, ctx: ExecContext) -> ExecResult:

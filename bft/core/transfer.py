@@ -177,3 +177,24 @@ class Transfer:
     def assemble(self) -> bytes:
         assert self.complete
         return b"".join(self.chunks[i] for i in range(len(self.chunks)))
+
+
+class UncheckedTransfer(Transfer):
+    """The ``unauthenticated-chunks`` mutation: takes the first chunk's manifest on trust and any
+    later chunk with the right seq and index, as the code before hash trees did. Unsafe on purpose:
+    one sender's junk chunk spoils the assembly, and the transfer starts over, forever."""
+
+    def offer(self, chunk: pb.StateChunk) -> bool:
+        if chunk.seq != self.seq:
+            return False
+        if self.manifest is None:
+            size = min(chunk.snapshot_bytes, self.max_bytes)
+            self.manifest = Manifest(chunk.seq, chunk.state_digest, size, chunk.chunk_root)
+        total = self.total
+        if total is None or chunk.index >= total:
+            return False
+        self.chunks[chunk.index] = chunk.data
+        return True
+
+    def assemble(self) -> bytes:
+        return b"".join(self.chunks[i] for i in range(len(self.chunks)))

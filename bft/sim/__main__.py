@@ -12,7 +12,7 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 
-from bft.sim.scenario import MUTATIONS, Scenario, generate, shrink_candidates
+from bft.sim.scenario import MUTATIONS, TRANSFER_ATTACKS, Scenario, generate, shrink_candidates
 from bft.sim.world import run_scenario
 
 
@@ -22,13 +22,20 @@ class Outcome:
     n: int
     violations: list[str]
     events: int
+    strategies: frozenset[str]  # Byzantine behaviours in the scenario, and "production"
+    transfers: int  # state transfers completed by honest replicas
 
 
 def _run_one(args: tuple[int, int | None, str | None, str]) -> Outcome:
     seed, n, mutation, app = args
     sc = generate(seed, n, mutation, app)
     res = run_scenario(sc)
-    return Outcome(seed, sc.n, res.violations, res.stats.events)
+    strategies = {b for spec in sc.byzantine for b in spec.behaviours}
+    if sc.production:
+        strategies.add("production")
+    return Outcome(
+        seed, sc.n, res.violations, res.stats.events, frozenset(strategies), res.stats.state_transfers
+    )
 
 
 def reproduce_command(seed: int, n: int | None, mutation: str | None, app: str) -> str:
@@ -101,6 +108,12 @@ def main(argv: list[str] | None = None) -> int:
                 small = shrink(generate(o.seed, args.replicas, args.mutate, args.app))
                 print(f"  shrunk: {small.to_json()}")
     elapsed = time.monotonic() - started
+    shares = []
+    for name in (*TRANSFER_ATTACKS, "production"):
+        hit = [o for o in outcomes if name in o.strategies]
+        moved = sum(1 for o in hit if o.transfers)
+        shares.append(f"{name} {100 * len(hit) / max(len(outcomes), 1):.1f}% ({moved} with a state transfer)")
+    print(f"# scenarios with: {', '.join(shares)}", file=sys.stderr)
     print(
         f"# {args.scenarios} scenarios in {elapsed:.1f}s ({args.scenarios / max(elapsed, 1e-9):.1f}/s), "
         f"{events} events",

@@ -26,6 +26,10 @@ REPLICA_ATTACKS = (
     "flood",
     "twin",
     "targeted",
+    "junk-chunks",
+    "slow-transfer",
+    "status-flood",
+    "absurd-view",
 )
 # Attacks on resources (issue 11): added to a Byzantine replica's behaviours with probability
 # RESOURCE_SHARE, on top of the draw above so the older attacks keep their frequencies (a padding
@@ -45,7 +49,11 @@ MUTATIONS = (
     "no-fsync",
     "accept-unknown-fields",
     "unbounded-timestamps",
+    "unauthenticated-chunks",
 )
+# Behaviours aimed at state transfer and recovery; production scenarios favour them.
+TRANSFER_ATTACKS = ("junk-chunks", "slow-transfer", "status-flood", "absurd-view")
+PRODUCTION_SHARE = 0.02  # scenarios run with the production Params and a many-chunk snapshot
 
 
 @dataclass
@@ -94,6 +102,9 @@ class Scenario:
     max_in_flight: int = 2
     app: str = "kv"
     mutation: str | None = None
+    state_chunk_bytes: int = 0  # 0: the default (production) chunk size
+    production: bool = False  # production Params (checkpoint interval, window, status, batch, chunk)
+    preload_bytes: int = 0  # initial application state (kv filler), identical on every replica
 
     @property
     def f(self) -> int:
@@ -114,8 +125,9 @@ class Scenario:
 def generate(seed: int, n: int | None = None, mutation: str | None = None, app: str = "kv") -> Scenario:
     """A random scenario. Weighted towards the attacks that break implementations."""
     rng = random.Random(seed)
+    production = rng.random() < PRODUCTION_SHARE and app == "kv"
     if n is None:
-        n = rng.choice((4, 4, 7, 7, 10))
+        n = rng.choice((4, 4, 7)) if production else rng.choice((4, 4, 7, 7, 10))
     f = (n - 1) // 3
     sc = Scenario(seed=seed, n=n, mutation=mutation, app=app)
     sc.clients = rng.randint(1, 3)
@@ -132,6 +144,10 @@ def generate(seed: int, n: int | None = None, mutation: str | None = None, app: 
     sc.checkpoint_interval = rng.choice((2, 4, 8))
     sc.batch_max_requests = rng.choice((1, 2, 4, 16))
     sc.max_in_flight = rng.choice((1, 2, 4))
+    sc.state_chunk_bytes = rng.choice((64, 256, 4096))
+    sc.preload_bytes = rng.choice((0, 0, 0, 2048))
+    if production:
+        _production(sc, rng)
 
     n_byz = rng.choice([0] + [f] * 3 + list(range(1, f + 1)))
     byz_ids: list[int] = []
@@ -149,6 +165,8 @@ def generate(seed: int, n: int | None = None, mutation: str | None = None, app: 
         extra = rng.choice(RESOURCE_ATTACKS)
         if rng.random() < RESOURCE_SHARE and "targeted" not in behaviours:
             behaviours.append(extra)
+        if sc.production and rng.random() < 0.7:
+            behaviours = sorted({*behaviours[:1], rng.choice(TRANSFER_ATTACKS)})
         spec = ByzSpec(r, sorted(behaviours))
         if "crash" in behaviours:
             spec.crash_at = rng.uniform(0.0, sc.gst + 2.0)
@@ -180,11 +198,31 @@ def generate(seed: int, n: int | None = None, mutation: str | None = None, app: 
         # Honest crashes (even of more than f replicas) happen before GST: safety must hold through
         # them, and liveness is required once every honest replica is back.
         sc.gst = max(sc.gst, max(c.at + c.down_for for c in sc.crashes) + 0.1)
-    if rng.random() < 0.25:
+    if sc.production and honest:
+        # One honest replica is cut off until GST while the others pass the first checkpoint:
+        # it then needs the many-chunk snapshot.
+        sc.partitions.append(Partition(0.0, sc.gst, [rng.choice(honest)]))
+    elif rng.random() < 0.25:
         start = rng.uniform(0.0, sc.gst)
         group = rng.sample(range(n), rng.randint(1, max(1, n // 2)))
         sc.partitions.append(Partition(start, rng.uniform(start, sc.gst), sorted(group)))
     return sc
+
+
+def _production(sc: Scenario, rng: random.Random) -> None:
+    """Production Params (the world leaves them at their defaults) and enough ordered requests to
+    pass a checkpoint at 64, over a kv state spanning several 1 MiB chunks."""
+    sc.production = True
+    sc.app = "kv"
+    sc.state_chunk_bytes = 0
+    sc.preload_bytes = rng.randint(3, 6) * 1024 * 1024 + rng.randrange(1024)
+    sc.clients = 1  # one request per batch: the checkpoint at 64 comes after 64 requests
+    sc.requests = rng.randint(70, 80)
+    sc.read_share = 0.0
+    sc.gst = rng.uniform(4.0, 6.0)
+    sc.max_delay = rng.choice((0.005, 0.02))
+    sc.drop = rng.choice((0.0, 0.05))
+    sc.dup = 0.0
 
 
 def shrink_candidates(sc: Scenario) -> list[Scenario]:

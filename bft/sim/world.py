@@ -30,6 +30,7 @@ from bft.core.events import (
     ViewEntered,
 )
 from bft.core.replica import Replica
+from bft.core.transfer import UncheckedTransfer
 from bft.crypto import (
     TAG_LEN,
     AcceptAllVerifier,
@@ -55,6 +56,7 @@ from client.session import ReadCursor
 SETTLE = 3.0  # virtual seconds after the last client finishes, for stragglers to converge
 LIVENESS_BOUND = 90.0  # after GST, every honest client's requests must complete within this
 CLIENT_TIMEOUT = 0.8
+CATCHUP_BOUND = 20.0  # after the clients finish (and GST), every honest replica reaches the others
 
 Core = Replica | ByzantineReplica
 
@@ -76,8 +78,10 @@ class Result:
     stats: Stats
 
 
-def app_factory(name: str) -> Callable[[], Application]:
+def app_factory(name: str, preload_bytes: int = 0) -> Callable[[], Application]:
     if name == "kv":
+        if preload_bytes:
+            return lambda: KVApp.preloaded(preload_bytes)
         return KVApp
     if name == "chat":
         from bft.app.chat import ChatApp
@@ -352,32 +356,44 @@ class World:
             signers = [HashSigner(f"replica-{i}-{sc.seed}".encode(), hash_verifier) for i in range(n)]
             base = hash_verifier
         self.verifier = base  # what clients and checkers use (always real checks)
-        params = Params(
-            checkpoint_interval=sc.checkpoint_interval,
-            watermark_window=4 * sc.checkpoint_interval,
-            batch_max_requests=sc.batch_max_requests,
-            max_in_flight=sc.max_in_flight,
-            view_change_timeout=1.0,
-            max_view_change_timeout=8.0,
-            status_interval=0.3,
-            clock_skew_us=2_000_000,
-            # Small tables, so that Byzantine clients reach every bound within a scenario.
-            max_pending_per_client=8,
-            max_pending_total=64,
-            max_pending_bytes=2 * 1024 * 1024,
-            client_table_capacity=8,
-            max_pending_reads=32,
-            max_pending_reads_per_client=4,
-            max_pending_read_bytes=1024 * 1024,
-            read_wait_timeout=3.0,
-        )
+        if sc.production:
+            # Ordering and state-transfer parameters as deployed; timeouts as in other scenarios.
+            # The answer budget is a quarter of the default: the simulator copies every byte.
+            params = Params(
+                view_change_timeout=1.0,
+                max_view_change_timeout=8.0,
+                clock_skew_us=2_000_000,
+                answer_bytes_per_s=2 * 1024 * 1024,
+                answer_burst_bytes=4 * 1024 * 1024,
+            )
+        else:
+            params = Params(
+                checkpoint_interval=sc.checkpoint_interval,
+                watermark_window=4 * sc.checkpoint_interval,
+                batch_max_requests=sc.batch_max_requests,
+                max_in_flight=sc.max_in_flight,
+                view_change_timeout=1.0,
+                max_view_change_timeout=8.0,
+                status_interval=0.3,
+                clock_skew_us=2_000_000,
+                state_chunk_bytes=sc.state_chunk_bytes or Params.state_chunk_bytes,
+                # Small tables, so that Byzantine clients reach every bound within a scenario.
+                max_pending_per_client=8,
+                max_pending_total=64,
+                max_pending_bytes=2 * 1024 * 1024,
+                client_table_capacity=8,
+                max_pending_reads=32,
+                max_pending_reads_per_client=4,
+                max_pending_read_bytes=1024 * 1024,
+                read_wait_timeout=3.0,
+            )
         self.params = params  # what the checkers hold the replicas to (mutations change the replicas')
         if sc.mutation == "unbounded-timestamps":
             params = replace(params, max_request_ahead_us=2**64)
         keys = tuple(s.public_key for s in signers)
         self.cluster = ClusterInfo(keys, cluster_id_from(b"sim %d" % sc.seed), params)
         self.signers = signers
-        self.app = app_factory(sc.app)
+        self.app = app_factory(sc.app, sc.preload_bytes)
         quorums: Quorums | None = None
         if sc.mutation == "weak-commit-quorum":
             quorums = WeakCommitQuorums(n, sc.f)
@@ -468,6 +484,8 @@ class World:
             recovering=recovering,
         )
         if spec is None:
+            if self.sc.mutation == "unauthenticated-chunks":
+                core.transfer_class = UncheckedTransfer
             return core
         behaviours: list[Behaviour] = []
         for name in spec.behaviours:
@@ -645,7 +663,11 @@ class World:
                 break
             if done_at is None and all(c.done for c in self.clients):
                 done_at = max(self.now, sc.gst)
-            if done_at is not None and self.now >= done_at + SETTLE:
+            if (
+                done_at is not None
+                and self.now >= done_at + SETTLE
+                and (self._lagging() is None or self.now >= done_at + SETTLE + CATCHUP_BOUND)
+            ):
                 break
             if self.checker.violations and len(self.checker.violations) >= 5:
                 break
@@ -656,7 +678,30 @@ class World:
         unfinished = [c.index for c in self.clients if not c.done]
         if unfinished and not self.checker.violations:
             self.checker.fail(f"liveness: clients {unfinished} unfinished {LIVENESS_BOUND:.0f}s after GST")
+        lagging = self._lagging()
+        if done_at is not None and lagging is not None and not self.checker.violations:
+            self.checker.fail(
+                f"catch-up: honest {lagging} still behind {CATCHUP_BOUND:.0f}s after the clients finished"
+            )
         return Result(sc, self.checker.violations, self.stats)
+
+    def _lagging(self) -> str | None:
+        """An honest, running replica that has executed less than another: "rI at S of T"."""
+        cores = [
+            (node.id, inst.core)
+            for node in self.nodes
+            if node.honest and node.alive
+            for inst in node.instances
+            if isinstance(inst.core, Replica)
+        ]
+        if not cores:
+            return None
+        top = max(c.last_executed for _, c in cores)
+        for i, c in cores:
+            if c.last_executed < top:
+                transfer = "" if c.transfer is None else f", transferring {len(c.transfer.chunks)} chunks"
+                return f"r{i} at seq {c.last_executed} of {top} (stable {c.h}{transfer})"
+        return None
 
     def _handle(self, ev: tuple[Any, ...]) -> None:
         kind = ev[0]
