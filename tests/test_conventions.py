@@ -68,7 +68,7 @@ def test_every_console_script_has_a_parser_listed_here() -> None:
     assert set(SCRIPTS) <= set(PARSERS)
 
 
-@pytest.mark.parametrize("script", sorted(SCRIPTS) + ["python -m bft.sim"])
+@pytest.mark.parametrize("script", [*sorted(SCRIPTS), "python -m bft.sim"])
 def test_version_flag(script: str, capsys: pytest.CaptureFixture[str]) -> None:
     main = _entry(SCRIPTS[script]) if script in SCRIPTS else _entry("bft.sim.__main__:main")
     try:
@@ -110,3 +110,23 @@ def test_every_option_has_help_and_shows_its_real_default(name: str) -> None:
             continue
         assert f"default {_shown(default)}" in shown, f"{what}: help {shown!r} does not show {default!r}"
     assert parser.format_help()  # every help string formats
+
+
+def test_pyproject_metadata(monkeypatch: pytest.MonkeyPatch) -> None:
+    import trove_classifiers
+    from setuptools.config.pyprojecttoml import read_configuration
+
+    monkeypatch.setenv("VALIDATE_PYPROJECT_NO_NETWORK", "1")
+    project = read_configuration(ROOT / "pyproject.toml")["project"]  # setuptools' schema check
+    assert project["authors"] and all(a.get("name") for a in project["authors"])
+    unknown = [c for c in project["classifiers"] if c not in trove_classifiers.classifiers]
+    assert not unknown, f"not trove classifiers: {unknown}"
+    assert not any(c.startswith("License ::") for c in project["classifiers"])  # license = SPDX
+    floor = project["requires-python"].removeprefix(">=")
+    assert f"Programming Language :: Python :: {floor}" in project["classifiers"]
+    urls = project["urls"]
+    assert {"Homepage", "Documentation", "Source"} <= set(urls)
+    for name, url in urls.items():  # each names a path of this repository
+        path = url.split("/main/", 1)[1] if "/main/" in url else ""
+        assert (ROOT / path).exists(), f"{name}: {url} names no file of the repository"
+    assert urls["Documentation"].endswith("/docs")
