@@ -82,9 +82,11 @@ def test_version_flag(script: str, capsys: pytest.CaptureFixture[str]) -> None:
 
 
 def test_version_is_the_projects() -> None:
-    assert source_tree_version(ROOT) == version() == tomllib.loads(
-        (ROOT / "pyproject.toml").read_text()
-    )["project"]["version"]
+    assert (
+        source_tree_version(ROOT)
+        == version()
+        == tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
+    )
 
 
 def test_version_without_install_reads_pyproject(tmp_path: Path) -> None:

@@ -291,7 +291,7 @@ async def serve(p: Prepared) -> int:
     config, rid, events = p.config, p.replica_id, p.events
     asyncio.get_running_loop().set_exception_handler(events.loop_exception_handler())
     cluster = config.info()
-    metrics = Metrics(rid)
+    metrics = Metrics(rid, config.n)
     me = config.replicas[rid]
     events.info(
         "limits",
