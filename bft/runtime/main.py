@@ -1,7 +1,8 @@
 """``bftchat-replica``: run one replica process, or verify a replica's log offline.
 
     bftchat-replica --config CONFIG --id I --key KEYFILE --data DIR [--insecure] [--recover]
-                    [--metrics-port P] [--log-level LEVEL] [--loop auto|uvloop|asyncio]
+                    [--metrics-port P] [--log-level LEVEL] [--log-format text|json]
+                    [--loop auto|uvloop|asyncio]
     bftchat-replica verify-log PATH --config CONFIG [--id I]
 
 Exit codes: 0 after a clean shutdown (SIGTERM/SIGINT) or a good log; 1 when the replica cannot
@@ -521,6 +522,12 @@ def build_parser() -> argparse.ArgumentParser:
         type=str.upper,
         help="least severe log events written to stderr (default %(default)s)",
     )
+    parser.add_argument(
+        "--log-format",
+        default="text",
+        choices=logs.FORMATS,
+        help="log lines as key=value text or as one JSON object each (default %(default)s)",
+    )
     return parser
 
 
@@ -529,7 +536,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if argv and argv[0] == "verify-log":
         return verify_log_main(argv[1:])
     args = build_parser().parse_args(argv)
-    logs.setup(args.log_level)
+    logs.setup(args.log_level, args.log_format)
     try:
         prepared = prepare(args)
         return run_loop(serve(prepared), args.loop)
