@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING, Any
 from bft.app.names import normalize_name
 from bft.keys import KeyFileError, UserKey, fingerprint_of, load_user_key, write_user_key
 from bft.runtime.clusterconf import ClusterConfig, ConfigError, load_config
+from bft.version import add_version_argument
 from client.errors import ChatClientError, UsageError
 from client.history import (
     FAILED,
@@ -568,11 +569,15 @@ def _global_options(p: argparse.ArgumentParser, suppress: bool) -> None:
     def d(value: object) -> object:
         return argparse.SUPPRESS if suppress else value
 
-    p.add_argument("--config", metavar="PATH", default=d(None), help="cluster config (see docs/CLI.md)")
+    p.add_argument(
+        "--config", metavar="PATH", default=d(None), help="cluster config (default: see docs/CLI.md)"
+    )
     p.add_argument("--key", metavar="PATH", default=d(None), help="user key file (default: see docs/CLI.md)")
     p.add_argument("--as", dest="as_", metavar="NAME", default=d(None), help="act as this account of the key")
     p.add_argument("--json", action="store_true", default=d(False), help="one JSON object per line")
-    p.add_argument("--timeout", type=_positive, metavar="SECONDS", default=d(15.0), help="per operation")
+    p.add_argument(
+        "--timeout", type=_positive, metavar="SECONDS", default=d(15.0), help="per operation (default 15)"
+    )
     p.add_argument(
         "--insecure", action="store_true", default=d(False), help="no TLS (replicas run --insecure)"
     )
@@ -592,6 +597,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="bftchat", description="End-to-end encrypted chat on a Byzantine-fault-tolerant cluster."
     )
+    add_version_argument(parser)
     _global_options(parser, suppress=False)
     common = argparse.ArgumentParser(add_help=False)
     _global_options(common, suppress=True)
@@ -602,9 +608,11 @@ def build_parser() -> argparse.ArgumentParser:
         p.set_defaults(run=run)
         return p
 
-    add("register", cmd_register, "register an account name for this key").add_argument("name")
+    add("register", cmd_register, "register an account name for this key").add_argument(
+        "name", help="the account name"
+    )
     add("list", cmd_list, "list accounts (PATTERN: * any run, ? one character)").add_argument(
-        "pattern", nargs="?", default="*"
+        "pattern", nargs="?", default="*", help="names to list (default %(default)s: all)"
     )
     p = add("send", cmd_send, "send an end-to-end encrypted message")
     p.add_argument("name", help="recipient")
@@ -613,8 +621,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--peek", action="store_true", help="print but do not acknowledge"
     )
     p = add("history", cmd_history, "print the local history of a conversation")
-    p.add_argument("name")
-    p.add_argument("--limit", type=int, default=50, help="last N messages (default 50)")
+    p.add_argument("name", help="the other party")
+    p.add_argument("--limit", type=int, default=50, help="last N messages (default %(default)s)")
     add("delete-account", cmd_delete, "delete this account (asks first)").add_argument(
         "--yes", action="store_true", help="do not ask for confirmation"
     )

@@ -198,3 +198,45 @@ def test_status_health_reflection_and_metrics(cluster: Cluster) -> None:
     assert lag_count is not None and float(lag_count.group(1)) > 0
     frozen = re.search(r"gc_frozen_objects=(\d+)", cluster.log_file(0).read_text())
     assert frozen is not None and int(frozen.group(1)) > 10_000
+
+
+def _scrape(cluster: Cluster, i: int) -> str:
+    port = cluster.config.replicas[i].metrics_port
+    return str(urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode())
+
+
+def _sample(text: str, series: str) -> float:
+    found = re.search(rf"^{re.escape(series)} (\S+)$", text, re.M)
+    assert found is not None, series
+    return float(found.group(1))
+
+
+@pytest.mark.timeout(60)
+def test_build_info_labelled_series_at_zero_and_request_latency(cluster: Cluster) -> None:
+    from bft.runtime.metrics import BAD_INPUT_ENDPOINTS
+    from bft.version import version
+
+    text = _scrape(cluster, 1)
+    assert _sample(text, f'bft_build_info{{version="{version()}"}}') == 1.0
+    for peer in (0, 2, 3, 4, 5, 6):  # every peer's series exists before anything was dropped
+        assert _sample(text, f'bft_peer_messages_dropped_total{{peer="{peer}"}}') >= 0
+    assert 'peer="1"' not in text  # not itself
+    for endpoint in BAD_INPUT_ENDPOINTS:
+        assert _sample(text, f'bft_bad_input_total{{endpoint="{endpoint}"}}') >= 0
+
+    def counts(kind: str) -> float:
+        return sum(
+            _sample(_scrape(cluster, i), f'bft_request_seconds_count{{kind="{kind}"}}') for i in range(7)
+        )
+
+    before = {kind: counts(kind) for kind in ("ordered", "read")}
+
+    async def scenario() -> None:
+        async with ChatUser(cluster, "latency") as user:
+            await user.register()
+            await user.op(e2e.list_op("*"), read_only=True)
+
+    run(scenario(), 40)
+    # One ordered and one read request, each timed by the replicas that took it from the client.
+    assert counts("ordered") > before["ordered"]
+    assert counts("read") > before["read"]

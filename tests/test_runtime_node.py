@@ -437,3 +437,49 @@ def test_an_exception_inside_the_core_stops_the_replica_and_nothing_of_its_burst
     assert [raw for kind, raw in core.inputs if kind == "message"] == [b"m1", b"boom"]
     assert node.metrics.core_errors._value.get() == 1
     assert node.metrics.core_rejected._value.get() == 3
+
+
+def _latency_count(node: Node, kind: str = "ordered") -> float:
+    value = node.metrics.registry.get_sample_value("bft_request_seconds_count", {"kind": kind})
+    assert value is not None  # the series exists from the start
+    return value
+
+
+def test_request_latency_is_timed_from_arrival_to_reply_in_a_bounded_table() -> None:
+    async def scenario() -> None:
+        trace: list[str] = []
+        node, core = make_node(trace)
+        node.start()
+        alice = Ed25519Signer.generate()
+        sink = Sink(trace, "alice")
+        assert _latency_count(node) == 0 and _latency_count(node, "read") == 0
+        node.submit_request(make_request(alice, CLUSTER.cluster_id, 1, 7, b"op"), sink)
+        await asyncio.sleep(0.05)  # the reply comes 50 ms after the arrival
+        assert len(node.metrics.requests_in_flight) == 1
+        core.script = [ToClient(alice.public_key, 1, 7, b"done")]
+        node.deliver_peer([b"x"])
+        await asyncio.sleep(0.01)
+        assert [f.reply for f in sink.frames] == [b"done"]
+        assert _latency_count(node) == 1 and len(node.metrics.requests_in_flight) == 0
+        total = node.metrics.registry.get_sample_value("bft_request_seconds_sum", {"kind": "ordered"})
+        assert total is not None and total >= 0.04
+        # A reply for a request not timed here (another timestamp) observes nothing.
+        core.script = [ToClient(alice.public_key, 1, 8, b"other")]
+        node.deliver_peer([b"y"])
+        await asyncio.sleep(0.01)
+        assert _latency_count(node) == 1
+        # Requests that never get a reply do not pile up: the oldest are dropped past the bound.
+        limit = 3
+        node.metrics.requests_in_flight._limit = limit
+        for ts in range(10, 16):
+            node.submit_request(make_request(alice, CLUSTER.cluster_id, 1, ts, b"op"), sink)
+        await asyncio.sleep(0.01)
+        assert len(node.metrics.requests_in_flight) == limit
+        core.script = [ToClient(alice.public_key, 1, 10, b"old"), ToClient(alice.public_key, 1, 15, b"new")]
+        node.deliver_peer([b"z"])
+        await asyncio.sleep(0.01)
+        assert _latency_count(node) == 2  # 10 was dropped from the table, 15 was timed
+        node.stop()
+        assert len(node.metrics.requests_in_flight) == 0
+
+    asyncio.run(scenario())

@@ -42,6 +42,7 @@ import grpc.aio
 
 from bft.crypto import Ed25519Signer, Signer
 from bft.pb.bftchat.v1 import service_pb2 as spb
+from bft.version import add_version_argument
 from bft.wire import make_request
 
 FLOODS = ("connections", "sessions", "slow-readers", "reads", "inbox", "list")
@@ -550,27 +551,44 @@ async def run_attack(args: argparse.Namespace) -> int:
     return code
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(
         prog="bftchat-attack",
         description="Run bounded floods against a cluster you own; "
         "report replica memory and honest throughput.",
         epilog=f"floods: {', '.join(FLOODS)}",
     )
+    add_version_argument(ap)
     ap.add_argument("--config", required=True, help="the cluster config (config.toml)")
     ap.add_argument("--key", required=True, help="a user key file of yours (bftchat-keygen user)")
-    ap.add_argument("--target", type=int, default=0, help="the replica to attack (default 0)")
-    ap.add_argument("--seconds", type=float, default=30.0, help="length of each flood (default 30)")
+    ap.add_argument("--target", type=int, default=0, help="the replica to attack (default %(default)s)")
     ap.add_argument(
-        "--baseline-seconds", type=float, default=5.0, help="honest-only measurement before each flood"
+        "--seconds", type=float, default=30.0, help="length of each flood in seconds (default %(default)s)"
     )
-    ap.add_argument("--honest-clients", type=int, default=HONEST_CLIENTS)
+    ap.add_argument(
+        "--baseline-seconds",
+        type=float,
+        default=5.0,
+        help="honest-only measurement before each flood (default %(default)s)",
+    )
+    ap.add_argument(
+        "--honest-clients",
+        type=int,
+        default=HONEST_CLIENTS,
+        help="clients measuring honest throughput during each flood (default %(default)s)",
+    )
     ap.add_argument("--insecure", action="store_true", help="plaintext (replicas run with --insecure)")
     ap.add_argument(
         "--i-own-these-hosts", action="store_true", help="allow replica addresses outside loopback"
     )
-    ap.add_argument("floods", nargs="+", choices=FLOODS, metavar="FLOOD")
-    args = ap.parse_args(argv)
+    ap.add_argument(
+        "floods", nargs="+", choices=FLOODS, metavar="FLOOD", help="floods to run, in order (listed below)"
+    )
+    return ap
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     from bft.runtime.clusterconf import ConfigError, load_config
 
     try:

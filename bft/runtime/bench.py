@@ -51,6 +51,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
+from bft.version import add_version_argument
+
 DEFAULT_SIZE = 256
 WARMUP = 2.0
 READY_TIMEOUT = 120.0
@@ -1249,15 +1251,18 @@ def build_parser() -> argparse.ArgumentParser:
         description="Measure committed chat sends/s, latency and CPU per op of a local cluster, an "
         "unreplicated baseline, and this machine's Ed25519 floor.",
     )
+    add_version_argument(p)
     p.add_argument("--replicas", type=_int_list, default=[4], help="n, or a list: 4,7 (default 4)")
     p.add_argument("--clients", type=_int_list, default=[20], help="C, or a list: 1,20,50 (default 20)")
-    p.add_argument("--seconds", type=float, default=10.0, help="measured window per point (default 10)")
-    p.add_argument("--size", type=int, default=DEFAULT_SIZE, help=f"message bytes (default {DEFAULT_SIZE})")
+    p.add_argument(
+        "--seconds", type=float, default=10.0, help="measured window per point (default %(default)s)"
+    )
+    p.add_argument("--size", type=int, default=DEFAULT_SIZE, help="message bytes (default %(default)s)")
     p.add_argument(
         "--processes", type=int, default=None, help="client processes (default 1, or 2 from 8 clients)"
     )
     p.add_argument(
-        "--warmup", type=float, default=WARMUP, help=f"seconds before the window (default {WARMUP:g})"
+        "--warmup", type=float, default=WARMUP, help="seconds before the window (default %(default)s)"
     )
     p.add_argument("--config", help="use this running cluster instead of starting one")
     p.add_argument("--insecure", action="store_true", help="plaintext gRPC (the cluster must run --insecure)")
@@ -1275,20 +1280,22 @@ def build_parser() -> argparse.ArgumentParser:
         default=0,
         metavar="N",
         help="start each cluster with N registered accounts (a checkpoint built by a fast path, "
-        "bft/runtime/preload.py; default 0)",
+        "bft/runtime/preload.py; default %(default)s)",
     )
     p.add_argument(
         "--preload-messages",
         type=int,
         default=0,
         metavar="M",
-        help="...and M undelivered messages among up to 1,000 of them (default 0)",
+        help="...and M undelivered messages among up to 1,000 of them (default %(default)s)",
     )
     p.add_argument(
         "--failover",
         choices=["kill", "stop"],
+        default=None,
         help="stop the primary during the window (kill: kill -9; stop: SIGSTOP, a frozen primary) and "
-        "report the longest time with no commit after it (JSON key outage_s); a fresh cluster per point",
+        "report the longest time with no commit after it (JSON key outage_s); a fresh cluster per point "
+        "(default: none)",
     )
     p.add_argument(
         "--failover-at",

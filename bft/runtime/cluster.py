@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from bft.runtime.keygen import port_number
+from bft.version import add_version_argument
 
 DEFAULT_DIR = Path("keys/cluster")
 DEFAULT_REPLICAS = 7
@@ -789,7 +790,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Run a local bftchat cluster: create its keys on first use, start every replica, "
         "show a live status, stop them all on Ctrl-C. Data persists in DIR between runs.",
     )
-    p.add_argument("--dir", default=str(DEFAULT_DIR), help=f"cluster directory (default {DEFAULT_DIR})")
+    add_version_argument(p)
+    p.add_argument("--dir", default=str(DEFAULT_DIR), help="cluster directory (default %(default)s)")
     p.add_argument(
         "--replicas",
         type=int,
@@ -806,7 +808,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--base-port",
         type=port_number,
         default=DEFAULT_BASE_PORT,
-        help=f"new cluster: replica i serves clients on base + i (default {DEFAULT_BASE_PORT})",
+        help="new cluster: replica i serves clients on base + i (default %(default)s)",
     )
     p.add_argument(
         "--peer-base-port",
@@ -838,7 +840,7 @@ def build_parser() -> argparse.ArgumentParser:
         default="INFO",
         choices=["DEBUG", "INFO", "WARNING", "ERROR"],
         type=str.upper,
-        help="the replicas' log level (logs in DIR/logs)",
+        help="the replicas' log level (logs in DIR/logs; default %(default)s)",
     )
     return p
 

@@ -30,6 +30,7 @@ import grpc.aio
 from bft.crypto import Kind, Signer, Verifier, split_tag, tag
 from bft.faults import BEHAVIOURS, ByzantineReplica, LinkPolicy
 from bft.pb.bftchat.v1 import admin_pb2 as apb
+from bft.version import add_version_argument
 from bft.wire import WireError, parse
 
 FAULT_METHOD = "/bftchat.v1.Admin/Fault"
@@ -249,21 +250,28 @@ async def send_fault(
         return parse(apb.AdminReply, raw)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    from bft.keys import KeyFileError, load_admin_key
-    from bft.runtime.clusterconf import ConfigError, load_config
-
+def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(
         prog="bftchat-fault",
         description="Make one replica Byzantine (it must run with --allow-fault-injection).",
         epilog=f"faults: {', '.join(ALL_FAULTS)} (drop-to J and slow MS take a number)",
     )
+    add_version_argument(ap)
     ap.add_argument("--config", required=True, help="cluster config (config.toml)")
     ap.add_argument("--replica", type=int, required=True, help="replica id")
     ap.add_argument("--admin-key", help="admin key file (default: admin.key beside the config)")
     ap.add_argument("--insecure", action="store_true", help="plaintext (replicas run with --insecure)")
-    ap.add_argument("faults", nargs="+", metavar="FAULT")
-    args = ap.parse_args(argv)
+    ap.add_argument(
+        "faults", nargs="+", metavar="FAULT", help="faults to set (listed below); heal clears them all"
+    )
+    return ap
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from bft.keys import KeyFileError, load_admin_key
+    from bft.runtime.clusterconf import ConfigError, load_config
+
+    args = build_parser().parse_args(argv)
     try:
         config = load_config(args.config)
         if not 0 <= args.replica < config.n:

@@ -50,6 +50,7 @@ from bft.runtime.tls import (
     replica_cert_paths,
     write_cert_and_key,
 )
+from bft.version import add_version_argument
 
 DEFAULT_DIR = Path("keys/cluster")
 CONFIG_FILE = "config.toml"
@@ -294,6 +295,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="bftchat-keygen",
         description="Create bftchat user keys, or a cluster's keys, TLS certificates and config.",
     )
+    add_version_argument(parser)
     sub = parser.add_subparsers(dest="command", required=True, metavar="{user,cluster}")
 
     user = sub.add_parser("user", help="a chat user's key file (Ed25519 signing + X25519 box key)")
@@ -303,13 +305,16 @@ def build_parser() -> argparse.ArgumentParser:
     user.set_defaults(run=cmd_user, parser=user)
 
     cluster = sub.add_parser("cluster", help="keys, TLS certificates and config.toml for a new cluster")
-    cluster.add_argument("--dir", default=str(DEFAULT_DIR), help=f"output directory (default {DEFAULT_DIR})")
-    cluster.add_argument("--replicas", type=int, default=7, help="n = 3f + 1 replicas (default 7)")
+    cluster.add_argument("--dir", default=str(DEFAULT_DIR), help="output directory (default %(default)s)")
+    cluster.add_argument("--replicas", type=int, default=7, help="n = 3f + 1 replicas (default %(default)s)")
     cluster.add_argument(
         "--hosts", help="comma-separated hosts; replica i runs on hosts[i %% len] (default 127.0.0.1)"
     )
     cluster.add_argument(
-        "--base-port", type=port_number, default=7100, help="replica i listens on base + i (default 7100)"
+        "--base-port",
+        type=port_number,
+        default=7100,
+        help="replica i listens on base + i (default %(default)s)",
     )
     cluster.add_argument(
         "--peer-base-port",

@@ -4,11 +4,17 @@ Quiet by default at INFO: start, stop, view changes, state transfers, peer links
 evidence and errors. Per-batch events are DEBUG. Lines look like::
 
     2025-01-02T03:04:05.678Z INFO replica=2 view=1 seq=130 event=view_entered primary=1
+
+With ``--log-format json`` the same fields are one JSON object per line (for log shippers)::
+
+    {"time": "2025-01-02T03:04:05.678Z", "level": "INFO", "replica": 2, "view": 1, "seq": 130,
+     "event": "view_entered", "primary": 1}
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import sys
 import time
@@ -16,6 +22,8 @@ from collections.abc import Callable
 from typing import Any
 
 LOGGER_NAME = "bftchat"
+FORMATS = ("text", "json")
+_FIELDS = "bft_fields"  # LogRecord attribute: the event's fields, for the JSON formatter
 
 
 def _quote(value: object) -> str:
@@ -26,22 +34,51 @@ def _quote(value: object) -> str:
     return f'"{escaped}"'
 
 
+def _stamp(record: logging.LogRecord) -> str:
+    t = time.gmtime(record.created)
+    return time.strftime("%Y-%m-%dT%H:%M:%S", t) + f".{int(record.msecs):03d}Z"
+
+
 class _Formatter(logging.Formatter):
     """UTC timestamp, level, then the message (already ``key=value``); exceptions on one line."""
 
     def format(self, record: logging.LogRecord) -> str:
-        t = time.gmtime(record.created)
-        stamp = time.strftime("%Y-%m-%dT%H:%M:%S", t) + f".{int(record.msecs):03d}Z"
-        line = f"{stamp} {record.levelname} {record.getMessage()}"
+        line = f"{_stamp(record)} {record.levelname} {record.getMessage()}"
         if record.exc_info:
             line += " traceback=" + _quote(self.formatException(record.exc_info))
         return line
 
 
-def setup(level: str = "INFO") -> None:
-    """Send this process's ``bftchat`` logs to stderr; gRPC's own chatter only from WARNING up."""
+def _json_value(value: object) -> object:
+    if isinstance(value, bool | int | float) or value is None:
+        return value
+    return value.hex() if isinstance(value, bytes) else str(value)
+
+
+class _JsonFormatter(logging.Formatter):
+    """One JSON object per line: time, level, then the event's fields as in the text format (numbers
+    stay numbers, bytes are hex); a record not from ``EventLog`` has its text under ``message``."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        out: dict[str, object] = {"time": _stamp(record), "level": record.levelname}
+        fields = getattr(record, _FIELDS, None)
+        if isinstance(fields, dict):
+            for key, value in fields.items():
+                out.setdefault(key, _json_value(value))  # time and level cannot be overwritten
+        else:
+            out["message"] = record.getMessage()
+        if record.exc_info:
+            out["traceback"] = self.formatException(record.exc_info)
+        return json.dumps(out, ensure_ascii=False, separators=(", ", ": "))
+
+
+def setup(level: str = "INFO", fmt: str = "text") -> None:
+    """Send this process's ``bftchat`` logs to stderr, as ``key=value`` text or JSON lines (``fmt``);
+    gRPC's own chatter only from WARNING up."""
+    if fmt not in FORMATS:
+        raise ValueError(f"log format must be one of {FORMATS}, not {fmt!r}")
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(_Formatter())
+    handler.setFormatter(_JsonFormatter() if fmt == "json" else _Formatter())
     root = logging.getLogger(LOGGER_NAME)
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
@@ -68,13 +105,14 @@ class EventLog:
     ) -> None:
         if not self._log.isEnabledFor(level):
             return
-        parts = [f"replica={self._replica}"]
+        tagged: dict[str, object] = {"replica": self._replica}
         if self._where is not None:
-            view, seq = self._where()
-            parts.append(f"view={view} seq={seq}")
-        parts.append(f"event={event}")
-        parts.extend(f"{k}={_quote(v)}" for k, v in fields.items())
-        self._log.log(level, " ".join(parts), exc_info=exc)
+            tagged["view"], tagged["seq"] = self._where()
+        tagged["event"] = event
+        for key, value in fields.items():
+            tagged.setdefault(key, value)
+        text = " ".join(f"{k}={_quote(v)}" for k, v in tagged.items())
+        self._log.log(level, text, exc_info=exc, extra={_FIELDS: tagged})
 
     def debug(self, event: str, **fields: object) -> None:
         self._emit(logging.DEBUG, event, fields)

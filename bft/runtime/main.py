@@ -1,7 +1,8 @@
 """``bftchat-replica``: run one replica process, or verify a replica's log offline.
 
     bftchat-replica --config CONFIG --id I --key KEYFILE --data DIR [--insecure] [--recover]
-                    [--metrics-port P] [--log-level LEVEL] [--loop auto|uvloop|asyncio]
+                    [--metrics-port P] [--log-level LEVEL] [--log-format text|json]
+                    [--loop auto|uvloop|asyncio]
     bftchat-replica verify-log PATH --config CONFIG [--id I]
 
 Exit codes: 0 after a clean shutdown (SIGTERM/SIGINT) or a good log; 1 when the replica cannot
@@ -52,6 +53,7 @@ from bft.runtime.pauses import PauseMonitor, freeze_heap
 from bft.runtime.peers import PeerLink, PeerLinks
 from bft.runtime.server import ClientLimits, Servers
 from bft.runtime.tls import PeerTls
+from bft.version import add_version_argument
 
 SHUTDOWN_GRACE = 1.0
 FD_RESERVE = 256  # descriptors kept from client connections: log, peer links, metrics, TLS files
@@ -290,7 +292,7 @@ async def serve(p: Prepared) -> int:
     config, rid, events = p.config, p.replica_id, p.events
     asyncio.get_running_loop().set_exception_handler(events.loop_exception_handler())
     cluster = config.info()
-    metrics = Metrics(rid)
+    metrics = Metrics(rid, config.n)
     me = config.replicas[rid]
     events.info(
         "limits",
@@ -429,15 +431,22 @@ def run_loop(main: Coroutine[Any, Any, int], loop: str = "auto") -> int:
 # ---------------------------------------------------------------- verify-log
 
 
-def verify_log_main(argv: Sequence[str]) -> int:
+def build_verify_log_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="bftchat-replica verify-log",
         description="Verify a replica's log with public keys only (read-only) and print a summary.",
     )
+    add_version_argument(parser)
     parser.add_argument("path", help="a data dir, its log/ dir, or one segment file")
     parser.add_argument("--config", required=True, help="the cluster config (TOML)")
-    parser.add_argument("--id", type=int, default=None, help="the replica the log must belong to")
-    args = parser.parse_args(argv)
+    parser.add_argument(
+        "--id", type=int, default=None, help="the replica the log must belong to (default: any)"
+    )
+    return parser
+
+
+def verify_log_main(argv: Sequence[str]) -> int:
+    args = build_verify_log_parser().parse_args(argv)
     from bft.runtime.clusterconf import ConfigError, load_config
     from bft.storage.log import verify_log
 
@@ -454,12 +463,13 @@ def verify_log_main(argv: Sequence[str]) -> int:
 # ---------------------------------------------------------------- entry point
 
 
-def _parser() -> argparse.ArgumentParser:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="bftchat-replica",
         description="Run one replica of a bftchat cluster. "
         "'bftchat-replica verify-log PATH --config CONFIG' checks a log offline.",
     )
+    add_version_argument(parser)
     parser.add_argument("--config", required=True, help="the cluster config (TOML)")
     parser.add_argument("--id", type=int, required=True, help="this replica's id")
     parser.add_argument("--key", required=True, help="this replica's key file (mode 0600)")
@@ -468,7 +478,12 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--recover", action="store_true", help="discard the local state and rebuild it from peers"
     )
-    parser.add_argument("--metrics-port", type=int, default=None, help="serve Prometheus /metrics here")
+    parser.add_argument(
+        "--metrics-port",
+        type=int,
+        default=None,
+        help="serve Prometheus /metrics on this port (default: the config's metrics_port, if any)",
+    )
     defaults = ClientLimits()
     parser.add_argument(
         "--max-client-connections",
@@ -498,10 +513,20 @@ def _parser() -> argparse.ArgumentParser:
         "--loop",
         default="auto",
         choices=["auto", "uvloop", "asyncio"],
-        help="event loop: uvloop if installed (auto, the default), or asyncio's own",
+        help="event loop: uvloop if installed (auto), or asyncio's own (default %(default)s)",
     )
     parser.add_argument(
-        "--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"], type=str.upper
+        "--log-level",
+        default="INFO",
+        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+        type=str.upper,
+        help="least severe log events written to stderr (default %(default)s)",
+    )
+    parser.add_argument(
+        "--log-format",
+        default="text",
+        choices=logs.FORMATS,
+        help="log lines as key=value text or as one JSON object each (default %(default)s)",
     )
     return parser
 
@@ -510,8 +535,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "verify-log":
         return verify_log_main(argv[1:])
-    args = _parser().parse_args(argv)
-    logs.setup(args.log_level)
+    args = build_parser().parse_args(argv)
+    logs.setup(args.log_level, args.log_format)
     try:
         prepared = prepare(args)
         return run_loop(serve(prepared), args.loop)

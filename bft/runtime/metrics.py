@@ -7,12 +7,16 @@ The endpoint is a small HTTP/1.0 responder on the replica's event loop, not prom
 threaded server (a thread per connection: a flood of connections was a flood of threads). It reads
 one request head (at most ``MAX_HEAD`` bytes within ``HEAD_TIMEOUT``), answers ``GET /metrics``,
 and closes; at most ``MAX_CONNECTIONS`` connections at once, more are closed unanswered.
+
+Every labelled series whose label values are known in advance (peers, endpoints, request kinds) is
+created at zero at start, so a rate or an alert sees 0 rather than no series until the first event.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -20,21 +24,44 @@ from prometheus_client import (
     Counter,
     Gauge,
     Histogram,
+    Info,
     generate_latest,
 )
+
+from bft.version import version
 
 MAX_CONNECTIONS = 16
 MAX_HEAD = 8192
 HEAD_TIMEOUT = 5.0
 
+# bft_bad_input_total{endpoint}: every value the gRPC and peer layers count (created at zero).
+BAD_INPUT_ENDPOINTS = (
+    "auth",
+    "claim",
+    "client_frame",
+    "sessions_full",
+    "sessions_per_address",
+    "peer_hello",
+    "peer_frame",
+    "peer_pending_full",
+)
+REQUEST_KINDS = ("ordered", "read", "bad")  # bft_client_requests_total{kind}
+LATENCY_KINDS = ("ordered", "read")  # bft_request_seconds{kind}
+MAX_TIMED_REQUESTS = 4096  # requests awaiting their reply in the latency table (oldest dropped first)
+
+_LATENCY = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 _FAST = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
 
 
 class Metrics:
-    def __init__(self, replica_id: int) -> None:
+    """``n``: the cluster size, to create the per-peer series (all peers but this replica) at zero."""
+
+    def __init__(self, replica_id: int, n: int = 0) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
         self.replica_id = replica_id
+        self.build_info = Info("bft_build", "The bftchat version this replica runs", registry=r)
+        self.build_info.info({"version": version()})
         self.committed_requests = Counter(
             "bft_committed_requests", "Client requests executed in committed batches", registry=r
         )
@@ -108,6 +135,24 @@ class Metrics:
         )
         self.client_errors = Counter("bft_client_request_errors", "Client requests refused", registry=r)
         self.pushes = Counter("bft_pushes_sent", "Signed pushes sent to subscribed sessions", registry=r)
+        self.request_seconds = Histogram(
+            "bft_request_seconds",
+            "Client requests from their arrival on a session stream to their reply being written, by kind",
+            ["kind"],
+            buckets=_LATENCY,
+            registry=r,
+        )
+        self.requests_in_flight = RequestTimes(self)
+        for peer in range(n):
+            if peer != replica_id:
+                for family in (self.peer_dropped, self.peer_frames, self.peer_messages):
+                    family.labels(str(peer))
+        for endpoint in BAD_INPUT_ENDPOINTS:
+            self.bad_input.labels(endpoint)
+        for kind in REQUEST_KINDS:
+            self.client_requests.labels(kind)
+        for kind in LATENCY_KINDS:
+            self.request_seconds.labels(kind)
         self._http_open = 0
 
     async def serve(self, port: int, host: str = "127.0.0.1") -> asyncio.Server:
@@ -140,3 +185,39 @@ class Metrics:
             writer.close()
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(writer.wait_closed(), 1.0)
+
+
+RequestId = tuple[bytes, int, int]  # (client key, session, timestamp): what a reply names
+
+
+class RequestTimes:
+    """Arrival times of requests accepted from client sessions, until their reply is written: feeds
+    ``bft_request_seconds``. Network-fed, so bounded: at most ``MAX_TIMED_REQUESTS`` entries (fixed
+    size each), the oldest arrival dropped first; a request that never gets a reply here (refused
+    later, or replied by a newer one of its session) just ages out. A retransmission keeps the first
+    arrival."""
+
+    def __init__(self, metrics: Metrics, limit: int = MAX_TIMED_REQUESTS) -> None:
+        self._metrics = metrics
+        self._limit = limit
+        self._arrived: dict[RequestId, tuple[str, float]] = {}
+
+    def __len__(self) -> int:
+        return len(self._arrived)
+
+    def arrived(self, request: RequestId, kind: str, at: float) -> None:
+        if request in self._arrived:
+            return
+        if len(self._arrived) >= self._limit:
+            del self._arrived[next(iter(self._arrived))]
+        self._arrived[request] = (kind, at)
+
+    def replied(self, request: RequestId, now: float | None = None) -> None:
+        entry = self._arrived.pop(request, None)
+        if entry is not None:
+            kind, at = entry
+            now = time.monotonic() if now is None else now
+            self._metrics.request_seconds.labels(kind).observe(max(0.0, now - at))
+
+    def clear(self) -> None:
+        self._arrived.clear()

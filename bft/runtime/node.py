@@ -228,6 +228,7 @@ class Node:
         self._from_peer: dict[int, int] = {}  # queued messages per peer
         self._from_sink: dict[Sink, int] = {}  # queued requests per session stream
         self._requests = 0  # queued requests in total
+        self._arrivals: deque[float] = deque()  # monotonic arrival time of each queued request, in order
         self._room = asyncio.Event()
         # Group commit off the event loop: records appended / made durable so far, outputs waiting
         # for a group to be durable (in order), and the one thread that writes and fsyncs.
@@ -302,6 +303,8 @@ class Node:
         """Stop feeding the core and flush what it asked to persist (graceful shutdown)."""
         self.stopping = True
         self._inbox.clear()
+        self._arrivals.clear()
+        self.metrics.requests_in_flight.clear()
         self._inbox_bytes = self._requests = 0
         self._from_peer.clear()
         self._from_sink.clear()
@@ -351,6 +354,7 @@ class Node:
         if self.stopping:
             return
         self._inbox.append(("r", raw, sink))
+        self._arrivals.append(time.monotonic())
         self._inbox_bytes += len(raw)
         self._requests += 1
         self._from_sink[sink] = self._from_sink.get(sink, 0) + 1
@@ -445,7 +449,7 @@ class Node:
                 if kind == "m":
                     core.on_message(item, time.time())  # type: ignore[arg-type]
                 elif kind == "r":
-                    self._on_request(item, extra)  # type: ignore[arg-type]
+                    self._on_request(item, extra, self._arrivals.popleft())  # type: ignore[arg-type]
                 else:
                     core.on_timer(item, time.time())  # type: ignore[arg-type]
             except Exception as exc:
@@ -474,11 +478,10 @@ class Node:
         self.metrics.burst_seconds.observe(time.perf_counter() - start)
         self._refresh_gauges()
 
-    def _on_request(self, raw: bytes, sink: Sink) -> None:
+    def _on_request(self, raw: bytes, sink: Sink, arrived: float) -> None:
         meta = request_meta(raw)
-        self.metrics.client_requests.labels(
-            "bad" if meta is None else "read" if meta[1].read_only else "ordered"
-        ).inc()
+        kind = "bad" if meta is None else "read" if meta[1].read_only else "ordered"
+        self.metrics.client_requests.labels(kind).inc()
         error = self.core.on_request(raw, time.time())
         if error is None and meta is not None and not meta[1].read_only:
             error, floor = self._stale(meta[0], meta[1].timestamp)
@@ -490,6 +493,8 @@ class Node:
             sink.send(spb.ServerFrame(error=refusal).SerializeToString())
             return
         if meta is not None:
+            route, body = meta
+            self.metrics.requests_in_flight.arrived((*route, body.timestamp), kind, arrived)
             self._routes.put(meta[0], sink)  # most recently used last
             if len(self._routes) > MAX_ROUTES:
                 self._routes.evict_oldest()
@@ -589,7 +594,7 @@ class Node:
                     raise FatalError(str(exc)) from None
                 self._appended += 1
             elif isinstance(out, ToClient):
-                self._durable(partial(self._reply, out.client_key, out.session, out.data))
+                self._durable(partial(self._reply, out.client_key, out.session, out.data, out.timestamp))
             elif isinstance(out, SetTimer):
                 self._set_timer(out.name, out.at)
             elif isinstance(out, CancelTimer):
@@ -608,7 +613,7 @@ class Node:
                 self.metrics.evidence.inc()
                 self.events.warning("evidence", culprit=out.replica, what=out.what)
 
-    def _reply(self, key: bytes, session: int, data: bytes) -> None:
+    def _reply(self, key: bytes, session: int, data: bytes, timestamp: int) -> None:
         """To the session that proved it owns (key, session), and to the one the request came on."""
         route = (key, session)
         claimed = self._claims.get(route)
@@ -619,6 +624,7 @@ class Node:
                 claimed.send(frame)
             if arrived is not None and arrived is not claimed:
                 arrived.send(frame)
+            self.metrics.requests_in_flight.replied((key, session, timestamp))
 
     def _push(self, subs: set[Sink], frame: bytes) -> None:
         for sink in list(subs):

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 from bft.sim.scenario import MUTATIONS, TRANSFER_ATTACKS, Scenario, generate, shrink_candidates
 from bft.sim.world import run_scenario
+from bft.version import add_version_argument
 
 
 @dataclass(frozen=True)
@@ -63,18 +64,38 @@ def shrink(sc: Scenario) -> Scenario:
     return current
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m bft.sim", description=__doc__)
-    ap.add_argument("--scenarios", type=int, default=100)
-    ap.add_argument("--seed", type=int, default=1)
-    ap.add_argument("--replicas", type=int, choices=(4, 7, 10), default=None)
-    ap.add_argument("--mutate", choices=MUTATIONS, default=None)
-    ap.add_argument("--jobs", type=int, default=1)
-    ap.add_argument("--app", choices=("kv", "chat"), default="kv")
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(
+        prog="python -m bft.sim", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    add_version_argument(ap)
+    ap.add_argument("--scenarios", type=int, default=100, help="scenarios to run (default %(default)s)")
+    ap.add_argument("--seed", type=int, default=1, help="seed of the first scenario (default %(default)s)")
+    ap.add_argument(
+        "--replicas",
+        type=int,
+        choices=(4, 7, 10),
+        default=None,
+        help="n for every scenario (default: drawn per scenario)",
+    )
+    ap.add_argument(
+        "--mutate",
+        choices=MUTATIONS,
+        default=None,
+        help="break the protocol on purpose, to check the checkers catch it (default: none)",
+    )
+    ap.add_argument("--jobs", type=int, default=1, help="worker processes (default %(default)s)")
+    ap.add_argument(
+        "--app", choices=("kv", "chat"), default="kv", help="replicated application (default %(default)s)"
+    )
     ap.add_argument("--shrink", action="store_true", help="shrink each failing scenario and print it as JSON")
     ap.add_argument("--scenario-json", help="run one scenario given as JSON (from --shrink)")
-    ap.add_argument("--verbose", action="store_true")
-    args = ap.parse_args(argv)
+    ap.add_argument("--verbose", action="store_true", help="print every violation, not only the first")
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
 
     if args.scenario_json:
         sc = Scenario.from_json(args.scenario_json)

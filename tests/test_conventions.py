@@ -1,0 +1,134 @@
+"""Conventions every command shares: ``--version``, help text on every option, real defaults shown."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import tomllib
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from bft.version import UNKNOWN, source_tree_version, version
+
+ROOT = Path(__file__).resolve().parent.parent
+SCRIPTS: dict[str, str] = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
+
+# Every parser of every command: the console scripts' entry modules, the replica's verify-log
+# subcommand, and the simulator (python -m bft.sim).
+PARSERS: dict[str, tuple[str, str]] = {
+    "bftchat-replica": ("bft.runtime.main", "build_parser"),
+    "bftchat-replica verify-log": ("bft.runtime.main", "build_verify_log_parser"),
+    "bftchat-keygen": ("bft.runtime.keygen", "build_parser"),
+    "bftchat": ("client.cli", "build_parser"),
+    "bftchat-cluster": ("bft.runtime.cluster", "build_parser"),
+    "bftchat-bench": ("bft.runtime.bench", "build_parser"),
+    "bftchat-fault": ("bft.runtime.faultctl", "build_parser"),
+    "bftchat-attack": ("bft.runtime.attack", "build_parser"),
+    "python -m bft.sim": ("bft.sim.__main__", "build_parser"),
+}
+
+
+def _entry(target: str) -> Callable[..., object]:
+    module, _, name = target.partition(":")
+    fn = getattr(importlib.import_module(module), name)
+    assert callable(fn)
+    return fn
+
+
+def _parser(name: str) -> argparse.ArgumentParser:
+    module, builder = PARSERS[name]
+    parser = getattr(importlib.import_module(module), builder)()
+    assert isinstance(parser, argparse.ArgumentParser)
+    return parser
+
+
+def _walk(parser: argparse.ArgumentParser) -> Iterator[tuple[argparse.ArgumentParser, argparse.Action]]:
+    """Every action of a parser and of its subcommands' parsers."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                yield from _walk(sub)
+        else:
+            yield parser, action
+
+
+def _shown(default: object) -> str:
+    if isinstance(default, list):
+        return ",".join(map(str, default))
+    if isinstance(default, float):
+        return f"{default:g}"
+    return str(default)
+
+
+def test_every_console_script_has_a_parser_listed_here() -> None:
+    modules = {target.partition(":")[0] for target in SCRIPTS.values()}
+    assert modules <= {module for module, _ in PARSERS.values()}
+    assert set(SCRIPTS) <= set(PARSERS)
+
+
+@pytest.mark.parametrize("script", [*sorted(SCRIPTS), "python -m bft.sim"])
+def test_version_flag(script: str, capsys: pytest.CaptureFixture[str]) -> None:
+    main = _entry(SCRIPTS[script]) if script in SCRIPTS else _entry("bft.sim.__main__:main")
+    try:
+        code = main(["--version"])
+    except SystemExit as exc:
+        code = exc.code
+    assert code in (0, None)
+    out = capsys.readouterr().out.strip()
+    assert out == f"{script} {version()}"
+    assert version() != UNKNOWN
+
+
+def test_version_is_the_projects() -> None:
+    assert (
+        source_tree_version(ROOT)
+        == version()
+        == tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
+    )
+
+
+def test_version_without_install_reads_pyproject(tmp_path: Path) -> None:
+    (tmp_path / "pyproject.toml").write_text('[project]\nname = "bftchat"\nversion = "9.8.7"\n')
+    assert source_tree_version(tmp_path) == "9.8.7"
+    (tmp_path / "pyproject.toml").write_text('[project]\nname = "other"\nversion = "1.0"\n')
+    assert source_tree_version(tmp_path) == UNKNOWN
+    assert source_tree_version(tmp_path / "missing") == UNKNOWN
+
+
+@pytest.mark.parametrize("name", sorted(PARSERS))
+def test_every_option_has_help_and_shows_its_real_default(name: str) -> None:
+    parser = _parser(name)
+    for owner, action in _walk(parser):
+        if isinstance(action, argparse._HelpAction):
+            continue
+        what = f"{owner.prog} {'/'.join(action.option_strings) or action.dest}"
+        assert action.help and action.help != argparse.SUPPRESS, f"{what}: no help text"
+        shown = owner._get_formatter()._expand_help(action)
+        assert "%(" not in shown, what
+        default = action.default
+        if default in (None, False, argparse.SUPPRESS) or isinstance(action, argparse._VersionAction):
+            continue
+        assert f"default {_shown(default)}" in shown, f"{what}: help {shown!r} does not show {default!r}"
+    assert parser.format_help()  # every help string formats
+
+
+def test_pyproject_metadata(monkeypatch: pytest.MonkeyPatch) -> None:
+    import trove_classifiers
+    from setuptools.config.pyprojecttoml import read_configuration
+
+    monkeypatch.setenv("VALIDATE_PYPROJECT_NO_NETWORK", "1")
+    project = read_configuration(ROOT / "pyproject.toml")["project"]  # setuptools' schema check
+    assert project["authors"] and all(a.get("name") for a in project["authors"])
+    unknown = [c for c in project["classifiers"] if c not in trove_classifiers.classifiers]
+    assert not unknown, f"not trove classifiers: {unknown}"
+    assert not any(c.startswith("License ::") for c in project["classifiers"])  # license = SPDX
+    floor = project["requires-python"].removeprefix(">=")
+    assert f"Programming Language :: Python :: {floor}" in project["classifiers"]
+    urls = project["urls"]
+    assert {"Homepage", "Documentation", "Source"} <= set(urls)
+    for name, url in urls.items():  # each names a path of this repository
+        path = url.split("/main/", 1)[1] if "/main/" in url else ""
+        assert (ROOT / path).exists(), f"{name}: {url} names no file of the repository"
+    assert urls["Documentation"].endswith("/docs")
