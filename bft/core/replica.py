@@ -1324,6 +1324,18 @@ class Replica:
         (no new verified chunk for ``state_transfer_timeout``); chunks already held are kept."""
         t = self.transfer
         assert t is not None
+        if t.seq > self.last_executed and all(
+            s in self.commit_proofs for s in range(self.last_executed + 1, t.seq + 1)
+        ):
+            # We are behind (not diverged) and the committed slots up to the target arrived
+            # meanwhile: execute them. The target may no longer be served by anyone.
+            self.transfer = None
+            if self.pending_stable is None or self.pending_stable[0] < t.seq:
+                self.pending_stable = (t.seq, t.digest, t.proof)
+            if t.newer is not None:
+                self._make_stable(*t.newer)
+            self._try_execute(now)
+            return
         if t.last_progress is None or len(t.chunks) != t.progress_mark:
             t.progress_mark = len(t.chunks)
             if t.last_progress is None:
