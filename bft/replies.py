@@ -26,6 +26,11 @@ class CheckedReply:
     seq: int
     status: int
     result: bytes
+    # The exact serialised ClientReply (kept for receipts, ``client.receipts``), the batch root
+    # it vouches for, and on an accepted reply the raw replies of every replica that agreed.
+    raw: bytes = field(default=b"", compare=False, repr=False)
+    root: bytes = field(default=b"", compare=False, repr=False)
+    proof: tuple[bytes, ...] = field(default=(), compare=False, repr=False)
 
 
 def check_reply(
@@ -39,7 +44,7 @@ def check_reply(
     leaf = merkle.leaf_hash(leaf_bytes(key, session, timestamp, reply.status, reply.result))
     if merkle.root_from_path(leaf, reply.index, list(reply.path)) != root.root:
         raise WireError("reply leaf does not match the signed root")
-    return CheckedReply(reply.root.signer, root.view, root.seq, reply.status, reply.result)
+    return CheckedReply(reply.root.signer, root.view, root.seq, reply.status, reply.result, raw, root.root)
 
 
 @dataclass
@@ -72,7 +77,8 @@ class ReplyCollector:
                 k = min(self.trust, len(group)) - 1
                 view = sorted((r.view for r in group), reverse=True)[k]
                 seq = sorted((r.seq for r in group), reverse=True)[k]
-                return replace(min(group, key=lambda r: r.replica), view=view, seq=seq)
+                proof = tuple(r.raw for r in sorted(group, key=lambda r: r.replica))
+                return replace(min(group, key=lambda r: r.replica), view=view, seq=seq, proof=proof)
         return None
 
     def disagreement(self) -> dict[tuple[int, bytes], list[int]]:

@@ -44,7 +44,7 @@ from bft.pb.bftchat.v1 import chat_pb2 as cpb
 from bft.pb.bftchat.v1 import protocol_pb2 as pb
 from bft.replies import CheckedReply
 from bft.runtime.clusterconf import ClusterConfig, load_config
-from client import e2e
+from client import e2e, receipts
 from client.errors import (
     ChatClientError,
     ClusterUnreachable,
@@ -87,6 +87,7 @@ class Sent:
     ref: bytes = b""  # SHA-256 of the signed request that was executed: the message's identity
     recipient_key: bytes = b""  # the recipient's signing key when the message was encrypted to it
     recipient_box: bytes = b""
+    receipt: bytes = b""  # the f+1 signed replies proving the cluster committed it (client.receipts)
 
 
 @dataclass(frozen=True, slots=True)
@@ -235,14 +236,18 @@ class ChatClient:
         *,
         read_only: bool = False,
         on_signed: Callable[[bytes, int, int], None] | None = None,
+        receipt: list[bytes] | None = None,
     ) -> cpb.ChatResult:
-        """Run one operation: the ChatResult f+1 (ordered) or 2f+1 (one-round read) replicas agree on."""
+        """Run one operation: the ChatResult f+1 (ordered) or 2f+1 (one-round read) replicas agree
+        on. ``receipt`` gets the operation's receipt appended (``client.receipts``)."""
         try:
             reply = await self.session.request(
                 op, read_only=read_only, timeout=self.timeout, on_signed=on_signed
             )
         except RequestFailed as exc:
             raise await self._failure(exc) from None
+        if receipt is not None:
+            receipt.append(receipts.make(self.cluster.cluster_id, reply))
         return self._result(reply)
 
     def _result(self, reply: CheckedReply) -> cpb.ChatResult:
@@ -296,11 +301,12 @@ class ChatClient:
 
     # ---- operations
 
-    async def register(self, name: str) -> str:
+    async def register(self, name: str, *, receipt: list[bytes] | None = None) -> str:
         """Bind ``name`` to this key; returns the canonical name. Registering a name this key
-        already holds (e.g. a retry from another process) succeeds again."""
+        already holds (e.g. a retry from another process) succeeds again (its receipt is then the
+        refusal's: proof of the order, see docs/CHAT.md). ``receipt`` gets the receipt appended."""
         n = _name(name)
-        result = await self._call(e2e.register_op(n, self.box.public))
+        result = await self._call(e2e.register_op(n, self.box.public), receipt=receipt)
         if result.WhichOneof("result") == "error" and result.error.code == _Code.NAME_TAKEN:
             with contextlib.suppress(NoSuchUser):
                 acct = await self.lookup(n)
@@ -376,7 +382,8 @@ class ChatClient:
                 if on_signed is not None:
                     on_signed(raw, session, timestamp, acct)
 
-            result = await self._call(op, on_signed=keep)
+            proof: list[bytes] = []
+            result = await self._call(op, on_signed=keep, receipt=proof)
             stale_key = result.WhichOneof("result") == "error" and (
                 result.error.code == _Code.RECIPIENT_KEY_MISMATCH
             )
@@ -386,7 +393,14 @@ class ChatClient:
             self._check(result, "sent", target=n)
             s = result.sent
             return Sent(
-                n, s.id, s.seq, s.timestamp_us, message_ref(signed[-1]), acct.signing_key, acct.box_key
+                n,
+                s.id,
+                s.seq,
+                s.timestamp_us,
+                message_ref(signed[-1]),
+                acct.signing_key,
+                acct.box_key,
+                proof[-1],
             )
         raise AssertionError("unreachable")
 
@@ -424,7 +438,8 @@ class ChatClient:
         result = self._result(reply)
         self._check(result, "sent", target=recipient)
         s = result.sent
-        return Sent(recipient, s.id, s.seq, s.timestamp_us, message_ref(raw))
+        proof = receipts.make(self.cluster.cluster_id, reply)
+        return Sent(recipient, s.id, s.seq, s.timestamp_us, message_ref(raw), receipt=proof)
 
     async def fetch(self, after_id: int = 0, limit: int = 0) -> tuple[list[Message], bool]:
         """One page of undelivered messages with id > ``after_id``, verified and decrypted, and
@@ -463,10 +478,11 @@ class ChatClient:
         self._check(result, "acked")
         return result.acked.remaining
 
-    async def delete_account(self) -> int:
-        """Delete our account (its undelivered messages go with it); returns how many were dropped."""
+    async def delete_account(self, *, receipt: list[bytes] | None = None) -> int:
+        """Delete our account (its undelivered messages go with it); returns how many were dropped.
+        ``receipt`` gets the receipt appended."""
         me = self.me()
-        result = await self._call(e2e.delete_op(me))
+        result = await self._call(e2e.delete_op(me), receipt=receipt)
         self._check(result, "deleted", target=me)
         return result.deleted.dropped
 

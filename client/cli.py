@@ -4,6 +4,7 @@
             [--accept-new-key NAME] COMMAND
         register NAME | list [PATTERN] | send NAME TEXT|- | inbox [--peek] | history NAME
         | outbox [--list] [--give-up ID...|all] | delete-account [--yes] | chat [NAME] | whoami
+        | receipt MESSAGE_ID [--of send|register|delete] | verify-receipt FILE
 
 The cluster config comes from ``--config``, else ``$BFTCHAT_CONFIG``, else the first that exists
 of ``keys/cluster/config.toml`` (relative to the working directory, where ``bftchat-keygen
@@ -40,7 +41,8 @@ from bft.app.names import normalize_name
 from bft.keys import KeyFileError, UserKey, fingerprint_of, load_user_key, write_user_key
 from bft.runtime.clusterconf import ClusterConfig, ConfigError, load_config
 from bft.version import add_version_argument
-from client.errors import ChatClientError, UsageError
+from client import receipts
+from client.errors import ChatClientError, InvalidReceipt, NotFound, UsageError
 from client.history import (
     FAILED,
     PENDING,
@@ -49,6 +51,7 @@ from client.history import (
     History,
     HistoryEntry,
     OutboxRow,
+    StoredReceipt,
     history_path_for,
 )
 
@@ -266,12 +269,29 @@ class Ctx:
     def __init__(self, args: argparse.Namespace, out: Out) -> None:
         self.args = args
         self.out = out
-        hint = "create one with: bftchat-keygen user --out FILE"
-        self.key_path = _resolve(args.key, "BFTCHAT_KEY", default_keys(), "user key", hint)
-        self.key: UserKey = load_user_key(self.key_path)
+        self._key_path: Path | None = None
+        self._key: UserKey | None = None
         self._config: ClusterConfig | None = None
         self._history: History | None = None
         self._locals: list[Local] = []
+
+    @property
+    def key_path(self) -> Path:
+        """Resolved on first use: ``verify-receipt`` needs no key."""
+        if self._key_path is None:
+            hint = "create one with: bftchat-keygen user --out FILE"
+            self._key_path = _resolve(self.args.key, "BFTCHAT_KEY", default_keys(), "user key", hint)
+        return self._key_path
+
+    @property
+    def key(self) -> UserKey:
+        if self._key is None:
+            self._key = load_user_key(self.key_path)
+        return self._key
+
+    @key.setter
+    def key(self, key: UserKey) -> None:
+        self._key = key
 
     @property
     def config(self) -> ClusterConfig:
@@ -329,6 +349,15 @@ class Ctx:
         self._locals.append(local)
         return local
 
+    def keep_receipt(self, kind: str, name: str, proof: list[bytes]) -> None:
+        """Store a register/delete receipt in the local history (under the account it concerns)."""
+        if proof and proof[-1]:
+            seq = receipts.verify(proof[-1], self.config.info()).seq
+            row = StoredReceipt(
+                kind, name, None, self.config.cluster_id, seq, time.time_ns() // 1000, proof[-1]
+            )
+            self.history().add_receipt(name, row)
+
     def set_key_name(self, name: str | None) -> None:
         """Remember (or forget) the account name in the key file (atomic replace, stays 0600)."""
         if self.key.name != name:
@@ -346,8 +375,10 @@ class Ctx:
 
 
 async def cmd_register(ctx: Ctx) -> int:
+    proof: list[bytes] = []
     async with ctx.client() as c:
-        name = await c.register(ctx.args.name)
+        name = await c.register(ctx.args.name, receipt=proof)
+    ctx.keep_receipt("register", name, proof)
     ctx.set_key_name(name)
     fp = ctx.key.fingerprint()
     ctx.out.emit(
@@ -474,8 +505,10 @@ async def cmd_delete(ctx: Ctx) -> int:
         f"Delete account '{me}'? Its undelivered messages are dropped and the name becomes free. [y/N] "
     ):
         raise UsageError("not deleted (not confirmed; --yes skips the question)")
+    proof: list[bytes] = []
     async with ctx.client() as c:
-        dropped = await c.delete_account()
+        dropped = await c.delete_account(receipt=proof)
+    ctx.keep_receipt("delete", me, proof)
     if ctx.key.name == me:
         ctx.set_key_name(None)
     text = f"deleted '{me}' ({dropped} undelivered messages dropped)"
@@ -538,6 +571,66 @@ async def cmd_outbox(ctx: Ctx) -> int:
         f"{waiting} message(s) waiting in the outbox" if waiting else "nothing waiting in the outbox"
     )
     return 3 if waiting and not ctx.args.list else 0
+
+
+async def cmd_receipt(ctx: Ctx) -> int:
+    """Print a stored receipt: of a send by message id, or with --of register/delete by name."""
+    kind, ident = ctx.args.of, ctx.args.id
+    cluster = ctx.config.info()
+    if kind == "send":
+        try:
+            message_id = int(ident)
+        except ValueError:
+            raise UsageError(f"not a message id: {ident!r} (--of register|delete takes a name)") from None
+        stored = ctx.history().receipt(ctx.me(), kind, cluster.cluster_id, message_id=message_id)
+        account = ctx.me()
+    else:
+        account = normalize_name(ident) or ident
+        stored = ctx.history().receipt(account, kind, cluster.cluster_id, name=account)
+    if stored is None:
+        what = f"message {ident}" if kind == "send" else f"{kind} of '{ident}'"
+        raise NotFound(
+            f"no receipt of {what} on this cluster in {history_path_for(ctx.key_path)} "
+            "(receipts are kept from this version of bftchat on)"
+        )
+    try:
+        v = receipts.verify(stored.receipt, cluster)
+    except receipts.ReceiptError as exc:
+        raise ChatClientError(f"the stored receipt does not verify against this config: {exc}") from None
+    extra: dict[str, Any] = {"kind": stored.kind, "account": account, "name": stored.name}
+    if stored.message_id is not None:
+        extra["message_id"] = stored.message_id
+    signers = ", ".join(map(str, v.signers))
+    what = f"message {stored.message_id} to {stored.name}" if kind == "send" else f"{kind} of '{stored.name}'"
+    text = (
+        f"receipt of {what}: committed at sequence number {v.seq} (view {v.view}), batch root "
+        f"{v.root.hex()}, signed by replicas {signers} ({len(v.signers)} of {cluster.n}, "
+        f"{cluster.quorums.f + 1} needed)"
+    )
+    ctx.out.emit(receipts.to_json(v, stored.receipt, **extra), text)
+    return 0
+
+
+async def cmd_verify_receipt(ctx: Ctx) -> int:
+    """Check a receipt file offline against the config's public keys (no key file, no network)."""
+    path = Path(ctx.args.file)
+    with path.open("rb") as fh:
+        content = fh.read(receipts.MAX_RECEIPT * 3)
+    cluster = ctx.config.info()
+    try:
+        data, doc = receipts.from_file(content)
+        v = receipts.verify(data, cluster)
+        if doc is not None:
+            receipts.check_stated(v, doc, data)
+    except receipts.ReceiptError as exc:
+        raise InvalidReceipt(f"{path}: invalid receipt: {exc}") from None
+    signers = ", ".join(map(str, v.signers))
+    text = (
+        f"valid: committed at sequence number {v.seq} (view {v.view}) by cluster {v.cluster_id.hex()[:16]}, "
+        f"signed by replicas {signers} ({len(v.signers)} of {cluster.n}, {cluster.quorums.f + 1} needed)"
+    )
+    ctx.out.emit({"valid": True, **receipts.to_json(v, data)}, text)
+    return 0
 
 
 async def cmd_chat(ctx: Ctx) -> int:
@@ -637,6 +730,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--give-up", nargs="+", metavar="ID", help="stop sending these outbox messages ('all': every one)"
     )
     add("whoami", cmd_whoami, "show this key's account, fingerprint and files")
+    p = add("receipt", cmd_receipt, "print the stored receipt of a send (or register/delete)")
+    p.add_argument(
+        "id", metavar="MESSAGE_ID", help="a sent message's id (with --of register|delete: the name)"
+    )
+    p.add_argument("--of", choices=("send", "register", "delete"), default="send", help="default: send")
+    p = add(
+        "verify-receipt", cmd_verify_receipt, "check a receipt offline: exit 0 only if f+1 replicas signed it"
+    )
+    p.add_argument("file", metavar="FILE", help="a receipt (`bftchat receipt ID --json` output, or raw)")
     return parser
 
 

@@ -24,6 +24,18 @@ class UsageError(ChatClientError):
     code = "usage"
 
 
+class NotFound(ChatClientError):
+    """Nothing stored locally under that id (e.g. no receipt of that message)."""
+
+    code = "not_found"
+
+
+class InvalidReceipt(ChatClientError):
+    """``verify-receipt``: the receipt does not prove that f+1 replicas of the cluster signed it."""
+
+    code = "invalid_receipt"
+
+
 class RejectedError(ChatClientError):
     """The replicas agreed to refuse the operation (a ``ChatError`` from the app)."""
 

@@ -17,9 +17,12 @@ conversation survives; nothing in it is trusted by the replicas. Three tables:
 * ``outbox``: messages not known to be delivered. A row is stored before anything is sent; once
   signed, it holds the exact signed request, which is resent as is (never re-signed, so it executes
   at most once) until its fate is known. Delivered rows move to ``messages``.
+* ``receipts``: the receipt (``client.receipts``) of every send, register and delete this account
+  made: the f+1 replica-signed replies that prove the cluster committed it, checkable offline.
 
-Schema version 2 (``PRAGMA user_version``); a version-1 file (messages unique on account,
-direction and cluster message id) is migrated in place when opened.
+Schema version 3 (``PRAGMA user_version``), migrated in place when opened: a version-1 file
+(messages unique on account, direction and cluster message id) gets the version-2 messages table;
+a version-2 file gets the ``receipts`` table (version 3), nothing else changes.
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 MESSAGES = """
 CREATE TABLE IF NOT EXISTS messages (
@@ -78,6 +81,18 @@ CREATE TABLE IF NOT EXISTS outbox (
     owner       INTEGER,           -- the process delivering it (random id), NULL: nobody
     lease_us    INTEGER NOT NULL DEFAULT 0  -- the owner's claim ends then (a crashed owner's too)
 );
+CREATE TABLE IF NOT EXISTS receipts (
+    account     TEXT NOT NULL,
+    kind        TEXT NOT NULL CHECK (kind IN ('send', 'register', 'delete')),
+    name        TEXT NOT NULL,     -- the recipient of a send, or the account registered or deleted
+    message_id  INTEGER,           -- the cluster's message id of a send (NULL otherwise)
+    cluster_id  BLOB NOT NULL,
+    ref         BLOB,              -- a send's message identity (as in ``messages``)
+    seq         INTEGER NOT NULL,
+    created_us  INTEGER NOT NULL,
+    receipt     BLOB NOT NULL      -- a serialised Receipt (proto/bftchat/v1/protocol.proto)
+);
+CREATE INDEX IF NOT EXISTS receipt_by_id ON receipts (account, kind, message_id);
 """
 
 # Outbox states. queued: stored, not signed yet (nothing left this machine). pending: signed and
@@ -138,6 +153,17 @@ def history_path_for(key_file: Path) -> Path:
     return key_file.with_name(key_file.name + ".history.sqlite")
 
 
+@dataclass(frozen=True, slots=True)
+class StoredReceipt:
+    kind: str  # "send", "register" or "delete"
+    name: str
+    message_id: int | None
+    cluster_id: bytes
+    seq: int
+    created_us: int
+    receipt: bytes
+
+
 class History:
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -172,7 +198,8 @@ class History:
                 )
             if version < SCHEMA_VERSION:
                 old = db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'messages'")
-                if old.fetchone() is not None:  # version 1: unique on (account, direction, message_id)
+                # version 1: messages unique on (account, direction, message_id)
+                if version < 2 and old.fetchone() is not None:
                     db.execute("ALTER TABLE messages RENAME TO messages_v1")
                     db.execute("DROP INDEX IF EXISTS by_peer")
                     self._script(db, MESSAGES)
@@ -234,6 +261,40 @@ class History:
             HistoryEntry(r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], r[8], r[9], bool(r[10]), r[11])
             for r in reversed(rows)
         ]
+
+    # ---- receipts
+
+    def add_receipt(self, account: str, r: StoredReceipt, ref: bytes | None = None) -> None:
+        self._db.execute(
+            "INSERT INTO receipts (account, kind, name, message_id, cluster_id, ref, seq, created_us, "
+            "receipt) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (account, r.kind, r.name, r.message_id, r.cluster_id, ref, r.seq, r.created_us, r.receipt),
+        )
+
+    def receipt(
+        self,
+        account: str,
+        kind: str,
+        cluster_id: bytes,
+        *,
+        message_id: int | None = None,
+        name: str | None = None,
+    ) -> StoredReceipt | None:
+        """The latest receipt of ``account`` on that cluster for a send (by message id) or a
+        register/delete (by name, or the latest of that kind)."""
+        sql = (
+            "SELECT kind, name, message_id, cluster_id, seq, created_us, receipt FROM receipts "
+            "WHERE account = ? AND kind = ? AND cluster_id = ?"
+        )
+        args: list[object] = [account, kind, cluster_id]
+        if message_id is not None:
+            sql += " AND message_id = ?"
+            args.append(message_id)
+        if name is not None:
+            sql += " AND name = ?"
+            args.append(name)
+        row = self._db.execute(sql + " ORDER BY rowid DESC LIMIT 1", args).fetchone()
+        return StoredReceipt(*row) if row is not None else None
 
     # ---- pinned keys
 
@@ -326,8 +387,13 @@ class History:
         states = (QUEUED, PENDING) if signed else (QUEUED, QUEUED)
         self._db.execute("DELETE FROM outbox WHERE id = ? AND state IN (?, ?)", (row_id, *states))
 
-    def delivered(self, row_id: int, account: str, entry: HistoryEntry) -> None:
-        """The row was delivered: into the history and out of the outbox, in one transaction."""
+    def delivered(
+        self, row_id: int, account: str, entry: HistoryEntry, receipt: StoredReceipt | None = None
+    ) -> None:
+        """The row was delivered: into the history (with its receipt) and out of the outbox, in one
+        transaction."""
         with self._tx():
             self.add(account, entry)
+            if receipt is not None:
+                self.add_receipt(account, receipt, entry.ref)
             self._db.execute("DELETE FROM outbox WHERE id = ?", (row_id,))

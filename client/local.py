@@ -22,7 +22,16 @@ from dataclasses import dataclass
 from bft.keys import fingerprint_of
 from client.chat import Account, ChatClient, Message, Sent
 from client.errors import ChatClientError, FateUnknown, KeyChanged, RejectedError, UsageError
-from client.history import FAILED, PENDING, QUEUED, UNKNOWN, History, HistoryEntry, OutboxRow
+from client.history import (
+    FAILED,
+    PENDING,
+    QUEUED,
+    UNKNOWN,
+    History,
+    HistoryEntry,
+    OutboxRow,
+    StoredReceipt,
+)
 
 # What happened to an outbox row in one delivery attempt.
 SENT, WAITING, DROPPED, TAKEN = "sent", "waiting", "dropped", "taken"
@@ -207,7 +216,12 @@ class Local:
             peer_key,
             peer_box,
         )
-        self.store.delivered(row.id, self.account, entry)
+        receipt = None
+        if sent.receipt:
+            receipt = StoredReceipt(
+                "send", sent.recipient, sent.id, self.cluster_id, sent.seq, now_us(), sent.receipt
+            )
+        self.store.delivered(row.id, self.account, entry, receipt)
 
 
 def give_up(store: History, row: OutboxRow) -> str:

@@ -568,3 +568,54 @@ def test_a_received_message_that_cannot_be_stored_is_not_acknowledged(
     db.commit()
     db.close()
     assert [m["text"] for m in ok(cli(cfg, carl, "--json", "inbox"))] == ["keep me"]
+
+
+def verify_receipt(receipt: Path, config: Path) -> subprocess.CompletedProcess[str]:
+    """``bftchat verify-receipt FILE --config CONFIG``: no key file, no network."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BFTCHAT_")}
+    env["HOME"] = env["XDG_CONFIG_HOME"] = str(receipt.parent)  # no default key to fall back on
+    cmd = [sys.executable, "-m", "client.cli", "verify-receipt", str(receipt), "--config", str(config)]
+    return subprocess.run(cmd, capture_output=True, text=True, cwd=receipt.parent, env=env, timeout=30)
+
+
+@pytest.mark.timeout(90)
+def test_a_send_leaves_a_receipt_that_verifies_offline(cluster: Cluster, tmp_path: Path) -> None:
+    """Issue 14: the receipt of a send (f+1 replica signatures over its batch's reply root, with the
+    path to its result) is kept in the history, printed, and verified with the config alone."""
+    cfg = cluster.config_path
+    rita, sam = new_key(tmp_path, "rita"), new_key(tmp_path, "sam")
+    ok(cli(cfg, rita, "register", "rita"))
+    ok(cli(cfg, sam, "register", "sam"))
+    sent = ok(cli(cfg, rita, "--json", "send", "sam", "keep this"))[0]
+    shown = cli(cfg, rita, "--json", "receipt", str(sent["id"]))
+    doc = ok(shown)[0]
+    assert (doc["kind"], doc["message_id"], doc["name"], doc["seq"]) == (
+        "send",
+        sent["id"],
+        "sam",
+        sent["seq"],
+    )
+    assert len(doc["signers"]) >= 2 and doc["cluster_id"] == load_config(cfg).cluster_id.hex()
+    receipt = tmp_path / "receipt.json"
+    receipt.write_text(shown.stdout)
+
+    good = verify_receipt(receipt, cfg)
+    assert good.returncode == 0 and f"committed at sequence number {sent['seq']}" in good.stdout, good
+
+    other = write_cluster(tmp_path / "other", 4)  # another cluster's config: its keys did not sign
+    failed(verify_receipt(receipt, other), 1, "not of this config")
+    one = dict(doc, receipt=pb_without_last_reply(doc["receipt"]))
+    receipt.write_text(json.dumps(one))
+    failed(verify_receipt(receipt, cfg), 1, "1 valid signing replicas, 2 matching needed")
+
+    registered = ok(cli(cfg, sam, "--json", "receipt", "--of", "register", "sam"))[0]
+    assert registered["kind"] == "register" and registered["seq"] < sent["seq"]
+    failed(cli(cfg, rita, "receipt", str(sent["id"] + 1000)), 1, "no receipt of message")
+
+
+def pb_without_last_reply(receipt_hex: str) -> str:
+    from bft.pb.bftchat.v1 import protocol_pb2 as pb
+
+    r = pb.Receipt.FromString(bytes.fromhex(receipt_hex))
+    del r.replies[1:]
+    return r.SerializeToString(deterministic=True).hex()

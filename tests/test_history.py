@@ -7,7 +7,7 @@ import sqlite3
 import stat
 from pathlib import Path
 
-from client.history import PENDING, QUEUED, History, HistoryEntry, history_path_for
+from client.history import PENDING, QUEUED, History, HistoryEntry, StoredReceipt, history_path_for
 
 CLUSTER = b"c" * 32
 
@@ -64,12 +64,13 @@ def test_version_1_file_is_migrated_in_place(tmp_path: Path) -> None:
     assert len(h.conversation("bob", "alice")) == 3
     h.close()
     raw = sqlite3.connect(path)
-    assert raw.execute("PRAGMA user_version").fetchone()[0] == 2
+    assert raw.execute("PRAGMA user_version").fetchone()[0] == 3
     assert [r[0] for r in raw.execute("SELECT name FROM sqlite_master WHERE type = 'table'")] == [
         "messages",
         "peers",
         "outbox",
         "sqlite_sequence",
+        "receipts",
     ]
     raw.close()
     History(path).close()  # opening again changes nothing
@@ -105,3 +106,28 @@ def test_pins_and_outbox(tmp_path: Path) -> None:
         ("  spaces kept  ", ""),
         ("second", QUEUED),
     ]
+
+
+def test_version_2_file_gets_the_receipts_table_and_keeps_everything(tmp_path: Path) -> None:
+    """Issue 14: version 3 adds ``receipts``; a version-2 file keeps its messages (with their
+    identities) and outbox as they are."""
+    path = tmp_path / "v2.sqlite"
+    h = History(path)
+    assert h.add("bob", entry("in", "alice", "kept", 1, 100, b"ref-1"))
+    h.close()
+    raw = sqlite3.connect(path)  # what a version-2 file is: this schema without the receipts table
+    raw.executescript("DROP TABLE receipts; PRAGMA user_version = 2;")
+    raw.close()
+    h = History(path)
+    [kept] = h.conversation("bob", "alice")
+    assert (kept.text, kept.ref, kept.cluster_id) == ("kept", b"ref-1", CLUSTER)
+    assert not h.add("bob", entry("in", "alice", "kept", 1, 100, b"ref-1"))  # still unique on ref
+    stored = StoredReceipt("send", "alice", 9, CLUSTER, 12, 100, b"receipt bytes")
+    h.add_receipt("bob", stored, b"ref-2")
+    assert h.receipt("bob", "send", CLUSTER, message_id=9) == stored
+    assert h.receipt("bob", "send", CLUSTER, message_id=8) is None
+    assert h.receipt("bob", "send", b"d" * 32, message_id=9) is None  # ids are per cluster
+    h.close()
+    raw = sqlite3.connect(path)
+    assert raw.execute("PRAGMA user_version").fetchone()[0] == 3
+    raw.close()

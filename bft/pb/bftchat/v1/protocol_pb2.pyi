@@ -130,6 +130,22 @@ class ClientReply(_message.Message):
     status: int
     def __init__(self, root: _Optional[_Union[Envelope, _Mapping]] = ..., session: _Optional[int] = ..., timestamp: _Optional[int] = ..., result: _Optional[bytes] = ..., index: _Optional[int] = ..., path: _Optional[_Iterable[bytes]] = ..., client_key: _Optional[bytes] = ..., status: _Optional[int] = ...) -> None: ...
 
+class Receipt(_message.Message):
+    __slots__ = ("version", "cluster_id", "client_key", "session", "timestamp", "replies")
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    CLUSTER_ID_FIELD_NUMBER: _ClassVar[int]
+    CLIENT_KEY_FIELD_NUMBER: _ClassVar[int]
+    SESSION_FIELD_NUMBER: _ClassVar[int]
+    TIMESTAMP_FIELD_NUMBER: _ClassVar[int]
+    REPLIES_FIELD_NUMBER: _ClassVar[int]
+    version: int
+    cluster_id: bytes
+    client_key: bytes
+    session: int
+    timestamp: int
+    replies: _containers.RepeatedScalarFieldContainer[bytes]
+    def __init__(self, version: _Optional[int] = ..., cluster_id: _Optional[bytes] = ..., client_key: _Optional[bytes] = ..., session: _Optional[int] = ..., timestamp: _Optional[int] = ..., replies: _Optional[_Iterable[bytes]] = ...) -> None: ...
+
 class ClientEntry(_message.Message):
     __slots__ = ("client_key", "session", "last_timestamp", "last_seq", "status", "result")
     CLIENT_KEY_FIELD_NUMBER: _ClassVar[int]
