@@ -734,7 +734,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "id", metavar="MESSAGE_ID", help="a sent message's id (with --of register|delete: the name)"
     )
-    p.add_argument("--of", choices=("send", "register", "delete"), default="send", help="which operation of that message id the receipt is for (default send)")
+    p.add_argument(
+        "--of",
+        choices=("send", "register", "delete"),
+        default="send",
+        help="the operation the receipt is for (default send)",
+    )
     p = add(
         "verify-receipt", cmd_verify_receipt, "check a receipt offline: exit 0 only if f+1 replicas signed it"
     )
