@@ -128,7 +128,7 @@ def replica_supports(flag: str) -> bool:
     try:
         from bft.runtime import main as replica_main
 
-        parser = getattr(replica_main, "_parser", None)
+        parser = getattr(replica_main, "build_parser", None)
         return parser is not None and flag in parser().format_help()
     except Exception:  # an import problem surfaces when the replicas start, with their own message
         return False
