@@ -440,10 +440,15 @@ class Replica:
         env = msg.envelope
         if self.recovering and peek_kind(env, self.cid) not in (Kind.STATUS, Kind.CHECKPOINT, Kind.FETCH):
             return
-        if env.signer >= self.cluster.n or env.signer == self.id:
+        if env.signer >= self.cluster.n:
             return
         kind = peek_kind(env, self.cid)
         if kind is None:
+            return
+        if env.signer == self.id and kind != Kind.CHECKPOINT:
+            # Our own CHECKPOINTs come back inside peers' stable proofs: a replica that lost its
+            # disk must count its old vote like any other, or a proof of 2f+1 that includes it
+            # leaves it one vote short of the checkpoint it has to fetch, for ever.
             return
         if kind in (Kind.PREPARE, Kind.COMMIT) and env.body in self._decided:
             # A vote whose exact bytes were already counted into a quorum is dropped unverified:
