@@ -18,12 +18,12 @@ ROOT = Path(__file__).resolve().parent.parent
 
 # Seeds on which each mutation is known to produce a violation (and the unmutated run does not).
 PINNED = {
-    "skip-signature-check": [4, 10, 17, 24],
-    "no-fsync": [68, 73, 79, 84],
-    "weak-commit-quorum": [336],
-    "accept-unknown-fields": [14, 58, 79, 84],
-    "unbounded-timestamps": [13, 31, 40],
-    "unauthenticated-chunks": [78, 92, 139, 187],
+    "skip-signature-check": [9, 13, 38, 46],
+    "no-fsync": [7, 9],
+    "weak-commit-quorum": [1363],
+    "accept-unknown-fields": [43, 45, 50, 59],
+    "unbounded-timestamps": [8, 10, 24, 63],
+    "unauthenticated-chunks": [6, 31, 279, 347],
 }
 
 
@@ -41,9 +41,19 @@ def sim(*args: str, timeout: float = 400) -> subprocess.CompletedProcess[str]:
 
 
 @pytest.mark.timeout(600)
+def test_random_scenarios_have_no_violations() -> None:
+    """500 scenarios spread over n = 4, 7, 10, kv app (the CI budget for the simulator: scenarios
+    cost about twice what they did before the resource and transfer attacks; 1,000 with --slow)."""
+    res = sim("--scenarios", "500", "--seed", "20261125", "--jobs", "2")
+    assert res.returncode == 0, res.stdout[-3000:]
+    assert res.stdout.strip().splitlines()[-1] == "scenarios: 500, violations: 0"
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1200)
 def test_thousand_random_scenarios_have_no_violations() -> None:
-    """1,000 scenarios spread over n = 4, 7, 10, kv app (the CI budget for the simulator)."""
-    res = sim("--scenarios", "1000", "--seed", "20261125", "--jobs", "2")
+    """1,000 scenarios from the same seed (the earlier CI budget)."""
+    res = sim("--scenarios", "1000", "--seed", "20261125", "--jobs", "2", timeout=1100)
     assert res.returncode == 0, res.stdout[-3000:]
     assert res.stdout.strip().splitlines()[-1] == "scenarios: 1000, violations: 0"
 
