@@ -970,12 +970,22 @@ class Replica:
             # Our state at seq differs from the certified one: we diverged. Fetch state, do not vote.
             self._begin_transfer(seq, digest, proof)
             return
-        # We are behind. If the slots up to seq are committed here, execution gets there by itself.
-        if all(s in self.commit_proofs for s in range(self.last_executed + 1, seq + 1)):
+        # We are behind. If the slots up to seq are committed here with their batches, execution
+        # gets there by itself. A batch we lack may be gone everywhere (peers forget batches at or
+        # below their stable checkpoint, and this one is stable): then only state transfer helps.
+        if all(self._executable(s) for s in range(self.last_executed + 1, seq + 1)):
             if self.pending_stable is None or self.pending_stable[0] < seq:
                 self.pending_stable = (seq, digest, proof)
             return
         self._begin_transfer(seq, digest, proof)
+
+    def _executable(self, seq: int) -> bool:
+        """Committed here, and its batch is in the proof or held."""
+        proof = self.commit_proofs.get(seq)
+        if proof is None:
+            return False
+        digest = self._pp_from_env(proof.preprepare).digest
+        return digest in self.batches or (bool(proof.batch) and sha256(proof.batch) == digest)
 
     def _install_stable(self, seq: int, digest: bytes, proof: list[pb.Envelope], snapshot: Snapshot) -> None:
         self.h = seq
@@ -1330,7 +1340,7 @@ class Replica:
         t = self.transfer
         assert t is not None
         if t.seq > self.last_executed and all(
-            s in self.commit_proofs for s in range(self.last_executed + 1, t.seq + 1)
+            self._executable(s) for s in range(self.last_executed + 1, t.seq + 1)
         ):
             # We are behind (not diverged) and the committed slots up to the target arrived
             # meanwhile: execute them. The target may no longer be served by anyone.
