@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from core_helpers import deliver
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -141,18 +142,7 @@ def _cluster(n: int = 4) -> tuple[ClusterInfo, list[HashSigner], HashVerifier]:
 
 def _drive(replicas: list[Replica], outputs: dict[int, list[object]], now: float) -> list[ToClient]:
     """Deliver every Send until quiet; return client replies. A tiny lossless network."""
-    replies: list[ToClient] = []
-    queue = [(i, o) for i, outs in outputs.items() for o in outs]
-    while queue:
-        i, out = queue.pop(0)
-        if isinstance(out, ToClient):
-            replies.append(out)
-        if not isinstance(out, Send):
-            continue
-        for j in [out.to] if out.to is not None else [k for k in range(len(replicas)) if k != i]:
-            replicas[j].on_message(out.data, now)
-            queue += [(j, o) for o in replicas[j].take_outputs()]
-    return replies
+    return deliver(replicas, outputs, now)
 
 
 def test_requests_commit_and_clients_accept_f_plus_one_matching_replies() -> None:

@@ -7,6 +7,7 @@ import struct
 import tracemalloc
 
 import pytest
+from core_helpers import deliver
 
 from bft.app.kv import KVApp
 from bft.core.clients import MAX_U64, ClientTable
@@ -40,18 +41,7 @@ def replicas(info: ClusterInfo, signers: list[HashSigner], hv: HashVerifier) -> 
 
 def drive(reps: list[Replica], now: float, first: int = 0) -> list[ToClient]:
     """Deliver every Send until quiet (a lossless network); return the client replies."""
-    replies: list[ToClient] = []
-    queue = [(first, o) for o in reps[first].take_outputs()]
-    while queue:
-        i, out = queue.pop(0)
-        if isinstance(out, ToClient):
-            replies.append(out)
-        if not isinstance(out, Send):
-            continue
-        for j in [out.to] if out.to is not None else [k for k in range(len(reps)) if k != i]:
-            reps[j].on_message(out.data, now)
-            queue += [(j, o) for o in reps[j].take_outputs()]
-    return replies
+    return deliver(reps, {first: reps[first].take_outputs()}, now)
 
 
 def statuses(replies: list[ToClient], key: bytes) -> set[int]:
