@@ -299,6 +299,9 @@ class _Conn:
     async def _session(self) -> None:
         call = self.channel.stream_stream(SESSION_METHOD)()
         reader = asyncio.get_running_loop().create_task(self._read(call))
+        # When a write fails the reader is cancelled, and grpc's read turns that cancellation into
+        # the stream's error: retrieved here, so asyncio prints no "never retrieved" traceback.
+        reader.add_done_callback(lambda t: t.cancelled() or t.exception())
         try:
             while not reader.done():
                 while self.out:

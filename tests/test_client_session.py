@@ -15,15 +15,19 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import gc
 import os
 import re
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
+import grpc
+import grpc.aio
 import pytest
 from cluster_helper import TEST_PARAMS, ChatUser, Cluster, run
 from test_byzantine_real import FAULT, fault
 
+from bft.core.config import ClusterInfo
 from bft.crypto import Ed25519Signer, Ed25519Verifier, cluster_id_from
 from bft.keys import generate_user_key
 from bft.pb.bftchat.v1 import protocol_pb2 as pb
@@ -346,3 +350,60 @@ def test_a_silent_primary_is_routed_around_and_the_next_request_goes_to_the_new_
 
     run(scenario(), 200)
     c4.wait_agree(timeout=60)
+
+
+# ---- a broken stream ------------------------------------------------------------------------------
+
+
+def test_a_stream_that_breaks_in_read_and_write_at_once_leaves_no_unretrieved_error() -> None:
+    """CI once printed "Task exception was never retrieved" plus a traceback from ``bftchat list``
+    with the cluster down. The stream's write failed; the session then cancelled its reader, and
+    grpc's ``read`` turns that cancellation into the stream's error, which nobody retrieved. Here a
+    stream whose first read gives the nonce (so a claim is written) and which then fails so."""
+
+    def broken() -> grpc.aio.AioRpcError:
+        none = grpc.aio.Metadata()
+        return grpc.aio.AioRpcError(grpc.StatusCode.UNAVAILABLE, none, none, "gone")
+
+    class BrokenCall:
+        reads = 0
+
+        async def read(self) -> bytes:
+            self.reads += 1
+            if self.reads == 1:
+                return spb.ServerFrame(nonce=NONCE).SerializeToString()
+            try:
+                await asyncio.sleep(10)
+            except asyncio.CancelledError:
+                raise broken() from None  # as grpc's read does when cancelled on a failed stream
+            return b""
+
+        async def write(self, frame: bytes) -> None:
+            await asyncio.sleep(0.01)
+            raise broken()
+
+        def cancel(self) -> None:
+            pass
+
+    class BrokenChannel:
+        def stream_stream(self, method: str) -> Callable[[], BrokenCall]:
+            return BrokenCall
+
+    async def main() -> list[str]:
+        loop = asyncio.get_running_loop()
+        complaints: list[str] = []
+        loop.set_exception_handler(lambda _loop, ctx: complaints.append(str(ctx.get("message"))))
+        info = ClusterInfo(tuple(Ed25519Signer.generate().public_key for _ in range(4)), CID)
+        session = ClusterSession(info, ["127.0.0.1:1"] * 4, Ed25519Signer.generate())
+        conn = session.conns[0]
+        conn.channel = BrokenChannel()  # type: ignore[assignment]
+        for _ in range(20):
+            with pytest.raises(grpc.aio.AioRpcError):
+                await conn._session()
+            conn.up = False
+        await asyncio.sleep(0.05)
+        gc.collect()
+        await asyncio.sleep(0)
+        return complaints
+
+    assert asyncio.run(main()) == []
