@@ -237,12 +237,13 @@ class ChatClient:
         read_only: bool = False,
         on_signed: Callable[[bytes, int, int], None] | None = None,
         receipt: list[bytes] | None = None,
+        idempotent: bool | None = None,
     ) -> cpb.ChatResult:
         """Run one operation: the ChatResult f+1 (ordered) or 2f+1 (one-round read) replicas agree
         on. ``receipt`` gets the operation's receipt appended (``client.receipts``)."""
         try:
             reply = await self.session.request(
-                op, read_only=read_only, timeout=self.timeout, on_signed=on_signed
+                op, read_only=read_only, timeout=self.timeout, on_signed=on_signed, idempotent=idempotent
             )
         except RequestFailed as exc:
             raise await self._failure(exc) from None
@@ -474,7 +475,7 @@ class ChatClient:
 
     async def ack(self, up_to_id: int) -> int:
         """Forget delivered messages with id <= ``up_to_id`` (idempotent); returns how many remain."""
-        result = await self._call(e2e.ack_op(self.me(), up_to_id))
+        result = await self._call(e2e.ack_op(self.me(), up_to_id), idempotent=True)  # acking twice: no-op
         self._check(result, "acked")
         return result.acked.remaining
 

@@ -134,9 +134,9 @@ class KeyChanged(ChatClientError):
 
 
 class FateUnknown(ChatClientError):
-    """A resent request was refused as stale: its session was forgotten by the replicas, or has run
-    a later request. It can never execute now, but it may have executed before: whether the message
-    was delivered is unknown."""
+    """A request was refused as stale after it was sent: its session was forgotten by the replicas
+    (evicted), or has run a later request. It can never execute now, but it may have executed
+    before: whether the operation (a message's delivery) took effect is unknown."""
 
     code = "unknown"
     exit_code = 3

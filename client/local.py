@@ -192,6 +192,9 @@ class Local:
         except KeyChanged as exc:  # nothing encrypted to the new keys; an earlier attempt (to the
             self.store.drop(row.id, signed=True)  # pinned keys) was refused as a key mismatch
             return Outcome(row, DROPPED, error=exc)
+        except FateUnknown as exc:  # refused as stale once its session was forgotten: may have run
+            self.store.settle(row.id, UNKNOWN, str(exc))
+            return Outcome(row, UNKNOWN, error=exc)
         except (RejectedError, UsageError) as exc:
             if stored:  # transmitted, and the replicas agreed to refuse it: it will never execute
                 self.store.settle(row.id, FAILED, str(exc))

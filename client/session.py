@@ -26,6 +26,8 @@ f+1 ``RequestError`` refusals naming a smallest acceptable timestamp (below the 
 executed one) — the request can never execute, so the session re-signs the operation with a larger
 timestamp and retries, a bounded number of times (``StaleTimestamp`` past that). One replica's word
 is not enough: re-signing a request that might still execute could execute the operation twice.
+Below the floor even f+1 are not enough for an operation that changes state (it may have executed
+before its session was evicted): that is ``FateUnknown``, and only idempotent ones are re-signed.
 Only one request of a session is outstanding at a time (a lock; why: ``ClusterSession.request``);
 concurrency comes from several sessions.
 
@@ -59,7 +61,7 @@ from bft.replies import CheckedReply, ReplyCollector, check_reply
 from bft.runtime.clusterconf import ClusterConfig, ConfigError
 from bft.runtime.handshake import CheckedPush, auth_proof, check_push, session_claim
 from bft.wire import WireError, make_request, parse
-from client.errors import StaleTimestamp
+from client.errors import FateUnknown, StaleTimestamp
 
 SESSION_METHOD = "/bftchat.v1.ClientService/Session"
 STATUS_METHOD = "/bftchat.v1.ClientService/Status"
@@ -505,6 +507,7 @@ class ClusterSession:
         read_only: bool = False,
         timeout: float = 30.0,
         on_signed: Callable[[bytes, int, int], None] | None = None,
+        idempotent: bool | None = None,
     ) -> CheckedReply:
         """Run one operation and return the result enough replicas agree on.
 
@@ -516,6 +519,12 @@ class ClusterSession:
         ``MAX_STALE_RETRIES`` times; then ``StaleTimestamp``. ``RequestFailed`` if no result is
         accepted within ``timeout`` seconds.
 
+        Below the eviction floor (f+1 agreed ``REPLY_STALE_TIMESTAMP``) the replicas have forgotten
+        the session, which says nothing about whether this request executed before they did (it
+        may have, then been evicted by other sessions before its reply arrived). So only an
+        ``idempotent`` operation (default: ``read_only``) is re-signed there; any other raises
+        ``FateUnknown`` rather than risk executing twice.
+
         ``on_signed(raw, session, timestamp)`` is called with the signed bytes before each
         transmission (the outbox stores them). If such a request ends without an accepted result,
         this instance moves to a fresh session id before anything else is signed, so that request
@@ -524,14 +533,20 @@ class ClusterSession:
         """
         async with self._lock:
             try:
-                return await self._request(op, read_only, timeout, on_signed)
+                again = read_only if idempotent is None else idempotent
+                return await self._request(op, read_only, timeout, on_signed, again)
             except BaseException:
                 if on_signed is not None:
                     self.new_session()
                 raise
 
     async def _request(
-        self, op: bytes, read_only: bool, timeout: float, on_signed: Callable[[bytes, int, int], None] | None
+        self,
+        op: bytes,
+        read_only: bool,
+        timeout: float,
+        on_signed: Callable[[bytes, int, int], None] | None,
+        idempotent: bool,
     ) -> CheckedReply:
         deadline = time.monotonic() + timeout
         stale_tries = 0
@@ -546,6 +561,11 @@ class ClusterSession:
                 continue
             smallest = self.cursor.accept(reply)
             if smallest is not None:  # f+1 agree: below the eviction floor
+                if not idempotent:
+                    raise FateUnknown(
+                        "the replicas forgot this session (evicted by others) before answering: "
+                        "the operation may or may not have executed"
+                    )
                 stale_tries += 1
                 self._move_past(smallest, stale_tries)
                 continue
