@@ -50,6 +50,10 @@ class Behaviour:
     def transform(self, node: ByzantineReplica, out: Output) -> list[Output]:
         return [out]
 
+    def release(self, node: ByzantineReplica) -> list[Output]:
+        """Outputs held back earlier that are due now (``node.now``): a behaviour that delays."""
+        return []
+
 
 def _decode(out: Output, cluster_id: bytes) -> tuple[pb.PeerMessage, Kind, object] | None:
     """An outgoing message with its kind and parsed payload (our own bytes: no need to verify)."""
@@ -532,6 +536,40 @@ class AbsurdView(Behaviour):
         return [Send(None, pb.PeerMessage(envelope=env).SerializeToString())]
 
 
+class SlowPrimary(Behaviour):
+    """As primary, holds each PRE-PREPARE back for most of the backups' request timer (a share
+    ``HOLD`` of the current view-change timeout), so that every batch still commits just before any
+    backup would suspect it: the slowest pace the request timer lets a primary keep (Aardvark's
+    "pre-prepare delay" attack). Everything else is honest."""
+
+    name = "slow-primary"
+    HOLD = 0.8
+
+    def __init__(self) -> None:
+        self.held: deque[tuple[float, Output]] = deque()
+        self.seen: set[bytes] = set()
+
+    def transform(self, node: ByzantineReplica, out: Output) -> list[Output]:
+        dec = _decode(out, node.cid)
+        if dec is None or dec[1] != Kind.PREPREPARE:
+            return [out]
+        assert isinstance(out, Send)
+        key = dec[0].envelope.body
+        if key in self.seen:  # a resend of one still held (or long released): the first copy decides
+            return [] if any(isinstance(o, Send) and o.data == out.data for _, o in self.held) else [out]
+        if len(self.seen) > 4096:
+            self.seen.clear()
+        self.seen.add(key)
+        self.held.append((node.now + self.HOLD * node.inner._timeout(), out))
+        return []
+
+    def release(self, node: ByzantineReplica) -> list[Output]:
+        due: list[Output] = []
+        while self.held and self.held[0][0] <= node.now:
+            due.append(self.held.popleft()[1])
+        return due
+
+
 BEHAVIOURS: dict[str, Callable[[], Behaviour]] = {
     "silent": Silent,
     "equivocate": Equivocate,
@@ -550,6 +588,7 @@ BEHAVIOURS: dict[str, Callable[[], Behaviour]] = {
     "slow-transfer": SlowTransfer,
     "status-flood": StatusFlood,
     "absurd-view": AbsurdView,
+    "slow-primary": SlowPrimary,
 }
 
 
@@ -562,18 +601,23 @@ class ByzantineReplica:
         self.rng = rng
         self.cid = inner.cid
         self.cluster_n = inner.cluster.n
+        self.now = 0.0  # the latest input's time: when delaying behaviours release what they hold
 
     # driver interface ---------------------------------------------------------------------
     def start(self, now: float) -> None:
+        self.now = now
         self.inner.start(now)
 
     def on_message(self, raw: bytes, now: float) -> None:
+        self.now = now
         self.inner.on_message(raw, now)
 
     def on_request(self, raw: bytes, now: float, forwarded: bool = False) -> str | None:
+        self.now = now
         return self.inner.on_request(raw, now, forwarded)
 
     def on_timer(self, name: str, now: float) -> None:
+        self.now = now
         self.inner.on_timer(name, now)
 
     def take_outputs(self) -> list[Output]:
@@ -583,6 +627,8 @@ class ByzantineReplica:
             for o in outs:
                 nxt.extend(b.transform(self, o))
             outs = nxt
+        for b in self.behaviours:  # due now; the status timer's ticks make sure there is a "now"
+            outs.extend(b.release(self))
         return outs
 
     # helpers for behaviours ---------------------------------------------------------------

@@ -3,6 +3,7 @@ with validly signed hostile input and checks the bound or refusal that stops it.
 
 from __future__ import annotations
 
+import random
 import struct
 import tracemalloc
 
@@ -16,6 +17,7 @@ from bft.core.events import Send, ToClient
 from bft.core.replica import Replica
 from bft.core.viewchange import check_prepared_proof, check_view_change, open_replica
 from bft.crypto import TAG_LEN, CachingVerifier, HashSigner, HashVerifier, Kind, cluster_id_from, sha256, tag
+from bft.faults import ByzantineReplica, SlowPrimary
 from bft.pb.bftchat.v1 import protocol_pb2 as pb
 from bft.replies import CheckedReply
 from bft.wire import MAX_MESSAGE_BYTES, MAX_REQUEST_BYTES, WireError, make_request, seal
@@ -422,3 +424,65 @@ def test_the_primary_serves_client_keys_round_robin() -> None:
         seq_of[(reply.client_key, reply.timestamp)] = root.seq
     # Batch 2 holds one request of each waiting key, not three of the heavy one.
     assert seq_of[(b.public_key, 1)] == seq_of[(c.public_key, 1)] == seq_of[(heavy.public_key, 1)] == 2
+
+
+# ---- a slow primary (Aardvark's pre-prepare delay) --------------------------------------------
+
+
+def _run_timed(nodes: list[Replica | ByzantineReplica], start: float, end: float, step: float = 0.05) -> None:
+    """Fire due timers every ``step`` seconds and deliver everything at once (lossless, instant)."""
+    t = start
+    while t <= end:
+        for i, node in enumerate(nodes):
+            core = node.inner if isinstance(node, ByzantineReplica) else node
+            for name, at in sorted(core.timers.items(), key=lambda kv: kv[1]):
+                if at <= t:
+                    node.on_timer(name, t)
+            outs = node.take_outputs()
+            queue = [(i, o) for o in outs]
+            while queue:
+                j, out = queue.pop(0)
+                if not isinstance(out, Send):
+                    continue
+                for k in [out.to] if out.to is not None else [x for x in range(len(nodes)) if x != j]:
+                    nodes[k].on_message(out.data, t)
+                    queue += [(k, o) for o in nodes[k].take_outputs()]
+        t = round(t + step, 6)
+
+
+def test_a_primary_that_proposes_just_under_the_request_timer_is_replaced() -> None:
+    """Measured on a real n = 4 cluster: a primary that holds each PRE-PREPARE for 80 % of the
+    request timer cut 50 clients from 528 to 17 sends/s with no view change. With nothing in flight
+    and requests waiting, backups now expect a PRE-PREPARE within ``propose_timeout``: one
+    re-forward, then a view change, long before the held PRE-PREPARE would have gone out."""
+    info, signers, hv = cluster(propose_timeout=0.3)
+    reps = replicas(info, signers, hv)
+    nodes: list[Replica | ByzantineReplica] = [ByzantineReplica(reps[0], [SlowPrimary()], random.Random(1))]
+    nodes += reps[1:]
+    client = HashSigner(b"slowed", hv)
+    raw = make_request(client, CID, 1, 1, b"set a b")
+    for node in nodes:  # the client's resend to all (backups watch the primary)
+        node.on_request(raw, 0.05)
+    held_until = 0.05 + SlowPrimary.HOLD * info.params.view_change_timeout
+    _run_timed(nodes, 0.05, held_until - 0.1)
+    assert all(r.view == 1 for r in reps[1:]), [(r.view, r.view_changing) for r in reps[1:]]
+    _run_timed(nodes, held_until - 0.1, held_until + 2.0)
+    assert all(r.clients.get((client.public_key, 1)) is not None for r in reps[1:])  # executed in view 1
+    assert {r.last_executed for r in reps[1:]} == {1}
+
+
+def test_an_honest_primary_under_steady_load_is_not_suspected() -> None:
+    """The deadline only runs while nothing is in flight: requests arriving at every tick, an
+    honest primary, and 5 s later still view 0 with every request executed."""
+    info, signers, hv = cluster(propose_timeout=0.3)
+    reps = replicas(info, signers, hv)
+    client = HashSigner(b"steady", hv)
+    t = 0.0
+    for ts in range(1, 51):
+        raw = make_request(client, CID, 1, ts, b"add n 1")
+        for r in reps:
+            r.on_request(raw, t)
+        _run_timed(list(reps), t, t + 0.1)
+        t = round(t + 0.1, 6)
+    assert all(r.view == 0 and not r.view_changing for r in reps)
+    assert {r.last_executed for r in reps} == {reps[0].last_executed} and reps[0].last_executed >= 25

@@ -21,6 +21,9 @@ class Params:
     view_change_timeout: float = 2.0  # initial; doubles per view change without progress
     max_view_change_timeout: float = 60.0
     status_interval: float = 0.2  # periodic status and retransmission
+    # A backup with requests waiting and nothing of the current view in flight expects a PRE-PREPARE
+    # this soon; past it, a re-forward, past it again a view change (bounds a slow primary).
+    propose_timeout: float = 0.5
     clock_skew_us: int = 10_000_000  # a PRE-PREPARE's timestamp may differ this much from ours
     max_pending_per_client: int = 64
     max_pending_total: int = 50_000
@@ -57,6 +60,8 @@ class Params:
             raise ValueError("max_snapshot_bytes / state_chunk_bytes must fit in 32 bits")
         if self.state_chunks_per_fetch < 1 or self.snapshots_kept < 1:
             raise ValueError("state_chunks_per_fetch and snapshots_kept must be positive")
+        if self.propose_timeout <= 0:
+            raise ValueError("propose_timeout must be positive")
         if self.state_transfer_timeout <= 0 or self.answer_repeat_interval < 0:
             raise ValueError("state_transfer_timeout must be positive, answer_repeat_interval not negative")
         if self.answer_bytes_per_s < 1 or self.answer_burst_bytes < 1:

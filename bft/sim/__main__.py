@@ -32,6 +32,7 @@ def _run_one(args: tuple[int, int | None, str | None, str]) -> Outcome:
     sc = generate(seed, n, mutation, app)
     res = run_scenario(sc)
     strategies = {b for spec in sc.byzantine for b in spec.behaviours}
+    strategies.update(f"client:{a}" for a in (sc.client_attacks or ["garbage"]) if sc.byz_clients)
     if sc.production:
         strategies.add("production")
     return Outcome(
@@ -135,6 +136,12 @@ def main(argv: list[str] | None = None) -> int:
         moved = sum(1 for o in hit if o.transfers)
         shares.append(f"{name} {100 * len(hit) / max(len(outcomes), 1):.1f}% ({moved} with a state transfer)")
     print(f"# scenarios with: {', '.join(shares)}", file=sys.stderr)
+    counts: dict[str, int] = {}
+    for o in outcomes:
+        for name in o.strategies:
+            counts[name] = counts.get(name, 0) + 1
+    every = ", ".join(f"{k} {100 * v / max(len(outcomes), 1):.1f}%" for k, v in sorted(counts.items()))
+    print(f"# every strategy: {every}", file=sys.stderr)
     print(
         f"# {args.scenarios} scenarios in {elapsed:.1f}s ({args.scenarios / max(elapsed, 1e-9):.1f}/s), "
         f"{events} events",

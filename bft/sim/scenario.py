@@ -51,6 +51,10 @@ MUTATIONS = (
     "unbounded-timestamps",
     "unauthenticated-chunks",
 )
+# A primary that holds each PRE-PREPARE for most of the request timer (Aardvark's slow primary):
+# added to a Byzantine replica's behaviours with this probability, from a side random stream so
+# that the draws of older scenarios (and the pinned seeds) stay as they were.
+SLOW_PRIMARY_SHARE = 0.15
 # Behaviours aimed at state transfer and recovery; production scenarios favour them.
 TRANSFER_ATTACKS = ("junk-chunks", "slow-transfer", "status-flood", "absurd-view")
 PRODUCTION_SHARE = 0.02  # scenarios run with the production Params and a many-chunk snapshot
@@ -174,6 +178,11 @@ def generate(seed: int, n: int | None = None, mutation: str | None = None, app: 
             spec.victim = rng.choice(honest)
             spec.cut_until = rng.uniform(sc.gst / 2, sc.gst)
         sc.byzantine.append(spec)
+
+    side = random.Random(f"slow-primary/{seed}")
+    for spec in sc.byzantine:
+        if side.random() < SLOW_PRIMARY_SHARE:
+            spec.behaviours = sorted({*spec.behaviours, "slow-primary"})
 
     # Crashes of honest replicas: one, several up to the remaining budget, or all at once.
     budget = f - n_byz
