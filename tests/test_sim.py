@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parent.parent
 PINNED = {
     "skip-signature-check": [9, 13, 38, 46],
     "no-fsync": [7, 9],
-    "weak-commit-quorum": [1363],
+    "weak-commit-quorum": [1380],
     "accept-unknown-fields": [43, 45, 50, 59],
     "unbounded-timestamps": [8, 10, 24, 63],
     "unauthenticated-chunks": [6, 31, 279, 447],
