@@ -15,6 +15,7 @@ from bft.core.clients import ClientTable
 from bft.core.config import ClusterInfo
 from bft.core.events import (
     CancelTimer,
+    CommitRecord,
     Committed,
     Output,
     Persist,
@@ -184,6 +185,33 @@ def test_records_are_synced_once_before_the_next_output_leaves() -> None:
         "sync2",
         "client:reply",
     ]
+
+
+def test_a_reply_does_not_wait_for_the_execution_record_but_a_peer_message_does() -> None:
+    """Issue 13's critical path: the execution record (``Persist.lazy``) is not synced before the
+    reply, so a request's latency loses one fsync; a later peer message (e.g. our CHECKPOINT) still
+    waits for it, and a reply still waits for a non-lazy record appended before it."""
+
+    async def scenario() -> list[str]:
+        trace: list[str] = []
+        node, core = make_node(trace)
+        node.start()
+        user = Ed25519Signer.generate()
+        raw = make_request(user, CLUSTER.cluster_id, 7, 1, b"op")
+        sink = Sink(trace, "client")
+        core.script = [
+            Persist(CommitRecord(1, 0, bytes(32), b"proof"), lazy=True),
+            ToClient(user.public_key, 7, 1, b"reply"),
+            Send(None, b"checkpoint"),
+            Persist(ViewRecord(2)),
+            ToClient(user.public_key, 7, 1, b"reply"),
+        ]
+        node.submit_request(raw, sink)
+        await asyncio.sleep(0.01)
+        return trace
+
+    trace = asyncio.run(scenario())
+    assert trace == ["append", "client:reply", "sync1", "append", "sendNone:checkpoint", "sync1", "client:reply"]
 
 
 def test_the_loop_keeps_working_during_a_slow_fsync_and_a_failed_one_stops_the_node() -> None:

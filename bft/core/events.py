@@ -143,7 +143,14 @@ Record = ViewRecord | NewViewRecord | PrePrepareRecord | PreparedRecord | Commit
 
 @dataclass(frozen=True, slots=True)
 class Persist:
+    """Append ``record`` to the log. Every ``Send`` waits until all records before it are durable;
+    a ``ToClient`` waits only for those that are not ``lazy``. The execution record is lazy: the
+    batch is committed (2f+1 COMMITs, each sent only once its sender's prepared certificate was
+    durable), so a replica that loses it re-learns the batch from its peers and re-executes it to
+    the same result (docs/PROTOCOL.md, "What is durable before a reply")."""
+
     record: Record
+    lazy: bool = False
 
 
 Output = (

@@ -385,9 +385,9 @@ class Replica:
         if not self.restoring:
             self._out.append(out)
 
-    def _persist(self, record: Record) -> None:
+    def _persist(self, record: Record, lazy: bool = False) -> None:
         if not self.recovering:
-            self._emit(Persist(record))
+            self._emit(Persist(record, lazy))
 
     def _send(self, to: int | None, msg: pb.PeerMessage) -> None:
         if to == self.id:
@@ -786,7 +786,8 @@ class Replica:
         self.last_ts = ts
         self.last_executed = seq
         self.commit_proofs.setdefault(seq, proof)
-        self._persist(CommitRecord(seq, view, digest, proof.SerializeToString()))
+        # Lazy: replies need not wait for it (Persist); our CHECKPOINT and every other Send do.
+        self._persist(CommitRecord(seq, view, digest, proof.SerializeToString()), lazy=True)
         if targets and not self.restoring:
             self._send_replies(view, seq, targets)
         ckpt_digest = None

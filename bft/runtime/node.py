@@ -2,8 +2,9 @@
 
 It is the second driver of ``bft.core.replica.Replica`` after the simulator (``bft.sim.world``) and
 carries outputs out the same way: records are appended to the log as they come, and no
-``Send``/``ToClient``/push leaves before every record appended ahead of it is durable. It makes no
-protocol decisions.
+``Send``/push leaves before every record appended ahead of it is durable, no ``ToClient`` before
+every such record but the lazy ones (``Persist.lazy``: the execution record). It makes no protocol
+decisions.
 
 Group commit without blocking the loop: the first output that needs unsynced records starts a
 write + fsync of everything appended so far on the log's own thread, and that output (and every
@@ -233,8 +234,10 @@ class Node:
         # Group commit off the event loop: records appended / made durable so far, outputs waiting
         # for a group to be durable (in order), and the one thread that writes and fsyncs.
         self._appended = 0
+        self._needed = 0  # records up to the last one a reply must wait for (not ``Persist.lazy``)
         self._synced = 0
         self._held: deque[tuple[int, Callable[[], None]]] = deque()
+        self._held_replies: deque[tuple[int, Callable[[], None]]] = deque()  # same, for ToClient
         self._syncing = False
         self._disk = ThreadPoolExecutor(1, thread_name_prefix="log-sync")
         self._scheduled = False
@@ -313,6 +316,7 @@ class Node:
             handle.cancel()
         self._timers.clear()
         self._held.clear()  # outputs not yet sent stay unsent; their records are flushed below
+        self._held_replies.clear()
         self._disk.shutdown(wait=True)  # a group being written finishes first (groups stay in order)
         try:
             if self.storage.dirty:
@@ -531,14 +535,16 @@ class Node:
 
     # ---------------------------------------------------------------- outputs
 
-    def _durable(self, release: Callable[[], None]) -> None:
+    def _durable(self, release: Callable[[], None], reply: bool = False) -> None:
         """Carry out ``release`` (an output leaving the process) once every record appended so far
-        is durable: now if it already is, else after the group commit that covers it. Outputs keep
-        their order: while any is waiting, later ones wait behind it."""
-        if not self._held and self._synced >= self._appended:
+        is durable (for a reply: every record but the lazy ones, see ``Persist``): now if it already
+        is, else after the group commit that covers it. Outputs keep their order: while any is
+        waiting, later ones of the same sort (peer messages, replies) wait behind it."""
+        need, held = (self._needed, self._held_replies) if reply else (self._appended, self._held)
+        if not held and self._synced >= need:
             release()
             return
-        self._held.append((self._appended, release))
+        held.append((need, release))
         self._kick_sync()
 
     def _kick_sync(self) -> None:
@@ -565,15 +571,16 @@ class Node:
         exc = fut.exception()
         if exc is not None:
             self._held.clear()
+            self._held_replies.clear()
             self._fail(f"log sync failed: {exc}")
             return
         self.metrics.fsync_seconds.observe(fut.result())
         self._synced = upto
-        held = self._held
-        while held and held[0][0] <= upto:
-            _, release = held.popleft()
-            release()
-        if held:
+        for held in (self._held, self._held_replies):
+            while held and held[0][0] <= upto:
+                _, release = held.popleft()
+                release()
+        if self._held or self._held_replies:
             self._kick_sync()
 
     def _fail(self, reason: str) -> None:
@@ -593,8 +600,11 @@ class Node:
                     self._fail(f"log append failed: {exc}")
                     raise FatalError(str(exc)) from None
                 self._appended += 1
+                if not out.lazy:
+                    self._needed = self._appended
             elif isinstance(out, ToClient):
-                self._durable(partial(self._reply, out.client_key, out.session, out.data, out.timestamp))
+                reply = partial(self._reply, out.client_key, out.session, out.data, out.timestamp)
+                self._durable(reply, reply=True)
             elif isinstance(out, SetTimer):
                 self._set_timer(out.name, out.at)
             elif isinstance(out, CancelTimer):

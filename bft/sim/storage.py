@@ -10,6 +10,7 @@ class SimStorage:
     def __init__(self, fsync_works: bool = True) -> None:
         self.durable: list[Record] = []
         self.volatile: list[Record] = []
+        self.needed = False  # a volatile record a reply must wait for (not ``Persist.lazy``)
         self.fsync_works = fsync_works  # False = the ``no-fsync`` mutation: syncs report success, do nothing
         self.syncs = 0
 
@@ -17,11 +18,13 @@ class SimStorage:
     def dirty(self) -> bool:
         return bool(self.volatile)
 
-    def append(self, record: Record) -> None:
+    def append(self, record: Record, lazy: bool = False) -> None:
         self.volatile.append(record)
+        self.needed = self.needed or not lazy
 
     def sync(self) -> None:
         self.syncs += 1
+        self.needed = False
         if not self.fsync_works:
             return
         compact_now = any(isinstance(r, CheckpointRecord) for r in self.volatile)
@@ -32,7 +35,9 @@ class SimStorage:
 
     def crash(self) -> None:
         self.volatile.clear()
+        self.needed = False
 
     def wipe(self) -> None:
         self.durable.clear()
         self.volatile.clear()
+        self.needed = False

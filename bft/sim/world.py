@@ -563,7 +563,7 @@ class World:
 
     def _carry(self, node: Node, inst: Instance, out: Output) -> None:
         if isinstance(out, Persist):
-            inst.storage.append(out.record)
+            inst.storage.append(out.record, out.lazy)
         elif isinstance(out, Send):
             if inst.storage.dirty:
                 inst.storage.sync()
@@ -573,7 +573,7 @@ class World:
             for t in targets:
                 self._net(node.id, t, ("msg", t, out.data))
         elif isinstance(out, ToClient):
-            if inst.storage.dirty:
+            if inst.storage.needed:  # lazy records (execution) may still be volatile: Persist
                 inst.storage.sync()
             if node.honest:
                 self.checker.on_reply(node.id, out.data)
