@@ -1,7 +1,7 @@
 """``bftchat``: the chat command line (usage walkthrough in docs/CLI.md).
 
-    bftchat [--config PATH] [--key PATH] [--as NAME] [--json] [--timeout S] [--insecure]
-            [--accept-new-key NAME] COMMAND
+    bftchat [--config PATH] [--key PATH] [--data-dir DIR] [--as NAME] [--json] [--timeout S]
+            [--insecure] [--accept-new-key NAME] COMMAND
         register NAME | list [PATTERN] | send NAME TEXT|- | inbox [--peek] | history NAME
         | outbox [--list] [--give-up ID...|all] | delete-account [--yes] | chat [NAME] | whoami
         | receipt MESSAGE_ID [--of send|register|delete] | verify-receipt FILE
@@ -11,9 +11,11 @@ of ``keys/cluster/config.toml`` (relative to the working directory, where ``bftc
 cluster`` writes it) and ``~/.config/bftchat/config.toml``. The user key likewise from ``--key``,
 ``$BFTCHAT_KEY``, ``keys/user.key``, ``~/.config/bftchat/user.key`` (``$XDG_CONFIG_HOME`` is
 honoured). "Who I am" is the ``name`` field of the key file, which ``register`` sets (``--as``
-overrides it, e.g. for a second account of the same key). The local history lives beside the key
-file (``<key>.history.sqlite``, mode 0600), with the keys pinned for each peer name and the
-outbox of messages not known to be delivered (``client.local``).
+overrides it, e.g. for a second account of the same key). The local history lives in the data
+directory: ``--data-dir``, else ``$BFTCHAT_DATA_DIR``, else ``$XDG_DATA_HOME/bftchat`` (default
+``~/.local/share/bftchat``), as ``<fingerprint>.history.sqlite`` (mode 0600), with the keys pinned
+for each peer name and the outbox of messages not known to be delivered (``client.local``). A
+store an earlier bftchat kept beside the key file (``<key>.history.sqlite``) keeps being used.
 
 Exit status: 0 success; 1 refused or a local problem (no such user, name taken, key file, config);
 2 bad usage; 3 no agreed answer from the cluster (unreachable, replies disagree, or timestamps kept
@@ -42,7 +44,14 @@ from bft.keys import KeyFileError, UserKey, fingerprint_of, load_user_key, write
 from bft.runtime.clusterconf import ClusterConfig, ConfigError, load_config
 from bft.version import add_version_argument
 from client import receipts
-from client.errors import ChatClientError, InvalidReceipt, NotFound, UsageError
+from client.errors import (
+    ChatClientError,
+    ClusterUnreachable,
+    InvalidReceipt,
+    NoAgreement,
+    NotFound,
+    UsageError,
+)
 from client.history import (
     FAILED,
     PENDING,
@@ -52,7 +61,7 @@ from client.history import (
     HistoryEntry,
     OutboxRow,
     StoredReceipt,
-    history_path_for,
+    history_path,
 )
 
 if TYPE_CHECKING:
@@ -257,7 +266,24 @@ def kept_error(exc: ChatClientError, what: str) -> ChatClientError:
     """``exc`` (same code and exit status) with what became of the message appended."""
     err = ChatClientError(f"{exc}; {what}")
     err.code, err.exit_code = exc.code, exc.exit_code
+    err.__cause__ = exc  # what main() looks at for the likely fix
     return err
+
+
+def likely_fix(exc: ChatClientError, config: Path | None) -> str:
+    """What to check when the cluster gave no agreed answer (empty if there is nothing to suggest):
+    whether it runs, and which config this run used (the wrong one is a common cause)."""
+    base = exc.__cause__ if isinstance(exc.__cause__, ChatClientError) else exc
+    used = f"config used: {config}" if config is not None else "no config loaded"
+    if isinstance(base, ClusterUnreachable):
+        if base.reachable == 0:
+            return f"is the cluster running? ({used}; ./scripts/cluster starts a local one)"
+        down = sorted(base.failures)
+        who = "the other replicas" if not down else "replicas " + ", ".join(map(str, down))
+        return f"are {who} running? ({used})"
+    if isinstance(base, NoAgreement):
+        return f"retry later; if it persists, check the replicas' logs ({used})"
+    return ""
 
 
 # ---- context -----------------------------------------------------------------------------------
@@ -272,6 +298,7 @@ class Ctx:
         self._key_path: Path | None = None
         self._key: UserKey | None = None
         self._config: ClusterConfig | None = None
+        self.config_path: Path | None = None  # once resolved (error messages name it)
         self._history: History | None = None
         self._locals: list[Local] = []
 
@@ -298,6 +325,7 @@ class Ctx:
         if self._config is None:
             hint = "create a cluster with: bftchat-keygen cluster"
             path = _resolve(self.args.config, "BFTCHAT_CONFIG", default_configs(), "cluster config", hint)
+            self.config_path = path
             self._config = load_config(path)
         return self._config
 
@@ -330,9 +358,13 @@ class Ctx:
             timeout=self.args.timeout,
         )
 
+    @property
+    def history_path(self) -> Path:
+        return history_path(self.key_path, self.key.fingerprint(), self.args.data_dir)
+
     def history(self) -> History:
         if self._history is None:
-            self._history = History(history_path_for(self.key_path))
+            self._history = History(self.history_path)
         return self._history
 
     def local(self, client: ChatClient) -> Local:
@@ -489,7 +521,7 @@ async def cmd_history(ctx: Ctx) -> int:
         elif not ctx.out.json:  # a key change (JSON entries carry peer_key instead)
             print(text, flush=True)
     if not entries:
-        ctx.out.note(f"no messages with {peer} in {history_path_for(ctx.key_path)}")
+        ctx.out.note(f"no messages with {peer} in {ctx.history_path}")
     return 0
 
 
@@ -522,7 +554,7 @@ async def cmd_whoami(ctx: Ctx) -> int:
         "fingerprint": ctx.key.fingerprint(),
         "signing_key": ctx.key.signing_public.hex(),
         "key_file": str(ctx.key_path),
-        "history": str(history_path_for(ctx.key_path)),
+        "history": str(ctx.history_path),
     }
     none = "(none: run bftchat register NAME)"
     text = "\n".join(f"{k:<12} {v if v is not None else none}" for k, v in obj.items())
@@ -590,7 +622,7 @@ async def cmd_receipt(ctx: Ctx) -> int:
     if stored is None:
         what = f"message {ident}" if kind == "send" else f"{kind} of '{ident}'"
         raise NotFound(
-            f"no receipt of {what} on this cluster in {history_path_for(ctx.key_path)} "
+            f"no receipt of {what} on this cluster in {ctx.history_path} "
             "(receipts are kept from this version of bftchat on)"
         )
     try:
@@ -666,6 +698,13 @@ def _global_options(p: argparse.ArgumentParser, suppress: bool) -> None:
         "--config", metavar="PATH", default=d(None), help="cluster config (default: see docs/CLI.md)"
     )
     p.add_argument("--key", metavar="PATH", default=d(None), help="user key file (default: see docs/CLI.md)")
+    p.add_argument(
+        "--data-dir",
+        metavar="DIR",
+        default=d(None),
+        help="where the local history lives (default: $BFTCHAT_DATA_DIR, else $XDG_DATA_HOME/bftchat, "
+        "else ~/.local/share/bftchat)",
+    )
     p.add_argument("--as", dest="as_", metavar="NAME", default=d(None), help="act as this account of the key")
     p.add_argument("--json", action="store_true", default=d(False), help="one JSON object per line")
     p.add_argument(
@@ -764,7 +803,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         run: Command = args.run
         return asyncio.run(run(ctx))
     except ChatClientError as e:
-        return out.fail(e.code, str(e), e.exit_code)
+        fix = likely_fix(e, ctx.config_path if ctx is not None else None)
+        return out.fail(e.code, f"{e}; {fix}" if fix else str(e), e.exit_code)
     except KeyFileError as e:
         return out.fail("key_file", str(e), 1)
     except ConfigError as e:

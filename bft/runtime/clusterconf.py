@@ -11,6 +11,7 @@ the key and the problem.
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import ipaddress
 import os
@@ -99,6 +100,19 @@ class ClusterConfig:
 
 
 # ---- loading -----------------------------------------------------------------------------------
+
+
+CONFIG_ENV = "BFTCHAT_CONFIG"  # the config path, as for ``bftchat`` (docs/CLI.md)
+
+
+def add_config_argument(parser: argparse.ArgumentParser, what: str = "the cluster config (TOML)") -> None:
+    """``--config PATH``: required unless ``$BFTCHAT_CONFIG`` names one, the variable ``bftchat``
+    honours too, so one ``export`` serves the client and the operator tools alike."""
+    env = os.environ.get(CONFIG_ENV) or None
+    where = f"default {env}, from ${CONFIG_ENV}" if env else f"required unless ${CONFIG_ENV} is set"
+    parser.add_argument(
+        "--config", metavar="PATH", required=env is None, default=env, help=f"{what} ({where})"
+    )
 
 
 def load_config(path: str | Path) -> ClusterConfig:
