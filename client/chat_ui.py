@@ -28,7 +28,10 @@ from collections.abc import Callable
 
 from bft.app.names import normalize_name
 from client.chat import ChatClient, Message
-from client.cli import (
+from client.errors import ChatClientError, ClusterUnreachable, RejectedError
+from client.history import FAILED, UNKNOWN
+from client.local import Local, Outcome, give_up
+from client.output import (
     DROPPED,
     SENT,
     WAITING,
@@ -40,9 +43,6 @@ from client.cli import (
     outbox_json,
     outbox_text,
 )
-from client.errors import ChatClientError, ClusterUnreachable, RejectedError
-from client.history import FAILED, UNKNOWN
-from client.local import Local, Outcome, give_up
 
 COMMANDS = ("/to", "/list", "/history", "/outbox", "/give-up", "/accept-new-key", "/help", "/quit")
 HELP = (

@@ -165,3 +165,27 @@ def test_bftchat_fault_loads_the_config_named_by_bftchat_config(
     monkeypatch.setenv("BFTCHAT_CONFIG", str(cfg.path))
     assert faultctl.main(["--replica", "9", "heal"]) == 1
     assert "no replica 9 in a cluster of 4" in capsys.readouterr().err  # it read that config
+
+
+def _imported_by(module: str) -> set[str]:
+    """The modules a fresh interpreter has loaded after importing ``module``."""
+    import subprocess
+    import sys
+
+    code = f"import sys, {module}; print(' '.join(sorted(sys.modules)))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
+    return set(out.stdout.split())
+
+
+def test_the_chat_front_ends_do_not_import_each_other_and_the_client_not_the_daemon() -> None:
+    """Issue 14: chat_ui takes what it prints from client.output, not from client.cli (which imports
+    chat_ui for ``chat``); the client takes its handshake proofs from the shared bft.handshake,
+    which bft.runtime.handshake re-exports unchanged."""
+    assert "client.cli" not in _imported_by("client.chat_ui")
+    client_side = _imported_by("client.cli") | _imported_by("client.chat")
+    assert "bft.handshake" in client_side and "bft.runtime.handshake" not in client_side
+    import bft.handshake
+    import bft.runtime.handshake
+
+    for name in bft.runtime.handshake.__all__:
+        assert getattr(bft.runtime.handshake, name) is getattr(bft.handshake, name)

@@ -37,6 +37,7 @@ import grpc
 from bft.app.chat import ChatApp
 from bft.core.replica import Replica
 from bft.crypto import CachingVerifier, Ed25519Signer, Ed25519Verifier
+from bft.handshake import link_hello
 from bft.runtime import logs
 from bft.runtime.clusterconf import add_config_argument
 from bft.runtime.faultctl import (
@@ -46,7 +47,6 @@ from bft.runtime.faultctl import (
     admin_handler,
     read_last_timestamp,
 )
-from bft.runtime.handshake import link_hello
 from bft.runtime.logs import EventLog
 from bft.runtime.metrics import Metrics
 from bft.runtime.node import Node, TimedVerifier

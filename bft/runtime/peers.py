@@ -38,8 +38,8 @@ from typing import Protocol
 from bft.core.config import ClusterInfo
 from bft.crypto import Verifier
 from bft.faults import LinkPolicy
+from bft.handshake import NONCE_LEN, check_link_hello
 from bft.pb.bftchat.v1 import service_pb2 as spb
-from bft.runtime.handshake import NONCE_LEN, check_link_hello
 from bft.runtime.logs import EventLog, RateLimit
 from bft.runtime.metrics import Metrics
 from bft.runtime.tls import peer_cert_names
