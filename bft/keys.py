@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 import nacl.public
+import tomli_w
 
 from bft.crypto import KEY_LEN, Ed25519Signer
 
@@ -269,25 +270,9 @@ def _fsync_dir(directory: Path) -> None:
 
 
 def _render(title: str, fields: dict[str, str | int]) -> bytes:
-    """A flat TOML document; values are ints or strings of safe characters (hex, names, labels)."""
-    lines = [f"# {title}. SECRET: keep this file mode 0600 and never share or commit it."]
-    for k, v in fields.items():
-        lines.append(f"{k} = {v}" if isinstance(v, int) else f"{k} = {toml_string(v)}")
-    return ("\n".join(lines) + "\n").encode("utf-8")
-
-
-def toml_string(text: str) -> str:
-    """A TOML basic string (quotes, backslashes and control characters escaped)."""
-    out = ['"']
-    for ch in text:
-        if ch in '"\\':
-            out.append("\\" + ch)
-        elif ord(ch) < 0x20 or ord(ch) == 0x7F:
-            out.append(f"\\u{ord(ch):04x}")
-        else:
-            out.append(ch)
-    out.append('"')
-    return "".join(out)
+    """A flat TOML document under a one-line comment."""
+    head = f"# {title}. SECRET: keep this file mode 0600 and never share or commit it.\n"
+    return (head + tomli_w.dumps(fields)).encode("utf-8")
 
 
 class _KeyDoc:

@@ -84,13 +84,28 @@ def drop_if_unknown_fields(msg: Message) -> None:
         raise WireError(f"unknown fields in {type(msg).__name__}")
 
 
-def _varint_len(value: int) -> int:
+def varint(n: int) -> bytes:
+    """``n`` (>= 0) as a protobuf base-128 varint: the length prefix of a length-delimited field, for
+    the places that frame bytes they already hold without re-serialising them (peer link frames,
+    log frames)."""
+    out = bytearray()
+    while n >= 0x80:
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+def varint_len(value: int) -> int:
+    """``len(varint(value))``, without building it."""
     return max(1, (value.bit_length() + 6) // 7)
+
+
 
 
 def _field(length: int) -> int:
     """Encoded size of a length-delimited field (tag < 16) whose content is ``length`` bytes."""
-    return 1 + _varint_len(length) + length
+    return 1 + varint_len(length) + length
 
 
 _U64 = 1 + 10  # a uint64 field at its largest

@@ -62,6 +62,10 @@ from client.session import ClusterSession, RequestFailed, rpc_reason, status
 DEFAULT_TIMEOUT = 15.0  # seconds for one operation, retransmissions included
 CONNECT_TIMEOUT = 5.0  # seconds to reach enough replicas before giving up
 POLL_EVERY = 30.0  # live delivery fetches at least this often, in case a push was lost
+# What the "needed" count of a ClusterUnreachable is for (f+1, 2f+1, f+1 replicas).
+ANSWER = "for an agreed answer"
+ORDER = "to order requests"
+LIVE = "for live delivery"
 _Code = cpb.ChatError.Code
 T = TypeVar("T")
 
@@ -203,7 +207,7 @@ class ChatClient:
                 if hopeless or waited > self.connect_timeout:
                     late = "no session stream yet"
                     why = {c.replica: failures.get(c.replica, f"{c.endpoint}: {late}") for c in down}
-                    raise ClusterUnreachable(why, need, up, n)
+                    raise ClusterUnreachable(why, need, up, n, ANSWER)
             await asyncio.sleep(0.02)
 
     def _up(self) -> int:
@@ -270,7 +274,7 @@ class ChatClient:
         if exc.unreachable or up < self.cluster.n:
             failures = await self._probe(session)
             if failures and (not exc.replies or up < self.f + 1):
-                return ClusterUnreachable(failures, 2 * self.f + 1, up, self.cluster.n)
+                return ClusterUnreachable(failures, 2 * self.f + 1, up, self.cluster.n, ORDER)
         return NoAgreement(exc.detail)
 
     def me(self) -> str:
@@ -544,7 +548,8 @@ class ChatClient:
                 replica, why = self.session.auth_errors[-1]
                 raise ChatClientError(f"replica {replica} refused the push subscription: {why}") from None
             failures = await self._probe()
-            raise ClusterUnreachable(failures, self.f + 1, self._subscribed(), self.cluster.n) from None
+            subscribed = self._subscribed()
+            raise ClusterUnreachable(failures, self.f + 1, subscribed, self.cluster.n, LIVE) from None
         self._seen_subscribed = {c.replica for c in self.session.conns if c.subscribed}
 
     def _subscribed(self) -> int:
@@ -552,19 +557,22 @@ class ChatClient:
 
     async def _news(self, me: str, after: int, poll_every: float) -> None:
         """Until there may be something new: a push vouched for by f+1 replicas of a message after
-        ``after``, a stream that (re)subscribed (it may have missed pushes), or ``poll_every``."""
+        ``after``, a stream that (re)subscribed (it may have missed pushes), or ``poll_every``.
+        Also as soon as a stream or subscription is lost: the fetch that follows says at once
+        whether the cluster still answers (rather than at the next poll, up to ``poll_every`` later)."""
         deadline = time.monotonic() + poll_every
         while True:
             now = {c.replica for c in self.session.conns if c.subscribed}
-            fresh = now - self._seen_subscribed
+            fresh, lost = now - self._seen_subscribed, self._seen_subscribed - now
             self._seen_subscribed = now
-            if fresh:
+            if fresh or lost:
                 return
             left = deadline - time.monotonic()
             if left <= 0:
                 return
-            try:
-                push = await asyncio.wait_for(self.session.pushes.get(), min(left, 1.0))
+            try:  # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation that
+                async with asyncio.timeout(min(left, 0.25)):  # races a push (then chat never quit)
+                    push = await self.session.pushes.get()
             except TimeoutError:
                 continue
             if push.recipient == me and push.message_id > after:

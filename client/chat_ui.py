@@ -28,7 +28,10 @@ from collections.abc import Callable
 
 from bft.app.names import normalize_name
 from client.chat import ChatClient, Message
-from client.cli import (
+from client.errors import ChatClientError, ClusterUnreachable, RejectedError
+from client.history import FAILED, UNKNOWN
+from client.local import Local, Outcome, give_up
+from client.output import (
     DROPPED,
     SENT,
     WAITING,
@@ -40,9 +43,6 @@ from client.cli import (
     outbox_json,
     outbox_text,
 )
-from client.errors import ChatClientError, RejectedError
-from client.history import FAILED, UNKNOWN
-from client.local import Local, Outcome, give_up
 
 COMMANDS = ("/to", "/list", "/history", "/outbox", "/give-up", "/accept-new-key", "/help", "/quit")
 HELP = (
@@ -54,6 +54,25 @@ HELP = (
 RECENT = 20
 MAX_COMPLETION_NAMES = 1000
 RETRY_AFTER = 3.0  # seconds before live delivery, or the outbox, is tried again after an error
+
+
+def short(exc: ChatClientError) -> str:
+    """An error as one short line for the chat screen (no per-replica reasons)."""
+    return exc.short if isinstance(exc, ClusterUnreachable) else str(exc)
+
+
+class _Then(asyncio.Event):
+    """An event that also runs ``then()`` each time it is set from unset (``messages()`` sets its
+    ``caught_up`` after every catch-up)."""
+
+    def __init__(self, then: Callable[[], None]) -> None:
+        super().__init__()
+        self.then = then
+
+    def set(self) -> None:
+        if not self.is_set():
+            super().set()
+            self.then()
 
 
 class ChatSession:
@@ -74,6 +93,7 @@ class ChatSession:
         self.stuck: int | None = None  # the outbox row the last delivery stopped at (no answer)
         self.told: set[int] = set()  # outbox rows the user was told are not sent yet
         self.changed: dict[bytes, bool] = {}  # received messages stored: from a changed key?
+        self.interrupted = False  # live delivery failed and has not caught up since (said once)
 
     def emit(self, obj: dict[str, object], text: str) -> None:
         if self.out.json:
@@ -126,10 +146,14 @@ class ChatSession:
     async def receive(self, caught_up: asyncio.Event) -> None:
         """Show live messages forever (retrying after errors); each is kept in the history.
         ``caught_up`` is set once the messages that arrived while we were away are shown (or the
-        first attempt failed), so that the session opens with them."""
+        first attempt failed), so that the session opens with them.
+
+        An outage is said once: one line when delivery is interrupted, one when it is back; the
+        retries in between (every RETRY_AFTER seconds plus the request timeout) are silent."""
         while True:
+            attempt = _Then(lambda: self._delivering(caught_up))
             try:
-                async for m in self.client.messages(caught_up=caught_up, keep=self._keep):
+                async for m in self.client.messages(caught_up=attempt, keep=self._keep):
                     self._incoming(m)
             except sqlite3.Error as exc:  # not stored, so not acknowledged: it stays on the replicas
                 self.error(
@@ -143,9 +167,21 @@ class ChatSession:
                 self.error(f"live delivery stopped: {exc}")
                 return
             except ChatClientError as exc:
-                self.error(f"live delivery interrupted: {exc}; retrying")
+                if not self.interrupted:
+                    self.interrupted = True
+                    self.emit(
+                        {"error": "chat", "code": exc.code, "delivery": "interrupted", "message": short(exc)},
+                        f"! live delivery interrupted: {short(exc)}; retrying quietly until it is back",
+                    )
                 caught_up.set()
             await asyncio.sleep(RETRY_AFTER)
+
+    def _delivering(self, caught_up: asyncio.Event) -> None:
+        """Live delivery caught up (again): say so once after an interruption."""
+        caught_up.set()
+        if self.interrupted:
+            self.interrupted = False
+            self.emit({"delivery": "reconnected"}, "-- reconnected: live delivery is back")
 
     def _keep(self, m: Message) -> None:
         """Store a received message; the iterator acknowledges it only after this returned."""
@@ -178,8 +214,9 @@ class ChatSession:
             if stuck is None:
                 await self.wake.wait()
             else:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self.wake.wait(), RETRY_AFTER)
+                with contextlib.suppress(TimeoutError):  # (not wait_for: see ChatClient._news)
+                    async with asyncio.timeout(RETRY_AFTER):
+                        await self.wake.wait()
 
     def _report(self, o: Outcome) -> None:
         row, err = o.row, str(o.error or "")
@@ -195,8 +232,8 @@ class ChatSession:
                 self.told.add(row.id)
                 self.emit(
                     outbox_json(row, "waiting") | {"error": o.error.code},
-                    f"! not sent yet to {row.peer} (outbox #{row.id}): {err}; kept in the outbox and resent "
-                    "when the cluster answers (/outbox lists, /give-up stops)",
+                    f"! not sent yet to {row.peer} (outbox #{row.id}): {short(o.error)}; kept in the "
+                    "outbox and resent when the cluster answers (/outbox lists, /give-up stops)",
                 )
         elif o.state in (FAILED, DROPPED):
             self.told.discard(row.id)

@@ -1,7 +1,7 @@
 """``bftchat``: the chat command line (usage walkthrough in docs/CLI.md).
 
-    bftchat [--config PATH] [--key PATH] [--as NAME] [--json] [--timeout S] [--insecure]
-            [--accept-new-key NAME] COMMAND
+    bftchat [--config PATH] [--key PATH] [--data-dir DIR] [--as NAME] [--json] [--timeout S]
+            [--insecure] [--accept-new-key NAME] COMMAND
         register NAME | list [PATTERN] | send NAME TEXT|- | inbox [--peek] | history NAME
         | outbox [--list] [--give-up ID...|all] | delete-account [--yes] | chat [NAME] | whoami
         | receipt MESSAGE_ID [--of send|register|delete] | verify-receipt FILE
@@ -11,9 +11,11 @@ of ``keys/cluster/config.toml`` (relative to the working directory, where ``bftc
 cluster`` writes it) and ``~/.config/bftchat/config.toml``. The user key likewise from ``--key``,
 ``$BFTCHAT_KEY``, ``keys/user.key``, ``~/.config/bftchat/user.key`` (``$XDG_CONFIG_HOME`` is
 honoured). "Who I am" is the ``name`` field of the key file, which ``register`` sets (``--as``
-overrides it, e.g. for a second account of the same key). The local history lives beside the key
-file (``<key>.history.sqlite``, mode 0600), with the keys pinned for each peer name and the
-outbox of messages not known to be delivered (``client.local``).
+overrides it, e.g. for a second account of the same key). The local history lives in the data
+directory: ``--data-dir``, else ``$BFTCHAT_DATA_DIR``, else ``$XDG_DATA_HOME/bftchat`` (default
+``~/.local/share/bftchat``), as ``<fingerprint>.history.sqlite`` (mode 0600), with the keys pinned
+for each peer name and the outbox of messages not known to be delivered (``client.local``). A
+store an earlier bftchat kept beside the key file (``<key>.history.sqlite``) keeps being used.
 
 Exit status: 0 success; 1 refused or a local problem (no such user, name taken, key file, config);
 2 bad usage; 3 no agreed answer from the cluster (unreachable, replies disagree, or timestamps kept
@@ -27,42 +29,53 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
-import json
 import os
 import sqlite3
 import sys
 import time
-import unicodedata
 from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from bft.app.names import normalize_name
-from bft.keys import KeyFileError, UserKey, fingerprint_of, load_user_key, write_user_key
+from bft.keys import KeyFileError, UserKey, load_user_key, write_user_key
 from bft.runtime.clusterconf import ClusterConfig, ConfigError, load_config
 from bft.version import add_version_argument
 from client import receipts
-from client.errors import ChatClientError, InvalidReceipt, NotFound, UsageError
+from client.errors import (
+    ChatClientError,
+    ClusterUnreachable,
+    InvalidReceipt,
+    NoAgreement,
+    NotFound,
+    UsageError,
+)
 from client.history import (
     FAILED,
     PENDING,
     QUEUED,
     UNKNOWN,
     History,
-    HistoryEntry,
-    OutboxRow,
     StoredReceipt,
-    history_path_for,
+    history_path,
+)
+from client.output import (
+    SENT,
+    WAITING,
+    Out,
+    history_lines,
+    key_changed_note,
+    message_json,
+    message_text,
+    outbox_json,
+    outbox_text,
 )
 
 if TYPE_CHECKING:
-    from client.chat import ChatClient, Message, Sent
+    from client.chat import ChatClient
     from client.local import Local, Outcome
 
-SENT, DROPPED, WAITING = "sent", "dropped", "waiting"  # outbox outcomes besides the row states
-
 EXIT_INTERRUPTED = 130
-_ESCAPE_CATEGORIES = frozenset({"Cc", "Cf", "Zl", "Zp"})
 
 
 def config_home() -> Path:
@@ -91,173 +104,28 @@ def _resolve(arg: str | None, env: str, candidates: Sequence[Path], what: str, h
     raise UsageError(f"no {what}: pass --{what.split()[-1]} PATH or set {env} (looked for {looked}); {hint}")
 
 
-# ---- output ------------------------------------------------------------------------------------
-
-
-def clean(text: str) -> str:
-    """``text`` safe for a terminal: control, format (bidi overrides) and line-separator characters
-    shown as escapes, so a message cannot move the cursor, recolour or disguise the screen."""
-    out = []
-    for ch in text:
-        if ch not in "\n\t" and unicodedata.category(ch) in _ESCAPE_CATEGORIES:
-            out.append(ch.encode("unicode_escape").decode("ascii"))
-        else:
-            out.append(ch)
-    return "".join(out)
-
-
-def when(timestamp_us: int, full: bool = True) -> str:
-    """Local time of an ordered timestamp."""
-    fmt = "%Y-%m-%d %H:%M:%S" if full else "%H:%M"
-    return time.strftime(fmt, time.localtime(timestamp_us / 1e6))
-
-
-def message_line(sender: str, text: str, timestamp_us: int, full: bool = True) -> str:
-    """``[time] sender: text``, continuation lines indented under the text."""
-    head = f"[{when(timestamp_us, full)}] {sender}: "
-    return head + clean(text).replace("\n", "\n" + " " * len(head))
-
-
-def message_json(m: Message, key_changed: bool = False) -> dict[str, Any]:
-    obj: dict[str, Any] = {
-        "id": m.id,
-        "from": m.sender,
-        "to": m.recipient,
-        "text": m.text,
-        "seq": m.seq,
-        "timestamp_us": m.timestamp_us,
-        "sender_key": m.sender_key.hex(),
-    }
-    if m.problem is not None:
-        obj["error"] = m.problem
-    if key_changed:
-        obj["key_changed"] = True
-    return obj
-
-
-CHANGED_MARK = " [key changed]"  # after the sender's name: signed by a key other than the pinned one
-
-
-def message_text(m: Message, full: bool = True, key_changed: bool = False) -> str:
-    if m.problem is not None:
-        return f"[{when(m.timestamp_us, full)}] message {m.id} could not be opened: {m.problem}"
-    return message_line(m.sender + (CHANGED_MARK if key_changed else ""), m.text, m.timestamp_us, full)
-
-
-def key_changed_note(name: str) -> str:
-    return (
-        f"! '{name}' signed this with a key other than the one you first saw for that name: the name may "
-        f"belong to someone else now (compare fingerprints out of band; --accept-new-key {name} trusts it)"
-    )
-
-
-class Out:
-    """Everything the CLI prints goes through here: text for people, or one JSON object per line."""
-
-    def __init__(self, json_mode: bool) -> None:
-        self.json = json_mode
-
-    def emit(self, obj: dict[str, Any], text: str | None) -> None:
-        if self.json:
-            print(json.dumps(obj, ensure_ascii=False), flush=True)
-        elif text is not None:
-            print(text, flush=True)
-
-    def note(self, text: str) -> None:
-        """Information for a person only (stderr, text mode)."""
-        if not self.json:
-            print(text, file=sys.stderr, flush=True)
-
-    def fail(self, code: str, message: str, exit_code: int) -> int:
-        line = " ".join(message.split())  # one line, whatever the message holds
-        if self.json:
-            print(json.dumps({"error": code, "message": line}), flush=True)
-        print(f"bftchat: error: {line}", file=sys.stderr, flush=True)
-        return exit_code
-
-
-STATE_NOTES = {
-    QUEUED: "queued: not sent yet",
-    PENDING: "pending: not known to be delivered yet, will be resent",
-    UNKNOWN: "unknown: may or may not have been delivered",
-    FAILED: "failed: not delivered",
-}
-
-
-def history_state(e: HistoryEntry) -> str:
-    """What the history says of an entry: received, sent, or the outbox state of one not delivered."""
-    return e.state or ("sent" if e.direction == "out" else "received")
-
-
-def history_line(account: str, e: HistoryEntry, full: bool = True) -> str:
-    sender = account if e.direction == "out" else e.peer + (CHANGED_MARK if e.key_changed else "")
-    line = message_line(sender, e.text, e.timestamp_us, full)
-    return f"{line}  ({STATE_NOTES[e.state]})" if e.state else line
-
-
-def history_json(account: str, e: HistoryEntry) -> dict[str, Any]:
-    sender, to = (account, e.peer) if e.direction == "out" else (e.peer, account)
-    return {
-        "direction": e.direction,
-        "from": sender,
-        "to": to,
-        "text": e.text,
-        "id": e.message_id,
-        "seq": e.seq,
-        "timestamp_us": e.timestamp_us,
-        "state": history_state(e),
-        "peer_key": e.peer_key.hex() if e.peer_key else None,
-        "key_changed": e.key_changed,
-    }
-
-
-def history_lines(
-    account: str, entries: Sequence[HistoryEntry], full: bool = True
-) -> list[tuple[dict[str, Any], str]]:
-    """(JSON, text) per entry, with a text line wherever the peer's key differs from the one before."""
-    out: list[tuple[dict[str, Any], str]] = []
-    last: bytes | None = None
-    for e in entries:
-        if e.peer_key and last and e.peer_key != last:
-            fp = fingerprint_of(e.peer_key, e.peer_box) if e.peer_box else e.peer_key.hex()[:16]
-            out.append(({}, f"-- {e.peer}'s key changed here (now {fp}): possibly another person"))
-        last = e.peer_key or last
-        out.append((history_json(account, e), history_line(account, e, full)))
-    return out
-
-
-def outbox_json(row: OutboxRow, state: str | None = None, sent: Sent | None = None) -> dict[str, Any]:
-    obj: dict[str, Any] = {
-        "outbox": row.id,
-        "to": row.peer,
-        "text": row.text,
-        "state": state or row.state,
-        "created_us": row.created_us,
-    }
-    if row.detail:
-        obj["detail"] = row.detail
-    if sent is not None:
-        obj |= {"id": sent.id, "seq": sent.seq, "timestamp_us": sent.timestamp_us}
-    return obj
-
-
-def outbox_text(row: OutboxRow, state: str | None = None, sent: Sent | None = None, why: str = "") -> str:
-    state = state or row.state
-    head = f"outbox #{row.id} to {row.peer} [{when(row.created_us)}]"
-    if state == SENT and sent is not None:
-        return f"{head}: sent (message {sent.id}): {clean(row.text)}"
-    if state == DROPPED:
-        return f"{head}: not sent ({why}): {clean(row.text)}"
-    note = STATE_NOTES.get(state, state)
-    detail = why or row.detail
-    return f"{head}: {note}{f' ({detail})' if detail else ''}: {clean(row.text)}"
-
-
 def kept_error(exc: ChatClientError, what: str) -> ChatClientError:
     """``exc`` (same code and exit status) with what became of the message appended."""
     err = ChatClientError(f"{exc}; {what}")
     err.code, err.exit_code = exc.code, exc.exit_code
+    err.__cause__ = exc  # what main() looks at for the likely fix
     return err
+
+
+def likely_fix(exc: ChatClientError, config: Path | None) -> str:
+    """What to check when the cluster gave no agreed answer (empty if there is nothing to suggest):
+    whether it runs, and which config this run used (the wrong one is a common cause)."""
+    base = exc.__cause__ if isinstance(exc.__cause__, ChatClientError) else exc
+    used = f"config used: {config}" if config is not None else "no config loaded"
+    if isinstance(base, ClusterUnreachable):
+        if base.reachable == 0:
+            return f"is the cluster running? ({used}; ./scripts/cluster starts a local one)"
+        down = sorted(base.failures)
+        who = "the other replicas" if not down else "replicas " + ", ".join(map(str, down))
+        return f"are {who} running? ({used})"
+    if isinstance(base, NoAgreement):
+        return f"retry later; if it persists, check the replicas' logs ({used})"
+    return ""
 
 
 # ---- context -----------------------------------------------------------------------------------
@@ -272,6 +140,7 @@ class Ctx:
         self._key_path: Path | None = None
         self._key: UserKey | None = None
         self._config: ClusterConfig | None = None
+        self.config_path: Path | None = None  # once resolved (error messages name it)
         self._history: History | None = None
         self._locals: list[Local] = []
 
@@ -298,6 +167,7 @@ class Ctx:
         if self._config is None:
             hint = "create a cluster with: bftchat-keygen cluster"
             path = _resolve(self.args.config, "BFTCHAT_CONFIG", default_configs(), "cluster config", hint)
+            self.config_path = path
             self._config = load_config(path)
         return self._config
 
@@ -330,9 +200,13 @@ class Ctx:
             timeout=self.args.timeout,
         )
 
+    @property
+    def history_path(self) -> Path:
+        return history_path(self.key_path, self.key.fingerprint(), self.args.data_dir)
+
     def history(self) -> History:
         if self._history is None:
-            self._history = History(history_path_for(self.key_path))
+            self._history = History(self.history_path)
         return self._history
 
     def local(self, client: ChatClient) -> Local:
@@ -489,7 +363,7 @@ async def cmd_history(ctx: Ctx) -> int:
         elif not ctx.out.json:  # a key change (JSON entries carry peer_key instead)
             print(text, flush=True)
     if not entries:
-        ctx.out.note(f"no messages with {peer} in {history_path_for(ctx.key_path)}")
+        ctx.out.note(f"no messages with {peer} in {ctx.history_path}")
     return 0
 
 
@@ -522,7 +396,7 @@ async def cmd_whoami(ctx: Ctx) -> int:
         "fingerprint": ctx.key.fingerprint(),
         "signing_key": ctx.key.signing_public.hex(),
         "key_file": str(ctx.key_path),
-        "history": str(history_path_for(ctx.key_path)),
+        "history": str(ctx.history_path),
     }
     none = "(none: run bftchat register NAME)"
     text = "\n".join(f"{k:<12} {v if v is not None else none}" for k, v in obj.items())
@@ -590,7 +464,7 @@ async def cmd_receipt(ctx: Ctx) -> int:
     if stored is None:
         what = f"message {ident}" if kind == "send" else f"{kind} of '{ident}'"
         raise NotFound(
-            f"no receipt of {what} on this cluster in {history_path_for(ctx.key_path)} "
+            f"no receipt of {what} on this cluster in {ctx.history_path} "
             "(receipts are kept from this version of bftchat on)"
         )
     try:
@@ -666,6 +540,13 @@ def _global_options(p: argparse.ArgumentParser, suppress: bool) -> None:
         "--config", metavar="PATH", default=d(None), help="cluster config (default: see docs/CLI.md)"
     )
     p.add_argument("--key", metavar="PATH", default=d(None), help="user key file (default: see docs/CLI.md)")
+    p.add_argument(
+        "--data-dir",
+        metavar="DIR",
+        default=d(None),
+        help="where the local history lives (default: $BFTCHAT_DATA_DIR, else $XDG_DATA_HOME/bftchat, "
+        "else ~/.local/share/bftchat)",
+    )
     p.add_argument("--as", dest="as_", metavar="NAME", default=d(None), help="act as this account of the key")
     p.add_argument("--json", action="store_true", default=d(False), help="one JSON object per line")
     p.add_argument(
@@ -764,7 +645,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         run: Command = args.run
         return asyncio.run(run(ctx))
     except ChatClientError as e:
-        return out.fail(e.code, str(e), e.exit_code)
+        fix = likely_fix(e, ctx.config_path if ctx is not None else None)
+        return out.fail(e.code, f"{e}; {fix}" if fix else str(e), e.exit_code)
     except KeyFileError as e:
         return out.fail("key_file", str(e), 1)
     except ConfigError as e:

@@ -71,19 +71,38 @@ class NotOwner(RejectedError):
 
 
 class ClusterUnreachable(ChatClientError):
-    """Too few replicas could be reached to get an agreed answer; ``failures`` says which and why."""
+    """Too few replicas could be reached to get an agreed answer; ``failures`` says which and why.
+    ``purpose`` explains the ``needed`` count (f+1 for any agreed answer, 2f+1 to order requests)."""
 
     code = "cluster_unreachable"
     exit_code = 3
 
-    def __init__(self, failures: Mapping[int, str], needed: int, reachable: int, total: int) -> None:
-        parts = "; ".join(f"replica {i}: {why}" for i, why in sorted(failures.items()))
-        head = f"cluster unreachable: {reachable} of {total} replicas reachable, {needed} needed"
-        super().__init__(f"{head}; {parts}")
-        self.failures = dict(failures)
+    def __init__(
+        self, failures: Mapping[int, str], needed: int, reachable: int, total: int, purpose: str = ""
+    ) -> None:
+        self.failures = {i: why for i, why in failures.items() if why.strip()}
         self.needed = needed
         self.reachable = reachable
         self.total = total
+        self.purpose = purpose
+        parts = "; ".join(f"replica {i}: {why}" for i, why in sorted(self.failures.items()))
+        super().__init__(f"{self.head}; {parts}" if parts else self.head)
+
+    @property
+    def head(self) -> str:
+        """The count alone: ``cluster unreachable: 2 of 4 replicas reachable, 3 needed to ...``."""
+        why = f" {self.purpose}" if self.purpose else ""
+        count = f"{self.reachable} of {self.total} replicas reachable, {self.needed} needed{why}"
+        return f"cluster unreachable: {count}"
+
+    @property
+    def short(self) -> str:
+        """One short line for a screen that repeats it (chat): the count and who is down, no reasons."""
+        down = sorted(self.failures)
+        if not down:
+            return self.head
+        who = f"replica {down[0]}" if len(down) == 1 else "replicas " + ", ".join(map(str, down))
+        return f"{self.head} ({who} down)"
 
 
 class NoAgreement(ChatClientError):

@@ -1,7 +1,8 @@
 """The CLI's local store: message history, pinned peer keys and the outbox, in one SQLite file.
 
 Replicas forget a message once its recipient acknowledges it, so each user keeps their own sent
-and received messages in a SQLite file beside their key file (mode 0600). It is the only place a
+and received messages in a SQLite file under the XDG data directory, one per key (mode 0600;
+``history_path``). It is the only place a
 conversation survives; nothing in it is trusted by the replicas. Three tables:
 
 * ``messages``: every message sent and received. A message is identified by the SHA-256 of its
@@ -148,9 +149,37 @@ _OUTBOX_COLUMNS = (
 )
 
 
+DATA_DIR_ENV = "BFTCHAT_DATA_DIR"
+
+
 def history_path_for(key_file: Path) -> Path:
-    """``alice.key`` -> ``alice.key.history.sqlite`` in the same directory."""
+    """Where bftchat before 0.2 kept the store: ``alice.key`` -> ``alice.key.history.sqlite``
+    beside the key. Still used when it exists (``history_path``)."""
     return key_file.with_name(key_file.name + ".history.sqlite")
+
+
+def data_dir(explicit: str | Path | None = None) -> Path:
+    """The directory of local stores: ``explicit`` (``--data-dir``), else ``$BFTCHAT_DATA_DIR``,
+    else ``$XDG_DATA_HOME/bftchat``, else ``~/.local/share/bftchat`` (the XDG base directory spec:
+    user data, unlike ``~/.config``, which holds what a user writes by hand)."""
+    if explicit:
+        return Path(explicit).expanduser()
+    if os.environ.get(DATA_DIR_ENV):
+        return Path(os.environ[DATA_DIR_ENV]).expanduser()
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "bftchat"
+
+
+def history_path(key_file: Path, fingerprint: str, explicit_dir: str | Path | None = None) -> Path:
+    """The store of the key with this fingerprint: ``<data dir>/<fingerprint>.history.sqlite``, named
+    by the key (not the key file's path, so a moved or copied key keeps its history). A store an
+    earlier bftchat left beside the key file keeps being used, unless a data directory is given
+    explicitly (``--data-dir`` or ``$BFTCHAT_DATA_DIR``): it is not moved, because another bftchat
+    process of the same key may have it open (docs/CLI.md says how to move it by hand)."""
+    beside = history_path_for(key_file)
+    if not explicit_dir and not os.environ.get(DATA_DIR_ENV) and beside.exists():
+        return beside
+    return data_dir(explicit_dir) / f"{fingerprint}.history.sqlite"
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,6 +196,7 @@ class StoredReceipt:
 class History:
     def __init__(self, path: Path) -> None:
         self.path = path
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         if not path.exists():
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             os.close(fd)

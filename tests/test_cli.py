@@ -13,6 +13,7 @@ import dataclasses
 import json
 import os
 import sqlite3
+import stat
 import subprocess
 import sys
 import threading
@@ -31,7 +32,7 @@ from bft.runtime.clusterconf import load_config
 from client import e2e
 from client.chat import ChatClient, SyncChatClient, message_ref
 from client.errors import StaleTimestamp
-from client.history import History
+from client.history import History, HistoryEntry, history_path
 from client.session import ClusterSession, wall_clock_us
 
 
@@ -45,10 +46,15 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
 
 
 def cli(
-    config: Path, key: Path, *args: str, stdin: str | None = None, timeout: float = 40
+    config: Path,
+    key: Path,
+    *args: str,
+    stdin: str | None = None,
+    timeout: float = 40,
+    env_set: dict[str, str] | None = None,
 ) -> subprocess.CompletedProcess[str]:
     """Run ``bftchat --config CONFIG --key KEY ARGS`` in the key's directory."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("BFTCHAT_")}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BFTCHAT_")} | (env_set or {})
     cmd = [sys.executable, "-m", "client.cli", "--config", str(config), "--key", str(key), *args]
     return subprocess.run(
         cmd,
@@ -130,7 +136,7 @@ def test_register_exchange_list_and_delete(cluster: Cluster, tmp_path: Path) -> 
         ("alice", "line one\nline two"),
         ("bob", "hi alice"),
     ]
-    assert (tmp_path / "bob.key.history.sqlite").stat().st_mode & 0o777 == 0o600
+    assert history_file(bob).stat().st_mode & 0o777 == 0o600
     assert "alice: hello bob" in cli(cfg, alice, "history", "bob").stdout
 
     # Delete: asks first; then the name is gone and sends to it fail.
@@ -317,8 +323,13 @@ def test_one_replica_down_is_tolerated_two_are_named(cluster: Cluster, tmp_path:
 CLI = [sys.executable, "-m", "client.cli"]
 
 
+def history_file(key: Path) -> Path:
+    """Where bftchat keeps this key's local store (under $XDG_DATA_HOME: tests/conftest.py)."""
+    return history_path(key, load_user_key(key).fingerprint())
+
+
 def history_db(key: Path) -> sqlite3.Connection:
-    return sqlite3.connect(key.with_name(key.name + ".history.sqlite"))
+    return sqlite3.connect(history_file(key))
 
 
 @pytest.mark.timeout(120)
@@ -517,7 +528,7 @@ def test_a_resent_request_refused_as_stale_is_unknown_not_failed(cluster: Cluste
         ida_box,
         b"never transmitted",
     )
-    store = History(hal.with_name(hal.name + ".history.sqlite"))
+    store = History(history_file(hal))
     row = store.queue("st-hal", "st-ida", "never transmitted", config.cluster_id, stamp, 0, 0)
     assert store.signed(row, raw, session, stamp, b"", ida_box, None)
     queued = store.queue("st-hal", "st-ida", "given up", config.cluster_id, stamp + 1, 0, 0)
@@ -619,3 +630,108 @@ def pb_without_last_reply(receipt_hex: str) -> str:
     r = pb.Receipt.FromString(bytes.fromhex(receipt_hex))
     del r.replies[1:]
     return r.SerializeToString(deterministic=True).hex()
+
+
+# ---- issue 14: calm outage lines ---------------------------------------------------------------
+
+
+@pytest.mark.timeout(60)
+def test_cluster_down_is_one_line_with_the_likely_fix(tmp_path: Path) -> None:
+    """send, list and chat against a cluster nobody started: one line each, saying what failed,
+    what the needed count is for, and what to check (is it running, with which config)."""
+    config = write_cluster(tmp_path / "down", 4)
+    key = new_key(tmp_path, "nobody")
+    for args in (("list",), ("send", "someone", "hello"), ("chat", "someone")):
+        line = failed(cli(config, key, "--as", "nobody", "--timeout", "3", *args), 3, "cluster unreachable")
+        assert "is the cluster running? (config used: " + str(config) in line, line
+        assert "needed for an agreed answer" in line or "needed to order requests" in line, line
+        assert "; ;" not in line and ";;" not in line
+
+
+@pytest.mark.timeout(240)
+def test_chat_says_once_that_delivery_is_interrupted_and_once_that_it_is_back(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    """Two of four replicas killed (-9) under a running chat: one short "interrupted" line soon
+    after (not at the next 30 s poll), nothing more while the retries fail, one "reconnected" line
+    once they are back. Meanwhile a one-shot send and list fail in one line naming the replicas that
+    are down and the config used."""
+    cfg = cluster.config_path
+    key = new_key(tmp_path, "calm")
+    ok(cli(cfg, key, "register", "calm"))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BFTCHAT_")}
+    chat = subprocess.Popen(
+        [*CLI, "--config", str(cfg), "--key", str(key), "--timeout", "3", "chat", "calm"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        cwd=tmp_path,
+        env=env,
+    )
+    out = Lines(chat)
+    assert chat.stdin is not None
+    victims = two_backups(cluster)
+    try:
+        out.wait_for("-- talking to calm", 30)
+        t0 = time.monotonic()
+        for i in victims:
+            cluster.kill9(i)
+        line = out.wait_for("live delivery interrupted", 20)
+        assert time.monotonic() - t0 < 15  # the lost streams were noticed, not the next poll
+        assert "2 of 4 replicas reachable, 3 needed to order requests" in line
+        assert len(line) < 200 and "127.0.0.1" not in line, line  # short: no per-replica reasons
+        for args in (("list",), ("send", "calm", "while down")):
+            one = failed(cli(cfg, key, "--timeout", "3", *args), 3, "3 needed to order requests")
+            assert f"are replicas {', '.join(map(str, sorted(victims)))} running?" in one
+            assert f"(config used: {cfg})" in one
+    finally:
+        for i in victims:
+            if not cluster.alive(i):
+                cluster.start(i)
+        cluster.wait_healthy()
+    out.wait_for("-- reconnected", 90)
+    chat.stdin.write("/quit\n")
+    chat.stdin.flush()
+    assert chat.wait(60) == 0
+    said = [ln for ln in out.lines if "interrupted" in ln or "reconnected" in ln]
+    assert len(said) == 2, out.lines
+
+
+# ---- issue 14: the local store under the XDG data directory ------------------------------------
+
+
+def test_the_local_store_lives_in_the_xdg_data_directory(tmp_path: Path) -> None:
+    """The history goes to $XDG_DATA_HOME/bftchat (default ~/.local/share/bftchat), named by the
+    key's fingerprint, not beside the key file; $BFTCHAT_DATA_DIR and --data-dir override that; a
+    store an earlier bftchat left beside the key file keeps being used (not moved)."""
+    config = write_cluster(tmp_path / "c", 4)  # never started: these commands need no network
+    key = new_key(tmp_path / "keys", "xdg")
+    fp = load_user_key(key).fingerprint()
+    home, xdg = tmp_path / "home", tmp_path / "xdg"
+
+    def where(*extra: str, **env: str) -> Path:
+        """The store ``history`` opened (it creates it), as ``whoami`` names it."""
+        base = {"HOME": str(home), "XDG_DATA_HOME": ""} | env
+        ok(cli(config, key, *extra, "--json", "--as", "xdg", "history", "nobody", env_set=base))
+        shown = ok(cli(config, key, *extra, "--json", "whoami", env_set=base))[0]["history"]
+        assert Path(shown).exists(), shown
+        return Path(shown)
+
+    assert where() == home / ".local/share/bftchat" / f"{fp}.history.sqlite"
+    assert where(XDG_DATA_HOME=str(xdg)) == xdg / "bftchat" / f"{fp}.history.sqlite"
+    assert stat.S_IMODE((xdg / "bftchat" / f"{fp}.history.sqlite").stat().st_mode) == 0o600
+    env_dir = tmp_path / "env-dir"
+    assert where(BFTCHAT_DATA_DIR=str(env_dir)) == env_dir / f"{fp}.history.sqlite"
+    flag_dir = tmp_path / "flag-dir"
+    flag_wins = where("--data-dir", str(flag_dir), BFTCHAT_DATA_DIR=str(env_dir))
+    assert flag_wins == flag_dir / f"{fp}.history.sqlite"
+    assert not key.with_name(key.name + ".history.sqlite").exists()  # nothing beside the key
+
+    old = History(key.with_name(key.name + ".history.sqlite"))  # as bftchat 0.1 left it
+    old.add("xdg", HistoryEntry("in", "nobody", "kept from before", 1, 1, 100, b"ref", b"c" * 32))
+    old.close()
+    assert where(XDG_DATA_HOME=str(xdg)) == key.with_name(key.name + ".history.sqlite")
+    shown = ok(cli(config, key, "--json", "--as", "xdg", "history", "nobody", env_set={"HOME": str(home)}))
+    assert [h["text"] for h in shown] == ["kept from before"]
+    assert where("--data-dir", str(flag_dir)) == flag_dir / f"{fp}.history.sqlite"  # explicit wins

@@ -262,7 +262,8 @@ def test_launcher_passes_fault_injection_and_shows_faulty_replicas(tmp_path: Pat
     directory = tmp_path / "cluster"
     taken: set[int] = set()
     ports = launcher_ports(taken)
-    cmd = launcher_cmd(directory, "--replicas", "4", "--allow-fault-injection", *ports)
+    fault_flag, json_logs = "--allow-fault-injection", ("--log-format", "json")
+    cmd = launcher_cmd(directory, "--replicas", "4", fault_flag, *json_logs, *ports)
     launcher = Launcher(cmd, tmp_path / "run.out")
     try:
         launcher.wait_for(r"all 4 replicas up")
@@ -276,6 +277,9 @@ def test_launcher_passes_fault_injection_and_shows_faulty_replicas(tmp_path: Pat
         assert launcher.terminate() == 0, launcher.text()
     finally:
         launcher.kill()
+    for i in range(4):  # --log-format reached the replicas: every log line is a JSON object
+        lines = (directory / "logs" / f"replica-{i}.log").read_text().splitlines()
+        assert lines and all(isinstance(json.loads(line), dict) for line in lines), lines[:3]
 
 
 @pytest.mark.timeout(180)

@@ -132,3 +132,60 @@ def test_pyproject_metadata(monkeypatch: pytest.MonkeyPatch) -> None:
         path = url.split("/main/", 1)[1] if "/main/" in url else ""
         assert (ROOT / path).exists(), f"{name}: {url} names no file of the repository"
     assert urls["Documentation"].endswith("/docs")
+
+
+@pytest.mark.parametrize("name", ["bftchat-replica", "bftchat-replica verify-log", "bftchat-fault"])
+def test_operator_tools_take_the_config_from_bftchat_config(
+    name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Issue 14: the operator tools honour $BFTCHAT_CONFIG as bftchat does (--config still wins)."""
+    rest = {
+        "bftchat-replica": ["--id", "0", "--key", "k", "--data", "d"],
+        "bftchat-replica verify-log": ["data"],
+        "bftchat-fault": ["--replica", "0", "heal"],
+    }[name]
+    monkeypatch.delenv("BFTCHAT_CONFIG", raising=False)
+    with pytest.raises(SystemExit):  # required without the variable
+        _parser(name).parse_args(rest)
+    assert "--config" in capsys.readouterr().err
+    monkeypatch.setenv("BFTCHAT_CONFIG", str(tmp_path / "env.toml"))
+    assert _parser(name).parse_args(rest).config == str(tmp_path / "env.toml")
+    assert _parser(name).parse_args([*rest, "--config", "flag.toml"]).config == "flag.toml"
+
+
+def test_bftchat_fault_loads_the_config_named_by_bftchat_config(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from bft.runtime import faultctl, keygen
+
+    cfg, signers, admin = keygen.plan_cluster(
+        tmp_path, name="env", replicas=4, hosts=["127.0.0.1"], base_port=27100, metrics_base_port=None
+    )
+    keygen.write_cluster(cfg, signers, admin, force=False)
+    monkeypatch.setenv("BFTCHAT_CONFIG", str(cfg.path))
+    assert faultctl.main(["--replica", "9", "heal"]) == 1
+    assert "no replica 9 in a cluster of 4" in capsys.readouterr().err  # it read that config
+
+
+def _imported_by(module: str) -> set[str]:
+    """The modules a fresh interpreter has loaded after importing ``module``."""
+    import subprocess
+    import sys
+
+    code = f"import sys, {module}; print(' '.join(sorted(sys.modules)))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
+    return set(out.stdout.split())
+
+
+def test_the_chat_front_ends_do_not_import_each_other_and_the_client_not_the_daemon() -> None:
+    """Issue 14: chat_ui takes what it prints from client.output, not from client.cli (which imports
+    chat_ui for ``chat``); the client takes its handshake proofs from the shared bft.handshake,
+    which bft.runtime.handshake re-exports unchanged."""
+    assert "client.cli" not in _imported_by("client.chat_ui")
+    client_side = _imported_by("client.cli") | _imported_by("client.chat")
+    assert "bft.handshake" in client_side and "bft.runtime.handshake" not in client_side
+    import bft.handshake
+    import bft.runtime.handshake
+
+    for name in bft.runtime.handshake.__all__:
+        assert getattr(bft.runtime.handshake, name) is getattr(bft.handshake, name)

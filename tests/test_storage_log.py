@@ -862,3 +862,17 @@ def test_crash_during_first_use_is_harmless(tmp_path: Path) -> None:
     assert records == [] and report.warnings == [] and report.fresh
     assert (tmp_path / "IDENTITY").exists()
     assert not reload(m, tmp_path)[1].fresh
+
+
+# ---------------------------------------------------------------- the one varint helper
+
+
+@given(st.integers(min_value=1, max_value=2**64 - 1))
+def test_varint_is_protobufs_length_prefix(n: int) -> None:
+    """bft.wire.varint (the one helper the log frames and the peer link frames use) is the varint
+    protobuf writes, and varint_len its length."""
+    from bft.wire import varint, varint_len
+
+    assert varint(n) == spb.LogRecord(index=n).SerializeToString()[1:]  # field 2 (tag 0x10), varint
+    assert varint_len(n) == len(varint(n))
+    assert varint(0) == b"\x00" and varint_len(0) == 1  # (protobuf leaves a zero scalar out)

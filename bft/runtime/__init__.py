@@ -1,1 +1,7 @@
-"""The networked replica: gRPC transport, TLS, cluster config, keys on disk, metrics."""
+"""The networked replica and the tools that operate it.
+
+The replica daemon (``bftchat-replica``): ``main``, ``node`` (drives the core), ``server`` (client
+gRPC), ``peers`` and ``handshake`` (replica links), ``tls``, ``metrics``, ``logs``, ``pauses``.
+Operator tools: ``keygen``, ``clusterconf`` (the cluster config), ``cluster`` (the local launcher),
+``faultctl`` (fault injection), ``bench``, ``preload``, ``attack``, ``demo``.
+"""

@@ -51,6 +51,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
+import psutil
+from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client.samples import Sample
+
 from bft.version import add_version_argument
 
 DEFAULT_SIZE = 256
@@ -112,17 +116,13 @@ def loadavg() -> float:
         return float("nan")
 
 
-_CLK_TCK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
-
-
 def proc_cpu(pid: int) -> float | None:
-    """User + system CPU seconds of a process so far (Linux /proc), None if it is gone."""
+    """User + system CPU seconds of a process so far, None if it is gone."""
     try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
+        t = psutil.Process(pid).cpu_times()
+    except psutil.Error:
         return None
-    fields = stat[stat.rindex(")") + 2 :].split()
-    return (int(fields[11]) + int(fields[12])) / _CLK_TCK  # utime, stime (fields 14, 15 of stat)
+    return float(t.user + t.system)
 
 
 def cpu_of(pids: Sequence[int]) -> dict[int, float]:
@@ -132,18 +132,12 @@ def cpu_of(pids: Sequence[int]) -> dict[int, float]:
 def pids_running(config_path: Path) -> list[int]:
     """Replica processes started with this config (for ``--config``: a cluster we did not start)."""
     found = []
-    target = str(config_path)
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            argv = (entry / "cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        args = [a.decode(errors="replace") for a in argv]
+    target = Path(config_path).resolve()
+    for proc in psutil.process_iter(["pid", "cmdline"]):
+        args = proc.info["cmdline"] or []
         replica = "bft.runtime.main" in args or any(a.endswith("bftchat-replica") for a in args)
-        if replica and any(Path(a).resolve() == Path(target) for a in args if a.endswith(".toml")):
-            found.append(int(entry.name))
+        if replica and any(Path(a).resolve() == target for a in args if a.endswith(".toml")):
+            found.append(int(proc.info["pid"]))
     return found
 
 
@@ -666,11 +660,18 @@ def outage(done_times: Sequence[float], fault_time: float, end: float) -> float:
     return max(longest, end - prev)
 
 
-def _percentile(sorted_values: list[float], q: float) -> float:
-    if not sorted_values:
-        return float("nan")
-    k = min(len(sorted_values) - 1, max(0, round(q * (len(sorted_values) - 1))))
-    return sorted_values[k]
+def _percentile(values: list[float], q: float) -> float:
+    """Quantile ``q`` (0 < q < 1, in hundredths) of the samples, interpolated between the nearest
+    ones (``statistics.quantiles``, inclusive: the samples are the whole population measured)."""
+    if len(values) < 2:
+        return values[0] if values else float("nan")
+    return statistics.quantiles(values, n=100, method="inclusive")[round(q * 100) - 1]
+
+
+def _samples(port: int) -> Iterator[Sample]:
+    """The samples of a replica's /metrics page (none when it cannot be read)."""
+    for family in text_string_to_metric_families(metrics_text(port)):
+        yield from family.samples
 
 
 def scrape(ports: Sequence[int]) -> dict[str, float]:
@@ -682,10 +683,9 @@ def scrape(ports: Sequence[int]) -> dict[str, float]:
     )
     out = dict.fromkeys(wanted, 0.0)
     for port in ports:
-        for line in metrics_text(port).splitlines():
-            name, _, value = line.partition(" ")
-            if name in out:
-                out[name] += float(value)
+        for sample in _samples(port):
+            if sample.name in out and not sample.labels:
+                out[sample.name] += sample.value
     return out
 
 
@@ -700,23 +700,23 @@ def metrics_text(port: int) -> str:
 
 def metric(port: int, name: str) -> float | None:
     """One unlabelled sample from a replica's /metrics, or None if it cannot be read."""
-    for line in metrics_text(port).splitlines():
-        key, _, value = line.partition(" ")
-        if key == name:
-            return float(value)
+    for sample in _samples(port):
+        if sample.name == name and not sample.labels:
+            return float(sample.value)
     return None
 
 
-def histogram(ports: Sequence[int], name: str, labels: str = "") -> dict[float, float]:
+def histogram(ports: Sequence[int], name: str, labels: dict[str, str] | None = None) -> dict[float, float]:
     """Cumulative bucket counts of histogram ``name`` summed over the replicas: {le: count}."""
     out: dict[float, float] = {}
-    prefix = f"{name}_bucket{{{labels + ',' if labels else ''}le=\""
     for port in ports:
-        for line in metrics_text(port).splitlines():
-            if line.startswith(prefix):
-                le_text, _, value = line[len(prefix) :].partition('"} ')
-                le = float("inf") if le_text == "+Inf" else float(le_text)
-                out[le] = out.get(le, 0.0) + float(value)
+        for sample in _samples(port):
+            if sample.name != f"{name}_bucket":
+                continue
+            le = sample.labels.get("le", "")
+            if {k: v for k, v in sample.labels.items() if k != "le"} == (labels or {}):
+                bound = float("inf") if le == "+Inf" else float(le)
+                out[bound] = out.get(bound, 0.0) + sample.value
     return out
 
 
@@ -771,7 +771,7 @@ def measure(
         cpu0 = cpu_of([*server_pids, *workers.pids])
         m0 = scrape(metrics_ports)
         lag0 = histogram(metrics_ports, "bft_event_loop_lag_seconds")
-        gc0 = histogram(metrics_ports, "bft_gc_pause_seconds", 'generation="2"')
+        gc0 = histogram(metrics_ports, "bft_gc_pause_seconds", {"generation": "2"})
         profilers = []
         if profile is not None:
             named = [(f"server-{i}", pid) for i, pid in enumerate(server_pids)]
@@ -785,7 +785,7 @@ def measure(
         cpu1 = cpu_of([*server_pids, *workers.pids])
         m1 = scrape(metrics_ports)
         lag1 = histogram(metrics_ports, "bft_event_loop_lag_seconds")
-        gc1 = histogram(metrics_ports, "bft_gc_pause_seconds", 'generation="2"')
+        gc1 = histogram(metrics_ports, "bft_gc_pause_seconds", {"generation": "2"})
         memory = [m for m in (rss_mb(pid) for pid in server_pids) if m is not None]
         for pid in server_pids:
             if pid not in cpu1 and (fault is None or pid != fault.pid):

@@ -27,6 +27,7 @@ import asyncio
 import contextlib
 import errno
 import fcntl
+import json
 import os
 import signal
 import socket
@@ -182,6 +183,7 @@ class LocalCluster:
     insecure: bool = False
     extra_args: tuple[str, ...] = ()
     log_level: str = "INFO"
+    log_format: str = "text"
     procs: dict[int, ReplicaProc] = field(default_factory=dict)
 
     def key_path(self, i: int) -> Path:
@@ -250,6 +252,8 @@ class LocalCluster:
             str(self.data_dir(i)),
             "--log-level",
             self.log_level,
+            "--log-format",
+            self.log_format,
         ]
         if self.insecure:
             cmd.append("--insecure")
@@ -274,7 +278,7 @@ class LocalCluster:
                 old.log.close()
         self.log_path(i).parent.mkdir(parents=True, exist_ok=True)
         log = self.log_path(i).open("ab")
-        log.write(f"---- bftchat-cluster: starting replica {i} at {time.ctime()}\n".encode())
+        log.write(self._start_marker(i).encode())
         log.flush()
         popen = subprocess.Popen(
             self.command(i),
@@ -288,6 +292,14 @@ class LocalCluster:
         proc = ReplicaProc(i, popen, log)
         self.procs[i] = proc
         return proc
+
+    def _start_marker(self, i: int) -> str:
+        """The line the launcher writes before each start, in the replicas' log format (so a JSON
+        log stays one JSON object per line)."""
+        if self.log_format == "json":
+            now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+            return json.dumps({"time": now, "replica": i, "event": "launcher_starting_replica"}) + "\n"
+        return f"---- bftchat-cluster: starting replica {i} at {time.ctime()}\n"
 
     def start_all(self) -> None:
         for i in range(self.config.n):
@@ -842,6 +854,12 @@ def build_parser() -> argparse.ArgumentParser:
         type=str.upper,
         help="the replicas' log level (logs in DIR/logs; default %(default)s)",
     )
+    p.add_argument(
+        "--log-format",
+        default="text",
+        choices=("text", "json"),
+        help="the replicas' log lines: key=value text or one JSON object each (default %(default)s)",
+    )
     return p
 
 
@@ -887,7 +905,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                     file=out,
                 )
         cluster = LocalCluster(
-            directory, config, insecure=args.insecure, extra_args=tuple(extra), log_level=args.log_level
+            directory,
+            config,
+            insecure=args.insecure,
+            extra_args=tuple(extra),
+            log_level=args.log_level,
+            log_format=args.log_format,
         )
         cluster.check_ports()
         if cluster.init_genesis():

@@ -11,6 +11,7 @@ the key and the problem.
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import ipaddress
 import os
@@ -21,11 +22,11 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 import nacl.bindings
+import tomli_w
 
 from bft.app.chat import ChatLimits
 from bft.core.config import ClusterInfo, Params
 from bft.crypto import CLUSTER_ID_LEN, KEY_LEN
-from bft.keys import toml_string
 
 _CLUSTER_KEYS = frozenset({"name", "n", "f", "cluster_id", "tls_ca", "admin_public_key"})
 _REPLICA_KEYS = frozenset({"id", "host", "port", "peer_port", "public_key", "metrics_port"})
@@ -99,6 +100,19 @@ class ClusterConfig:
 
 
 # ---- loading -----------------------------------------------------------------------------------
+
+
+CONFIG_ENV = "BFTCHAT_CONFIG"  # the config path, as for ``bftchat`` (docs/CLI.md)
+
+
+def add_config_argument(parser: argparse.ArgumentParser, what: str = "the cluster config (TOML)") -> None:
+    """``--config PATH``: required unless ``$BFTCHAT_CONFIG`` names one, the variable ``bftchat``
+    honours too, so one ``export`` serves the client and the operator tools alike."""
+    env = os.environ.get(CONFIG_ENV) or None
+    where = f"default {env}, from ${CONFIG_ENV}" if env else f"required unless ${CONFIG_ENV} is set"
+    parser.add_argument(
+        "--config", metavar="PATH", required=env is None, default=env, help=f"{what} ({where})"
+    )
 
 
 def load_config(path: str | Path) -> ClusterConfig:
@@ -344,39 +358,36 @@ def dump_config(cfg: ClusterConfig) -> str:
     Only protocol parameters that differ from the defaults are written, so that a later change of a
     default reaches configs that never chose a value.
     """
-    lines = [
-        "# bftchat cluster config, written by bftchat-keygen. Public: copy it unchanged to every",
-        '# machine. Format: docs/OPERATIONS.md, section "Cluster config".',
-        "",
-        "[cluster]",
-        f"name = {toml_string(cfg.name)}",
-        f"n = {cfg.n}",
-        f"f = {cfg.f}",
-        f'cluster_id = "{cfg.cluster_id.hex()}"',
-    ]
+    cluster: dict[str, object] = {
+        "name": cfg.name,
+        "n": cfg.n,
+        "f": cfg.f,
+        "cluster_id": cfg.cluster_id.hex(),
+    }
     if cfg.tls_ca is not None:
-        lines.append(f"tls_ca = {toml_string(_relative_to_config(cfg.tls_ca, cfg.path))}")
+        cluster["tls_ca"] = _relative_to_config(cfg.tls_ca, cfg.path)
     if cfg.admin_public_key is not None:
-        lines.append(f'admin_public_key = "{cfg.admin_public_key.hex()}"')
+        cluster["admin_public_key"] = cfg.admin_public_key.hex()
+    doc: dict[str, object] = {"cluster": cluster}
     for table, values in (("protocol", cfg.params), ("chat", cfg.chat)):
         changed = _non_default(values)
         if changed:
-            lines += ["", f"[{table}]"]
-            lines += [f"{k} = {v!r}" for k, v in changed]
+            doc[table] = dict(changed)
+    replicas = []
     for r in cfg.replicas:
-        lines += [
-            "",
-            "[[replica]]",
-            f"id = {r.id}",
-            f"host = {toml_string(r.host)}",
-            f"port = {r.port}",
-        ]
+        replica: dict[str, object] = {"id": r.id, "host": r.host, "port": r.port}
         if r.peer_port is not None:
-            lines.append(f"peer_port = {r.peer_port}")
-        lines.append(f'public_key = "{r.public_key.hex()}"')
+            replica["peer_port"] = r.peer_port
+        replica["public_key"] = r.public_key.hex()
         if r.metrics_port is not None:
-            lines.append(f"metrics_port = {r.metrics_port}")
-    return "\n".join(lines) + "\n"
+            replica["metrics_port"] = r.metrics_port
+        replicas.append(replica)
+    doc["replica"] = replicas
+    header = (
+        "# bftchat cluster config, written by bftchat-keygen. Public: copy it unchanged to every\n"
+        '# machine. Format: docs/OPERATIONS.md, section "Cluster config".\n\n'
+    )
+    return header + tomli_w.dumps(doc)
 
 
 def _non_default(values: Params | ChatLimits) -> list[tuple[str, object]]:

@@ -30,6 +30,7 @@ import grpc.aio
 from bft.crypto import Kind, Signer, Verifier, split_tag, tag
 from bft.faults import BEHAVIOURS, ByzantineReplica, LinkPolicy
 from bft.pb.bftchat.v1 import admin_pb2 as apb
+from bft.runtime.clusterconf import add_config_argument
 from bft.version import add_version_argument
 from bft.wire import WireError, parse
 
@@ -257,7 +258,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=f"faults: {', '.join(ALL_FAULTS)} (drop-to J and slow MS take a number)",
     )
     add_version_argument(ap)
-    ap.add_argument("--config", required=True, help="cluster config (config.toml)")
+    add_config_argument(ap)
     ap.add_argument("--replica", type=int, required=True, help="replica id")
     ap.add_argument("--admin-key", help="admin key file (default: admin.key beside the config)")
     ap.add_argument("--insecure", action="store_true", help="plaintext (replicas run with --insecure)")

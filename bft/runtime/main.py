@@ -37,7 +37,9 @@ import grpc
 from bft.app.chat import ChatApp
 from bft.core.replica import Replica
 from bft.crypto import CachingVerifier, Ed25519Signer, Ed25519Verifier
+from bft.handshake import link_hello
 from bft.runtime import logs
+from bft.runtime.clusterconf import add_config_argument
 from bft.runtime.faultctl import (
     ADMIN_LAST_FILE,
     FaultController,
@@ -45,7 +47,6 @@ from bft.runtime.faultctl import (
     admin_handler,
     read_last_timestamp,
 )
-from bft.runtime.handshake import link_hello
 from bft.runtime.logs import EventLog
 from bft.runtime.metrics import Metrics
 from bft.runtime.node import Node, TimedVerifier
@@ -438,7 +439,7 @@ def build_verify_log_parser() -> argparse.ArgumentParser:
     )
     add_version_argument(parser)
     parser.add_argument("path", help="a data dir, its log/ dir, or one segment file")
-    parser.add_argument("--config", required=True, help="the cluster config (TOML)")
+    add_config_argument(parser)
     parser.add_argument(
         "--id", type=int, default=None, help="the replica the log must belong to (default: any)"
     )
@@ -470,7 +471,7 @@ def build_parser() -> argparse.ArgumentParser:
         "'bftchat-replica verify-log PATH --config CONFIG' checks a log offline.",
     )
     add_version_argument(parser)
-    parser.add_argument("--config", required=True, help="the cluster config (TOML)")
+    add_config_argument(parser)
     parser.add_argument("--id", type=int, required=True, help="this replica's id")
     parser.add_argument("--key", required=True, help="this replica's key file (mode 0600)")
     parser.add_argument("--data", required=True, help="this replica's data directory")

@@ -54,9 +54,9 @@ from bft.core.events import (
 from bft.core.replica import Replica
 from bft.crypto import KEY_LEN, TAG_LEN, Signer, Verifier, sha256
 from bft.faults import ByzantineReplica, LinkPolicy
+from bft.handshake import seal_push
 from bft.pb.bftchat.v1 import protocol_pb2 as pb
 from bft.pb.bftchat.v1 import service_pb2 as spb
-from bft.runtime.handshake import seal_push
 from bft.runtime.logs import EventLog
 from bft.runtime.metrics import Metrics
 from bft.runtime.peers import PeerLinks

@@ -38,12 +38,12 @@ from typing import Protocol
 from bft.core.config import ClusterInfo
 from bft.crypto import Verifier
 from bft.faults import LinkPolicy
+from bft.handshake import NONCE_LEN, check_link_hello
 from bft.pb.bftchat.v1 import service_pb2 as spb
-from bft.runtime.handshake import NONCE_LEN, check_link_hello
 from bft.runtime.logs import EventLog, RateLimit
 from bft.runtime.metrics import Metrics
 from bft.runtime.tls import peer_cert_names
-from bft.wire import MAX_MESSAGE_BYTES, WireError, parse
+from bft.wire import MAX_MESSAGE_BYTES, WireError, parse, varint, varint_len
 
 FRAME_BYTES = MAX_MESSAGE_BYTES  # a frame holds at least one message, and stops growing past this
 MAX_FRAME_WIRE = MAX_MESSAGE_BYTES + 64 * 1024  # largest LinkUp accepted: the receive limit
@@ -67,23 +67,13 @@ _LEN = struct.Struct(">I")
 _MESSAGES_TAG = b"\x12"  # LinkUp.messages: field 2, length-delimited
 
 
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while n >= 0x80:
-        out.append((n & 0x7F) | 0x80)
-        n >>= 7
-    out.append(n)
-    return bytes(out)
-
-
 def encode_frame(payload: bytes) -> bytes:
     return _LEN.pack(len(payload)) + payload
 
 
 def _field_bytes(size: int) -> int:
     """Wire size of one ``messages`` entry of ``size`` bytes: tag, varint length, payload."""
-    head = 2 if size < 0x80 else 3 if size < 0x4000 else 4 if size < 0x200000 else 5
-    return head + size
+    return 1 + varint_len(size) + size
 
 
 def split_messages(raw: bytes, limit: int = MAX_FRAME_MESSAGES) -> list[bytes]:
@@ -325,7 +315,7 @@ class PeerLink:
         q = self._queue
         while q:
             data = q[0]
-            head = _MESSAGES_TAG + _varint(len(data))
+            head = _MESSAGES_TAG + varint(len(data))
             if count and size + len(head) + len(data) > FRAME_BYTES:
                 break
             q.popleft()

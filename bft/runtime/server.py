@@ -27,8 +27,8 @@ from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
 
 from bft.crypto import Verifier, sha256
+from bft.handshake import NONCE_LEN, check_auth_proof, check_session_claim
 from bft.pb.bftchat.v1 import service_pb2 as spb
-from bft.runtime.handshake import NONCE_LEN, check_auth_proof, check_session_claim
 from bft.runtime.logs import EventLog
 from bft.runtime.metrics import Metrics
 from bft.runtime.node import Node

@@ -22,6 +22,7 @@ from bft.core.events import (
     ViewRecord,
 )
 from bft.pb.bftchat.v1 import storage_pb2 as spb
+from bft.wire import varint
 
 HASH_LEN = 32
 
@@ -117,22 +118,13 @@ def encode_record(record: Record, replica: int, index: int, prev_hash: bytes) ->
     return encode_entry(record) + chain_fields(replica, index, prev_hash)
 
 
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while n >= 0x80:
-        out.append((n & 0x7F) | 0x80)
-        n >>= 7
-    out.append(n)
-    return bytes(out)
-
-
 def frame_body_parts(record_parts: list[bytes], seal: bytes) -> list[bytes]:
     """A serialised LogFrame(record=b"".join(record_parts), seal=seal), as pieces to write with
     writev: a multi-megabyte snapshot is never copied to be framed."""
     size = sum(len(p) for p in record_parts)
-    parts = [b"\x0a" + _varint(size), *record_parts]  # field 1, length-delimited
+    parts = [b"\x0a" + varint(size), *record_parts]  # field 1, length-delimited
     if seal:
-        parts.append(b"\x12" + _varint(len(seal)) + seal)  # field 2, length-delimited
+        parts.append(b"\x12" + varint(len(seal)) + seal)  # field 2, length-delimited
     return parts
 
 
