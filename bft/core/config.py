@@ -41,6 +41,11 @@ class Params:
     answer_bytes_per_s: int = 8 * 1024 * 1024  # per peer, for answers to STATUS/FETCH/old VIEW-CHANGEs
     answer_burst_bytes: int = 16 * 1024 * 1024
     answer_repeat_interval: float = 1.0  # the same answer to the same peer at most this often
+    # Empty batches the primary of an idle cluster orders per status tick while a peer reports a
+    # pending recovery (STATUS.recovery_target above the primary's stable checkpoint): what gets a
+    # wiped replica's bound H stable without client traffic, and all that f replicas claiming
+    # recovery for ever can make the cluster do (docs/SECURITY.md).
+    recovery_null_batches: int = 32
 
     def __post_init__(self) -> None:
         if self.checkpoint_interval < 1 or self.watermark_window < 2 * self.checkpoint_interval:
@@ -59,6 +64,8 @@ class Params:
             raise ValueError("state_chunks_per_fetch and snapshots_kept must be positive")
         if self.state_transfer_timeout <= 0 or self.answer_repeat_interval < 0:
             raise ValueError("state_transfer_timeout must be positive, answer_repeat_interval not negative")
+        if self.recovery_null_batches < 0:
+            raise ValueError("recovery_null_batches must not be negative")
         if self.answer_bytes_per_s < 1 or self.answer_burst_bytes < 1:
             raise ValueError("answer_bytes_per_s and answer_burst_bytes must be positive")
 
