@@ -306,3 +306,15 @@ def test_our_own_view_change_for_a_view_above_ours_means_a_rolled_back_log() -> 
     mine = seal(net.signers[1], 1, Kind.VIEW_CHANGE, CID, pb.ViewChange(new_view=0))
     other.on_message(pb.PeerMessage(envelope=mine).SerializeToString(), net.now)
     assert not other.recovering
+
+
+def test_a_silent_primary_cannot_stall_a_recovery_in_an_idle_cluster() -> None:
+    """n = 7: the primary is silent (one fault) and replica 6 is wiped (the second). No client
+    sends anything, yet the backups treat the pending recovery like a waiting request: their
+    timers replace the primary, and the next one orders the empty batches."""
+    net = Net(n=7)
+    _busy(net, 6)
+    net.down.add(0)
+    rep = net.wipe(6)
+    _recover(net, 6, 150)
+    assert rep.view >= 1 and all(r.view == rep.view for i, r in enumerate(net.reps) if i != 0)

@@ -64,8 +64,8 @@ class Params:
             raise ValueError("state_chunks_per_fetch and snapshots_kept must be positive")
         if self.state_transfer_timeout <= 0 or self.answer_repeat_interval < 0:
             raise ValueError("state_transfer_timeout must be positive, answer_repeat_interval not negative")
-        if self.recovery_null_batches < 0:
-            raise ValueError("recovery_null_batches must not be negative")
+        if self.recovery_null_batches < 1:
+            raise ValueError("recovery_null_batches must be positive (a wiped replica waits for them)")
         if self.answer_bytes_per_s < 1 or self.answer_burst_bytes < 1:
             raise ValueError("answer_bytes_per_s and answer_burst_bytes must be positive")
 

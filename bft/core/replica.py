@@ -511,15 +511,12 @@ class Replica:
             return
         # Idle, and a peer recovers: empty batches move the checkpoints to its target H (it votes
         # again only at a stable checkpoint >= H), at most recovery_null_batches per status tick.
+        # Not held to max_in_flight (which paces client batches): the budget is the pace.
         top = max(self.peer_recovery.values())
         if top <= self.h:
             return
         top = -(-top // self.p.checkpoint_interval) * self.p.checkpoint_interval
-        while (
-            self.null_budget > 0
-            and self.next_seq <= min(top, self.h + self.p.watermark_window)
-            and self.next_seq - 1 - self.last_executed < self.p.max_in_flight
-        ):
+        while self.null_budget > 0 and self.next_seq <= min(top, self.h + self.p.watermark_window):
             self.null_budget -= 1
             self._propose(pb.Batch(), now)
 
@@ -1075,13 +1072,18 @@ class Replica:
 
     def _arm_request_timer(self, now: float) -> None:
         """Half the timeout, a re-forward, the other half, then a view change (``on_timer``)."""
-        if self.request_timer_on or self.view_changing or not self.pending or self.is_primary:
+        if self.request_timer_on or self.view_changing or self.is_primary or self.recovering:
             return
-        if self.recovering:
+        if not self.pending and not self._recovery_wanted():
             return
         self.request_timer_on = True
         self.reforwarded = False
         self._set_timer(VIEW_TIMER, now + self._timeout() / 2)
+
+    def _recovery_wanted(self) -> bool:
+        """A peer reports a recovery whose target is above our stable checkpoint: like a waiting
+        request, the primary must make progress towards it (empty batches) or be replaced."""
+        return any(t > self.h for t in self.peer_recovery.values())
 
     def _reforward(self) -> None:
         """The oldest waiting requests, at most a batch's worth, to the primary once more."""
@@ -1594,6 +1596,9 @@ class Replica:
     def _on_status_tick(self, now: float) -> None:
         self._broadcast_status()
         self.null_budget = self.p.recovery_null_batches
+        if self.request_timer_on and not self.pending and not self._recovery_wanted():
+            self.request_timer_on = False  # the recovery it waited for is done
+            self._cancel_timer(VIEW_TIMER)
         if self.view_changing and self.my_vc is not None and not self.recovering:
             self._send(None, pb.PeerMessage(envelope=self.my_vc))
         if self.transfer is not None:
@@ -1637,6 +1642,7 @@ class Replica:
                 # Our primary lost its state: it proposes nothing (it may have signed other
                 # PRE-PREPAREs in this view), so replace it, as PBFT-PR does when a primary recovers.
                 self._start_view_change(self.view + 1, now)
+            self._arm_request_timer(now)
         # Answers below are much larger than a STATUS: budgeted per peer, and the same answer to
         # the same question is not repeated within answer_repeat_interval (bft/core/answers.py).
         if self.view_changing:
