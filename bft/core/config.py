@@ -46,6 +46,7 @@ class Params:
     # wiped replica's bound H stable without client traffic, and all that f replicas claiming
     # recovery for ever can make the cluster do (docs/SECURITY.md).
     recovery_null_batches: int = 32
+    recovery_rearm_interval: float = 10.0  # per peer, at most 2W + K such empty batches this often
 
     def __post_init__(self) -> None:
         if self.checkpoint_interval < 1 or self.watermark_window < 2 * self.checkpoint_interval:
@@ -64,6 +65,8 @@ class Params:
             raise ValueError("state_chunks_per_fetch and snapshots_kept must be positive")
         if self.state_transfer_timeout <= 0 or self.answer_repeat_interval < 0:
             raise ValueError("state_transfer_timeout must be positive, answer_repeat_interval not negative")
+        if self.recovery_rearm_interval < 0:
+            raise ValueError("recovery_rearm_interval must not be negative")
         if self.recovery_null_batches < 1:
             raise ValueError("recovery_null_batches must be positive (a wiped replica waits for them)")
         if self.answer_bytes_per_s < 1 or self.answer_burst_bytes < 1:

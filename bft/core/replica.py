@@ -211,9 +211,12 @@ class Replica:
         self.recovery_target: int | None = None  # H, once 2f+1 peers' reports are covered by c
         self.recovery_view = 0  # the (f+1)-th highest view reported: we vote in no view below it
         self.rollbacks = 0  # times we saw our own signature on something our log cannot have made
-        # Peers that report a pending recovery -> their target, capped at our h + 2W when reported;
-        # while one is above our stable checkpoint the primary orders empty batches when idle.
+        # Peers whose latest STATUS reports a pending recovery -> its target, capped at our h + 2W.
+        # While one is above our stable checkpoint the primary orders empty batches when idle, each
+        # charged to every such peer's credit of 2W + K per recovery_rearm_interval: however often
+        # and whatever it claims, one peer costs at most that many per interval.
         self.peer_recovery: dict[int, int] = {}
+        self.null_credit: dict[int, tuple[float, int]] = {}  # peer -> (refilled at, credit left)
         self.null_budget = 0  # empty batches left for this status tick
 
         if records:
@@ -512,13 +515,27 @@ class Replica:
         # Idle, and a peer recovers: empty batches move the checkpoints to its target H (it votes
         # again only at a stable checkpoint >= H), at most recovery_null_batches per status tick.
         # Not held to max_in_flight (which paces client batches): the budget is the pace.
-        top = max(self.peer_recovery.values())
-        if top <= self.h:
-            return
-        top = -(-top // self.p.checkpoint_interval) * self.p.checkpoint_interval
-        while self.null_budget > 0 and self.next_seq <= min(top, self.h + self.p.watermark_window):
+        while self.null_budget > 0:
+            owed = [r for r, t in self.peer_recovery.items() if t > self.h and self._credit(r, now) > 0]
+            if not owed:
+                return
+            top = max(self.peer_recovery[r] for r in owed)
+            top = -(-top // self.p.checkpoint_interval) * self.p.checkpoint_interval
+            if self.next_seq > min(top, self.h + self.p.watermark_window):
+                return
             self.null_budget -= 1
+            for r in owed:
+                at, left = self.null_credit[r]
+                self.null_credit[r] = (at, left - 1)
             self._propose(pb.Batch(), now)
+
+    def _credit(self, peer: int, now: float) -> int:
+        """Empty batches the peer's recovery may still cost in this interval (refilled to 2W + K)."""
+        at, left = self.null_credit.get(peer, (-1.0, 0))
+        if at < 0 or now - at >= self.p.recovery_rearm_interval:
+            at, left = now, 2 * self.p.watermark_window + self.p.checkpoint_interval
+            self.null_credit[peer] = (at, left)
+        return left
 
     def _propose(self, batch: pb.Batch, now: float) -> None:
         """Sign and send a PRE-PREPARE for the next seq (an empty batch is a null request)."""
@@ -573,7 +590,14 @@ class Replica:
         except WireError:
             return False
         if check_clock:
-            if abs(batch.timestamp_us - int(now * 1_000_000)) > self.p.clock_skew_us:
+            vouched = self.slots.get(seq)
+            others = set(vouched.prepares.get(sha256(data), {})) - {self.id} if vouched else set()
+            # A PRE-PREPARE retransmitted after clock_skew (we were down or cut off) is still
+            # accepted once f+1 replicas PREPAREd it: one of them is honest and found it fresh.
+            # Else a backup that missed it could never vote for the slot, which an idle cluster
+            # (empty batches for a recovering peer) may need.
+            skewed = abs(batch.timestamp_us - int(now * 1_000_000)) > self.p.clock_skew_us
+            if skewed and len(others) < self.q.join:
                 return False
             prev = self.slots.get(seq - 1)
             if prev is not None and prev.batch is not None and prev.batch:
@@ -1072,18 +1096,13 @@ class Replica:
 
     def _arm_request_timer(self, now: float) -> None:
         """Half the timeout, a re-forward, the other half, then a view change (``on_timer``)."""
-        if self.request_timer_on or self.view_changing or self.is_primary or self.recovering:
+        if self.request_timer_on or self.view_changing or not self.pending or self.is_primary:
             return
-        if not self.pending and not self._recovery_wanted():
+        if self.recovering:
             return
         self.request_timer_on = True
         self.reforwarded = False
         self._set_timer(VIEW_TIMER, now + self._timeout() / 2)
-
-    def _recovery_wanted(self) -> bool:
-        """A peer reports a recovery whose target is above our stable checkpoint: like a waiting
-        request, the primary must make progress towards it (empty batches) or be replaced."""
-        return any(t > self.h for t in self.peer_recovery.values())
 
     def _reforward(self) -> None:
         """The oldest waiting requests, at most a batch's worth, to the primary once more."""
@@ -1596,9 +1615,6 @@ class Replica:
     def _on_status_tick(self, now: float) -> None:
         self._broadcast_status()
         self.null_budget = self.p.recovery_null_batches
-        if self.request_timer_on and not self.pending and not self._recovery_wanted():
-            self.request_timer_on = False  # the recovery it waited for is done
-            self._cancel_timer(VIEW_TIMER)
         if self.view_changing and self.my_vc is not None and not self.recovering:
             self._send(None, pb.PeerMessage(envelope=self.my_vc))
         if self.transfer is not None:
@@ -1633,16 +1649,16 @@ class Replica:
             self._note_recovery_report(peer, st, now)
         else:
             if st.recovering and st.recovery_target > 0:
-                # Honoured while the peer keeps saying so, and never beyond 2W above our stable
-                # checkpoint: a liar's 2**64-1 costs what an honest target does.
-                self.peer_recovery[peer] = min(st.recovery_target, self.h + 2 * self.p.watermark_window)
+                # Never beyond 2W above our stable checkpoint (an honest H is 2W above a certified
+                # checkpoint), so 2**64-1 costs what an honest H does; the credit bounds the rest.
+                cap = self.h + 2 * self.p.watermark_window
+                self.peer_recovery[peer] = min(st.recovery_target, cap)
             else:
                 self.peer_recovery.pop(peer, None)
             if st.recovering and peer == self.primary and not self.view_changing:
                 # Our primary lost its state: it proposes nothing (it may have signed other
                 # PRE-PREPAREs in this view), so replace it, as PBFT-PR does when a primary recovers.
                 self._start_view_change(self.view + 1, now)
-            self._arm_request_timer(now)
         # Answers below are much larger than a STATUS: budgeted per peer, and the same answer to
         # the same question is not repeated within answer_repeat_interval (bft/core/answers.py).
         if self.view_changing:
