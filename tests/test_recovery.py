@@ -11,7 +11,7 @@ from core_helpers import deliver
 
 from bft.app.kv import KVApp
 from bft.core.config import ClusterInfo, Params
-from bft.core.events import Persist, Record, Send
+from bft.core.events import Persist, Record, RecoveryStarted, Send
 from bft.core.replica import Replica
 from bft.crypto import TAG_LEN, HashSigner, HashVerifier, Kind, cluster_id_from
 from bft.pb.bftchat.v1 import protocol_pb2 as pb
@@ -36,6 +36,7 @@ class Net:
         self.sent: list[tuple[int, Kind, bytes]] = []  # (sender, kind, signed body) of each envelope
         self.records: dict[int, list[Record]] = {i: [] for i in range(n)}
         self.down: set[int] = set()
+        self.started: list[tuple[int, str]] = []  # RecoveryStarted outputs: (replica, reason)
         self.client = HashSigner(b"client", self.hv)
         self.ts = 0
         for i, r in enumerate(self.reps):
@@ -52,6 +53,8 @@ class Net:
         for o in outs:
             if isinstance(o, Persist):
                 self.records[i].append(o.record)
+            elif isinstance(o, RecoveryStarted):
+                self.started.append((i, o.reason))
             elif isinstance(o, Send):
                 msg = pb.PeerMessage.FromString(o.data)
                 if msg.HasField("envelope") and msg.envelope.signer == i:
@@ -283,6 +286,7 @@ def test_a_rolled_back_log_is_detected_from_our_own_checkpoint() -> None:
     net._run({1: rolled.take_outputs()})
     _stable_proof_to(net, 1)
     assert rolled.recovering and rolled.rollbacks == 1
+    assert [i for i, _ in net.started] == [1]  # the driver makes it durable (RECOVERING marker)
     since = len(net.sent)
     target = 0
     for _ in range(60):

@@ -33,6 +33,7 @@ from bft.core.events import (
     PreparedRecord,
     PrePrepareRecord,
     Record,
+    RecoveryStarted,
     Send,
     SetTimer,
     StateInstalled,
@@ -986,7 +987,7 @@ class Replica:
         if env.signer == self.id and ck.seq > self.last_executed and not self.recovering:
             # We signed it, so we executed ck.seq once; our log does not go that far: it was
             # rolled back (or lost) under us. Whatever else it forgot we may have signed.
-            self._enter_recovery()
+            self._enter_recovery(f"own CHECKPOINT at seq {ck.seq} above last executed {self.last_executed}")
         if ck.seq <= self.h or ck.seq % self.p.checkpoint_interval:
             return
         mine = self.ckpt_by_sender.setdefault(env.signer, {})
@@ -1242,7 +1243,7 @@ class Replica:
                 return None
             if vc.sender == self.id and vc.new_view > self.view and not self.recovering:
                 # Our VIEW-CHANGE for a view our log never promised to move to: rolled back.
-                self._enter_recovery()
+                self._enter_recovery(f"own VIEW-CHANGE in a NEW-VIEW for view {vc.new_view} > {self.view}")
             seen.add(vc.sender)
             vcs.append(vc)
         if len(vcs) != self.q.view_change:  # exactly what an honest primary sends: bounded size
@@ -1575,12 +1576,13 @@ class Replica:
         self.recovery_target = None
         self.recovery_view = 0
 
-    def _enter_recovery(self) -> None:
+    def _enter_recovery(self, reason: str) -> None:
         """We met our own signature on something our log cannot have produced: the log was rolled
         back (a restored backup, a disk that acknowledged writes it lost). What else we signed and
         forgot is unknown, so behave as a wiped replica from here: sign nothing at or below a new
         bound H. The state itself is fine (it was certified when we executed it)."""
         self.rollbacks += 1
+        self._emit(RecoveryStarted(reason))
         self._reset_recovery()
         self.recovering = True
         self.recovery_proven = self.h
@@ -1597,7 +1599,7 @@ class Replica:
             return
         vc = parse(pb.ViewChange, payload)
         if vc.new_view > self.view:
-            self._enter_recovery()
+            self._enter_recovery(f"own VIEW-CHANGE for view {vc.new_view}, above view {self.view}")
 
     # ------------------------------------------------------------------ status and retransmission
 

@@ -23,6 +23,7 @@ from bft.core.events import (
     Evidence,
     Output,
     Persist,
+    RecoveryStarted,
     Send,
     SetTimer,
     StateInstalled,
@@ -604,6 +605,9 @@ class World:
             self.stats.view_changes += 1
         elif isinstance(out, StateInstalled):
             self.stats.state_transfers += 1
+        elif isinstance(out, RecoveryStarted):
+            inst.storage.wipe()  # the RECOVERING marker: a restart discards the log and recovers
+            node.wiped = True
 
     def _check_amnesia(self, node: Node, data: bytes) -> None:
         """An honest replica never signs two votes for one (kind, view, seq), not even after its
