@@ -13,7 +13,7 @@ from bft.app.kv import KVApp
 from bft.core.config import ClusterInfo, Params
 from bft.core.events import Persist, Record, RecoveryStarted, Send
 from bft.core.replica import Replica
-from bft.crypto import TAG_LEN, HashSigner, HashVerifier, Kind, cluster_id_from
+from bft.crypto import TAG_LEN, HashSigner, HashVerifier, Kind, cluster_id_from, sha256
 from bft.pb.bftchat.v1 import protocol_pb2 as pb
 from bft.wire import make_request, peek_kind, seal
 
@@ -362,3 +362,19 @@ def test_a_pre_prepare_retransmitted_after_the_clock_skew_is_accepted_once_f_plu
 def _is(data: bytes, kind: Kind) -> bool:
     msg = pb.PeerMessage.FromString(data)
     return msg.HasField("envelope") and peek_kind(msg.envelope, CID) == kind
+
+
+def test_an_empty_batch_from_the_past_is_accepted_but_not_one_from_the_future() -> None:
+    """An empty batch has no request its time could refuse: one retransmitted long after it was
+    proposed (the primary restarted from its log, or we were down) is prepared, so an idle cluster
+    can finish the empty batches a recovering peer waits for. One from the future still is not
+    (it would move the agreed clock forward)."""
+    net = Net(clock_skew_us=1_000_000)
+    rep = net.reps[3]
+    for seq, ts, ok in ((1, 1_000, True), (2, 10**13, False)):
+        data = pb.Batch(timestamp_us=ts).SerializeToString()
+        pp = pb.PrePrepare(view=0, seq=seq, digest=sha256(data))
+        env = seal(net.signers[0], 0, Kind.PREPREPARE, CID, pp)
+        rep.on_message(pb.PeerMessage(envelope=env, batch=data).SerializeToString(), 100.0)
+        sent = [o for o in rep.take_outputs() if isinstance(o, Send) and _is(o.data, Kind.PREPARE)]
+        assert bool(sent) == ok, (seq, ts)

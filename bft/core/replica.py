@@ -593,11 +593,14 @@ class Replica:
         if check_clock:
             vouched = self.slots.get(seq)
             others = set(vouched.prepares.get(sha256(data), {})) - {self.id} if vouched else set()
-            # A PRE-PREPARE retransmitted after clock_skew (we were down or cut off) is still
-            # accepted once f+1 replicas PREPAREd it: one of them is honest and found it fresh.
-            # Else a backup that missed it could never vote for the slot, which an idle cluster
-            # (empty batches for a recovering peer) may need.
-            skewed = abs(batch.timestamp_us - int(now * 1_000_000)) > self.p.clock_skew_us
+            # A PRE-PREPARE retransmitted after clock_skew (we were down or cut off, or the primary
+            # restarted from its log) is still accepted once f+1 replicas PREPAREd it: one of them
+            # is honest and found it fresh. An empty batch from the past is accepted anyway: with
+            # no request to refuse by its time, an old timestamp only holds the clamp back (the
+            # primary could as well propose nothing). Else an idle cluster could never finish the
+            # slot (empty batches for a recovering peer) without a view change.
+            ts, us = batch.timestamp_us, int(now * 1_000_000)
+            skewed = ts > us + self.p.clock_skew_us or (ts < us - self.p.clock_skew_us and batch.requests)
             if skewed and len(others) < self.q.join:
                 return False
             prev = self.slots.get(seq - 1)

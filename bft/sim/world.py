@@ -628,10 +628,16 @@ class World:
     def _recovering(self) -> str | None:
         """A wiped honest replica, running, that does not vote yet: still recovering, or changing
         views alone, or in another view than most honest replicas (before PBFT-PR recovery it sat
-        alone in a view past the cluster's until the cluster's next view change)."""
+        alone in a view past the cluster's until the cluster's next view change). Required only
+        when the cluster can order the empty batches it needs: the primary of that view honest and
+        running, with 2f+1 honest replicas voting in the view. Else (a faulty primary, another
+        replica stranded in a view of its own) it waits for the next view change (PROTOCOL.md)."""
         cores = [(n.id, self.honest_core(n.id)) for n in self.nodes if n.honest and n.alive]
         views = [c.view for _, c in cores if not c.view_changing]
         common = max(set(views), key=views.count) if views else 0
+        voters = {i for i, c in cores if c.view == common and not c.view_changing and not c.recovering}
+        if self.cluster.primary(common) not in voters or len(voters) < 2 * self.sc.f + 1:
+            return None
         for node in self.nodes:
             if node.honest and node.alive and node.wiped:
                 core = self.honest_core(node.id)
