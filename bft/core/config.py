@@ -46,7 +46,7 @@ class Params:
     # wiped replica's bound H stable without client traffic, and all that f replicas claiming
     # recovery for ever can make the cluster do (docs/SECURITY.md).
     recovery_null_batches: int = 32
-    recovery_rearm_interval: float = 10.0  # per peer, at most 2W + K such empty batches this often
+    recovery_rearm_interval: float = 30.0  # per peer, at most 2W + K such empty batches this often
 
     def __post_init__(self) -> None:
         if self.checkpoint_interval < 1 or self.watermark_window < 2 * self.checkpoint_interval:
