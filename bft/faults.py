@@ -420,6 +420,8 @@ class ReplyLie(Behaviour):
             status=reply.status,
         )
         return [ToClient(out.client_key, out.session, out.timestamp, lie.SerializeToString())]
+
+
 def _status_broadcast(out: Output, cluster_id: bytes) -> pb.Status | None:
     """Our periodic STATUS (sent once per status tick), parsed; None for any other output."""
     if not isinstance(out, Send) or out.to is not None:
@@ -568,6 +570,24 @@ class SlowPrimary(Behaviour):
         while self.held and self.held[0][0] <= node.now:
             due.append(self.held.popleft()[1])
         return due
+class RecoveryLie(Behaviour):
+    """Every STATUS claims a pending recovery with an absurd target (2**64-1, or far past the
+    window), often with an absurd view too: the primary must not order empty batches beyond 2W past
+    its stable checkpoint nor faster than recovery_null_batches per tick, and a replica that really
+    recovers must neither park in that view nor wait for the claimed target."""
+
+    name = "recovery-lie"
+
+    def transform(self, node: ByzantineReplica, out: Output) -> list[Output]:
+        st = _status_broadcast(out, node.cid)
+        if st is None:
+            return [out]
+        st.recovering = True
+        st.recovery_target = node.rng.choice((2**64 - 1, st.stable_seq + 10**6, st.stable_seq + 1))
+        if node.rng.random() < 0.5:
+            st.view = node.rng.choice((10**9, 2**64 - 1))
+        env = node.reseal(Kind.STATUS, st)
+        return [Send(None, pb.PeerMessage(envelope=env).SerializeToString())]
 
 
 BEHAVIOURS: dict[str, Callable[[], Behaviour]] = {
@@ -589,6 +609,7 @@ BEHAVIOURS: dict[str, Callable[[], Behaviour]] = {
     "status-flood": StatusFlood,
     "absurd-view": AbsurdView,
     "slow-primary": SlowPrimary,
+    "recovery-lie": RecoveryLie,
 }
 
 

@@ -133,7 +133,7 @@ class SizeCaps:
     def compute(cls, n: int, f: int, window: int, batch_max_bytes: int, batch_max_requests: int) -> SizeCaps:
         vote = TAG_LEN + _U64 + _U64 + _DIGEST  # PRE-PREPARE, PREPARE, COMMIT
         checkpoint = TAG_LEN + _U64 + _DIGEST
-        status = TAG_LEN + _U64 + 2 + _U64 + _U64
+        status = TAG_LEN + _U64 + 2 + _U64 + _U64 + 2 + _U64  # ... recovering, recovery_target
         fetch_state = _field(_U64 + _DIGEST + 2 * _U32)  # FetchState: seq, digest, first, count
         fetch = TAG_LEN + max(_DIGEST, _field(2 * _U64), fetch_state)
         reply = TAG_LEN + _U64 + _U64 + _DIGEST

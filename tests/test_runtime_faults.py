@@ -213,6 +213,31 @@ def test_wiped_replica_recovers_by_state_transfer(cluster: Cluster) -> None:
     assert c.wait_agree(timeout=40, same_view=False).last_executed > agreed.last_executed
 
 
+@pytest.mark.timeout(90)
+def test_a_wiped_replica_of_an_idle_cluster_votes_again_within_seconds(cluster: Cluster) -> None:
+    """Issue 11 item 5: a backup is wiped and restarted with --recover while no client sends
+    anything. It must vote again (STATUS not recovering, in the cluster's view) within seconds,
+    with no view change: the primary orders empty batches until the checkpoints pass its bound H
+    (2W + K = 144 of them at 32 per 0.2 s tick). Before, it waited for the next view change."""
+    c = cluster
+    agreed = c.wait_agree(timeout=40)
+    view = agreed.view
+    wiped = (view + 2) % c.n  # a backup
+    c.kill9(wiped)
+    c.wipe(wiped)
+    c.start(wiped, "--recover")
+    c.wait_healthy([wiped])
+    t0 = time.monotonic()
+    st = c.status(wiped)
+    while st is None or st.recovering:
+        assert time.monotonic() - t0 < 30, f"still recovering: {st}\n{c.tail(wiped, 40)}"
+        time.sleep(0.2)
+        st = c.status(wiped)
+    after = c.wait_agree(timeout=20)
+    assert after.view == view and st.view == view  # no view change
+    assert after.stable_checkpoint >= agreed.stable_checkpoint + 2 * 64  # empty batches: past H
+
+
 def _verify_log(c: Cluster, i: int) -> subprocess.CompletedProcess[str]:
     cmd = [
         sys.executable,

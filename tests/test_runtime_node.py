@@ -111,6 +111,9 @@ class RecordingLog:
     def close(self) -> None:
         pass
 
+    def mark_recovering(self) -> None:
+        self.trace.append("recovering")
+
 
 class RecordingPeers(PeerLinks):
     def __init__(self, trace: list[str]) -> None:

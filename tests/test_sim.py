@@ -23,7 +23,7 @@ PINNED = {
     "weak-commit-quorum": [1380],
     "accept-unknown-fields": [43, 45, 50, 59],
     "unbounded-timestamps": [8, 10, 24, 63],
-    "unauthenticated-chunks": [6, 31, 279, 447],
+    "unauthenticated-chunks": [6, 279, 447, 1187, 1320],
 }
 
 

@@ -752,6 +752,31 @@ def test_wipe_and_recovering_marker_survive_crashes(tmp_path: Path, run_records:
     assert is_recovering(tmp_path / "fresh")
 
 
+def test_a_log_found_rolled_back_is_marked_recovering_until_recovery_ends(
+    tmp_path: Path, run_records: list[Record]
+) -> None:
+    """The core's RecoveryStarted (its own signature on something this log cannot have produced):
+    the node marks the data dir, so a restart discards the old log instead of trusting it again."""
+    m = Mini()
+    d = tmp_path / "d"
+    log = m.open_log(d)
+    log.load()
+    for r in run_records[:5]:
+        log.append(r)
+    log.sync()
+    log.mark_recovering()
+    assert is_recovering(d)
+    log.close()
+    records, report = reload(m, d)
+    assert records == [] and report.recovering
+    log = m.open_log(d)
+    log.load()
+    log.append(ViewRecord(3))
+    log.sync()
+    assert not is_recovering(d)
+    log.close()
+
+
 def test_failed_write_leaves_a_clean_log_and_refuses_more(
     tmp_path: Path, run_records: list[Record], monkeypatch: pytest.MonkeyPatch
 ) -> None:

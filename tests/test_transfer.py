@@ -287,15 +287,16 @@ def _recovering(net: Net, claims: dict[int, int]) -> Replica:
 
 
 def test_one_liar_cannot_park_a_recovering_replica() -> None:
-    """Two honest peers in view 2, one claiming view 10**9: the replica moves to view 3, not
-    10**9 + 1 (the (f+1)-th highest view, not the maximum)."""
+    """Two honest peers in view 2, one claiming view 10**9: the replica will vote in view 2 or
+    later, not 10**9 (the (f+1)-th highest view, not the maximum), and starts no view change of its
+    own (alone it would do nothing; it waits for a NEW-VIEW)."""
     net = Net(_params())
     rep = _recovering(net, {0: 10**9, 1: 2, 2: 2})
-    assert not rep.recovering
-    assert rep.view == 3
+    assert rep.recovering and rep.recovery_view == 2 and rep.view == 0 and not rep.view_changing
+    assert rep.recovery_target == 2 * net.info.params.watermark_window
 
 
 def test_a_view_of_2_64_minus_1_does_not_break_recovery() -> None:
     net = Net(_params())
     rep = _recovering(net, {0: 2**64 - 1, 1: 0, 2: 1})
-    assert not rep.recovering and rep.view == 1
+    assert rep.recovering and rep.recovery_view == 0 and rep.view == 0

@@ -44,6 +44,12 @@ class Params:
     answer_bytes_per_s: int = 8 * 1024 * 1024  # per peer, for answers to STATUS/FETCH/old VIEW-CHANGEs
     answer_burst_bytes: int = 16 * 1024 * 1024
     answer_repeat_interval: float = 1.0  # the same answer to the same peer at most this often
+    # Empty batches the primary of an idle cluster orders per status tick while a peer reports a
+    # pending recovery (STATUS.recovery_target above the primary's stable checkpoint): what gets a
+    # wiped replica's bound H stable without client traffic, and all that f replicas claiming
+    # recovery for ever can make the cluster do (docs/SECURITY.md).
+    recovery_null_batches: int = 32
+    recovery_rearm_interval: float = 30.0  # per peer, at most 2W + K such empty batches this often
 
     def __post_init__(self) -> None:
         if self.checkpoint_interval < 1 or self.watermark_window < 2 * self.checkpoint_interval:
@@ -64,6 +70,10 @@ class Params:
             raise ValueError("propose_timeout must be positive")
         if self.state_transfer_timeout <= 0 or self.answer_repeat_interval < 0:
             raise ValueError("state_transfer_timeout must be positive, answer_repeat_interval not negative")
+        if self.recovery_rearm_interval < 0:
+            raise ValueError("recovery_rearm_interval must not be negative")
+        if self.recovery_null_batches < 1:
+            raise ValueError("recovery_null_batches must be positive (a wiped replica waits for them)")
         if self.answer_bytes_per_s < 1 or self.answer_burst_bytes < 1:
             raise ValueError("answer_bytes_per_s and answer_burst_bytes must be positive")
 

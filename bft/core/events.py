@@ -153,6 +153,24 @@ class Persist:
     lazy: bool = False
 
 
+@dataclass(frozen=True, slots=True)
+class RecoveryStarted:
+    """The replica met its own signature on something its log cannot have produced (the log was
+    rolled back) and now recovers as if wiped. The driver makes this durable before any later
+    output (the storage's RECOVERING marker), so a restart does not trust the old log again."""
+
+    reason: str
+
+
 Output = (
-    Send | ToClient | SetTimer | CancelTimer | Evidence | Committed | ViewEntered | StateInstalled | Persist
+    Send
+    | ToClient
+    | SetTimer
+    | CancelTimer
+    | Evidence
+    | Committed
+    | ViewEntered
+    | StateInstalled
+    | Persist
+    | RecoveryStarted
 )

@@ -33,6 +33,7 @@ from bft.core.events import (
     PreparedRecord,
     PrePrepareRecord,
     Record,
+    RecoveryStarted,
     Send,
     SetTimer,
     StateInstalled,
@@ -203,11 +204,26 @@ class Replica:
         self._evidence_keys: set[tuple[int, str, bytes, bytes]] = set()
         self.restoring = False
 
-        # Amnesia guard: a replica whose records were lost (wiped disk) may have signed votes it no
-        # longer remembers. It signs nothing until 2f+1 peers told it their views, then moves to
-        # the view after the (f+1)-th highest of them (one that f liars cannot inflate).
+        # Amnesia guard (PBFT-PR's recovery, docs/PROTOCOL.md "Amnesia"): a replica whose records
+        # were lost may have signed votes it no longer remembers, for seqs up to its old window's
+        # top. It signs no vote, PRE-PREPARE or VIEW-CHANGE while recovering; it learns a bound H
+        # above that top from verified checkpoint proofs (``_recovery_progress``), follows the
+        # cluster passively, and votes again once it holds a stable checkpoint at or above H.
         self.recovering = recovering and not records
-        self.recovery_views: dict[int, int] = {}
+        self.recovery_views: dict[int, int] = {}  # peer -> highest view it reported
+        self.recovery_stable: dict[int, int] = {}  # peer -> highest stable seq it reported
+        self.recovery_flagged: set[int] = set()  # peers whose latest STATUS says they recover too
+        self.recovery_proven = 0  # c: the highest stable checkpoint we verified a proof for
+        self.recovery_target: int | None = None  # H, once 2f+1 peers' reports are covered by c
+        self.recovery_view = 0  # the (f+1)-th highest view reported: we vote in no view below it
+        self.rollbacks = 0  # times we saw our own signature on something our log cannot have made
+        # Peers whose latest STATUS reports a pending recovery -> its target, capped at our h + 2W.
+        # While one is above our stable checkpoint the primary orders empty batches when idle, each
+        # charged to every such peer's credit of 2W + K per recovery_rearm_interval: however often
+        # and whatever it claims, one peer costs at most that many per interval.
+        self.peer_recovery: dict[int, int] = {}
+        self.null_credit: dict[int, tuple[float, int]] = {}  # peer -> (refilled at, credit left)
+        self.null_budget = 0  # empty batches left for this status tick
 
         if records:
             self._restore(records)
@@ -443,17 +459,20 @@ class Replica:
         if not msg.HasField("envelope"):
             return
         env = msg.envelope
-        if self.recovering and peek_kind(env, self.cid) not in (Kind.STATUS, Kind.CHECKPOINT, Kind.FETCH):
-            return
         if env.signer >= self.cluster.n:
             return
         kind = peek_kind(env, self.cid)
         if kind is None:
             return
+        if self.recovering and kind == Kind.VIEW_CHANGE:
+            # A recovering replica signs no VIEW-CHANGE and moves only on a verified NEW-VIEW.
+            return
         if env.signer == self.id and kind != Kind.CHECKPOINT:
             # Our own CHECKPOINTs come back inside peers' stable proofs: a replica that lost its
             # disk must count its old vote like any other, or a proof of 2f+1 that includes it
             # leaves it one vote short of the checkpoint it has to fetch, for ever.
+            if kind == Kind.VIEW_CHANGE and not self.recovering:
+                self._check_own_view_change(env, now)
             return
         if kind in (Kind.PREPARE, Kind.COMMIT) and env.body in self._decided:
             # A vote whose exact bytes were already counted into a quorum is dropped unverified:
@@ -479,7 +498,7 @@ class Replica:
     # ------------------------------------------------------------------ normal case: primary
 
     def _try_propose(self, now: float) -> None:
-        if not self.is_primary or self.view_changing or self.transfer is not None:
+        if not self.is_primary or self.view_changing or self.transfer is not None or self.recovering:
             return
         while self.pending and self.next_seq - 1 - self.last_executed < self.p.max_in_flight:
             if self.next_seq > self.h + self.p.watermark_window:
@@ -496,21 +515,51 @@ class Replica:
                 self.proposed.add(key)
             if not batch.requests:
                 return
-            ts = min(max(int(now * 1_000_000), self.last_proposed_ts + 1, self.last_ts + 1), MAX_U64)
-            batch.timestamp_us = ts
-            self.last_proposed_ts = ts
-            data = batch.SerializeToString()
-            digest = sha256(data)
-            seq = self.next_seq
-            self.next_seq += 1
-            pp = pb.PrePrepare(view=self.view, seq=seq, digest=digest)
-            env = self._seal(Kind.PREPREPARE, pp)
-            slot = self._slot(seq)
-            slot.pp, slot.pp_env, slot.batch = pp, env, data
-            self.batches[digest] = data
-            self._persist(PrePrepareRecord(self.view, seq, digest, env.SerializeToString(), data))
-            self._send(None, pb.PeerMessage(envelope=env, batch=data))
-            self._check_prepared(slot, now)
+            self._propose(batch, now)
+        if self.pending or not self.peer_recovery:
+            return
+        # Idle, and a peer recovers: empty batches move the checkpoints to its target H (it votes
+        # again only at a stable checkpoint >= H), at most recovery_null_batches per status tick.
+        # Not held to max_in_flight (which paces client batches): the budget is the pace.
+        while self.null_budget > 0:
+            owed = [r for r, t in self.peer_recovery.items() if t > self.h and self._credit(r, now) > 0]
+            if not owed:
+                return
+            top = max(self.peer_recovery[r] for r in owed)
+            top = -(-top // self.p.checkpoint_interval) * self.p.checkpoint_interval
+            if self.next_seq > min(top, self.h + self.p.watermark_window):
+                return
+            self.null_budget -= 1
+            for r in owed:
+                at, left = self.null_credit[r]
+                self.null_credit[r] = (at, left - 1)
+            self._propose(pb.Batch(), now)
+
+    def _credit(self, peer: int, now: float) -> int:
+        """Empty batches the peer's recovery may still cost in this interval (refilled to 2W + K)."""
+        at, left = self.null_credit.get(peer, (-1.0, 0))
+        if at < 0 or now - at >= self.p.recovery_rearm_interval:
+            at, left = now, 2 * self.p.watermark_window + self.p.checkpoint_interval
+            self.null_credit[peer] = (at, left)
+        return left
+
+    def _propose(self, batch: pb.Batch, now: float) -> None:
+        """Sign and send a PRE-PREPARE for the next seq (an empty batch is a null request)."""
+        ts = min(max(int(now * 1_000_000), self.last_proposed_ts + 1, self.last_ts + 1), MAX_U64)
+        batch.timestamp_us = ts
+        self.last_proposed_ts = ts
+        data = batch.SerializeToString()
+        digest = sha256(data)
+        seq = self.next_seq
+        self.next_seq += 1
+        pp = pb.PrePrepare(view=self.view, seq=seq, digest=digest)
+        env = self._seal(Kind.PREPREPARE, pp)
+        slot = self._slot(seq)
+        slot.pp, slot.pp_env, slot.batch = pp, env, data
+        self.batches[digest] = data
+        self._persist(PrePrepareRecord(self.view, seq, digest, env.SerializeToString(), data))
+        self._send(None, pb.PeerMessage(envelope=env, batch=data))
+        self._check_prepared(slot, now)
 
     def _round_robin(self) -> list[tuple[ReqKey, OpenedRequest]]:
         """Unproposed requests, one per client key in turn (each key's own in arrival order; keys
@@ -547,7 +596,17 @@ class Replica:
         except WireError:
             return False
         if check_clock:
-            if abs(batch.timestamp_us - int(now * 1_000_000)) > self.p.clock_skew_us:
+            vouched = self.slots.get(seq)
+            others = set(vouched.prepares.get(sha256(data), {})) - {self.id} if vouched else set()
+            # A PRE-PREPARE retransmitted after clock_skew (we were down or cut off, or the primary
+            # restarted from its log) is still accepted once f+1 replicas PREPAREd it: one of them
+            # is honest and found it fresh. An empty batch from the past is accepted anyway: with
+            # no request to refuse by its time, an old timestamp only holds the clamp back (the
+            # primary could as well propose nothing). Else an idle cluster could never finish the
+            # slot (empty batches for a recovering peer) without a view change.
+            ts, us = batch.timestamp_us, int(now * 1_000_000)
+            skewed = ts > us + self.p.clock_skew_us or (ts < us - self.p.clock_skew_us and batch.requests)
+            if skewed and len(others) < self.q.join:
                 return False
             prev = self.slots.get(seq - 1)
             if prev is not None and prev.batch is not None and prev.batch:
@@ -601,7 +660,8 @@ class Replica:
         self.batches[pp.digest] = batch
         self._persist(PrePrepareRecord(pp.view, pp.seq, pp.digest, env.SerializeToString(), batch))
         self.idle_since, self.idle_reforwarded = None, False  # the primary proposed
-        self._send_prepare(slot)
+        if not self.recovering:
+            self._send_prepare(slot)
         self._check_prepared(slot, now)
 
     def _send_prepare(self, slot: Slot) -> None:
@@ -652,6 +712,10 @@ class Replica:
         if old is None or old.view <= slot.view:
             self.prepared_certs[slot.seq] = cert
         self._persist(PreparedRecord(slot.view, slot.seq, digest, proof.SerializeToString()))
+        if self.recovering:
+            # Passive: it counts others' COMMITs (2f+1 of them commit the slot) but signs none.
+            self._check_committed(slot, now)
+            return
         env = self._seal(Kind.COMMIT, pb.Commit(view=slot.view, seq=slot.seq, digest=digest))
         slot.my_commit = env
         slot.commits.setdefault(digest, {})[self.id] = env
@@ -931,6 +995,10 @@ class Replica:
         if payload is None:
             return
         ck = parse(pb.Checkpoint, payload)
+        if env.signer == self.id and ck.seq > self.last_executed and not self.recovering:
+            # We signed it, so we executed ck.seq once; our log does not go that far: it was
+            # rolled back (or lost) under us. Whatever else it forgot we may have signed.
+            self._enter_recovery(f"own CHECKPOINT at seq {ck.seq} above last executed {self.last_executed}")
         if ck.seq <= self.h or ck.seq % self.p.checkpoint_interval:
             return
         mine = self.ckpt_by_sender.setdefault(env.signer, {})
@@ -968,6 +1036,8 @@ class Replica:
 
     def _make_stable(self, seq: int, digest: bytes, proof: list[pb.Envelope]) -> None:
         """A checkpoint certified by 2f+1: move the window, or fetch state if we lag or diverged."""
+        if self.recovering and seq > self.recovery_proven:
+            self.recovery_proven = seq  # every caller verified the proof (2f+1 CHECKPOINT signatures)
         if seq <= self.h:
             return
         mine = self.my_checkpoints.get(seq)
@@ -1007,6 +1077,8 @@ class Replica:
             CheckpointRecord(seq, digest, snapshot.data, tuple(e.SerializeToString() for e in proof))
         )
         self._garbage_collect()
+        if self.recovering:
+            self._recovery_progress()
 
     def _garbage_collect(self) -> None:
         h = self.h
@@ -1038,6 +1110,8 @@ class Replica:
         """Half the timeout, a re-forward, the other half, then a view change (``on_timer``)."""
         if self.request_timer_on or self.view_changing or not self.pending or self.is_primary:
             return
+        if self.recovering:
+            return
         self.request_timer_on = True
         self.reforwarded = False
         self._set_timer(VIEW_TIMER, now + self._timeout() / 2)
@@ -1061,6 +1135,8 @@ class Replica:
         self._arm_request_timer(now)
 
     def _start_view_change(self, new_view: int, now: float) -> None:
+        if self.recovering:
+            return  # it may have signed a VIEW-CHANGE for this view before it lost its state
         if new_view <= self.view and (self.view_changing or new_view < self.view):
             return
         self.view = new_view
@@ -1176,6 +1252,9 @@ class Replica:
                 return None
             if vc.new_view != nv.view or vc.sender in seen:
                 return None
+            if vc.sender == self.id and vc.new_view > self.view and not self.recovering:
+                # Our VIEW-CHANGE for a view our log never promised to move to: rolled back.
+                self._enter_recovery(f"own VIEW-CHANGE in a NEW-VIEW for view {vc.new_view} > {self.view}")
             seen.add(vc.sender)
             vcs.append(vc)
         if len(vcs) != self.q.view_change:  # exactly what an honest primary sends: bounded size
@@ -1228,13 +1307,15 @@ class Replica:
             slot.batch = self.batches.get(pp.digest)
             if slot.batch is None and pp.seq > self.last_executed:
                 self._want_batch(pp.digest)
-            if not self.is_primary:
+            if not self.is_primary and not self.recovering:
                 self._send_prepare(slot)
         self.next_seq = max(max_s, self.last_executed) + 1
         for slot in list(self.slots.values()):
             self._check_prepared(slot, now)
         self._arm_request_timer(now)
         self._try_propose(now)
+        if self.recovering:
+            self._recovery_progress()
 
     def _pp_from_env(self, env: pb.Envelope) -> pb.PrePrepare:
         """The PRE-PREPARE inside an envelope this replica verified earlier (or signed itself)."""
@@ -1436,6 +1517,102 @@ class Replica:
         self._try_execute(now)
         return True
 
+    # ------------------------------------------------------------------ recovery (amnesia)
+
+    def _note_recovery_report(self, peer: int, st: pb.Status, now: float) -> None:
+        """A peer's STATUS while we recover: its view, stable checkpoint and own recovery."""
+        # No honest replica reaches 2**63 views; a bigger claim is a lie (and 2**64-1 + 1 does not
+        # fit the wire).
+        view = st.view if st.view < 2**63 else 0
+        self.recovery_views[peer] = max(view, self.recovery_views.get(peer, 0))
+        # The highest a peer ever claimed: a STATUS delayed from before our wipe cannot lower it.
+        self.recovery_stable[peer] = max(st.stable_seq, self.recovery_stable.get(peer, 0))
+        if st.recovering:
+            self.recovery_flagged.add(peer)
+        else:
+            self.recovery_flagged.discard(peer)
+        if len(self.recovery_flagged) >= self.q.join and len(self.recovery_views) >= self.q.view_change:
+            # At least one other honest replica recovers too: more than f replicas count as
+            # faulty (or the whole cluster starts from empty data dirs). No bound can be
+            # completed then; fall back to voting after a view change past the (f+1)-th highest
+            # view reported, as before PBFT-PR recovery was built (docs/PROTOCOL.md).
+            views = sorted(self.recovery_views.values(), reverse=True)
+            self._persist_recovered_state()
+            self._reset_recovery()
+            self._start_view_change(views[self.q.f] + 1, now)
+            return
+        self._recovery_progress()
+
+    def _recovery_progress(self) -> None:
+        """Fix the bound H once 2f+1 peers' reported stable checkpoints are covered by a proof we
+        verified; end recovery at a stable checkpoint >= H in a view >= the (f+1)-th highest
+        reported, entered through a verified NEW-VIEW (or view 0)."""
+        if not self.recovering:
+            return
+        if self.recovery_target is None:
+            covered = sum(1 for s in self.recovery_stable.values() if s <= self.recovery_proven)
+            if covered < self.q.view_change:
+                return
+            # Before losing its state this replica signed only for seqs <= h_old + W, and at least
+            # one honest signer of h_old's proof is among these 2f+1 reporters: its stable
+            # checkpoint, which it claimed and c covers, is >= h_old - W. So c + 2W >= h_old + W.
+            self.recovery_target = self.recovery_proven + 2 * self.p.watermark_window
+            views = sorted(self.recovery_views.values(), reverse=True)
+            self.recovery_view = views[self.q.f]
+        if self.h >= self.recovery_target and self.view >= self.recovery_view and not self.view_changing:
+            self._persist_recovered_state()
+            self._persist(ViewRecord(self.view))
+            if self.new_view_env is not None and self.view > 0:
+                self._persist(NewViewRecord(self.view, self.new_view_env.SerializeToString()))
+            self._reset_recovery()
+            self.next_seq = max(self.next_seq, self.last_executed + 1)
+
+    def _persist_recovered_state(self) -> None:
+        """Nothing was persisted while recovering: the stable checkpoint and the commits above it."""
+        self.recovering = False
+        if self.h and self.stable_snapshot is not None:
+            envs = tuple(e.SerializeToString() for e in self.stable_proof)
+            self._persist(CheckpointRecord(self.h, self.stable_digest, self.stable_snapshot.data, envs))
+        for seq in range(self.h + 1, self.last_executed + 1):
+            proof = self.commit_proofs.get(seq)
+            if proof is not None:
+                pp = self._pp_from_env(proof.preprepare)
+                self._persist(CommitRecord(seq, pp.view, pp.digest, proof.SerializeToString()))
+
+    def _reset_recovery(self) -> None:
+        self.recovering = False
+        self.recovery_views.clear()
+        self.recovery_stable.clear()
+        self.recovery_flagged.clear()
+        self.recovery_proven = 0
+        self.recovery_target = None
+        self.recovery_view = 0
+
+    def _enter_recovery(self, reason: str) -> None:
+        """We met our own signature on something our log cannot have produced: the log was rolled
+        back (a restored backup, a disk that acknowledged writes it lost). What else we signed and
+        forgot is unknown, so behave as a wiped replica from here: sign nothing at or below a new
+        bound H. The state itself is fine (it was certified when we executed it)."""
+        self.rollbacks += 1
+        self._emit(RecoveryStarted(reason))
+        self._reset_recovery()
+        self.recovering = True
+        self.recovery_proven = self.h
+        self.request_timer_on = False
+        self.vc_timer_view = -1
+        self._cancel_timer(VIEW_TIMER)
+        self.peer_recovery.clear()
+
+    def _check_own_view_change(self, env: pb.Envelope, now: float) -> None:
+        """Our own VIEW-CHANGE came back: fine unless it is for a view above ours (the ViewRecord
+        is durable before a VIEW-CHANGE leaves, so our log forgot it)."""
+        payload = self._open(env, Kind.VIEW_CHANGE)
+        if payload is None:
+            return
+        vc = parse(pb.ViewChange, payload)
+        if vc.new_view > self.view:
+            self._enter_recovery(f"own VIEW-CHANGE for view {vc.new_view}, above view {self.view}")
+
     # ------------------------------------------------------------------ status and retransmission
 
     def _broadcast_status(self) -> None:
@@ -1444,13 +1621,16 @@ class Replica:
             view_changing=self.view_changing,
             last_executed=self.last_executed,
             stable_seq=self.h,
+            recovering=self.recovering,
+            recovery_target=(self.recovery_target or 0) if self.recovering else 0,
         )
         self._send(None, pb.PeerMessage(envelope=self._seal(Kind.STATUS, st)))
 
     def _on_status_tick(self, now: float) -> None:
         self._broadcast_status()
         self._check_idle(now)
-        if self.view_changing and self.my_vc is not None:
+        self.null_budget = self.p.recovery_null_batches
+        if self.view_changing and self.my_vc is not None and not self.recovering:
             self._send(None, pb.PeerMessage(envelope=self.my_vc))
         if self.transfer is not None:
             self._transfer_tick(now)
@@ -1518,22 +1698,19 @@ class Replica:
         st = parse(pb.Status, payload)
         peer = env.signer
         if self.recovering:
-            # No honest replica reaches 2**63 views; a bigger claim is a lie (and 2**64-1 + 1
-            # does not fit the wire).
-            view = st.view if st.view < 2**63 else 0
-            self.recovery_views[peer] = max(view, self.recovery_views.get(peer, 0))
-            if len(self.recovery_views) >= self.q.view_change:
-                self.recovering = False
-                if self.h:
-                    envs = tuple(e.SerializeToString() for e in self.stable_proof)
-                    assert self.stable_snapshot is not None
-                    self._persist(
-                        CheckpointRecord(self.h, self.stable_digest, self.stable_snapshot.data, envs)
-                    )
-                # The (f+1)-th highest view reported: at least one honest replica is there or
-                # beyond, so f liars cannot park us in a view nobody will reach.
-                views = sorted(self.recovery_views.values(), reverse=True)
-                self._start_view_change(views[self.q.f] + 1, now)
+            self._note_recovery_report(peer, st, now)
+        else:
+            if st.recovering and st.recovery_target > 0:
+                # Never beyond 2W above our stable checkpoint (an honest H is 2W above a certified
+                # checkpoint), so 2**64-1 costs what an honest H does; the credit bounds the rest.
+                cap = self.h + 2 * self.p.watermark_window
+                self.peer_recovery[peer] = min(st.recovery_target, cap)
+            else:
+                self.peer_recovery.pop(peer, None)
+            if st.recovering and peer == self.primary and not self.view_changing:
+                # Our primary lost its state: it proposes nothing (it may have signed other
+                # PRE-PREPAREs in this view), so replace it, as PBFT-PR does when a primary recovers.
+                self._start_view_change(self.view + 1, now)
         # Answers below are much larger than a STATUS: budgeted per peer, and the same answer to
         # the same question is not repeated within answer_repeat_interval (bft/core/answers.py).
         if self.view_changing:

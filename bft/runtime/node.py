@@ -45,6 +45,7 @@ from bft.core.events import (
     Output,
     Persist,
     Record,
+    RecoveryStarted,
     Send,
     SetTimer,
     StateInstalled,
@@ -96,6 +97,8 @@ class Storage(Protocol):
     def write_group(self, group: Any) -> float: ...
 
     def close(self) -> None: ...
+
+    def mark_recovering(self) -> None: ...
 
 
 class Sink(Protocol):
@@ -619,6 +622,14 @@ class Node:
             elif isinstance(out, StateInstalled):
                 self.metrics.state_transfers.inc()
                 self.events.info("state_installed", checkpoint=out.seq)
+            elif isinstance(out, RecoveryStarted):
+                # Durable before anything the core says next: a restart must not trust this log.
+                self.events.error("log_rolled_back", reason=out.reason)
+                try:
+                    self.storage.mark_recovering()
+                except OSError as exc:
+                    self._fail(f"cannot mark the data dir recovering: {exc}")
+                    raise FatalError(str(exc)) from None
             elif isinstance(out, Evidence):
                 self.metrics.evidence.inc()
                 self.events.warning("evidence", culprit=out.replica, what=out.what)

@@ -30,6 +30,7 @@ REPLICA_ATTACKS = (
     "slow-transfer",
     "status-flood",
     "absurd-view",
+    "recovery-lie",
 )
 # Attacks on resources (issue 11): added to a Byzantine replica's behaviours with probability
 # RESOURCE_SHARE, on top of the draw above so the older attacks keep their frequencies (a padding
@@ -56,7 +57,7 @@ MUTATIONS = (
 # that the draws of older scenarios (and the pinned seeds) stay as they were.
 SLOW_PRIMARY_SHARE = 0.15
 # Behaviours aimed at state transfer and recovery; production scenarios favour them.
-TRANSFER_ATTACKS = ("junk-chunks", "slow-transfer", "status-flood", "absurd-view")
+TRANSFER_ATTACKS = ("junk-chunks", "slow-transfer", "status-flood", "absurd-view", "recovery-lie")
 PRODUCTION_SHARE = 0.02  # scenarios run with the production Params and a many-chunk snapshot
 
 

@@ -23,6 +23,7 @@ from bft.core.events import (
     Evidence,
     Output,
     Persist,
+    RecoveryStarted,
     Send,
     SetTimer,
     StateInstalled,
@@ -57,6 +58,8 @@ SETTLE = 3.0  # virtual seconds after the last client finishes, for stragglers t
 LIVENESS_BOUND = 90.0  # after GST, every honest client's requests must complete within this
 CLIENT_TIMEOUT = 0.8
 CATCHUP_BOUND = 20.0  # after the clients finish (and GST), every honest replica reaches the others
+RECOVERY_BOUND = 30.0  # after the clients finish (and GST), a wiped honest replica votes again
+VOTE_KINDS = (Kind.PREPREPARE, Kind.PREPARE, Kind.COMMIT)
 
 Core = Replica | ByzantineReplica
 
@@ -105,6 +108,8 @@ class Node:
     alive: bool = True
     wiped: bool = False
     link: Callable[[int, int], bool] | None = None
+    # Every vote this replica ever signed, across crashes and wipes: (kind, view, seq) -> digest.
+    votes: dict[tuple[int, int, int], bytes] = field(default_factory=dict)
 
 
 class SimClient:
@@ -569,6 +574,7 @@ class World:
                 inst.storage.sync()
             if node.honest:
                 self.checker.on_send(node.id, out.data)
+                self._check_amnesia(node, out.data)
             targets = [out.to] if out.to is not None else [r for r in range(self.sc.n) if r != node.id]
             for t in targets:
                 self._net(node.id, t, ("msg", t, out.data))
@@ -599,6 +605,46 @@ class World:
             self.stats.view_changes += 1
         elif isinstance(out, StateInstalled):
             self.stats.state_transfers += 1
+        elif isinstance(out, RecoveryStarted):
+            inst.storage.wipe()  # the RECOVERING marker: a restart discards the log and recovers
+            node.wiped = True
+
+    def _check_amnesia(self, node: Node, data: bytes) -> None:
+        """An honest replica never signs two votes for one (kind, view, seq), not even after its
+        disk was wiped (what PBFT-PR's bound H guarantees) or rolled back."""
+        msg = pb.PeerMessage.FromString(data)
+        if not msg.HasField("envelope") or msg.envelope.signer != node.id:
+            return
+        kind = peek_kind(msg.envelope, self.cluster.cluster_id)
+        if kind not in VOTE_KINDS:
+            return
+        vote = pb.Prepare.FromString(msg.envelope.body[TAG_LEN:])  # PRE-PREPARE, PREPARE, COMMIT alike
+        key = (int(kind), vote.view, vote.seq)
+        before = node.votes.setdefault(key, vote.digest)
+        if before != vote.digest:
+            wiped = " (wiped before)" if node.wiped else ""
+            self.checker.fail(f"amnesia: honest r{node.id}{wiped} signed two {kind.name}s for {key[1:]}")
+
+    def _recovering(self) -> str | None:
+        """A wiped honest replica, running, that does not vote yet: still recovering, or changing
+        views alone, or in another view than most honest replicas (before PBFT-PR recovery it sat
+        alone in a view past the cluster's until the cluster's next view change). Required only
+        when the cluster can order the empty batches it needs: the primary of that view honest and
+        running, with 2f+1 honest replicas voting in the view. Else (a faulty primary, another
+        replica stranded in a view of its own) it waits for the next view change (PROTOCOL.md)."""
+        cores = [(n.id, self.honest_core(n.id)) for n in self.nodes if n.honest and n.alive]
+        views = [c.view for _, c in cores if not c.view_changing]
+        common = max(set(views), key=views.count) if views else 0
+        voters = {i for i, c in cores if c.view == common and not c.view_changing and not c.recovering}
+        if self.cluster.primary(common) not in voters or len(voters) < 2 * self.sc.f + 1:
+            return None
+        for node in self.nodes:
+            if node.honest and node.alive and node.wiped:
+                core = self.honest_core(node.id)
+                if core.recovering or core.view_changing or core.view != common:
+                    at = f"view {core.view}{' changing' if core.view_changing else ''}, stable {core.h}"
+                    return f"r{node.id} ({at}, bound {core.recovery_target}; cluster in view {common})"
+        return None
 
     def _each_instance(self, node: Node, fn: Callable[[Core], object]) -> None:
         for inst in node.instances:
@@ -667,6 +713,7 @@ class World:
                 done_at is not None
                 and self.now >= done_at + SETTLE
                 and (self._lagging() is None or self.now >= done_at + SETTLE + CATCHUP_BOUND)
+                and (self._recovering() is None or self.now >= done_at + SETTLE + RECOVERY_BOUND)
             ):
                 break
             if self.checker.violations and len(self.checker.violations) >= 5:
@@ -682,6 +729,11 @@ class World:
         if done_at is not None and lagging is not None and not self.checker.violations:
             self.checker.fail(
                 f"catch-up: honest {lagging} still behind {CATCHUP_BOUND:.0f}s after the clients finished"
+            )
+        recovering = self._recovering()
+        if done_at is not None and recovering is not None and not self.checker.violations:
+            self.checker.fail(
+                f"recovery: honest {recovering} not voting {RECOVERY_BOUND:.0f}s after the clients finished"
             )
         return Result(sc, self.checker.violations, self.stats)
 

@@ -796,6 +796,13 @@ class ReplicaLog:
             self._recovering = False
         return time.perf_counter() - start
 
+    def mark_recovering(self) -> None:
+        """The core found this log rolled back (``RecoveryStarted``): from now on it is treated as
+        wiped. The marker is durable on return; a restart discards the log and recovers, and the
+        marker goes with the first ViewRecord group once recovery ends (as after ``wipe_state``)."""
+        _write_atomic(self.data_dir / RECOVERING_FILE, b"log found rolled back; recovering from peers\n")
+        self._recovering = True
+
     def close(self) -> None:
         """Release the files. Records appended but not synced are dropped (they were never durable)."""
         self._pending.clear()

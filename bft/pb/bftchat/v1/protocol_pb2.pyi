@@ -191,16 +191,20 @@ class Checkpoint(_message.Message):
     def __init__(self, seq: _Optional[int] = ..., state_digest: _Optional[bytes] = ...) -> None: ...
 
 class Status(_message.Message):
-    __slots__ = ("view", "view_changing", "last_executed", "stable_seq")
+    __slots__ = ("view", "view_changing", "last_executed", "stable_seq", "recovering", "recovery_target")
     VIEW_FIELD_NUMBER: _ClassVar[int]
     VIEW_CHANGING_FIELD_NUMBER: _ClassVar[int]
     LAST_EXECUTED_FIELD_NUMBER: _ClassVar[int]
     STABLE_SEQ_FIELD_NUMBER: _ClassVar[int]
+    RECOVERING_FIELD_NUMBER: _ClassVar[int]
+    RECOVERY_TARGET_FIELD_NUMBER: _ClassVar[int]
     view: int
     view_changing: bool
     last_executed: int
     stable_seq: int
-    def __init__(self, view: _Optional[int] = ..., view_changing: _Optional[bool] = ..., last_executed: _Optional[int] = ..., stable_seq: _Optional[int] = ...) -> None: ...
+    recovering: bool
+    recovery_target: int
+    def __init__(self, view: _Optional[int] = ..., view_changing: _Optional[bool] = ..., last_executed: _Optional[int] = ..., stable_seq: _Optional[int] = ..., recovering: _Optional[bool] = ..., recovery_target: _Optional[int] = ...) -> None: ...
 
 class CommitProof(_message.Message):
     __slots__ = ("preprepare", "batch", "commits")
