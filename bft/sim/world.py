@@ -51,7 +51,7 @@ from bft.replies import CheckedReply, ReplyCollector, check_reply
 from bft.sim.scenario import Scenario
 from bft.sim.storage import SimStorage
 from bft.wire import WireError, make_request, parse, peek_kind
-from client.session import ReadCursor
+from client.session import ReadCursor, Repliers
 
 SETTLE = 3.0  # virtual seconds after the last client finishes, for stragglers to converge
 LIVENESS_BOUND = 90.0  # after GST, every honest client's requests must complete within this
@@ -125,6 +125,8 @@ class SimClient:
         self.attempt = 0
         self.view = 0
         self.cursor = ReadCursor(world.cluster.quorums)
+        self.repliers = Repliers(world.cluster.quorums)  # the client library's own rule
+        self.designated: tuple[int, ...] = ()
         self.done = False
         self.token = 0
         self.accepted: list[tuple[tuple[bytes, int, int], int, bytes, bool]] = []
@@ -150,13 +152,17 @@ class SimClient:
             min_seq=self.cursor.min_seq(read_only),
         )
         self.collector = self.cursor.collector(read_only)
+        q = self.world.cluster.quorums
+        self.designated = () if read_only else q.repliers(self.key, self.session, self.timestamp)
         self.attempt = 0
         self._send(now)
 
     def _send(self, now: float) -> None:
         n = self.world.cluster.n
-        targets = list(range(n)) if (self.attempt > 0 or self.read_only) else [self.view % n]
-        for r in targets:
+        first = None
+        if self.attempt == 0 and not self.read_only:
+            first = self.repliers.first_targets(self.designated, self.view % n, range(n), now)
+        for r in range(n) if first is None else first:
             self.world.client_to_replica(r, self.raw)
         self.token += 1
         self.world.schedule(
@@ -169,6 +175,8 @@ class SimClient:
         if self.read_only and self.attempt >= 1:
             self._issue(now, fallback=True)  # one-round read failed: order it instead
             return
+        if self.collector is not None and not self.read_only:
+            self.repliers.on_resend(self.designated, self.collector, now)
         self.attempt += 1
         self._send(now)
 
@@ -184,6 +192,8 @@ class SimClient:
         accepted = self.collector.add(reply)
         if accepted is None:
             return
+        if not self.read_only:
+            self.repliers.on_accepted(self.designated, self.collector, accepted, now)
         self.view = max(self.view, accepted.view)
         key = (self.key, self.session, self.timestamp)
         self.accepted.append((key, accepted.status, accepted.result, self.read_only))
