@@ -9,7 +9,9 @@ Sending follows PBFT. On every stream, right after the replica's nonce, the sess
 replies with a signed ``SessionClaim`` (key, session id), so a replica answers on this stream even a
 request it only saw inside a PRE-PREPARE. An ordered request goes to the replica the session
 believes is primary (view mod n, the view taken from verified replies: the highest f+1 replicas
-reported); with no accepted result within the retransmission timeout (``RetransmitTimer``: the
+reported), plus a stand-in backup for each of its f+1 designated repliers (the only replicas that
+answer its first execution) the session cannot count on (``Repliers``); with no accepted
+result within the retransmission timeout (``RetransmitTimer``: the
 session's own latencies, 1 s unless they are long, shorter than the replicas' view-change timer),
 or a refusal from that replica, it goes to all replicas, whose backups forward it to the primary and
 start their view-change timers. A one-round read goes to all replicas (it needs 2f+1
@@ -71,7 +73,8 @@ READ_FALLBACK_AFTER = 1.0  # a one-round read that has not gathered 2f+1 by then
 MAX_RECEIVE = 64 * 1024 * 1024
 MAX_STALE_RETRIES = 5  # re-signings after "stale timestamp" answers before StaleTimestamp is raised
 MAX_TIMESTAMP = 2**64 - 1
-SUSPECT_FOR = 10.0  # seconds a designated replier that failed us gets a stand-in (cleared by a good reply)
+SUSPECT_FOR = 60.0  # seconds a designated replier that failed us gets a stand-in (cleared by a good reply)
+RECENT_RESULTS = 8  # accepted results kept to check late replies of suspects against
 
 
 def wall_clock_us() -> int:
@@ -219,9 +222,10 @@ class Repliers:
     stand-in answers at execution instead, and the session still needs only f+1 replies. A
     designated replier becomes suspect when a request it should have answered had to be resent
     (no accepted result in time, and no reply from it), or when it answered something other than
-    what f+1 replicas agreed on; it stops being suspect when its reply counts towards an accepted
-    result, or after ``SUSPECT_FOR`` seconds. Without stand-ins, one silent replica would make
-    every request it is designated for (f+1 in n) wait the whole retransmission timeout.
+    what f+1 replicas agreed on; it stops being suspect when a verified reply of it matches an
+    accepted result (in time, or late: ``on_late``), or after ``SUSPECT_FOR`` seconds. Without
+    stand-ins, one silent replica would make every request it is designated for (f+1 in n) wait
+    the whole retransmission timeout; a stand-in costs one more request copy and one more reply.
     """
 
     quorums: Quorums
@@ -265,6 +269,12 @@ class Repliers:
                 self.suspects.pop(r, None)
             elif r in designated:
                 self.suspects[r] = now + SUSPECT_FOR
+
+    def on_late(self, reply: CheckedReply, accepted: CheckedReply) -> None:
+        """A verified reply that came after its request's result was accepted (a suspect's reply
+        loses the race to the stand-in's): if it matches, its replica answers again."""
+        if (reply.status, reply.result) == (accepted.status, accepted.result):
+            self.suspects.pop(reply.replica, None)
 
 
 @dataclass
@@ -455,6 +465,7 @@ class ClusterSession:
         self._views: dict[int, int] = {}  # replica -> view of its latest verified reply
         self.retransmit = RetransmitTimer()
         self.repliers = Repliers(cluster.quorums)
+        self._recent: dict[int, CheckedReply] = {}  # timestamp -> accepted result, the last few
         self.cursor = ReadCursor(cluster.quorums)
         self.last_raw = b""  # the signed bytes of the latest request sent
 
@@ -756,6 +767,12 @@ class ClusterSession:
             return
         p = self._pending.get(ts)
         if p is None or p.done.done():
+            accepted = self._recent.get(ts)
+            if accepted is not None and replica in self.repliers.suspects:
+                with contextlib.suppress(WireError):
+                    late = check_reply(data, self.cluster, self.verifier, self.key, self.session, ts)
+                    if late.replica == replica:
+                        self.repliers.on_late(late, accepted)
             return
         try:
             reply = check_reply(data, self.cluster, self.verifier, self.key, self.session, ts)
@@ -768,6 +785,9 @@ class ClusterSession:
         if accepted is not None:
             if p.designated:
                 self.repliers.on_accepted(p.designated, p.collector, accepted, time.monotonic())
+                self._recent[ts] = accepted
+                if len(self._recent) > RECENT_RESULTS:
+                    del self._recent[next(iter(self._recent))]
             p.done.set_result(accepted)
 
     def on_error(self, replica: int, err: spb.RequestError) -> None:

@@ -252,8 +252,8 @@ def test_a_first_time_ordered_request_is_answered_by_its_designated_repliers_alo
 
 
 @pytest.mark.timeout(240)
-def test_a_silent_designated_replier_is_routed_around(c4: Cluster) -> None:
-    """A designated replier that says nothing: its request completes through the resend to all
+def test_a_mute_designated_replier_is_routed_around(c4: Cluster) -> None:
+    """A designated replier that votes but never answers clients: its request completes through the resend to all
     (every replica the client asked answers), the replica becomes suspect, and the next request
     it is designated for goes to the primary and a stand-in backup, which answers instead."""
     c4.wait_agree(timeout=30)
@@ -264,7 +264,7 @@ def test_a_silent_designated_replier_is_routed_around(c4: Cluster) -> None:
             await u.register()
             primary = u.client.primary
             mute = next(i for i in range(c4.n) if i != primary)
-            fault(c4, mute, "silent")
+            fault(c4, mute, "mute-to-clients")
             try:
                 pin_next_timestamp(u.client, lambda d: mute in d)
                 await u.op(e2e.ack_op("mute", 0), timeout=90)  # to the primary, then to all after 1 s
@@ -278,7 +278,7 @@ def test_a_silent_designated_replier_is_routed_around(c4: Cluster) -> None:
                 fault(c4, mute, "heal")
 
     mute, suspected, before, after, primary = run(scenario(), 200)  # type: ignore[misc]
-    assert suspected, "the silent designated replier became suspect"
+    assert suspected, "the mute designated replier became suspect"
     grew = {i for i in range(c4.n) if after[i] != before[i]}
     # The second request: the primary and one stand-in outside the designated set, not all.
     assert primary in grew and len(grew) == 2 and mute not in grew, grew

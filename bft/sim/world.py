@@ -127,6 +127,7 @@ class SimClient:
         self.cursor = ReadCursor(world.cluster.quorums)
         self.repliers = Repliers(world.cluster.quorums)  # the client library's own rule
         self.designated: tuple[int, ...] = ()
+        self.last_accepted: tuple[int, CheckedReply] | None = None
         self.done = False
         self.token = 0
         self.accepted: list[tuple[tuple[bytes, int, int], int, bytes, bool]] = []
@@ -181,6 +182,13 @@ class SimClient:
         self._send(now)
 
     def on_reply(self, data: bytes, now: float) -> None:
+        if self.last_accepted is not None and self.repliers.suspects:
+            try:  # a suspect's late reply for the previous request clears it (the library's rule)
+                ts, prev = self.last_accepted
+                late = check_reply(data, self.world.cluster, self.world.verifier, self.key, self.session, ts)
+                self.repliers.on_late(late, prev)
+            except WireError:
+                pass
         if self.done or self.collector is None:
             return
         try:
@@ -194,6 +202,7 @@ class SimClient:
             return
         if not self.read_only:
             self.repliers.on_accepted(self.designated, self.collector, accepted, now)
+            self.last_accepted = (self.timestamp, accepted)
         self.view = max(self.view, accepted.view)
         key = (self.key, self.session, self.timestamp)
         self.accepted.append((key, accepted.status, accepted.result, self.read_only))
