@@ -349,6 +349,8 @@ class Checker:
         for table, size in core.retained().items():
             if size > bound[table]:
                 self.fail(f"memory: r{replica} holds {size} bytes in {table}, bound {bound[table]}")
+        if not core.asked <= core.pending.keys():
+            self.fail(f"memory: r{replica} keeps 'asked' marks for requests no longer queued")
 
     def on_evidence(self, replica: int, ev: Evidence) -> None:
         if self.world.nodes[ev.replica].honest:
