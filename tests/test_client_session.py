@@ -253,9 +253,10 @@ def test_a_first_time_ordered_request_is_answered_by_its_designated_repliers_alo
 
 @pytest.mark.timeout(240)
 def test_a_mute_designated_replier_is_routed_around(c4: Cluster) -> None:
-    """A designated replier that votes but never answers clients: its request completes through the resend to all
-    (every replica the client asked answers), the replica becomes suspect, and the next request
-    it is designated for goes to the primary and a stand-in backup, which answers instead."""
+    """A designated replier that votes but never answers clients: its request completes through
+    the resend to all (every replica the client asked answers), the replica becomes suspect, and
+    the next request it is designated for goes to the primary and a stand-in backup, which
+    answers instead."""
     c4.wait_agree(timeout=30)
 
     async def scenario() -> tuple[int, bool, dict[int, float], dict[int, float], int]:
