@@ -221,9 +221,10 @@ class Repliers:
     stream is down, or it is *suspect*), one stand-in backup outside the designated set: the
     stand-in answers at execution instead, and the session still needs only f+1 replies. A
     designated replier becomes suspect when a request it should have answered had to be resent
-    (no accepted result in time, and no reply from it), or when it answered something other than
-    what f+1 replicas agreed on; it stops being suspect when a verified reply of it matches an
-    accepted result (in time, or late: ``on_late``), or after ``SUSPECT_FOR`` seconds. Without
+    (no accepted result in time, and no reply from it while another replica did answer), or when
+    it answered something other than what f+1 replicas agreed on; it stops being suspect when a
+    verified reply of it matches an accepted result (in time, or late: ``on_late``), or after
+    ``SUSPECT_FOR`` seconds. Without
     stand-ins, one silent replica would make every request it is designated for (f+1 in n) wait
     the whole retransmission timeout; a stand-in costs one more request copy and one more reply.
     """
@@ -254,7 +255,12 @@ class Repliers:
         return (primary, *spare[:missing])
 
     def on_resend(self, designated: Sequence[int], collector: ReplyCollector, now: float) -> None:
-        """No accepted result in time: the designated repliers that did not answer are suspect."""
+        """No accepted result in time, but some replica answered (so the request executed): the
+        designated repliers that did not answer are suspect. With no answer at all nothing is
+        known about them (the request is still being ordered: a slow or silent primary, or
+        overload), and suspecting them would only spread stand-ins."""
+        if not collector.votes:
+            return
         for r in designated:
             if r not in collector.votes:
                 self.suspects[r] = now + SUSPECT_FOR

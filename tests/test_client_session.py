@@ -33,13 +33,23 @@ from bft.crypto import Ed25519Signer, Ed25519Verifier, cluster_id_from
 from bft.keys import generate_user_key
 from bft.pb.bftchat.v1 import protocol_pb2 as pb
 from bft.pb.bftchat.v1 import service_pb2 as spb
+from bft.quorums import Quorums
+from bft.replies import CheckedReply, ReplyCollector
 from bft.runtime.handshake import auth_proof, check_auth_proof, check_session_claim, session_claim
 from bft.wire import WireError
 from client import e2e
 from client import session as session_module
 from client.chat import ChatClient
 from client.errors import FateUnknown
-from client.session import RESEND_AFTER, RESEND_MAX, SESSION_METHOD, ClusterSession, RetransmitTimer, channel
+from client.session import (
+    RESEND_AFTER,
+    RESEND_MAX,
+    SESSION_METHOD,
+    ClusterSession,
+    Repliers,
+    RetransmitTimer,
+    channel,
+)
 
 CID = cluster_id_from(b"claims")
 NONCE = bytes(range(32))
@@ -61,6 +71,32 @@ def test_the_retransmission_timeout_follows_the_sessions_latency_within_bounds()
     for _ in range(50):
         t.sample(30.0)
     assert t.timeout() == RESEND_MAX  # never waits longer than the cap
+
+
+def test_stand_ins_replace_suspect_designated_repliers_only_on_evidence() -> None:
+    """``Repliers``, the rule the client library and the simulator share. A resend with no answer
+    at all (the request was still being ordered: a silent primary, overload) suspects nobody;
+    one where another replica answered suspects the designated repliers that did not; a suspect
+    gets a stand-in outside the designated set, and a late matching reply clears it."""
+    q = Quorums.for_n(7)
+    rules = Repliers(q)
+    designated = (2, 3, 4)
+    assert rules.first_targets(designated, 0, range(7), 0.0) == (0,)
+    assert rules.first_targets(designated, 0, [0, 1, 2, 3], 0.0) == (0, 1)  # 4's stream is down
+    assert rules.first_targets(designated, 5, range(5), 0.0) is None  # the primary is not reachable
+    votes = ReplyCollector.for_request(q, read_only=False)
+    rules.on_resend(designated, votes, 1.0)
+    assert not rules.suspects, "nothing answered: nothing is known about the repliers"
+    ok = CheckedReply(2, 0, 9, pb.REPLY_OK, b"fine")
+    votes.add(ok)
+    rules.on_resend(designated, votes, 1.0)
+    assert set(rules.suspects) == {3, 4}
+    assert rules.first_targets(designated, 0, range(7), 2.0) == (0, 1, 5)
+    rules.on_late(CheckedReply(3, 0, 9, pb.REPLY_OK, b"fine"), ok)
+    rules.on_late(CheckedReply(4, 0, 9, pb.REPLY_OK, b"a lie"), ok)
+    assert set(rules.suspects) == {4}
+    assert rules.first_targets(designated, 0, range(7), 2.0) == (0, 1)
+    assert rules.first_targets(designated, 0, range(7), 1.0 + session_module.SUSPECT_FOR) == (0,)
 
 
 def test_a_claim_verifies_for_its_stream_only() -> None:
