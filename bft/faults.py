@@ -82,6 +82,16 @@ class Silent(Behaviour):
         return [] if isinstance(out, (Send, ToClient)) else [out]
 
 
+class MuteToClients(Behaviour):
+    """Takes part in the protocol but never answers a client: the designated replier that says
+    nothing (docs/PROTOCOL.md, *Designated repliers*), so no view change comes to the rescue."""
+
+    name = "mute-to-clients"
+
+    def transform(self, node: ByzantineReplica, out: Output) -> list[Output]:
+        return [] if isinstance(out, ToClient) else [out]
+
+
 class Equivocate(Behaviour):
     """As primary, sends one PRE-PREPARE to half the backups and a different one to the rest."""
 
@@ -596,6 +606,7 @@ BEHAVIOURS: dict[str, Callable[[], Behaviour]] = {
     "wrong-digest": WrongDigest,
     "forge": Forge,
     "lie-to-clients": LieToClients,
+    "mute-to-clients": MuteToClients,
     "bad-checkpoint": BadCheckpoint,
     "bad-new-view": BadNewView,
     "replay": Replay,

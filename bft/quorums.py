@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import struct
 from dataclasses import dataclass
 
 
@@ -54,6 +56,17 @@ class Quorums:
     def read(self) -> int:
         """Matching replies a client needs to accept a one-round read."""
         return 2 * self.f + 1
+
+    def repliers(self, key: bytes, session: int, timestamp: int) -> tuple[int, ...]:
+        """The f+1 replicas that answer an ordered request on its first execution (the others
+        answer only if the client sent them the request itself: docs/PROTOCOL.md, *Designated
+        repliers*). Consecutive ids from a start that a hash of the request's identity picks, so
+        the load spreads over the replicas and the replicas and the client agree without talking.
+        The identity, not the request bytes: a re-signed copy of the same (key, session, timestamp)
+        has the same repliers. A client may steer its own requests' repliers; it gains nothing."""
+        h = hashlib.sha256(b"bftchat repliers\0" + key + struct.pack(">QQ", session, timestamp)).digest()
+        start = int.from_bytes(h[:8], "big") % self.n
+        return tuple((start + i) % self.n for i in range(self.reply))
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,9 @@ Sending follows PBFT. On every stream, right after the replica's nonce, the sess
 replies with a signed ``SessionClaim`` (key, session id), so a replica answers on this stream even a
 request it only saw inside a PRE-PREPARE. An ordered request goes to the replica the session
 believes is primary (view mod n, the view taken from verified replies: the highest f+1 replicas
-reported); with no accepted result within the retransmission timeout (``RetransmitTimer``: the
+reported), plus a stand-in backup for each of its f+1 designated repliers (the only replicas that
+answer its first execution) the session cannot count on (``Repliers``); with no accepted
+result within the retransmission timeout (``RetransmitTimer``: the
 session's own latencies, 1 s unless they are long, shorter than the replicas' view-change timer),
 or a refusal from that replica, it goes to all replicas, whose backups forward it to the primary and
 start their view-change timers. A one-round read goes to all replicas (it needs 2f+1
@@ -71,6 +73,8 @@ READ_FALLBACK_AFTER = 1.0  # a one-round read that has not gathered 2f+1 by then
 MAX_RECEIVE = 64 * 1024 * 1024
 MAX_STALE_RETRIES = 5  # re-signings after "stale timestamp" answers before StaleTimestamp is raised
 MAX_TIMESTAMP = 2**64 - 1
+SUSPECT_FOR = 60.0  # seconds a designated replier that failed us gets a stand-in (cleared by a good reply)
+RECENT_RESULTS = 8  # accepted results kept to check late replies of suspects against
 
 
 def wall_clock_us() -> int:
@@ -207,6 +211,79 @@ class ReadCursor:
 
 
 @dataclass
+class Repliers:
+    """Where an ordered request goes first, given its designated repliers: the pure rule, shared
+    with the simulator's client.
+
+    Only the f+1 designated repliers of a request (``Quorums.repliers``) answer its first
+    execution, and a backup answers any request the client sent it itself. So the request goes to
+    the believed primary, plus, for each designated replier the session cannot count on (its
+    stream is down, or it is *suspect*), one stand-in backup outside the designated set: the
+    stand-in answers at execution instead, and the session still needs only f+1 replies. A
+    designated replier becomes suspect when a request it should have answered had to be resent
+    (no accepted result in time, and no reply from it while another replica did answer), or when
+    it answered something other than what f+1 replicas agreed on; it stops being suspect when a
+    verified reply of it matches an accepted result (in time, or late: ``on_late``), or after
+    ``SUSPECT_FOR`` seconds. Without
+    stand-ins, one silent replica would make every request it is designated for (f+1 in n) wait
+    the whole retransmission timeout; a stand-in costs one more request copy and one more reply.
+    """
+
+    quorums: Quorums
+    suspects: dict[int, float] = field(default_factory=dict)  # replica -> suspect until (clock seconds)
+
+    def suspect(self, replica: int, now: float) -> bool:
+        until = self.suspects.get(replica)
+        if until is not None and until <= now:
+            del self.suspects[replica]
+            return False
+        return until is not None
+
+    def first_targets(
+        self, designated: Sequence[int], primary: int, ready: Sequence[int], now: float
+    ) -> tuple[int, ...] | None:
+        """The replicas to send to first: the primary and a stand-in per unreliable designated
+        replier; None (all replicas) if the primary is not ready or stand-ins run out."""
+        if primary not in ready:
+            return None
+        missing = sum(1 for r in designated if r not in ready or self.suspect(r, now))
+        if not missing:
+            return (primary,)
+        spare = [r for r in ready if r != primary and r not in designated and not self.suspect(r, now)]
+        if len(spare) < missing:
+            return None
+        return (primary, *spare[:missing])
+
+    def on_resend(self, designated: Sequence[int], collector: ReplyCollector, now: float) -> None:
+        """No accepted result in time, but some replica answered (so the request executed): the
+        designated repliers that did not answer are suspect. With no answer at all nothing is
+        known about them (the request is still being ordered: a slow or silent primary, or
+        overload), and suspecting them would only spread stand-ins."""
+        if not collector.votes:
+            return
+        for r in designated:
+            if r not in collector.votes:
+                self.suspects[r] = now + SUSPECT_FOR
+
+    def on_accepted(
+        self, designated: Sequence[int], collector: ReplyCollector, accepted: CheckedReply, now: float
+    ) -> None:
+        """A designated replier that said something else is suspect; a replica whose reply agreed
+        is trusted again."""
+        for r, vote in collector.votes.items():
+            if (vote.status, vote.result) == (accepted.status, accepted.result):
+                self.suspects.pop(r, None)
+            elif r in designated:
+                self.suspects[r] = now + SUSPECT_FOR
+
+    def on_late(self, reply: CheckedReply, accepted: CheckedReply) -> None:
+        """A verified reply that came after its request's result was accepted (a suspect's reply
+        loses the race to the stand-in's): if it matches, its replica answers again."""
+        if (reply.status, reply.result) == (accepted.status, accepted.result):
+            self.suspects.pop(reply.replica, None)
+
+
+@dataclass
 class _Pending:
     timestamp: int
     raw: bytes
@@ -214,7 +291,8 @@ class _Pending:
     read_only: bool
     collector: ReplyCollector
     done: asyncio.Future[CheckedReply | _Stale]
-    target: int | None  # the replica it was sent to alone (the believed primary), None: all
+    targets: tuple[int, ...] | None  # the replicas it was sent to (the believed primary first), None: all
+    designated: tuple[int, ...] = ()  # its designated repliers (ordered requests)
     refusals: dict[int, str] = field(default_factory=dict)
     stale: dict[int, int] = field(default_factory=dict)  # replica -> smallest timestamp it would take
 
@@ -392,6 +470,8 @@ class ClusterSession:
         self._timestamp = 0
         self._views: dict[int, int] = {}  # replica -> view of its latest verified reply
         self.retransmit = RetransmitTimer()
+        self.repliers = Repliers(cluster.quorums)
+        self._recent: dict[int, CheckedReply] = {}  # timestamp -> accepted result, the last few
         self.cursor = ReadCursor(cluster.quorums)
         self.last_raw = b""  # the signed bytes of the latest request sent
 
@@ -473,17 +553,16 @@ class ClusterSession:
     def primary(self) -> int:
         return self.cluster.primary(self.view)
 
-    def _first_target(self) -> int | None:
-        """Where an ordered request goes first: the believed primary alone, if its stream is up and
-        f+1 streams (it included) carry our claim, so that f+1 replicas can answer; else None (all)."""
+    def _first_targets(self, designated: Sequence[int]) -> tuple[int, ...] | None:
+        """Where an ordered request goes first: the believed primary, plus a stand-in for each of
+        its designated repliers whose stream is not up with our claim or that is suspect
+        (``Repliers``), so that f+1 replicas answer; None (all) if that cannot be arranged."""
         ready = [c.replica for c in self.conns if c.up and c.claim_refused is None]
-        if self.primary in ready and len(ready) >= self.cluster.quorums.f + 1:
-            return self.primary
-        return None
+        return self.repliers.first_targets(designated, self.primary, ready, time.monotonic())
 
     def _transmit(self, p: _Pending) -> None:
         frame = p.frame()
-        for c in self.conns if p.target is None else (self.conns[p.target],):
+        for c in self.conns if p.targets is None else (self.conns[i] for i in p.targets):
             c.send(frame)
 
     # ---- requests
@@ -597,8 +676,9 @@ class ClusterSession:
             on_signed(raw, self.session, ts)
         fut: asyncio.Future[CheckedReply | _Stale] = asyncio.get_running_loop().create_future()
         collector = self.cursor.collector(read_only)
-        target = None if read_only else self._first_target()
-        p = _Pending(ts, raw, sha256(raw), read_only, collector, fut, target)
+        designated = () if read_only else self.cluster.quorums.repliers(self.key, self.session, ts)
+        targets = None if read_only else self._first_targets(designated)
+        p = _Pending(ts, raw, sha256(raw), read_only, collector, fut, targets, designated)
         self._pending[ts] = p
         try:
             resends = 0
@@ -619,7 +699,8 @@ class ClusterSession:
                         self.retransmit.sample(time.monotonic() - sent)  # Karn: unambiguous samples only
                     return result
                 resends += 1
-                p.target = None  # no result in time: all replicas (backups forward it, and watch)
+                self.repliers.on_resend(p.designated, p.collector, time.monotonic())
+                p.targets = None  # no result in time: all replicas (backups forward it, answer, and watch)
                 self._transmit(p)
         finally:
             self._pending.pop(ts, None)
@@ -645,7 +726,8 @@ class ClusterSession:
             deadline = time.monotonic() + timeout
             fut: asyncio.Future[CheckedReply | _Stale] = asyncio.get_running_loop().create_future()
             collector = self.cursor.collector(read_only=False)
-            p = _Pending(timestamp, raw, sha256(raw), False, collector, fut, None)
+            designated = self.cluster.quorums.repliers(self.key, self.session, timestamp)
+            p = _Pending(timestamp, raw, sha256(raw), False, collector, fut, None, designated)
             self._pending[timestamp] = p
             try:
                 resends = 0
@@ -674,14 +756,14 @@ class ClusterSession:
     def on_conn_up(self, conn: _Conn) -> None:
         """A (re)connected stream (its claim already sent): resend what is still waiting for it."""
         for p in self._pending.values():
-            if p.target is None or p.target == conn.replica:
+            if p.targets is None or conn.replica in p.targets:
                 conn.send(p.frame())
 
     def on_claim_refused(self, conn: _Conn) -> None:
         """A replica will not route our replies to us: what went to the primary alone goes to all."""
         for p in self._pending.values():
-            if p.target is not None and not p.done.done():
-                p.target = None
+            if p.targets is not None and not p.done.done():
+                p.targets = None
                 self._transmit(p)
 
     def on_reply(self, replica: int, data: bytes) -> None:
@@ -691,6 +773,12 @@ class ClusterSession:
             return
         p = self._pending.get(ts)
         if p is None or p.done.done():
+            accepted = self._recent.get(ts)
+            if accepted is not None and replica in self.repliers.suspects:
+                with contextlib.suppress(WireError):
+                    late = check_reply(data, self.cluster, self.verifier, self.key, self.session, ts)
+                    if late.replica == replica:
+                        self.repliers.on_late(late, accepted)
             return
         try:
             reply = check_reply(data, self.cluster, self.verifier, self.key, self.session, ts)
@@ -701,6 +789,11 @@ class ClusterSession:
         self._views[replica] = reply.view
         accepted = p.collector.add(reply)
         if accepted is not None:
+            if p.designated:
+                self.repliers.on_accepted(p.designated, p.collector, accepted, time.monotonic())
+                self._recent[ts] = accepted
+                if len(self._recent) > RECENT_RESULTS:
+                    del self._recent[next(iter(self._recent))]
             p.done.set_result(accepted)
 
     def on_error(self, replica: int, err: spb.RequestError) -> None:
@@ -719,8 +812,8 @@ class ClusterSession:
                 if len(p.stale) >= need:
                     p.done.set_result(_Stale(sorted(p.stale.values(), reverse=True)[need - 1]))
                     continue
-            if p.target is not None:
-                p.target = None
+            if p.targets is not None:
+                p.targets = None
                 self._transmit(p)
 
     # ---- pushes

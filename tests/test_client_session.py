@@ -18,6 +18,7 @@ import dataclasses
 import gc
 import os
 import re
+import time
 import urllib.request
 from collections.abc import Callable, Iterator
 
@@ -32,13 +33,23 @@ from bft.crypto import Ed25519Signer, Ed25519Verifier, cluster_id_from
 from bft.keys import generate_user_key
 from bft.pb.bftchat.v1 import protocol_pb2 as pb
 from bft.pb.bftchat.v1 import service_pb2 as spb
+from bft.quorums import Quorums
+from bft.replies import CheckedReply, ReplyCollector
 from bft.runtime.handshake import auth_proof, check_auth_proof, check_session_claim, session_claim
 from bft.wire import WireError
 from client import e2e
 from client import session as session_module
 from client.chat import ChatClient
 from client.errors import FateUnknown
-from client.session import RESEND_AFTER, RESEND_MAX, SESSION_METHOD, ClusterSession, RetransmitTimer, channel
+from client.session import (
+    RESEND_AFTER,
+    RESEND_MAX,
+    SESSION_METHOD,
+    ClusterSession,
+    Repliers,
+    RetransmitTimer,
+    channel,
+)
 
 CID = cluster_id_from(b"claims")
 NONCE = bytes(range(32))
@@ -60,6 +71,32 @@ def test_the_retransmission_timeout_follows_the_sessions_latency_within_bounds()
     for _ in range(50):
         t.sample(30.0)
     assert t.timeout() == RESEND_MAX  # never waits longer than the cap
+
+
+def test_stand_ins_replace_suspect_designated_repliers_only_on_evidence() -> None:
+    """``Repliers``, the rule the client library and the simulator share. A resend with no answer
+    at all (the request was still being ordered: a silent primary, overload) suspects nobody;
+    one where another replica answered suspects the designated repliers that did not; a suspect
+    gets a stand-in outside the designated set, and a late matching reply clears it."""
+    q = Quorums.for_n(7)
+    rules = Repliers(q)
+    designated = (2, 3, 4)
+    assert rules.first_targets(designated, 0, range(7), 0.0) == (0,)
+    assert rules.first_targets(designated, 0, [0, 1, 2, 3], 0.0) == (0, 1)  # 4's stream is down
+    assert rules.first_targets(designated, 5, range(5), 0.0) is None  # the primary is not reachable
+    votes = ReplyCollector.for_request(q, read_only=False)
+    rules.on_resend(designated, votes, 1.0)
+    assert not rules.suspects, "nothing answered: nothing is known about the repliers"
+    ok = CheckedReply(2, 0, 9, pb.REPLY_OK, b"fine")
+    votes.add(ok)
+    rules.on_resend(designated, votes, 1.0)
+    assert set(rules.suspects) == {3, 4}
+    assert rules.first_targets(designated, 0, range(7), 2.0) == (0, 1, 5)
+    rules.on_late(CheckedReply(3, 0, 9, pb.REPLY_OK, b"fine"), ok)
+    rules.on_late(CheckedReply(4, 0, 9, pb.REPLY_OK, b"a lie"), ok)
+    assert set(rules.suspects) == {4}
+    assert rules.first_targets(designated, 0, range(7), 2.0) == (0, 1)
+    assert rules.first_targets(designated, 0, range(7), 1.0 + session_module.SUSPECT_FOR) == (0,)
 
 
 def test_a_claim_verifies_for_its_stream_only() -> None:
@@ -123,6 +160,27 @@ def requests_seen(c: Cluster) -> dict[int, float]:
         m = re.search(r'^bft_client_requests_total\{kind="ordered"\} (\S+)$', text, re.M)
         out[i] = float(m.group(1)) if m else 0.0
     return out
+
+
+def replies_sent(c: Cluster) -> dict[int, float]:
+    """Each replica's count of replies written to client session streams."""
+    out = {}
+    for i in range(c.n):
+        port = c.config.replicas[i].metrics_port
+        text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+        m = re.search(r"^bft_client_replies_total (\S+)$", text, re.M)
+        out[i] = float(m.group(1)) if m else 0.0
+    return out
+
+
+def pin_next_timestamp(client: ClusterSession, want: Callable[[tuple[int, ...]], bool]) -> int:
+    """Make the session's next request use the first timestamp after its last (and the clock) whose designated
+    repliers satisfy ``want`` (the clock is the session's own: tests inject one)."""
+    ts = max(client._timestamp, session_module.wall_clock_us()) + 1
+    while not want(client.cluster.quorums.repliers(client.key, client.session, ts)):
+        ts += 1
+    client._clock = lambda: ts
+    return ts
 
 
 def watch_replies(client: ClusterSession) -> set[int]:
@@ -192,6 +250,76 @@ def test_an_ordered_request_reaches_the_primary_alone_and_backups_answer(
     assert after[primary] - before[primary] == 3
     assert all(after[i] == before[i] for i in range(c4.n) if i != primary), (before, after)
     assert repliers - {primary}, "backups answer over the claimed route"
+
+
+@pytest.mark.timeout(90)
+def test_a_first_time_ordered_request_is_answered_by_its_designated_repliers_alone(
+    c4: Cluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Seen from the replicas' ``bft_client_replies`` metric: each of several first-time ordered
+    requests got exactly one reply from each of its f+1 designated repliers and none from the
+    others (it went to the primary alone, so no other replica was asked)."""
+    monkeypatch.setattr(session_module, "RESEND_AFTER", 20.0)  # no resend to all, however loaded
+    c4.wait_agree(timeout=30)
+
+    async def scenario() -> list[tuple[tuple[int, ...], dict[int, float], dict[int, float], set[int]]]:
+        rounds = []
+        async with ChatUser(c4, "desig") as u:
+            await claimed_everywhere(u.client)
+            await u.register()
+            seen = watch_replies(u.client)
+            for _ in range(4):
+                seen.clear()
+                before = replies_sent(c4)
+                await u.op(e2e.ack_op("desig", 0))
+                ts = u.client._timestamp
+                designated = u.client.cluster.quorums.repliers(u.client.key, u.client.session, ts)
+                # The replies after acceptance (none expected) would still be on their way: wait
+                # until every replica's metric has settled.
+                await asyncio.sleep(0.3)
+                rounds.append((designated, before, replies_sent(c4), set(seen)))
+        return rounds
+
+    for designated, before, after, seen in run(scenario(), 80):  # type: ignore[attr-defined]
+        assert len(designated) == (c4.n - 1) // 3 + 1
+        grew = {i: after[i] - before[i] for i in range(c4.n) if after[i] != before[i]}
+        assert grew == dict.fromkeys(designated, 1.0), (designated, grew)
+        assert seen == set(designated)
+
+
+@pytest.mark.timeout(240)
+def test_a_mute_designated_replier_is_routed_around(c4: Cluster) -> None:
+    """A designated replier that votes but never answers clients: its request completes through
+    the resend to all (every replica the client asked answers), the replica becomes suspect, and
+    the next request it is designated for goes to the primary and a stand-in backup, which
+    answers instead."""
+    c4.wait_agree(timeout=30)
+
+    async def scenario() -> tuple[int, bool, dict[int, float], dict[int, float], int]:
+        async with ChatUser(c4, "mute") as u:
+            await claimed_everywhere(u.client)
+            await u.register()
+            primary = u.client.primary
+            mute = next(i for i in range(c4.n) if i != primary)
+            fault(c4, mute, "mute-to-clients")
+            try:
+                pin_next_timestamp(u.client, lambda d: mute in d)
+                await u.op(e2e.ack_op("mute", 0), timeout=90)  # to the primary, then to all after 1 s
+                suspect = u.client.repliers.suspect(mute, time.monotonic())
+                pin_next_timestamp(u.client, lambda d: mute in d)
+                before = requests_seen(c4)
+                await u.op(e2e.ack_op("mute", 0), timeout=90)
+                after = requests_seen(c4)
+                return mute, suspect, before, after, primary
+            finally:
+                fault(c4, mute, "heal")
+
+    mute, suspected, before, after, primary = run(scenario(), 200)  # type: ignore[misc]
+    assert suspected, "the mute designated replier became suspect"
+    grew = {i for i in range(c4.n) if after[i] != before[i]}
+    # The second request: the primary and one stand-in outside the designated set, not all.
+    assert primary in grew and len(grew) == 2 and mute not in grew, grew
+    c4.wait_agree(timeout=60)
 
 
 @pytest.mark.timeout(120)
@@ -365,8 +493,10 @@ def test_a_silent_primary_is_routed_around_and_the_next_request_goes_to_the_new_
                 new_view = u.client.view
                 assert new_view > old.view and u.client.primary != old.primary
                 assert all(c4.status(i).view >= new_view for i in honest)  # type: ignore[union-attr]
-                # The next request goes to the new primary alone.
+                # The next request goes to the new primary alone (unless the still silent old
+                # primary is one of its designated repliers: then a stand-in gets it too).
                 monkeypatch.setattr(session_module, "RESEND_AFTER", 20.0)
+                pin_next_timestamp(u.client, lambda d: old.primary not in d)
                 before = requests_seen(c4)
                 await u.op(e2e.ack_op("vc", 0), timeout=60)
                 after = requests_seen(c4)
@@ -377,6 +507,7 @@ def test_a_silent_primary_is_routed_around_and_the_next_request_goes_to_the_new_
                 async with ChatUser(c4, "vc2") as fresh:
                     await claimed_everywhere(fresh.client)
                     assert fresh.client.view == new_view and fresh.client.primary == u.client.primary
+                    pin_next_timestamp(fresh.client, lambda d: old.primary not in d)
                     before = requests_seen(c4)
                     await fresh.register()
                     after = requests_seen(c4)

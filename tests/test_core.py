@@ -162,13 +162,76 @@ def test_requests_commit_and_clients_accept_f_plus_one_matching_replies() -> Non
     for rep in replies:
         accepted = collector.add(check_reply(rep.data, info, hv, client.public_key, 1, 1)) or accepted
     assert accepted is not None and accepted.result == b"5"
-    assert len({r.root.signer for r in (pb.ClientReply.FromString(x.data) for x in replies)}) == 4
-    # A retransmission is answered from the reply cache, not executed again.
-    reps[1].on_request(raw, 0.2)
-    again = [o for o in reps[1].take_outputs() if isinstance(o, ToClient)]
+    # Only the request's f+1 designated repliers answered its first execution, once each.
+    signers_ = sorted(pb.ClientReply.FromString(x.data).root.signer for x in replies)
+    assert signers_ == sorted(info.quorums.repliers(client.public_key, 1, 1))
+    # A retransmission is answered from the reply cache, not executed again, by any replica.
+    silent = next(i for i in range(4) if i not in signers_)
+    reps[silent].on_request(raw, 0.2)
+    again = [o for o in reps[silent].take_outputs() if isinstance(o, ToClient)]
     assert again and check_reply(again[0].data, info, hv, client.public_key, 1, 1).result == b"5"
     assert all(r.last_executed == 1 for r in reps)
     assert len({r.state_digest() for r in reps}) == 1
+
+
+def _first_reply_signers(
+    info: ClusterInfo, hv: HashVerifier, reps: list[Replica], raw: bytes, to: list[int], now: float
+) -> list[int]:
+    outs = {}
+    for i in to:
+        reps[i].on_request(raw, now)
+        outs[i] = reps[i].take_outputs()
+    return sorted(pb.ClientReply.FromString(x.data).root.signer for x in _drive(reps, outs, now))
+
+
+def test_designated_repliers_rotate_and_only_they_answer_a_first_execution() -> None:
+    """Each ordered request is answered on first execution by exactly its f+1 designated
+    repliers, and the designated sets differ between requests (the load spreads)."""
+    info, signers, hv = _cluster()
+    reps = [Replica(info, i, signers[i], hv, KVApp) for i in range(4)]
+    for r in reps:
+        r.start(0.0)
+        r.take_outputs()
+    client = HashSigner(b"client", hv)
+    seen: set[tuple[int, ...]] = set()
+    for ts in range(1, 13):
+        raw = make_request(client, CID, 1, ts, b"add x 1")
+        got = _first_reply_signers(info, hv, reps, raw, [0], 0.1 * ts)
+        want = info.quorums.repliers(client.public_key, 1, ts)
+        assert got == sorted(want) and len(got) == info.quorums.f + 1
+        seen.add(tuple(sorted(want)))
+    assert len(seen) > 1
+    assert Quorums.for_n(7).repliers(b"k", 1, 2) == Quorums.for_n(7).repliers(b"k", 1, 2)
+    assert len(set(Quorums.for_n(7).repliers(b"k", 1, 2))) == 3
+
+
+def test_a_request_sent_to_all_before_execution_is_answered_by_every_replica() -> None:
+    """The client resent to all before the request executed: every replica it reached answers at
+    execution, designated or not (a silent designated replier cannot stall it)."""
+    info, signers, hv = _cluster()
+    reps = [Replica(info, i, signers[i], hv, KVApp) for i in range(4)]
+    for r in reps:
+        r.start(0.0)
+        r.take_outputs()
+    client = HashSigner(b"client", hv)
+    raw = make_request(client, CID, 1, 1, b"add x 5")
+    # First copy to the primary, which proposes it at once; the resend to all reaches every
+    # replica (the primary a second time) before the batch commits.
+    reps[0].on_request(raw, 0.1)
+    first = {0: reps[0].take_outputs()}
+    outs: dict[int, list[object]] = {}
+    for i in range(4):
+        reps[i].on_request(raw, 0.2)
+        outs[i] = reps[i].take_outputs()
+    for i, o in first.items():
+        outs[i] = o + outs[i]
+    signers_ = sorted(pb.ClientReply.FromString(x.data).root.signer for x in _drive(reps, outs, 0.2))
+    assert signers_ == [0, 1, 2, 3]
+    # Requests a backup learnt from the PRE-PREPARE only, or a forward, are not "asked".
+    raw2 = make_request(client, CID, 1, 2, b"add x 1")
+    want = sorted(info.quorums.repliers(client.public_key, 1, 2))
+    assert _first_reply_signers(info, hv, reps, raw2, [0], 0.3) == want
+    assert all(not r.asked for r in reps)
 
 
 @settings(max_examples=150, deadline=None)
@@ -200,3 +263,37 @@ def test_bit_flipped_protocol_messages_are_dropped_not_fatal(pos: int, xor: int)
             isinstance(o, Send) and pb.PeerMessage.FromString(o.data).envelope.body[5:6] == b"\x03"
             for o in outs
         )
+
+
+def test_receipts_verify_from_the_designated_repliers_alone() -> None:
+    """A batch of several requests: each client gets replies from its own f+1 repliers only, and
+    those make a receipt that verifies (every replica signs the root over the whole batch, sent
+    or not, so f+1 signatures agree on one root)."""
+    from client import receipts
+
+    info, signers, hv = _cluster()
+    reps = [Replica(info, i, signers[i], hv, KVApp) for i in range(4)]
+    for r in reps:
+        r.start(0.0)
+        r.take_outputs()
+    clients = [HashSigner(b"client%d" % k, hv) for k in range(4)]
+    outs: dict[int, list[object]] = {0: []}
+    for k, c in enumerate(clients):  # the first is proposed alone, the others wait for one batch
+        reps[0].on_request(make_request(c, CID, 1, 10 + k, b"add x %d" % k), 0.1)
+        outs[0] += reps[0].take_outputs()
+    replies = _drive(reps, outs, 0.1)
+    batched = 0
+    for k, c in enumerate(clients):
+        mine = [x for x in replies if x.client_key == c.public_key]
+        assert sorted(pb.ClientReply.FromString(x.data).root.signer for x in mine) == sorted(
+            info.quorums.repliers(c.public_key, 1, 10 + k)
+        )
+        collector = ReplyCollector.for_request(info.quorums, read_only=False)
+        accepted = None
+        for x in mine:
+            accepted = collector.add(check_reply(x.data, info, hv, c.public_key, 1, 10 + k)) or accepted
+        assert accepted is not None
+        v = receipts.verify(receipts.make(CID, accepted), info, hv)
+        assert v.seq == accepted.seq and len(v.signers) == info.quorums.f + 1
+        batched += pb.ClientReply.FromString(mine[0].data).index > 0
+    assert batched, "some replies came from a batch of several requests"

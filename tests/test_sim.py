@@ -185,6 +185,23 @@ def test_lying_replicas_never_fool_a_client() -> None:
         assert all(b"lie" not in result for _, _, result, _ in c.accepted)
 
 
+def test_replicas_that_never_answer_clients_only_delay_them() -> None:
+    """f replicas vote but never answer a client (silent designated repliers): every client still
+    finishes, through the resend to all and then stand-ins, and accepts only true results."""
+    sc = Scenario(
+        seed=8,
+        n=7,
+        clients=3,
+        requests=6,
+        byzantine=[ByzSpec(1, ["mute-to-clients"]), ByzSpec(4, ["mute-to-clients"])],
+    )
+    w = World(sc)
+    res = w.run()
+    assert not res.violations, res.violations
+    assert all(c.done for c in w.clients)
+    assert any(c.repliers.suspects for c in w.clients), "some client routed around a mute replier"
+
+
 def test_padding_flooding_and_lying_replicas_and_hostile_clients_change_nothing() -> None:
     """Every new attack at once (issue 11): honest replicas keep their tables within the stated
     bounds, send nothing padded, and every honest client finishes."""

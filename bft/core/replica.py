@@ -165,6 +165,11 @@ class Replica:
         self.pending_bytes = 0
         self._pending_owners: LargestFirst[ClientId] = LargestFirst()  # bytes per client session
         self.proposed: set[ReqKey] = set()
+        # Pending requests the client sent to this replica itself (not learnt from a PRE-PREPARE
+        # or a forward): a backup only sees those when the client went to all, so it answers them
+        # at execution even if it is not one of the request's designated repliers. A subset of
+        # ``pending``, bounded with it.
+        self.asked: set[ReqKey] = set()
         # Parked one-round reads (min_seq not executed yet, or a view change): by request, with
         # their deadline; per client key and in total, in entries and bytes.
         self.pending_reads: OrderedDict[ReqKey, tuple[OpenedRequest, float]] = OrderedDict()
@@ -317,11 +322,16 @@ class Replica:
                 self._reply_cached(req.client_key, req.session, req.timestamp, entry.status, entry.result)
             return None
         key = (req.client_key, req.session, req.timestamp)
-        if key not in self.pending:
+        again = key in self.pending
+        if not again:
             refusal = self._admit(key, opened, forwarded)
             if refusal is not None:
                 self.rejected_inputs += 1
                 return refusal
+        if not forwarded and (again or not self.is_primary):
+            # From the client itself: to a backup only when it sent to all; to the primary the
+            # first copy is the normal path, a second one is the client resending to all.
+            self.asked.add(key)
         if self.view_changing:
             return None
         if self.is_primary:
@@ -812,7 +822,7 @@ class Replica:
     def _execute(self, seq: int, view: int, digest: bytes, data: bytes, proof: pb.CommitProof) -> None:
         batch = parse(pb.Batch, data) if data else pb.Batch()
         ts = max(batch.timestamp_us, self.last_ts)
-        targets: list[tuple[bytes, int, int, int, bytes]] = []
+        targets: list[tuple[bytes, int, int, int, bytes, bool]] = []
         executed: list[tuple[bytes, int, int]] = []
         events: list[object] = []
         for index, raw in enumerate(batch.requests):
@@ -824,26 +834,26 @@ class Replica:
             req = opened.request
             cid = (req.client_key, req.session)
             key = (req.client_key, req.session, req.timestamp)
+            # Designated repliers answer; the others only a client that asked them itself.
+            send = key in self.asked or self.id in self.q.repliers(*key)
             self._drop_pending(key)
             entry = self.clients.get(cid)
             if entry is not None and req.timestamp <= entry.last_timestamp:
                 if req.timestamp == entry.last_timestamp:
-                    targets.append((req.client_key, req.session, req.timestamp, entry.status, entry.result))
+                    targets.append((*key, entry.status, entry.result, send))
                 continue  # duplicate: executed once already
             if entry is None and req.timestamp <= self.clients.floor:
                 status, result = pb.REPLY_STALE_TIMESTAMP, struct.pack(">Q", self.clients.min_timestamp(cid))
-                targets.append((req.client_key, req.session, req.timestamp, status, result))
+                targets.append((*key, status, result, send))
                 continue
             if req.timestamp > ts + self.p.max_request_ahead_us:
                 # Bounded by the agreed batch time, not by anyone's clock: every replica refuses alike,
                 # and a timestamp near 2^64 can never reach the table (nor, by eviction, its floor).
-                targets.append(
-                    (req.client_key, req.session, req.timestamp, pb.REPLY_INVALID_REQUEST, AHEAD_REFUSAL)
-                )
+                targets.append((*key, pb.REPLY_INVALID_REQUEST, AHEAD_REFUSAL, send))
                 continue
             res = self.app.execute(req, ExecContext(seq, index, ts))
             self.clients.record(cid, req.timestamp, seq, pb.REPLY_OK, res.result)
-            targets.append((req.client_key, req.session, req.timestamp, pb.REPLY_OK, res.result))
+            targets.append((*key, pb.REPLY_OK, res.result, send))
             executed.append(key)
             events.extend(res.events)
         self.clients.evict_overflow()
@@ -859,11 +869,20 @@ class Replica:
             ckpt_digest = self._take_checkpoint(seq)
         self._emit(Committed(seq, view, digest, tuple(executed), ckpt_digest, tuple(events)))
 
-    def _send_replies(self, view: int, seq: int, targets: list[tuple[bytes, int, int, int, bytes]]) -> None:
-        leaves = [merkle.leaf_hash(leaf_bytes(k, s, t, st, r)) for k, s, t, st, r in targets]
+    def _send_replies(
+        self, view: int, seq: int, targets: list[tuple[bytes, int, int, int, bytes, bool]]
+    ) -> None:
+        """Reply to the targets marked to send. The hash tree covers every request of the batch,
+        sent or not, so that every replica signs the same root (receipts need f+1 signatures over
+        one root); a replica that sends nothing for the batch signs nothing."""
+        if not any(t[5] for t in targets):
+            return
+        leaves = [merkle.leaf_hash(leaf_bytes(k, s, t, st, r)) for k, s, t, st, r, _ in targets]
         root, paths = merkle.build(leaves)
         root_env = self._seal(Kind.REPLY, pb.ReplyRoot(view=view, seq=seq, root=root))
-        for i, (k, s, t, st, r) in enumerate(targets):
+        for i, (k, s, t, st, r, send) in enumerate(targets):
+            if not send:
+                continue
             reply = pb.ClientReply(
                 root=root_env,
                 session=s,
@@ -877,7 +896,7 @@ class Replica:
             self._emit(ToClient(k, s, t, reply.SerializeToString()))
 
     def _reply_cached(self, key: bytes, session: int, timestamp: int, status: int, result: bytes) -> None:
-        self._send_replies(self.view, self.last_executed, [(key, session, timestamp, status, result)])
+        self._send_replies(self.view, self.last_executed, [(key, session, timestamp, status, result, True)])
 
     def _drop_pending(self, key: ReqKey) -> None:
         opened = self.pending.pop(key, None)
@@ -890,6 +909,7 @@ class Replica:
             self.pending_bytes -= opened.retained_bytes
             self._pending_owners.add(cid, -opened.retained_bytes)
         self.proposed.discard(key)
+        self.asked.discard(key)
 
     # ------------------------------------------------------------------ reads
 
@@ -941,7 +961,8 @@ class Replica:
     def _answer_read(self, opened: OpenedRequest) -> None:
         req = opened.request
         result = self.app.query(req)
-        self._send_replies(self.view, 0, [(req.client_key, req.session, req.timestamp, pb.REPLY_OK, result)])
+        target = (req.client_key, req.session, req.timestamp, pb.REPLY_OK, result, True)
+        self._send_replies(self.view, 0, [target])
 
     def _serve_pending_reads(self) -> None:
         if not self.pending_reads or self.view_changing:

@@ -135,6 +135,12 @@ class Metrics:
         )
         self.client_errors = Counter("bft_client_request_errors", "Client requests refused", registry=r)
         self.pushes = Counter("bft_pushes_sent", "Signed pushes sent to subscribed sessions", registry=r)
+        self.client_replies = Counter(
+            "bft_client_replies",
+            "Replies written to client session streams (an ordered request's first execution is "
+            "answered by its f+1 designated repliers only, and by any replica the client sent it to)",
+            registry=r,
+        )
         self.request_seconds = Histogram(
             "bft_request_seconds",
             "Client requests from their arrival on a session stream to their reply being written, by kind",
@@ -194,7 +200,8 @@ class RequestTimes:
     """Arrival times of requests accepted from client sessions, until their reply is written: feeds
     ``bft_request_seconds``. Network-fed, so bounded: at most ``MAX_TIMED_REQUESTS`` entries (fixed
     size each), the oldest arrival dropped first; a request that never gets a reply here (refused
-    later, or replied by a newer one of its session) just ages out. A retransmission keeps the first
+    later, replied by a newer one of its session, or, at the primary, one this replica is not a
+    designated replier for) just ages out. A retransmission keeps the first
     arrival."""
 
     def __init__(self, metrics: Metrics, limit: int = MAX_TIMED_REQUESTS) -> None:

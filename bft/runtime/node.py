@@ -645,6 +645,7 @@ class Node:
                 claimed.send(frame)
             if arrived is not None and arrived is not claimed:
                 arrived.send(frame)
+            self.metrics.client_replies.inc()
             self.metrics.requests_in_flight.replied((key, session, timestamp))
 
     def _push(self, subs: set[Sink], frame: bytes) -> None:

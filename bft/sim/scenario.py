@@ -59,6 +59,10 @@ SLOW_PRIMARY_SHARE = 0.15
 # Behaviours aimed at state transfer and recovery; production scenarios favour them.
 TRANSFER_ATTACKS = ("junk-chunks", "slow-transfer", "status-flood", "absurd-view", "recovery-lie")
 PRODUCTION_SHARE = 0.02  # scenarios run with the production Params and a many-chunk snapshot
+# A replica that votes but never answers clients (a silent designated replier): added to a
+# Byzantine replica's behaviours with this probability, drawn from a generator of its own so that
+# the draws above (and the pinned seeds) stay as they were.
+MUTE_SHARE = 0.25
 
 
 @dataclass
@@ -130,6 +134,7 @@ class Scenario:
 def generate(seed: int, n: int | None = None, mutation: str | None = None, app: str = "kv") -> Scenario:
     """A random scenario. Weighted towards the attacks that break implementations."""
     rng = random.Random(seed)
+    mute_rng = random.Random(f"mute-to-clients {seed}")
     production = rng.random() < PRODUCTION_SHARE and app == "kv"
     if n is None:
         n = rng.choice((4, 4, 7)) if production else rng.choice((4, 4, 7, 7, 10))
@@ -172,6 +177,8 @@ def generate(seed: int, n: int | None = None, mutation: str | None = None, app: 
             behaviours.append(extra)
         if sc.production and rng.random() < 0.7:
             behaviours = sorted({*behaviours[:1], rng.choice(TRANSFER_ATTACKS)})
+        if mute_rng.random() < MUTE_SHARE and "silent" not in behaviours:
+            behaviours.append("mute-to-clients")
         spec = ByzSpec(r, sorted(behaviours))
         if "crash" in behaviours:
             spec.crash_at = rng.uniform(0.0, sc.gst + 2.0)

@@ -52,7 +52,7 @@ from bft.replies import CheckedReply, ReplyCollector, check_reply
 from bft.sim.scenario import Scenario
 from bft.sim.storage import SimStorage
 from bft.wire import WireError, make_request, parse, peek_kind
-from client.session import ReadCursor
+from client.session import ReadCursor, Repliers
 
 SETTLE = 3.0  # virtual seconds after the last client finishes, for stragglers to converge
 LIVENESS_BOUND = 90.0  # after GST, every honest client's requests must complete within this
@@ -130,6 +130,9 @@ class SimClient:
         self.attempt = 0
         self.view = 0
         self.cursor = ReadCursor(world.cluster.quorums)
+        self.repliers = Repliers(world.cluster.quorums)  # the client library's own rule
+        self.designated: tuple[int, ...] = ()
+        self.last_accepted: tuple[int, CheckedReply] | None = None
         self.done = False
         self.token = 0
         self.accepted: list[tuple[tuple[bytes, int, int], int, bytes, bool]] = []
@@ -155,13 +158,17 @@ class SimClient:
             min_seq=self.cursor.min_seq(read_only),
         )
         self.collector = self.cursor.collector(read_only)
+        q = self.world.cluster.quorums
+        self.designated = () if read_only else q.repliers(self.key, self.session, self.timestamp)
         self.attempt = 0
         self._send(now)
 
     def _send(self, now: float) -> None:
         n = self.world.cluster.n
-        targets = list(range(n)) if (self.attempt > 0 or self.read_only) else [self.view % n]
-        for r in targets:
+        first = None
+        if self.attempt == 0 and not self.read_only:
+            first = self.repliers.first_targets(self.designated, self.view % n, range(n), now)
+        for r in range(n) if first is None else first:
             self.world.client_to_replica(r, self.raw)
         self.token += 1
         self.world.schedule(
@@ -174,10 +181,19 @@ class SimClient:
         if self.read_only and self.attempt >= 1:
             self._issue(now, fallback=True)  # one-round read failed: order it instead
             return
+        if self.collector is not None and not self.read_only:
+            self.repliers.on_resend(self.designated, self.collector, now)
         self.attempt += 1
         self._send(now)
 
     def on_reply(self, data: bytes, now: float) -> None:
+        if self.last_accepted is not None and self.repliers.suspects:
+            try:  # a suspect's late reply for the previous request clears it (the library's rule)
+                ts, prev = self.last_accepted
+                late = check_reply(data, self.world.cluster, self.world.verifier, self.key, self.session, ts)
+                self.repliers.on_late(late, prev)
+            except WireError:
+                pass
         if self.done or self.collector is None:
             return
         try:
@@ -189,6 +205,9 @@ class SimClient:
         accepted = self.collector.add(reply)
         if accepted is None:
             return
+        if not self.read_only:
+            self.repliers.on_accepted(self.designated, self.collector, accepted, now)
+            self.last_accepted = (self.timestamp, accepted)
         self.view = max(self.view, accepted.view)
         key = (self.key, self.session, self.timestamp)
         self.accepted.append((key, accepted.status, accepted.result, self.read_only))
@@ -335,6 +354,8 @@ class Checker:
         for table, size in core.retained().items():
             if size > bound[table]:
                 self.fail(f"memory: r{replica} holds {size} bytes in {table}, bound {bound[table]}")
+        if not core.asked <= core.pending.keys():
+            self.fail(f"memory: r{replica} keeps 'asked' marks for requests no longer queued")
 
     def on_evidence(self, replica: int, ev: Evidence) -> None:
         if self.world.nodes[ev.replica].honest:
