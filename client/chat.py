@@ -38,12 +38,12 @@ import grpc
 import grpc.aio
 
 from bft.app.names import normalize_name, normalize_pattern
+from bft.clusterconf import ClusterConfig, load_config
 from bft.crypto import sha256
 from bft.keys import UserKey, fingerprint_of, load_user_key
 from bft.pb.bftchat.v1 import chat_pb2 as cpb
 from bft.pb.bftchat.v1 import protocol_pb2 as pb
 from bft.replies import CheckedReply
-from bft.runtime.clusterconf import ClusterConfig, load_config
 from client import e2e, receipts
 from client.errors import (
     ChatClientError,

@@ -38,8 +38,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from bft.app.names import normalize_name
+from bft.clusterconf import ClusterConfig, ConfigError, load_config
 from bft.keys import KeyFileError, UserKey, load_user_key, write_user_key
-from bft.runtime.clusterconf import ClusterConfig, ConfigError, load_config
 from bft.version import add_version_argument
 from client import receipts
 from client.errors import (

@@ -54,6 +54,7 @@ from pathlib import Path
 import grpc
 import grpc.aio
 
+from bft.clusterconf import ClusterConfig, ConfigError
 from bft.core.config import ClusterInfo
 from bft.crypto import CachingVerifier, Ed25519Verifier, Signer, sha256
 from bft.handshake import CheckedPush, auth_proof, check_push, session_claim
@@ -61,7 +62,6 @@ from bft.pb.bftchat.v1 import protocol_pb2 as pb
 from bft.pb.bftchat.v1 import service_pb2 as spb
 from bft.quorums import Quorums
 from bft.replies import CheckedReply, ReplyCollector, check_reply
-from bft.runtime.clusterconf import ClusterConfig, ConfigError
 from bft.wire import WireError, make_request, parse
 from client.errors import FateUnknown, StaleTimestamp
 

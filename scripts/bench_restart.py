@@ -28,8 +28,8 @@ from bft.core.config import ClusterInfo, Params
 from bft.core.events import ViewRecord
 from bft.core.replica import Replica, state_digest
 from bft.crypto import Ed25519Signer, Ed25519Verifier, cluster_id_from
-from bft.runtime import preload
 from bft.storage.log import ReplicaLog
+from bft.tools import preload
 from client import e2e
 
 

@@ -25,13 +25,13 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from bft.clusterconf import load_config
 from bft.core.config import Params
 from bft.crypto import Ed25519Signer, Ed25519Verifier, Signer
 from bft.keys import load_replica_key
 from bft.pb.bftchat.v1 import service_pb2 as spb
-from bft.runtime import keygen
-from bft.runtime.clusterconf import load_config
 from bft.storage.log import ReplicaLog
+from bft.tools import keygen
 from client import e2e
 from client.session import STATUS_METHOD, ClusterSession, wall_clock_us
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
-from bft.runtime import bench
+from bft.tools import bench
 
 
 def test_percentiles() -> None:

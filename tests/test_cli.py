@@ -26,9 +26,9 @@ from typing import Any
 import pytest
 from cluster_helper import Cluster, write_cluster
 
+from bft.clusterconf import load_config
 from bft.keys import load_user_key, write_user_key
-from bft.runtime import keygen
-from bft.runtime.clusterconf import load_config
+from bft.tools import keygen
 from client import e2e
 from client.chat import ChatClient, SyncChatClient, message_ref
 from client.errors import StaleTimestamp

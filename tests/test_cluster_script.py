@@ -23,8 +23,8 @@ from pathlib import Path
 import pytest
 from cluster_helper import free_range, run
 
+from bft.clusterconf import load_config
 from bft.crypto import Ed25519Signer
-from bft.runtime.clusterconf import load_config
 from client import e2e
 from client.session import ClusterSession
 
@@ -128,7 +128,7 @@ def launcher_ports(taken: set[int]) -> list[str]:
 
 
 def launcher_cmd(directory: Path, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "bft.runtime.cluster", "--dir", str(directory), *extra]
+    return [sys.executable, "-m", "bft.tools.cluster", "--dir", str(directory), *extra]
 
 
 @pytest.mark.timeout(240)
@@ -178,7 +178,7 @@ def test_launcher_refuses_a_different_size_and_a_busy_port(tmp_path: Path) -> No
     taken: set[int] = set()
     base = free_range(4, taken)
     ports = ["--base-port", str(base), "--peer-base-port", str(free_range(4, taken))]
-    from bft.runtime import cluster
+    from bft.tools import cluster
 
     assert cluster.ensure_cluster(directory, 4, base_port=base).n == 4
     proc = subprocess.run(
@@ -212,7 +212,7 @@ def test_bench_smoke_json(tmp_path: Path) -> None:
     two clients in two processes, the baseline, and the JSON fields the docs rely on."""
     proc = subprocess.run(
         [
-            sys.executable, "-m", "bft.runtime.bench", "--replicas", "4", "--clients", "2",
+            sys.executable, "-m", "bft.tools.bench", "--replicas", "4", "--clients", "2",
             "--processes", "2", "--seconds", "1", "--warmup", "0.5", "--size", "64", "--json",
             "--preload-accounts", "40", "--preload-messages", "10",
         ],
@@ -235,7 +235,7 @@ def test_bench_failover_reports_the_outage(tmp_path: Path) -> None:
     the row says how long nothing committed (the figure itself is measured, never asserted)."""
     proc = subprocess.run(
         [
-            sys.executable, "-m", "bft.runtime.bench", "--replicas", "4", "--clients", "4",
+            sys.executable, "-m", "bft.tools.bench", "--replicas", "4", "--clients", "4",
             "--seconds", "8", "--warmup", "0.5", "--size", "64", "--no-baseline", "--json",
             "--failover", "stop", "--failover-at", "2",
         ],
@@ -250,7 +250,7 @@ def test_bench_failover_reports_the_outage(tmp_path: Path) -> None:
 
 
 def test_outage_is_the_longest_gap_after_the_fault() -> None:
-    from bft.runtime.bench import outage
+    from bft.tools.bench import outage
 
     assert outage([1.0, 10.1, 10.2, 12.0, 13.5], fault_time=10.0, end=14.0) == pytest.approx(1.8)
     assert outage([1.0, 2.0], fault_time=10.0, end=14.0) == pytest.approx(4.0)  # nothing after it

@@ -9,9 +9,9 @@ from typing import Any
 import pytest
 
 from bft.app.chat import ChatLimits
+from bft.clusterconf import ClusterConfig, ConfigError, ReplicaAddress, dump_config, load_config
 from bft.core.config import Params
 from bft.crypto import Ed25519Signer
-from bft.runtime.clusterconf import ClusterConfig, ConfigError, ReplicaAddress, dump_config, load_config
 
 KEYS = [Ed25519Signer(bytes([i + 1]) * 32).public_key for i in range(8)]
 ADMIN = KEYS[7]

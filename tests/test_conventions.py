@@ -20,12 +20,12 @@ SCRIPTS: dict[str, str] = tomllib.loads((ROOT / "pyproject.toml").read_text())["
 PARSERS: dict[str, tuple[str, str]] = {
     "bftchat-replica": ("bft.runtime.main", "build_parser"),
     "bftchat-replica verify-log": ("bft.runtime.main", "build_verify_log_parser"),
-    "bftchat-keygen": ("bft.runtime.keygen", "build_parser"),
+    "bftchat-keygen": ("bft.tools.keygen", "build_parser"),
     "bftchat": ("client.cli", "build_parser"),
-    "bftchat-cluster": ("bft.runtime.cluster", "build_parser"),
-    "bftchat-bench": ("bft.runtime.bench", "build_parser"),
+    "bftchat-cluster": ("bft.tools.cluster", "build_parser"),
+    "bftchat-bench": ("bft.tools.bench", "build_parser"),
     "bftchat-fault": ("bft.runtime.faultctl", "build_parser"),
-    "bftchat-attack": ("bft.runtime.attack", "build_parser"),
+    "bftchat-attack": ("bft.tools.attack", "build_parser"),
     "python -m bft.sim": ("bft.sim.__main__", "build_parser"),
 }
 
@@ -156,7 +156,8 @@ def test_operator_tools_take_the_config_from_bftchat_config(
 def test_bftchat_fault_loads_the_config_named_by_bftchat_config(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from bft.runtime import faultctl, keygen
+    from bft.runtime import faultctl
+    from bft.tools import keygen
 
     cfg, signers, admin = keygen.plan_cluster(
         tmp_path, name="env", replicas=4, hosts=["127.0.0.1"], base_port=27100, metrics_base_port=None

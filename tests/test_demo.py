@@ -14,7 +14,7 @@ ROOT = Path(__file__).resolve().parent.parent
 @pytest.mark.timeout(400)
 def test_demo_runs_green() -> None:
     res = subprocess.run(
-        [sys.executable, "-m", "bft.runtime.demo"],
+        [sys.executable, "-m", "bft.tools.demo"],
         capture_output=True,
         text=True,
         timeout=380,

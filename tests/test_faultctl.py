@@ -74,8 +74,8 @@ def test_no_silent_plaintext_without_tls_ca(tmp_path: Path, capsys: pytest.Captu
     """A config without tls_ca needs --insecure, as for the chat client (nothing is sent)."""
     from cluster_helper import write_cluster
 
+    from bft.clusterconf import dump_config, load_config
     from bft.runtime import faultctl
-    from bft.runtime.clusterconf import dump_config, load_config
 
     cfg = load_config(write_cluster(tmp_path, 4))
     plain = tmp_path / "plain.toml"

@@ -22,9 +22,10 @@ from cluster_helper import Cluster, run
 
 from bft.keys import load_replica_key
 from bft.pb.bftchat.v1 import service_pb2 as spb
-from bft.runtime import attack, tls
+from bft.runtime import tls
 from bft.runtime.handshake import link_hello
 from bft.runtime.peers import encode_frame, read_frame
+from bft.tools import attack
 
 TARGET = 0
 NOFILE = 1024
@@ -271,13 +272,13 @@ def test_attack_tool_runs_a_flood_and_reports(cluster: Cluster) -> None:
     import subprocess
     import sys
 
-    from bft.runtime import keygen
+    from bft.tools import keygen
 
     c = cluster
     key = c.dir / "attacker.key"
     if not key.exists():
         keygen.main(["user", "--out", str(key)])
-    cmd = [sys.executable, "-m", "bft.runtime.attack", "--config", str(c.config_path), "--key", str(key)]
+    cmd = [sys.executable, "-m", "bft.tools.attack", "--config", str(c.config_path), "--key", str(key)]
     cmd += ["--seconds", "2", "--baseline-seconds", "1", "--honest-clients", "2", "connections"]
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=100, check=False)
     assert r.returncode == 0, r.stdout + r.stderr
@@ -291,7 +292,7 @@ def test_attack_tool_runs_a_flood_and_reports(cluster: Cluster) -> None:
 
 
 def test_attack_tool_refuses_hosts_outside_loopback(tmp_path: Path) -> None:
-    from bft.runtime import keygen
+    from bft.tools import keygen
 
     cfg, signers, admin = keygen.plan_cluster(
         tmp_path,

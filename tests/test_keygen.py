@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 from cryptography import x509
 
+from bft.clusterconf import load_config
 from bft.keys import KeyFileError, load_admin_key, load_replica_key, load_user_key
-from bft.runtime.clusterconf import load_config
-from bft.runtime.keygen import main
+from bft.tools.keygen import main
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -189,7 +189,7 @@ def test_subprocess(tmp_path: Path) -> None:
     cmd = [
         sys.executable,
         "-m",
-        "bft.runtime.keygen",
+        "bft.tools.keygen",
         "cluster",
         "--dir",
         str(tmp_path / "c"),

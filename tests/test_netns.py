@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 from cluster_helper import TEST_PARAMS, ChatUser, Cluster, run
 
-from bft.runtime import keygen
-from bft.runtime.clusterconf import load_config
+from bft.clusterconf import load_config
+from bft.tools import keygen
 
 SUBNET = "10.251.77"  # only ever assigned inside namespaces this test creates
 TAG = f"b{os.getpid() % 100000}"

@@ -12,8 +12,8 @@ from bft.app.chat import ChatApp
 from bft.core.config import ClusterInfo, Params
 from bft.core.replica import Replica
 from bft.crypto import Ed25519Signer, Ed25519Verifier, cluster_id_from
-from bft.runtime import preload
 from bft.storage.log import ReplicaLog
+from bft.tools import preload
 from client import e2e
 
 

@@ -27,10 +27,10 @@ from typing import Any
 import grpc
 import grpc.aio
 
+from bft.clusterconf import add_config_argument
 from bft.crypto import Kind, Signer, Verifier, split_tag, tag
 from bft.faults import BEHAVIOURS, ByzantineReplica, LinkPolicy
 from bft.pb.bftchat.v1 import admin_pb2 as apb
-from bft.runtime.clusterconf import add_config_argument
 from bft.version import add_version_argument
 from bft.wire import WireError, parse
 
@@ -269,8 +269,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from bft.clusterconf import ConfigError, load_config
     from bft.keys import KeyFileError, load_admin_key
-    from bft.runtime.clusterconf import ConfigError, load_config
 
     args = build_parser().parse_args(argv)
     try:

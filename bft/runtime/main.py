@@ -35,11 +35,11 @@ from typing import Any
 import grpc
 
 from bft.app.chat import ChatApp
+from bft.clusterconf import add_config_argument
 from bft.core.replica import Replica
 from bft.crypto import CachingVerifier, Ed25519Signer, Ed25519Verifier
 from bft.handshake import link_hello
 from bft.runtime import logs
-from bft.runtime.clusterconf import add_config_argument
 from bft.runtime.faultctl import (
     ADMIN_LAST_FILE,
     FaultController,
@@ -197,8 +197,8 @@ class Prepared:
 
 
 def prepare(args: argparse.Namespace) -> Prepared:
+    from bft.clusterconf import ConfigError, load_config
     from bft.keys import KeyFileError, load_replica_key
-    from bft.runtime.clusterconf import ConfigError, load_config
     from bft.storage.log import LogError, ReplicaLog
 
     try:
@@ -448,7 +448,7 @@ def build_verify_log_parser() -> argparse.ArgumentParser:
 
 def verify_log_main(argv: Sequence[str]) -> int:
     args = build_verify_log_parser().parse_args(argv)
-    from bft.runtime.clusterconf import ConfigError, load_config
+    from bft.clusterconf import ConfigError, load_config
     from bft.storage.log import verify_log
 
     try:
