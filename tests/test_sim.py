@@ -20,10 +20,10 @@ ROOT = Path(__file__).resolve().parent.parent
 PINNED = {
     "skip-signature-check": [9, 13, 38, 46],
     "no-fsync": [7, 9],
-    "weak-commit-quorum": [1380],
+    "weak-commit-quorum": [1931],
     "accept-unknown-fields": [43, 45, 50, 59],
     "unbounded-timestamps": [8, 10, 24, 63],
-    "unauthenticated-chunks": [6, 279, 447, 1187, 1320],
+    "unauthenticated-chunks": [279, 1187, 1505, 1914],
 }
 
 
