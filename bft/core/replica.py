@@ -182,6 +182,7 @@ class Replica:
 
         # Checkpoints.
         self.my_checkpoints: dict[int, Snapshot] = {}  # our own checkpoints at seq >= h
+        self.ckpt_ticks: dict[int, int] = {}  # our checkpoints above h: status ticks spent unstable
         self.ckpt_votes: dict[int, dict[bytes, dict[int, pb.Envelope]]] = {}
         self.ckpt_by_sender: dict[int, dict[int, bytes]] = {}  # sender -> seq -> the digest it voted
         self.pending_stable: tuple[int, bytes, list[pb.Envelope]] | None = None
@@ -1647,8 +1648,26 @@ class Replica:
         )
         self._send(None, pb.PeerMessage(envelope=self._seal(Kind.STATUS, st)))
 
+    def _resend_checkpoints(self) -> None:
+        """Our CHECKPOINT votes above the stable checkpoint, again once two ticks passed without it
+        becoming stable. Votes get lost, and a replica that re-executed its log after a restart
+        never sent them: after a crash of every replica with the window full, nobody voted and no
+        batch could be proposed again, for ever (simulator, regression ``crash-all-window-full``).
+        At most watermark_window / checkpoint_interval small messages per tick."""
+        self.ckpt_ticks = {s: t for s, t in self.ckpt_ticks.items() if s > self.h}
+        for seq in sorted(s for s in self.my_checkpoints if s > self.h):
+            ticks = self.ckpt_ticks[seq] = self.ckpt_ticks.get(seq, 0) + 1
+            if ticks < 2:
+                continue
+            snap = self.my_checkpoints[seq]
+            env = self._seal(Kind.CHECKPOINT, pb.Checkpoint(seq=seq, state_digest=snap.digest))
+            self.ckpt_votes.setdefault(seq, {}).setdefault(snap.digest, {})[self.id] = env
+            self._send(None, pb.PeerMessage(envelope=env))
+            self._check_stable(seq)
+
     def _on_status_tick(self, now: float) -> None:
         self._broadcast_status()
+        self._resend_checkpoints()
         self._check_idle(now)
         self.null_budget = self.p.recovery_null_batches
         if self.view_changing and self.my_vc is not None and not self.recovering:
