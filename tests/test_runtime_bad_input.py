@@ -262,7 +262,10 @@ def test_client_session_rejects_bad_input_clearly(cluster: Cluster, history: His
     cid = c.cluster.cluster_id
     user = Ed25519Signer.generate()
     op = e2e.register_op("sessionuser", bytes(32))
-    signed = make_request(user, cid, 1, 1, op)
+    # TARGET is the primary: a first copy there is the normal route, so it replies only if it is a
+    # designated replier of the request (docs/PROTOCOL.md): pick a session id for which it is.
+    session = next(s for s in range(1, 10_000) if TARGET in c.cluster.quorums.repliers(user.public_key, s, 1))
+    signed = make_request(user, cid, session, 1, op)
     env = pb.Envelope.FromString(signed)
     env.signature = bytes(64)
     wrong_sig = env.SerializeToString()
