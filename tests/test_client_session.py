@@ -560,7 +560,15 @@ def test_a_stream_that_breaks_in_read_and_write_at_once_leaves_no_unretrieved_er
     async def main() -> list[str]:
         loop = asyncio.get_running_loop()
         complaints: list[str] = []
-        loop.set_exception_handler(lambda _loop, ctx: complaints.append(str(ctx.get("message"))))
+        # Only complaints about our own tasks count: grpc's poller, whose real channels the session
+        # opens, may complain about its own completion queue when tests run several event loops.
+        loop.set_exception_handler(
+            lambda _loop, ctx: (
+                complaints.append(str(ctx.get("message")))
+                if "never retrieved" in str(ctx.get("message"))
+                else None
+            )
+        )
         info = ClusterInfo(tuple(Ed25519Signer.generate().public_key for _ in range(4)), CID)
         session = ClusterSession(info, ["127.0.0.1:1"] * 4, Ed25519Signer.generate())
         conn = session.conns[0]
