@@ -522,3 +522,36 @@ def test_request_latency_is_timed_from_arrival_to_reply_in_a_bounded_table() -> 
         assert len(node.metrics.requests_in_flight) == 0
 
     asyncio.run(scenario())
+
+
+def test_client_requests_are_served_round_robin_by_source_address_and_peer_messages_go_first() -> None:
+    """A flood of requests from one address (keys are free, addresses are not) must not queue
+    another address's request behind it, nor the protocol messages that finish honest batches;
+    and peer messages take at most PEER_RUN turns in a row while requests wait."""
+    from bft.runtime.node import PEER_RUN
+
+    async def scenario() -> list[tuple[str, object]]:
+        trace: list[str] = []
+        node, core = make_node(trace)
+        node.start()
+        flood = Sink(trace, "flood")
+        flood.source = "127.0.0.2"  # type: ignore[attr-defined]
+        honest = Sink(trace, "honest")
+        honest.source = "127.0.0.1"  # type: ignore[attr-defined]
+        keys = [Ed25519Signer.generate() for _ in range(40)]
+        for i, k in enumerate(keys):
+            node.submit_request(make_request(k, CLUSTER.cluster_id, 1, i + 1, b"flood"), flood)
+        node.submit_request(make_request(keys[0], CLUSTER.cluster_id, 9, 1, b"honest"), honest)
+        node.deliver_peer([b"peer%d" % i for i in range(10)], peer=1)
+        await asyncio.sleep(0.05)
+        return core.inputs[1:]
+
+    inputs = asyncio.run(scenario())
+    kinds = ["p" if k == "message" else "h" if b"honest" in raw else "f" for k, raw in inputs]  # type: ignore[operator]
+    assert len(kinds) == 51
+    # The honest request waits behind one flood request, not forty; the peer messages behind none.
+    assert kinds.index("h") <= 2 * (PEER_RUN + 1)
+    first_peer = kinds.index("p")
+    assert first_peer <= 1
+    assert kinds[: PEER_RUN * 3].count("p") >= PEER_RUN * 2  # peer messages go first, ...
+    assert "p" * (PEER_RUN + 1) not in "".join(kinds)  # ... but never more than PEER_RUN in a row

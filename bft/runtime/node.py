@@ -67,6 +67,7 @@ Core = Replica | ByzantineReplica
 
 BURST_INPUTS = 512
 BURST_SECONDS = 0.02
+PEER_RUN = 4  # peer inputs taken in a row while client requests wait (``Node._next_input``)
 MAX_ROUTES = 200_000  # (client key, session) -> session stream, by arrival (oldest forgotten first)
 MAX_CLAIMS = 200_000  # and by claim; past this new claims are refused (MAX_SESSIONS x per-stream < it)
 MAX_CLAIMS_PER_SESSION = 16  # claims one session stream may hold
@@ -223,16 +224,18 @@ class Node:
         self.metrics = metrics
         self.events = events
         self._timing = timing
-        # Input waiting for the core: ("m", message, peer id) | ("r", request, sink) | ("t", name, None).
-        # Bounded by backpressure, not by dropping: readers stop reading (TCP and HTTP/2 flow control
-        # then push back on the sender) while the inbox is over its marks, in total, per peer or per
-        # session stream.
+        # Input waiting for the core: peer messages and timers in one queue, ("m", message, peer id)
+        # | ("t", name, None), and client requests in one queue per source address, (request, sink,
+        # monotonic arrival), served round robin (``_next_input``). Bounded by backpressure, not by
+        # dropping: readers stop reading (TCP and HTTP/2 flow control then push back on the sender)
+        # while the inbox is over its marks, in total, per peer or per session stream.
         self._inbox: deque[tuple[str, object, object]] = deque()
+        self._client_queues: dict[str, deque[tuple[bytes, Sink, float]]] = {}  # dict order = turn
+        self._peer_run = 0  # peer inputs taken in a row while client requests waited
         self._inbox_bytes = 0
         self._from_peer: dict[int, int] = {}  # queued messages per peer
         self._from_sink: dict[Sink, int] = {}  # queued requests per session stream
         self._requests = 0  # queued requests in total
-        self._arrivals: deque[float] = deque()  # monotonic arrival time of each queued request, in order
         self._room = asyncio.Event()
         # Group commit off the event loop: records appended / made durable so far, outputs waiting
         # for a group to be durable (in order), and the one thread that writes and fsyncs.
@@ -309,7 +312,7 @@ class Node:
         """Stop feeding the core and flush what it asked to persist (graceful shutdown)."""
         self.stopping = True
         self._inbox.clear()
-        self._arrivals.clear()
+        self._client_queues.clear()
         self.metrics.requests_in_flight.clear()
         self._inbox_bytes = self._requests = 0
         self._from_peer.clear()
@@ -341,7 +344,8 @@ class Node:
         self._schedule()
 
     def _over(self, divisor: int) -> bool:
-        return len(self._inbox) > INBOX_HIGH // divisor or self._inbox_bytes > INBOX_HIGH_BYTES // divisor
+        queued = len(self._inbox) + self._requests
+        return queued > INBOX_HIGH // divisor or self._inbox_bytes > INBOX_HIGH_BYTES // divisor
 
     def backlogged(self, peer: int | None = None) -> bool:
         """Should this peer's reader stop reading: the inbox is over its high marks, or this peer
@@ -360,8 +364,11 @@ class Node:
         """A signed client request from a session; the reply (or an error) goes back to ``sink``."""
         if self.stopping:
             return
-        self._inbox.append(("r", raw, sink))
-        self._arrivals.append(time.monotonic())
+        source = getattr(sink, "source", "")
+        queue = self._client_queues.get(source)
+        if queue is None:
+            queue = self._client_queues[source] = deque()
+        queue.append((raw, sink, time.monotonic()))
         self._inbox_bytes += len(raw)
         self._requests += 1
         self._from_sink[sink] = self._from_sink.get(sink, 0) + 1
@@ -430,33 +437,19 @@ class Node:
         v_seconds = self._timing.seconds if self._timing else 0.0
         v_count = self._timing.count if self._timing else 0
         core = self.core
-        inbox = self._inbox
         n = 0
         deadline = start + BURST_SECONDS
         clock = time.perf_counter
-        while inbox and n < BURST_INPUTS:
-            kind, item, extra = inbox.popleft()
+        while n < BURST_INPUTS:
+            kind, item, extra, arrived = self._next_input()
+            if not kind:
+                break
             n += 1
-            if kind == "m":
-                self._inbox_bytes -= len(item)  # type: ignore[arg-type]
-                left = self._from_peer[extra] - 1  # type: ignore[index]
-                if left:
-                    self._from_peer[extra] = left  # type: ignore[index]
-                else:
-                    del self._from_peer[extra]  # type: ignore[arg-type]
-            elif kind == "r":
-                self._inbox_bytes -= len(item)  # type: ignore[arg-type]
-                self._requests -= 1
-                left = self._from_sink[extra] - 1  # type: ignore[index]
-                if left:
-                    self._from_sink[extra] = left  # type: ignore[index]
-                else:
-                    del self._from_sink[extra]  # type: ignore[arg-type]
             try:
                 if kind == "m":
                     core.on_message(item, time.time())  # type: ignore[arg-type]
                 elif kind == "r":
-                    self._on_request(item, extra, self._arrivals.popleft())  # type: ignore[arg-type]
+                    self._on_request(item, extra, arrived)  # type: ignore[arg-type]
                 else:
                     core.on_timer(item, time.time())  # type: ignore[arg-type]
             except Exception as exc:
@@ -474,7 +467,7 @@ class Node:
             self._carry(core.take_outputs())
         except FatalError:
             return
-        if inbox:
+        if self._inbox or self._client_queues:
             self._schedule()
         if n:
             self._room.set()  # waiting readers re-check their own marks
@@ -484,6 +477,42 @@ class Node:
         self.metrics.burst_inputs.observe(n)
         self.metrics.burst_seconds.observe(time.perf_counter() - start)
         self._refresh_gauges()
+
+    def _next_input(self) -> tuple[str, object, object, float]:
+        """The next input for the core ("" when none waits). Peer messages and timers come first,
+        but at most ``PEER_RUN`` in a row while client requests wait; client requests are taken one
+        per source address in turn. Why: a flood of client requests (keys are free; addresses are
+        not) must neither delay the protocol messages that finish honest clients' batches nor
+        queue honest clients behind it, and a faulty replica's messages (bounded per peer) must
+        not starve clients."""
+        queues = self._client_queues
+        if self._inbox and (not queues or self._peer_run < PEER_RUN):
+            self._peer_run = self._peer_run + 1 if queues else 0
+            kind, item, extra = self._inbox.popleft()
+            if kind == "m":
+                self._inbox_bytes -= len(item)  # type: ignore[arg-type]
+                left = self._from_peer[extra] - 1  # type: ignore[index]
+                if left:
+                    self._from_peer[extra] = left  # type: ignore[index]
+                else:
+                    del self._from_peer[extra]  # type: ignore[arg-type]
+            return kind, item, extra, 0.0
+        if not queues:
+            return "", None, None, 0.0
+        self._peer_run = 0
+        source = next(iter(queues))
+        queue = queues.pop(source)
+        raw, sink, arrived = queue.popleft()
+        if queue:
+            queues[source] = queue  # to the back of the turn
+        self._inbox_bytes -= len(raw)
+        self._requests -= 1
+        left = self._from_sink[sink] - 1
+        if left:
+            self._from_sink[sink] = left
+        else:
+            del self._from_sink[sink]
+        return "r", raw, sink, arrived
 
     def _on_request(self, raw: bytes, sink: Sink, arrived: float) -> None:
         meta = request_meta(raw)

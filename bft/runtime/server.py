@@ -105,7 +105,8 @@ class QueueBudget:
 class ClientSession:
     """One client's stream: the node routes replies and pushes here; a writer task sends them."""
 
-    def __init__(self, metrics: Metrics, budget: QueueBudget | None = None) -> None:
+    def __init__(self, metrics: Metrics, budget: QueueBudget | None = None, source: str = "") -> None:
+        self.source = source  # the client's address: the node serves requests round robin by it
         self.queue: deque[bytes] = deque()
         self.queued = 0
         self.wake = asyncio.Event()
@@ -194,7 +195,7 @@ class ClientSessionService:
                 f"too many client sessions from this address (at most {limits.max_sessions_per_address})",
             )
             return
-        sess = ClientSession(self.metrics, self.budget)
+        sess = ClientSession(self.metrics, self.budget, address)
         self.sessions.add(sess)
         self.per_address[address] = self.per_address.get(address, 0) + 1
         self.metrics.client_sessions.set(len(self.sessions))

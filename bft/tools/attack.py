@@ -29,12 +29,14 @@ import argparse
 import asyncio
 import contextlib
 import ipaddress
+import multiprocessing
 import os
 import socket
 import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from multiprocessing.connection import Connection
 from pathlib import Path
 
 import grpc
@@ -185,6 +187,9 @@ class Target:
     ca_pem: bytes | None
     sources: tuple[str, ...]  # attacker source addresses ("" = the system's choice)
     new_client: Callable[[Signer], object]  # a connected-on-enter ClusterSession for a key
+    replicas: tuple[tuple[str, int], ...] = ()  # every replica's client address, for flood sessions
+    new_client_at: Callable[[Signer, list[str]], object] | None = None  # the same, given endpoints
+    rate: float = 0.0  # requests/s of the reads, inbox and list floods in all (0: as fast as they go)
 
 
 @dataclass
@@ -353,15 +358,36 @@ async def flood_slow_readers(
 async def _blast(
     t: Target, seconds: float, workers: int, make_op: Callable[[int], tuple[bytes, bool]], res: FloodResult
 ) -> None:
-    """``workers`` sessions (throwaway keys) sending ``make_op(i)`` requests back to back."""
+    """``workers`` sessions (throwaway keys) sending ``make_op(i)`` requests back to back, from the
+    target's attacker source addresses in turn (through relays to every replica) when it has them."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + seconds
+    relays: list[list[Relay]] = []
+    if t.sources and t.replicas and t.new_client_at is not None:
+        relays = [[await Relay(src, h, p).start() for h, p in t.replicas] for src in t.sources]
+
+    def new_client(w: int) -> object:
+        if not relays or t.new_client_at is None:
+            return t.new_client(Ed25519Signer.generate())
+        return t.new_client_at(Ed25519Signer.generate(), [r.endpoint for r in relays[w % len(relays)]])
+
+    next_at = loop.time()
+
+    async def pace() -> None:
+        nonlocal next_at
+        if t.rate > 0:
+            at = max(next_at, loop.time())
+            next_at = at + 1 / t.rate
+            await asyncio.sleep(at - loop.time())
 
     async def worker(w: int) -> None:
-        client = t.new_client(Ed25519Signer.generate())
+        client = new_client(w)
         async with client as c:  # type: ignore[attr-defined]
             i = 0
             while loop.time() < deadline:
+                await pace()
+                if loop.time() >= deadline:
+                    break
                 op, read_only = make_op(w * 1_000_000 + i)
                 i += 1
                 try:
@@ -370,7 +396,12 @@ async def _blast(
                 except Exception as exc:  # refused, timed out: counted, the flood goes on
                     res.add(type(exc).__name__)
 
-    await asyncio.gather(*(worker(w) for w in range(workers)))
+    try:
+        await asyncio.gather(*(worker(w) for w in range(workers)))
+    finally:
+        for group in relays:
+            for r in group:
+                await r.close()
 
 
 async def flood_reads(t: Target, seconds: float, workers: int = 64) -> FloodResult:
@@ -425,7 +456,11 @@ FLOOD_FUNCS: dict[str, Callable[..., Awaitable[FloodResult]]] = {
 
 
 class HonestLoad:
-    """``HONEST_CLIENTS`` users sending to one another in a closed loop; counts committed sends."""
+    """``HONEST_CLIENTS`` users sending to one another in a closed loop; counts committed sends.
+
+    Runs in a process of its own (``start_process``): in the attacker's process the honest clients
+    would wait on the attacker's event loop (verifying thousands of flood replies a second), and
+    the figure would measure the tool, not the replicas. They still share the machine's CPUs."""
 
     def __init__(self, new_client: Callable[[Signer], object], clients: int = HONEST_CLIENTS) -> None:
         self.new_client = new_client
@@ -466,13 +501,73 @@ class HonestLoad:
                     with contextlib.suppress(Exception):
                         await c.request(e2e.ack_op(name, 1 << 62), timeout=10)
 
+
+def _honest_process(config: str, insecure: bool, clients: int, conn: Connection) -> None:
+    """The honest load's own process: starts ``clients`` users, sends "ready", then answers every
+    "count" with the number of committed sends so far, until "stop"."""
+    from bft.clusterconf import load_config
+    from client.session import ClusterSession
+
+    cfg = load_config(config)
+    ca = None if insecure or cfg.tls_ca is None else Path(cfg.tls_ca).read_bytes()
+    info, endpoints = cfg.info(), [r.endpoint for r in cfg.replicas]
+
+    async def run() -> None:
+        load = HonestLoad(lambda s: ClusterSession(info, endpoints, s, ca_pem=ca), clients)
+        await load.start()
+        conn.send("ready")
+        loop = asyncio.get_running_loop()
+        try:
+            while True:
+                msg = await loop.run_in_executor(None, conn.recv)
+                if msg == "stop":
+                    return
+                conn.send(load.sent)
+        finally:
+            await load.stop()
+
+    asyncio.run(run())
+
+
+class HonestProcess:
+    """The parent's handle on the honest load's process."""
+
+    def __init__(self, config: str, insecure: bool, clients: int) -> None:
+        ctx = multiprocessing.get_context("spawn")
+        self._conn, child = ctx.Pipe()
+        self._proc = ctx.Process(
+            target=_honest_process, args=(config, insecure, clients, child), name="honest-load", daemon=True
+        )
+
+    async def start(self) -> None:
+        self._proc.start()
+        if not await self._ask(None, timeout=90):
+            raise RuntimeError("the honest clients could not register within 90 s")
+
+    async def _ask(self, msg: object, timeout: float = 10.0) -> object:
+        loop = asyncio.get_running_loop()
+        if msg is not None:
+            self._conn.send(msg)
+        ready = await loop.run_in_executor(None, self._conn.poll, timeout)
+        return self._conn.recv() if ready else None
+
+    async def sent(self) -> int:
+        got = await self._ask("count")
+        if not isinstance(got, int):
+            raise RuntimeError("the honest load's process stopped answering")
+        return got
+
     async def rate(self, seconds: float) -> float:
-        start = self.sent
+        start = await self.sent()
         await asyncio.sleep(seconds)
-        return (self.sent - start) / seconds
+        return (await self.sent() - start) / seconds
 
-
-# ---------------------------------------------------------------- the command
+    async def stop(self) -> None:
+        with contextlib.suppress(OSError):
+            self._conn.send("stop")
+        await asyncio.get_running_loop().run_in_executor(None, self._proc.join, 15)
+        if self._proc.is_alive():
+            self._proc.kill()
 
 
 def _check_hosts(hosts: Sequence[str], allowed: bool) -> str | None:
@@ -495,11 +590,9 @@ def _fmt_kib(kib: int | None) -> str:
 
 async def run_attack(args: argparse.Namespace) -> int:
     from bft.clusterconf import load_config
-    from bft.keys import load_user_key
     from client.session import ClusterSession
 
     config = load_config(args.config)
-    load_user_key(args.key)  # a key of the operator's, as for any client; floods use throwaway keys
     ca = None if args.insecure or config.tls_ca is None else Path(config.tls_ca).read_bytes()
     cluster = config.info()
     endpoints = [r.endpoint for r in config.replicas]
@@ -507,16 +600,29 @@ async def run_attack(args: argparse.Namespace) -> int:
     def new_client(s: Signer) -> ClusterSession:
         return ClusterSession(cluster, endpoints, s, ca_pem=ca)
 
+    def new_client_at(s: Signer, at: list[str]) -> ClusterSession:
+        return ClusterSession(cluster, at, s, ca_pem=ca)
+
     me = config.replicas[args.target]
     on_loopback = all(_check_hosts([r.host], False) is None for r in config.replicas)
-    target = Target(str(me.host), me.port, cluster.cluster_id, ca, SOURCES if on_loopback else (), new_client)
+    target = Target(
+        str(me.host),
+        me.port,
+        cluster.cluster_id,
+        ca,
+        SOURCES if on_loopback else (),
+        new_client,
+        tuple((str(r.host), r.port) for r in config.replicas),
+        new_client_at,
+        args.rate,
+    )
     pids = {r.id: pid_listening(r.port) for r in config.replicas}
     print(f"cluster {config.path}: n = {config.n}, target replica {args.target} ({me.endpoint})")
     print(
         "note: the attacker, the honest clients and the replicas share this machine's CPUs; the "
         "honest clients' slow-down includes the attacker's own CPU use."
     )
-    honest = HonestLoad(new_client, args.honest_clients)
+    honest = HonestProcess(str(config.path), args.insecure, args.honest_clients)
     await honest.start()
     code = 0
     try:
@@ -524,15 +630,17 @@ async def run_attack(args: argparse.Namespace) -> int:
             baseline = await honest.rate(args.baseline_seconds)
             before = {i: memory_kib(p) if p else None for i, p in pids.items()}
             peaks_reset = all(reset_peak(p) for p in pids.values() if p)
-            sent0, t0 = honest.sent, time.monotonic()
+            sent0, t0 = await honest.sent(), time.monotonic()
             try:
                 result = await FLOOD_FUNCS[name](target, args.seconds)
             except Exception as exc:  # report and go on with the next flood
                 result = FloodResult(name, {f"error {type(exc).__name__}: {exc}"[:120]: 1})
-            during = (honest.sent - sent0) / max(1e-9, time.monotonic() - t0)
+            during = (await honest.sent() - sent0) / max(1e-9, time.monotonic() - t0)
             after = {i: memory_kib(p) if p else None for i, p in pids.items()}
             print(f"\n== flood {name} ({args.seconds:g} s against replica {args.target})")
             print("   " + ", ".join(f"{k}: {v}" for k, v in sorted(result.counts.items())) or "   -")
+            if "answered" in result.counts:
+                print(f"   flood requests answered/s: {result.counts['answered'] / args.seconds:.1f}")
             print(f"   honest sends/s: {during:.1f} during the flood, {baseline:.1f} without it")
             print(f"   {'replica':>7}  {'up':>3}  {'RSS before':>10}  {'RSS after':>10}  {'peak':>10}")
             for i, p in pids.items():
@@ -577,6 +685,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=HONEST_CLIENTS,
         help="clients measuring honest throughput during each flood (default %(default)s)",
     )
+    ap.add_argument(
+        "--rate",
+        type=float,
+        default=0.0,
+        help="requests/s of the reads, inbox and list floods in all; 0 = as fast as their sessions "
+        "go (default %(default)s)",
+    )
     ap.add_argument("--insecure", action="store_true", help="plaintext (replicas run with --insecure)")
     ap.add_argument(
         "--i-own-these-hosts", action="store_true", help="allow replica addresses outside loopback"
@@ -594,6 +709,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         config = load_config(args.config)
     except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    from bft.keys import KeyFileError, load_user_key
+
+    try:
+        load_user_key(args.key)  # a key of the operator's, as for any client; floods use throwaway keys
+    except KeyFileError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     refused = _check_hosts([str(r.host) for r in config.replicas], args.i_own_these_hosts)
