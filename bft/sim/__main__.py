@@ -25,6 +25,7 @@ class Outcome:
     events: int
     strategies: frozenset[str]  # Byzantine behaviours in the scenario, and "production"
     transfers: int  # state transfers completed by honest replicas
+    latency: tuple[float, int, float]  # honest ordered requests: total seconds, count, max
 
 
 def _run_one(args: tuple[int, int | None, str | None, str]) -> Outcome:
@@ -36,8 +37,32 @@ def _run_one(args: tuple[int, int | None, str | None, str]) -> Outcome:
     if sc.production:
         strategies.add("production")
     return Outcome(
-        seed, sc.n, res.violations, res.stats.events, frozenset(strategies), res.stats.state_transfers
+        seed,
+        sc.n,
+        res.violations,
+        res.stats.events,
+        frozenset(strategies),
+        res.stats.state_transfers,
+        (res.stats.latency_sum, res.stats.latency_count, res.stats.latency_max),
     )
+
+
+def _latencies(outcomes: list[Outcome]) -> str:
+    """What a slow primary forces (Aardvark's pre-prepare delay): the honest clients' mean and
+    largest ordered-request latency (simulated seconds; closed loop, so throughput is its inverse)
+    in scenarios with a ``slow-primary`` replica next to the others. Other faults in the same
+    scenarios add to both."""
+
+    def line(name: str, group: list[Outcome]) -> str:
+        total = sum(o.latency[0] for o in group)
+        count = sum(o.latency[1] for o in group)
+        worst = max((o.latency[2] for o in group), default=0.0)
+        mean = total / count if count else 0.0
+        return f"{name} {mean:.3f} s mean, {worst:.1f} s max ({len(group)} scenarios)"
+
+    slow = [o for o in outcomes if "slow-primary" in o.strategies]
+    rest = [o for o in outcomes if "slow-primary" not in o.strategies]
+    return "ordered request latency: " + "; ".join((line("with slow-primary", slow), line("without", rest)))
 
 
 def reproduce_command(seed: int, n: int | None, mutation: str | None, app: str) -> str:
@@ -142,6 +167,7 @@ def main(argv: list[str] | None = None) -> int:
             counts[name] = counts.get(name, 0) + 1
     every = ", ".join(f"{k} {100 * v / max(len(outcomes), 1):.1f}%" for k, v in sorted(counts.items()))
     print(f"# every strategy: {every}", file=sys.stderr)
+    print(f"# {_latencies(outcomes)}", file=sys.stderr)
     print(
         f"# {args.scenarios} scenarios in {elapsed:.1f}s ({args.scenarios / max(elapsed, 1e-9):.1f}/s), "
         f"{events} events",

@@ -72,6 +72,14 @@ class Stats:
     state_transfers: int = 0
     committed: int = 0
     end_time: float = 0.0
+    latency_sum: float = 0.0  # honest clients' ordered requests: issue to accepted result (sim seconds)
+    latency_count: int = 0
+    latency_max: float = 0.0
+
+    def latency(self, seconds: float) -> None:
+        self.latency_sum += seconds
+        self.latency_count += 1
+        self.latency_max = max(self.latency_max, seconds)
 
 
 @dataclass
@@ -136,6 +144,7 @@ class SimClient:
         self.done = False
         self.token = 0
         self.accepted: list[tuple[tuple[bytes, int, int], int, bytes, bool]] = []
+        self.issued_at = 0.0
 
     def start(self, now: float) -> None:
         self._issue(now)
@@ -161,6 +170,7 @@ class SimClient:
         q = self.world.cluster.quorums
         self.designated = () if read_only else q.repliers(self.key, self.session, self.timestamp)
         self.attempt = 0
+        self.issued_at = now
         self._send(now)
 
     def _send(self, now: float) -> None:
@@ -208,6 +218,7 @@ class SimClient:
         if not self.read_only:
             self.repliers.on_accepted(self.designated, self.collector, accepted, now)
             self.last_accepted = (self.timestamp, accepted)
+            self.world.stats.latency(now - self.issued_at)
         self.view = max(self.view, accepted.view)
         key = (self.key, self.session, self.timestamp)
         self.accepted.append((key, accepted.status, accepted.result, self.read_only))
