@@ -230,7 +230,7 @@ def test_lying_statuses_neither_park_the_recovering_replica_nor_run_the_primary_
         for view in (10**9, 2**64 - 1):
             _lie(net, 2, view=view, stable_seq=0, recovering=True, recovery_target=2**64 - 1)
         net.tick()
-        assert net.reps[0].last_executed - executed <= budget
+        assert net.reps[0].last_executed - executed <= budget + 1  # + the epoch request's batch
         if not rep.recovering:
             break
     assert not rep.recovering and rep.view == 0 and all(r.view == 0 for r in net.reps)
