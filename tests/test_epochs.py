@@ -25,12 +25,15 @@ class Net:
     """n replicas; ``drop(sender, receiver, data)`` loses a message; replicas in ``byz`` are
     silenced (the test speaks for them with their keys). Records what each replica executed."""
 
-    def __init__(self, n: int = 4, **params: int) -> None:
+    def __init__(self, n: int = 4, ignore_epochs: bool = False, **params: int) -> None:
+        self.ignore_epochs = ignore_epochs  # the simulator's ``ignore-epochs`` mutation
         self.hv = HashVerifier()
         self.signers = [HashSigner(b"r%d" % i, self.hv) for i in range(n)]
         p = {"checkpoint_interval": 2, "watermark_window": 8, "status_interval": TICK, **params}
         self.info = ClusterInfo(tuple(s.public_key for s in self.signers), CID, Params(**p))  # type: ignore[arg-type]
         self.reps = [Replica(self.info, i, self.signers[i], self.hv, KVApp) for i in range(n)]
+        for r in self.reps:
+            r.check_epochs = not ignore_epochs
         self.now = 1.0
         self.drop: Drop = lambda s, r, d: False
         self.byz: set[int] = set()
@@ -89,6 +92,7 @@ class Net:
 
     def wipe(self, i: int) -> Replica:
         rep = Replica(self.info, i, self.signers[i], self.hv, KVApp, recovering=True)
+        rep.check_epochs = not self.ignore_epochs
         self.reps[i] = rep
         rep.start(self.now)
         self.run(i)
@@ -118,18 +122,9 @@ def _recover(net: Net, i: int, ticks: int = 80) -> None:
     raise AssertionError(f"replica {i} still recovering after {ticks} ticks")
 
 
-def test_a_new_view_built_on_a_pre_wipe_view_change_cannot_undo_a_committed_batch() -> None:
-    """n = 4, replica 1 Byzantine. Replica 3 signs VIEW-CHANGE(1) with no prepared certificate,
-    is wiped and recovers in view 0; then seq s commits in view 0 with the votes of 0, 1 and 3
-    while replica 2 lags (never prepared s), and 0 executes it. Replica 1, primary of view 1, shows
-    2 its own lying VIEW-CHANGE(1) and 3's pre-wipe one: 2 joins view 1, and so does 3 (it sees
-    1's and 2's); 1 then builds its NEW-VIEW from {its lie, 3's old VIEW-CHANGE, 2's honest one},
-    none of which carries s, and proposes another batch at s. Before epochs, 2 and 3 took that
-    NEW-VIEW (3 saw its own VIEW-CHANGE for the view it was in: no sign of a rollback), prepared
-    and committed the other batch, and 2 executed at s something else than 0 had. Now 3's
-    recovery bumped its epoch by an ordered request that 2 executed too, so 2 refuses 3's old
-    VIEW-CHANGE (alone and inside the NEW-VIEW) and nothing diverges."""
-    net = Net()
+def _stale_new_view_attack(ignore_epochs: bool) -> tuple[Net, int, bytes]:
+    """The attack of the test below; returns the net, the seq s and the batch committed there."""
+    net = Net(ignore_epochs=ignore_epochs)
     for _ in range(6):
         net.request()
     net.tick(2)
@@ -174,10 +169,33 @@ def test_a_new_view_built_on_a_pre_wipe_view_change_cannot_undo_a_committed_batc
         net.send_as(1, [0, 2, 3], pb.PeerMessage(envelope=ppe, batch=batch))
         commit = seal(net.signers[1], 1, Kind.COMMIT, CID, pb.Commit(view=1, seq=s, digest=pp.digest))
         net.send_as(1, [0, 2, 3], pb.PeerMessage(envelope=commit))
+    return net, s, committed
+
+
+def test_a_new_view_built_on_a_pre_wipe_view_change_cannot_undo_a_committed_batch() -> None:
+    """n = 4, replica 1 Byzantine. Replica 3 signs VIEW-CHANGE(1) with no prepared certificate,
+    is wiped and recovers in view 0; then seq s commits in view 0 with the votes of 0, 1 and 3
+    while replica 2 lags (never prepared s), and 0 executes it. Replica 1, primary of view 1, shows
+    2 its own lying VIEW-CHANGE(1) and 3's pre-wipe one: 2 joins view 1, and so does 3 (it sees
+    1's and 2's); 1 then builds its NEW-VIEW from {its lie, 3's old VIEW-CHANGE, 2's honest one},
+    none of which carries s, and proposes another batch at s. Before epochs, 2 and 3 took that
+    NEW-VIEW (3 saw its own VIEW-CHANGE for the view it was in: no sign of a rollback), prepared
+    and committed the other batch, and 2 executed at s something else than 0 had. Now 3's
+    recovery bumped its epoch by an ordered request that 2 executed too, so 2 refuses 3's old
+    VIEW-CHANGE (alone and inside the NEW-VIEW) and nothing diverges."""
+    net, s, committed = _stale_new_view_attack(ignore_epochs=False)
     for i in (0, 2, 3):
         got = net.executed[i].get(s)
         assert got is None or got == committed, f"replica {i} executed another batch at seq {s}"
     assert net.reps[2].view == 0 and net.reps[3].view == 0  # nobody followed replica 1
+
+
+def test_the_ignore_epochs_mutation_lets_the_attack_through() -> None:
+    """The simulator's ``ignore-epochs`` mutation (honest replicas skip the epoch check) is unsafe:
+    the same attack makes replica 2 execute another batch than replica 0 at a committed seq."""
+    net, s, committed = _stale_new_view_attack(ignore_epochs=True)
+    assert net.executed[0][s] == committed
+    assert net.executed[2].get(s) not in (None, committed)
 
 
 def test_recovery_bumps_the_epoch_by_an_ordered_request_and_votes_only_above_it() -> None:
