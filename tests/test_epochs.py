@@ -330,3 +330,21 @@ def test_recovery_waits_for_the_epoch_request_even_past_H() -> None:
     net.drop = lambda s, r, d: False
     _recover(net, 3, 40)
     assert all(r.clients.epoch(3) == rep.clients.epoch(3) > 0 for r in net.reps)
+
+
+def test_the_client_table_floor_cannot_refuse_an_epoch_request() -> None:
+    """The client table's floor (the highest timestamp ever evicted) may be far above a recovering
+    replica's clock: a client that used a timestamp minutes ahead was evicted. The epoch request is
+    judged by the epoch table, not as an unknown client session, so the recovery still completes."""
+    net = Net(client_table_capacity=1)
+    ahead = make_request(net.client, CID, 5, int(net.now * 1_000_000) + 500_000_000, b"add a 1")
+    net.reps[0].on_request(ahead, net.now)
+    net.run(0)
+    for _ in range(3):
+        net.request()  # another session: the one ahead is evicted, the floor rises to its timestamp
+    net.tick(2)
+    assert all(r.clients.floor > int(net.now * 1_000_000) + 400_000_000 for r in net.reps)
+    rep = net.wipe(3)
+    _recover(net, 3)
+    assert rep.clients.epoch(3) > 0 and all(r.clients.epoch(3) == rep.clients.epoch(3) for r in net.reps)
+    assert rep.clients.epoch(3) < net.reps[0].clients.floor
