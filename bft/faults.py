@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from bft import merkle
 from bft.core.events import Output, Send, ToClient
 from bft.core.replica import Replica, leaf_bytes
+from bft.core.viewchange import ValidViewChange, check_view_change, plan_new_view
 from bft.crypto import TAG_LEN, Kind, sha256
 from bft.pb.bftchat.v1 import protocol_pb2 as pb
 from bft.wire import WireError, parse, peek_kind, seal
@@ -53,6 +54,9 @@ class Behaviour:
     def release(self, node: ByzantineReplica) -> list[Output]:
         """Outputs held back earlier that are due now (``node.now``): a behaviour that delays."""
         return []
+
+    def observe(self, node: ByzantineReplica, raw: bytes) -> None:
+        """A message the replica received (before its core sees it): a behaviour that collects."""
 
 
 def _decode(out: Output, cluster_id: bytes) -> tuple[pb.PeerMessage, Kind, object] | None:
@@ -600,6 +604,101 @@ class RecoveryLie(Behaviour):
         return [Send(None, pb.PeerMessage(envelope=env).SerializeToString())]
 
 
+class StaleViewChanges(Behaviour):
+    """Keeps every valid VIEW-CHANGE it sees (alone or inside NEW-VIEWs), the lowest-epoch one per
+    sender and view. At each status tick, for a view above its own whose primary it is, it replays
+    them to every peer (so that they join that view) and, once it holds 2f of other senders, sends
+    a NEW-VIEW built on them (lowest epochs first: a replica wiped since it signed one forgot what
+    it had prepared) plus its own lying VIEW-CHANGE without prepared certificates, enters that
+    view itself and re-proposes empty batches over every seq above the NEW-VIEW's, committed or
+    not. Honest replicas must refuse a VIEW-CHANGE whose epoch is below the signer's executed one
+    (docs/PROTOCOL.md, Epochs); the ``ignore-epochs`` mutation shows what happens if they do not."""
+
+    name = "stale-view-changes"
+    KEEP = 64  # VIEW-CHANGEs kept (bounded like any table of ours)
+
+    def __init__(self) -> None:
+        self.kept: dict[tuple[int, int], ValidViewChange] = {}  # (view, sender) -> lowest epoch
+        self.done: set[int] = set()  # views whose NEW-VIEW we sent
+
+    def observe(self, node: ByzantineReplica, raw: bytes) -> None:
+        try:
+            msg = parse(pb.PeerMessage, raw)
+        except WireError:
+            return
+        if not msg.HasField("envelope"):
+            return
+        kind = peek_kind(msg.envelope, node.cid)
+        envs: list[pb.Envelope] = []
+        if kind == Kind.VIEW_CHANGE:
+            envs = [msg.envelope]
+        elif kind == Kind.NEW_VIEW:
+            try:
+                nv = parse(pb.NewView, msg.envelope.body[TAG_LEN:])
+            except WireError:
+                return
+            envs = list(nv.view_changes)
+        inner = node.inner
+        for env in envs:
+            if env.signer == inner.id:
+                continue
+            try:
+                vc = check_view_change(inner.cluster, inner.verifier, env)
+            except WireError:
+                continue
+            if inner.cluster.primary(vc.new_view) != inner.id:
+                continue
+            old = self.kept.get((vc.new_view, vc.sender))
+            if old is None or vc.epoch < old.epoch:
+                self.kept[(vc.new_view, vc.sender)] = vc
+        while len(self.kept) > self.KEEP:
+            del self.kept[min(self.kept)]
+
+    def transform(self, node: ByzantineReplica, out: Output) -> list[Output]:
+        if _status_broadcast(out, node.cid) is None:
+            return [out]
+        return [out, *self._attack(node)]
+
+    def _attack(self, node: ByzantineReplica) -> list[Output]:
+        inner = node.inner
+        outs: list[Output] = []
+        views = sorted({v for v, _ in self.kept if v > inner.view and v not in self.done})
+        for view in views:
+            mine = sorted((vc for (v, _), vc in self.kept.items() if v == view), key=lambda vc: vc.epoch)
+            for vc in mine:
+                outs.append(Send(None, pb.PeerMessage(envelope=vc.envelope).SerializeToString()))
+            if len(mine) < inner.q.view_change - 1:
+                continue
+            lie = pb.ViewChange(
+                new_view=view,
+                stable_seq=inner.h,
+                stable_digest=inner.stable_digest if inner.h else b"",
+                epoch=inner.clients.epoch(inner.id),
+            )
+            if inner.h:
+                lie.checkpoint_proof.extend(inner.stable_proof)
+            own = check_view_change(inner.cluster, inner.verifier, node.reseal(Kind.VIEW_CHANGE, lie))
+            chosen = [own, *mine[: inner.q.view_change - 1]]
+            plan = plan_new_view(chosen)
+            nv = pb.NewView(view=view, view_changes=[vc.envelope for vc in chosen])
+            for seq, digest in plan.proposals:
+                pp = pb.PrePrepare(view=view, seq=seq, digest=digest)
+                nv.preprepares.append(node.reseal(Kind.PREPREPARE, pp))
+            env = node.reseal(Kind.NEW_VIEW, nv)
+            outs.append(Send(None, pb.PeerMessage(envelope=env).SerializeToString()))
+            self.done.add(view)
+            # Enter it ourselves and fill every seq above the re-proposals with an empty batch.
+            inner.view = view
+            inner._enter_view(env, nv, plan.min_s, plan.stable_digest, list(plan.stable_proof), node.now)
+            top = max([plan.min_s, *(seq for seq, _ in plan.proposals)])
+            inner.next_seq = top + 1
+            while inner.next_seq <= min(inner.last_executed + 1, inner.h + inner.p.watermark_window):
+                inner._propose(pb.Batch(), node.now)
+            outs.extend(inner.take_outputs())
+            break
+        return outs
+
+
 BEHAVIOURS: dict[str, Callable[[], Behaviour]] = {
     "silent": Silent,
     "equivocate": Equivocate,
@@ -621,6 +720,7 @@ BEHAVIOURS: dict[str, Callable[[], Behaviour]] = {
     "absurd-view": AbsurdView,
     "slow-primary": SlowPrimary,
     "recovery-lie": RecoveryLie,
+    "stale-view-changes": StaleViewChanges,
 }
 
 
@@ -642,6 +742,8 @@ class ByzantineReplica:
 
     def on_message(self, raw: bytes, now: float) -> None:
         self.now = now
+        for b in self.behaviours:
+            b.observe(self, raw)
         self.inner.on_message(raw, now)
 
     def on_request(self, raw: bytes, now: float, forwarded: bool = False) -> str | None:

@@ -145,6 +145,7 @@ class SizeCaps:
             + _DIGEST
             + n * _field(envelope_size(checkpoint))
             + window * _field(prepared_proof)
+            + _U64  # epoch
         )
         new_view = (
             TAG_LEN

@@ -168,6 +168,7 @@ def _worst_view_change(info: ClusterInfo, signers: list[HashSigner], sender: int
         stable_seq=stable,
         stable_digest=digest,
         checkpoint_proof=[seal(signers[i], i, Kind.CHECKPOINT, CID, ck) for i in range(info.n)],
+        epoch=MAX_U64,
     )
     view = MAX_U64 - 1
     primary = info.primary(view)

@@ -236,6 +236,8 @@ def test_a_wiped_replica_of_an_idle_cluster_votes_again_within_seconds(cluster: 
     after = c.wait_agree(timeout=20)
     assert after.view == view and st.view == view  # no view change
     assert after.stable_checkpoint >= agreed.stable_checkpoint + 2 * 64  # empty batches: past H
+    assert st.epoch > 0  # its epoch request was ordered (docs/PROTOCOL.md, Epochs)
+    assert all((s := c.status(i)) is not None and s.epoch == 0 for i in range(c.n) if i != wiped)
 
 
 def _verify_log(c: Cluster, i: int) -> subprocess.CompletedProcess[str]:

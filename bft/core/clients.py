@@ -6,6 +6,10 @@ bounded: past ``capacity`` the least recently executed session is evicted (deter
 by last sequence number, then key, then session), and ``floor`` remembers the highest timestamp
 ever evicted. A session the table does not know must use a timestamp above the floor, so a request
 of an evicted session can never be executed a second time.
+
+It also holds each replica's epoch (incarnation number, docs/PROTOCOL.md "Epochs"): a few integers
+of replicated state that travel with the client table in the snapshot and its digest. A zero epoch
+is absent, so a state with no epoch set has the digest and snapshot it had before epochs existed.
 """
 
 from __future__ import annotations
@@ -47,6 +51,7 @@ class ClientTable:
         self._hashed: dict[ClientId, bytes] = {}  # element as of the last digest()
         self._dirty: set[ClientId] = set()
         self._lru: list[tuple[int, bytes, int]] = []  # (last_seq, key, session), lazily cleaned
+        self.epochs: dict[int, int] = {}  # replica id -> epoch, non-zero only (n entries at most)
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -58,6 +63,13 @@ class ClientTable:
         """The smallest timestamp a new request of ``cid`` may carry."""
         entry = self._entries.get(cid)
         return min((entry.last_timestamp if entry else self.floor) + 1, MAX_U64)
+
+    def epoch(self, replica: int) -> int:
+        return self.epochs.get(replica, 0)
+
+    def set_epoch(self, replica: int, epoch: int) -> None:
+        if epoch > 0:
+            self.epochs[replica] = epoch
 
     def record(self, cid: ClientId, timestamp: int, seq: int, status: int, result: bytes) -> None:
         self._entries[cid] = ClientEntry(timestamp, seq, status, result)
@@ -91,10 +103,15 @@ class ClientTable:
                 self._hash.add(elem)
                 self._hashed[cid] = elem
         self._dirty.clear()
-        return self._hash.digest() + struct.pack(">Q", self.floor)
+        digest = self._hash.digest() + struct.pack(">Q", self.floor)
+        if self.epochs:
+            digest += b"epochs" + b"".join(struct.pack(">IQ", r, e) for r, e in sorted(self.epochs.items()))
+        return digest
 
     def snapshot(self) -> pb.ClientTableSnapshot:
         snap = pb.ClientTableSnapshot(floor=self.floor)
+        for replica, epoch in sorted(self.epochs.items()):
+            snap.epochs.add(replica=replica, epoch=epoch)
         for (key, session), e in sorted(self._entries.items()):
             snap.entries.add(
                 client_key=key,
@@ -110,6 +127,8 @@ class ClientTable:
     def restore(cls, snap: pb.ClientTableSnapshot, capacity: int) -> ClientTable:
         table = cls(capacity)
         table.floor = snap.floor
+        for ep in snap.epochs:
+            table.set_epoch(ep.replica, max(ep.epoch, table.epoch(ep.replica)))
         for e in snap.entries:
             table.record((e.client_key, e.session), e.last_timestamp, e.last_seq, e.status, e.result)
         return table

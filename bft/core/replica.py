@@ -59,6 +59,7 @@ from bft.wire import (
     WireError,
     drop_if_unknown_fields,
     envelope_size,
+    make_request,
     open_request,
     parse,
     parse_canonical,
@@ -75,6 +76,12 @@ ReqKey = tuple[bytes, int, int]  # (client key, session, timestamp)
 
 AHEAD_REFUSAL = b"request timestamp too far ahead of the batch time (max_request_ahead_us)"
 """The agreed result of a request whose timestamp is beyond its batch's time + max_request_ahead_us."""
+
+EPOCH_OP = b"\x00bftchat replica epoch\x00"
+"""The operation of an epoch request (docs/PROTOCOL.md, Epochs): a request signed with a replica's
+own key that sets its epoch to the request's timestamp. The core takes it before the application
+(which never sees it); no application operation starts with a NUL byte."""
+EPOCH_REFUSAL = b"a replica key signs only its epoch request, and only a replica key signs one"
 
 
 def leaf_bytes(key: bytes, session: int, timestamp: int, status: int, result: bytes) -> bytes:
@@ -111,6 +118,7 @@ class Replica:
     """One PBFT replica. ``records`` are the persisted records of a previous run, in write order."""
 
     transfer_class: type[Transfer] = Transfer  # the simulator's mutations swap it
+    check_epochs: bool = True  # False = the simulator's ``ignore-epochs`` mutation (unsafe on purpose)
 
     def __init__(
         self,
@@ -134,6 +142,7 @@ class Replica:
         self.q = quorums or cluster.quorums
         self.p = cluster.params
         self.cid = cluster.cluster_id
+        self._replica_of = {key: i for i, key in enumerate(cluster.public_keys)}
         self._app_factory = app_factory
         self.app: Application = app_factory()
         self.clients = ClientTable(self.p.client_table_capacity)
@@ -230,6 +239,12 @@ class Replica:
         self.peer_recovery: dict[int, int] = {}
         self.null_credit: dict[int, tuple[float, int]] = {}  # peer -> (refilled at, credit left)
         self.null_budget = 0  # empty batches left for this status tick
+        # Our epoch request while recovering (docs/PROTOCOL.md, Epochs): signed with our key, sent
+        # to every replica each status tick until our executed state shows it applied, at
+        # ``epoch_seq``; recovery ends only at a stable checkpoint at or above that seq.
+        self.epoch_request: bytes | None = None
+        self.epoch_ts = 0
+        self.epoch_seq: int | None = None
 
         if records:
             self._restore(records)
@@ -307,6 +322,12 @@ class Replica:
             self.rejected_inputs += 1
             return str(exc)
         req = opened.request
+        replica = self._replica_of.get(req.client_key)
+        if (replica is not None or req.op == EPOCH_OP) and (
+            replica is None or req.op != EPOCH_OP or opened.read_only
+        ):
+            self.rejected_inputs += 1
+            return EPOCH_REFUSAL.decode()
         if self.recovering:
             return "replica is recovering its state"
         if not forwarded and req.timestamp > int(now * 1_000_000) + self.p.max_request_ahead_us:
@@ -317,11 +338,17 @@ class Replica:
                 return None
             return self._on_read(opened, now)
         cid = (req.client_key, req.session)
-        entry = self.clients.get(cid)
-        if entry is not None and req.timestamp <= entry.last_timestamp:
-            if req.timestamp == entry.last_timestamp:
-                self._reply_cached(req.client_key, req.session, req.timestamp, entry.status, entry.result)
-            return None
+        if replica is not None:
+            # An epoch request: the epoch table, not the client table, says whether it is spent
+            # (so no eviction or floor can stall a recovery), and nobody awaits a reply.
+            if req.timestamp <= self.clients.epoch(replica):
+                return None
+        else:
+            entry = self.clients.get(cid)
+            if entry is not None and req.timestamp <= entry.last_timestamp:
+                if req.timestamp == entry.last_timestamp:
+                    self._reply_cached(req.client_key, req.session, req.timestamp, entry.status, entry.result)
+                return None
         key = (req.client_key, req.session, req.timestamp)
         again = key in self.pending
         if not again:
@@ -838,6 +865,11 @@ class Replica:
             # Designated repliers answer; the others only a client that asked them itself.
             send = key in self.asked or self.id in self.q.repliers(*key)
             self._drop_pending(key)
+            replica = self._replica_of.get(req.client_key)
+            if replica is not None or req.op == EPOCH_OP:
+                status, result = self._execute_epoch(replica, req.op, req.timestamp, ts, seq)
+                targets.append((*key, status, result, False))  # no client waits for it
+                continue
             entry = self.clients.get(cid)
             if entry is not None and req.timestamp <= entry.last_timestamp:
                 if req.timestamp == entry.last_timestamp:
@@ -869,6 +901,48 @@ class Replica:
         if seq % self.p.checkpoint_interval == 0:
             ckpt_digest = self._take_checkpoint(seq)
         self._emit(Committed(seq, view, digest, tuple(executed), ckpt_digest, tuple(events)))
+
+    def _execute_epoch(
+        self, replica: int | None, op: bytes, timestamp: int, ts: int, seq: int
+    ) -> tuple[int, bytes]:
+        """A request signed with a replica key, or carrying the epoch operation: the epoch request
+        of that replica sets its epoch to the request's timestamp if that is higher (so replays
+        are refused and a wiped replica need not know its old epoch); anything else is an agreed
+        refusal. Deterministic: the table is replicated state, in the checkpoint digest."""
+        if replica is None or op != EPOCH_OP:
+            return pb.REPLY_INVALID_REQUEST, EPOCH_REFUSAL
+        if timestamp > ts + self.p.max_request_ahead_us:
+            return pb.REPLY_INVALID_REQUEST, AHEAD_REFUSAL
+        old = self.clients.epoch(replica)
+        if timestamp <= old:
+            if replica == self.id and timestamp == self.epoch_ts:
+                self.epoch_request = None  # an older incarnation's epoch is higher: sign a new one
+            return pb.REPLY_STALE_TIMESTAMP, struct.pack(">Q", min(old + 1, MAX_U64))
+        self.clients.set_epoch(replica, timestamp)
+        if replica == self.id and timestamp == self.epoch_ts and self.epoch_seq is None:
+            self.epoch_seq = seq
+        held = self.vc_latest.get(replica)
+        if held is not None and held.epoch < timestamp and replica != self.id:
+            del self.vc_latest[replica]  # signed by an incarnation that no longer counts
+        return pb.REPLY_OK, struct.pack(">Q", timestamp)
+
+    def _stale_epoch(self, vc: ValidViewChange) -> bool:
+        """A VIEW-CHANGE signed before its signer's last recovery (our executed state holds a higher
+        epoch for it): a vote of a replica that forgot what it signed, never counted."""
+        return self.check_epochs and vc.epoch < self.clients.epoch(vc.sender)
+
+    def _send_epoch_request(self, now: float) -> None:
+        """While recovering and until our epoch request is applied in our executed state: (sign it
+        and) send it to every replica, which hold it as a forwarded client request (request timer:
+        a primary that does not order it is replaced). Its timestamp is our clock, and above the
+        epoch our state shows, so it raises our epoch past anything an earlier incarnation signed."""
+        if not self.recovering or self.epoch_seq is not None:
+            return
+        if self.epoch_request is None:
+            ts = min(max(int(now * 1_000_000), self.clients.epoch(self.id) + 1, self.epoch_ts + 1), MAX_U64)
+            self.epoch_ts = ts
+            self.epoch_request = make_request(self.signer, self.cid, 0, ts, EPOCH_OP)
+        self._send(None, pb.PeerMessage(request=self.epoch_request))
 
     def _send_replies(
         self, view: int, seq: int, targets: list[tuple[bytes, int, int, int, bytes, bool]]
@@ -1181,6 +1255,7 @@ class Replica:
             stable_seq=self.h,
             stable_digest=self.stable_digest if self.h else b"",
             checkpoint_proof=self.stable_proof if self.h else [],
+            epoch=self.clients.epoch(self.id),
         )
         for seq in sorted(self.prepared_certs):
             if self._in_window(seq):
@@ -1191,6 +1266,9 @@ class Replica:
         try:
             vc = check_view_change(self.cluster, self.verifier, env)
         except WireError:
+            return
+        if self._stale_epoch(vc):
+            self.rejected_inputs += 1
             return
         if vc.new_view < self.view or (vc.new_view == self.view and not self.view_changing):
             if (
@@ -1277,6 +1355,8 @@ class Replica:
             if vc.sender == self.id and vc.new_view > self.view and not self.recovering:
                 # Our VIEW-CHANGE for a view our log never promised to move to: rolled back.
                 self._enter_recovery(f"own VIEW-CHANGE in a NEW-VIEW for view {vc.new_view} > {self.view}")
+            if self._stale_epoch(vc):
+                return None
             seen.add(vc.sender)
             vcs.append(vc)
         if len(vcs) != self.q.view_change:  # exactly what an honest primary sends: bounded size
@@ -1531,6 +1611,15 @@ class Replica:
             k for k in self.pending if (e := self.clients.get((k[0], k[1]))) and k[2] <= e.last_timestamp
         ]:
             self._drop_pending(key)
+        for key in [k for k in self.pending if k[0] in self._replica_of]:
+            if key[2] <= self.clients.epoch(self._replica_of[key[0]]):
+                self._drop_pending(key)
+        if self.recovering and self.epoch_ts and self.epoch_seq is None:
+            mine = self.clients.epoch(self.id)
+            if mine == self.epoch_ts:
+                self.epoch_seq = seq  # applied at or below this certified seq
+            elif mine > self.epoch_ts:
+                self.epoch_request = None  # an older incarnation's epoch is higher: sign a new one
         self._install_stable(seq, digest, proof, snapshot)
         self._emit(StateInstalled(seq))
         self.next_seq = max(self.next_seq, seq + 1)
@@ -1581,6 +1670,8 @@ class Replica:
             self.recovery_target = self.recovery_proven + 2 * self.p.watermark_window
             views = sorted(self.recovery_views.values(), reverse=True)
             self.recovery_view = views[self.q.f]
+        if self.epoch_seq is None or self.h < self.epoch_seq:
+            return  # our epoch request is not in a stable checkpoint yet (docs/PROTOCOL.md, Epochs)
         if self.h >= self.recovery_target and self.view >= self.recovery_view and not self.view_changing:
             self._persist_recovered_state()
             self._persist(ViewRecord(self.view))
@@ -1609,6 +1700,9 @@ class Replica:
         self.recovery_proven = 0
         self.recovery_target = None
         self.recovery_view = 0
+        self.epoch_request = None
+        self.epoch_ts = 0
+        self.epoch_seq = None
 
     def _enter_recovery(self, reason: str) -> None:
         """We met our own signature on something our log cannot have produced: the log was rolled
@@ -1644,7 +1738,10 @@ class Replica:
             last_executed=self.last_executed,
             stable_seq=self.h,
             recovering=self.recovering,
-            recovery_target=(self.recovery_target or 0) if self.recovering else 0,
+            # H, or the seq where our epoch request executed if higher: where we vote again.
+            recovery_target=max(self.recovery_target, self.epoch_seq or 0)
+            if self.recovering and self.recovery_target is not None
+            else 0,
         )
         self._send(None, pb.PeerMessage(envelope=self._seal(Kind.STATUS, st)))
 
@@ -1667,6 +1764,7 @@ class Replica:
 
     def _on_status_tick(self, now: float) -> None:
         self._broadcast_status()
+        self._send_epoch_request(now)
         self._resend_checkpoints()
         self._check_idle(now)
         self.null_budget = self.p.recovery_null_batches

@@ -34,6 +34,7 @@ class ValidViewChange:
     stable_proof: tuple[pb.Envelope, ...]
     certs: dict[int, PreparedCert]
     envelope: pb.Envelope
+    epoch: int = 0  # the signer's epoch when it signed (docs/PROTOCOL.md, Epochs)
 
 
 def open_replica(env: pb.Envelope, kind: Kind, cluster: ClusterInfo, verifier: Verifier) -> bytes:
@@ -120,6 +121,7 @@ def check_view_change(cluster: ClusterInfo, verifier: Verifier, env: pb.Envelope
         tuple(vc.checkpoint_proof),
         certs,
         env,
+        vc.epoch,
     )
 
 

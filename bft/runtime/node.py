@@ -296,6 +296,7 @@ class Node:
             cluster_id=self.cluster.cluster_id,
             faults=self.faults,
             accused=sorted({ev.replica for ev in r.evidence}),
+            epoch=r.clients.epoch(r.id),
         )
 
     # ---------------------------------------------------------------- lifecycle

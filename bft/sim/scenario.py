@@ -51,6 +51,7 @@ MUTATIONS = (
     "accept-unknown-fields",
     "unbounded-timestamps",
     "unauthenticated-chunks",
+    "ignore-epochs",
 )
 # A primary that holds each PRE-PREPARE for most of the request timer (Aardvark's slow primary):
 # added to a Byzantine replica's behaviours with this probability, from a side random stream so
@@ -63,6 +64,12 @@ PRODUCTION_SHARE = 0.02  # scenarios run with the production Params and a many-c
 # Byzantine replica's behaviours with this probability, drawn from a generator of its own so that
 # the draws above (and the pinned seeds) stay as they were.
 MUTE_SHARE = 0.25
+# A replica that keeps the VIEW-CHANGEs it sees and, as a later view's primary, builds a NEW-VIEW
+# on the lowest-epoch ones (a wiped replica's pre-wipe ones, docs/PROTOCOL.md, Epochs): added to a
+# Byzantine replica's behaviours with these probabilities (more often when an honest replica is
+# wiped), from a generator of its own so that the draws above (and the pinned seeds) stay.
+STALE_VC_SHARE = 0.1
+STALE_VC_SHARE_WIPED = 0.8
 
 
 @dataclass
@@ -223,6 +230,11 @@ def generate(seed: int, n: int | None = None, mutation: str | None = None, app: 
         start = rng.uniform(0.0, sc.gst)
         group = rng.sample(range(n), rng.randint(1, max(1, n // 2)))
         sc.partitions.append(Partition(start, rng.uniform(start, sc.gst), sorted(group)))
+    stale = random.Random(f"stale-view-changes/{seed}")
+    share = STALE_VC_SHARE_WIPED if any(c.wipe for c in sc.crashes) else STALE_VC_SHARE
+    for spec in sc.byzantine:
+        if stale.random() < share and "silent" not in spec.behaviours:
+            spec.behaviours = sorted({*spec.behaviours, "stale-view-changes"})
     return sc
 
 

@@ -523,6 +523,8 @@ class World:
         if spec is None:
             if self.sc.mutation == "unauthenticated-chunks":
                 core.transfer_class = UncheckedTransfer
+            if self.sc.mutation == "ignore-epochs":
+                core.check_epochs = False
             return core
         behaviours: list[Behaviour] = []
         for name in spec.behaviours:

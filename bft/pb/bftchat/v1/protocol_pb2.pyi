@@ -162,13 +162,23 @@ class ClientEntry(_message.Message):
     result: bytes
     def __init__(self, client_key: _Optional[bytes] = ..., session: _Optional[int] = ..., last_timestamp: _Optional[int] = ..., last_seq: _Optional[int] = ..., status: _Optional[int] = ..., result: _Optional[bytes] = ...) -> None: ...
 
+class ReplicaEpoch(_message.Message):
+    __slots__ = ("replica", "epoch")
+    REPLICA_FIELD_NUMBER: _ClassVar[int]
+    EPOCH_FIELD_NUMBER: _ClassVar[int]
+    replica: int
+    epoch: int
+    def __init__(self, replica: _Optional[int] = ..., epoch: _Optional[int] = ...) -> None: ...
+
 class ClientTableSnapshot(_message.Message):
-    __slots__ = ("entries", "floor")
+    __slots__ = ("entries", "floor", "epochs")
     ENTRIES_FIELD_NUMBER: _ClassVar[int]
     FLOOR_FIELD_NUMBER: _ClassVar[int]
+    EPOCHS_FIELD_NUMBER: _ClassVar[int]
     entries: _containers.RepeatedCompositeFieldContainer[ClientEntry]
     floor: int
-    def __init__(self, entries: _Optional[_Iterable[_Union[ClientEntry, _Mapping]]] = ..., floor: _Optional[int] = ...) -> None: ...
+    epochs: _containers.RepeatedCompositeFieldContainer[ReplicaEpoch]
+    def __init__(self, entries: _Optional[_Iterable[_Union[ClientEntry, _Mapping]]] = ..., floor: _Optional[int] = ..., epochs: _Optional[_Iterable[_Union[ReplicaEpoch, _Mapping]]] = ...) -> None: ...
 
 class StateSnapshot(_message.Message):
     __slots__ = ("seq", "last_timestamp_us", "app", "clients")
@@ -225,18 +235,20 @@ class PreparedProof(_message.Message):
     def __init__(self, preprepare: _Optional[_Union[Envelope, _Mapping]] = ..., prepares: _Optional[_Iterable[_Union[Envelope, _Mapping]]] = ...) -> None: ...
 
 class ViewChange(_message.Message):
-    __slots__ = ("new_view", "stable_seq", "stable_digest", "checkpoint_proof", "prepared")
+    __slots__ = ("new_view", "stable_seq", "stable_digest", "checkpoint_proof", "prepared", "epoch")
     NEW_VIEW_FIELD_NUMBER: _ClassVar[int]
     STABLE_SEQ_FIELD_NUMBER: _ClassVar[int]
     STABLE_DIGEST_FIELD_NUMBER: _ClassVar[int]
     CHECKPOINT_PROOF_FIELD_NUMBER: _ClassVar[int]
     PREPARED_FIELD_NUMBER: _ClassVar[int]
+    EPOCH_FIELD_NUMBER: _ClassVar[int]
     new_view: int
     stable_seq: int
     stable_digest: bytes
     checkpoint_proof: _containers.RepeatedCompositeFieldContainer[Envelope]
     prepared: _containers.RepeatedCompositeFieldContainer[PreparedProof]
-    def __init__(self, new_view: _Optional[int] = ..., stable_seq: _Optional[int] = ..., stable_digest: _Optional[bytes] = ..., checkpoint_proof: _Optional[_Iterable[_Union[Envelope, _Mapping]]] = ..., prepared: _Optional[_Iterable[_Union[PreparedProof, _Mapping]]] = ...) -> None: ...
+    epoch: int
+    def __init__(self, new_view: _Optional[int] = ..., stable_seq: _Optional[int] = ..., stable_digest: _Optional[bytes] = ..., checkpoint_proof: _Optional[_Iterable[_Union[Envelope, _Mapping]]] = ..., prepared: _Optional[_Iterable[_Union[PreparedProof, _Mapping]]] = ..., epoch: _Optional[int] = ...) -> None: ...
 
 class NewView(_message.Message):
     __slots__ = ("view", "view_changes", "preprepares")

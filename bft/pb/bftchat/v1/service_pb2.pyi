@@ -126,7 +126,7 @@ class StatusRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class StatusReply(_message.Message):
-    __slots__ = ("replica_id", "view", "primary", "view_changing", "last_executed", "stable_checkpoint", "state_digest", "recovering", "peers_connected", "log_bytes", "cluster_id", "faults", "accused")
+    __slots__ = ("replica_id", "view", "primary", "view_changing", "last_executed", "stable_checkpoint", "state_digest", "recovering", "peers_connected", "log_bytes", "cluster_id", "faults", "accused", "epoch")
     REPLICA_ID_FIELD_NUMBER: _ClassVar[int]
     VIEW_FIELD_NUMBER: _ClassVar[int]
     PRIMARY_FIELD_NUMBER: _ClassVar[int]
@@ -140,6 +140,7 @@ class StatusReply(_message.Message):
     CLUSTER_ID_FIELD_NUMBER: _ClassVar[int]
     FAULTS_FIELD_NUMBER: _ClassVar[int]
     ACCUSED_FIELD_NUMBER: _ClassVar[int]
+    EPOCH_FIELD_NUMBER: _ClassVar[int]
     replica_id: int
     view: int
     primary: int
@@ -153,4 +154,5 @@ class StatusReply(_message.Message):
     cluster_id: bytes
     faults: _containers.RepeatedScalarFieldContainer[str]
     accused: _containers.RepeatedScalarFieldContainer[int]
-    def __init__(self, replica_id: _Optional[int] = ..., view: _Optional[int] = ..., primary: _Optional[int] = ..., view_changing: _Optional[bool] = ..., last_executed: _Optional[int] = ..., stable_checkpoint: _Optional[int] = ..., state_digest: _Optional[bytes] = ..., recovering: _Optional[bool] = ..., peers_connected: _Optional[int] = ..., log_bytes: _Optional[int] = ..., cluster_id: _Optional[bytes] = ..., faults: _Optional[_Iterable[str]] = ..., accused: _Optional[_Iterable[int]] = ...) -> None: ...
+    epoch: int
+    def __init__(self, replica_id: _Optional[int] = ..., view: _Optional[int] = ..., primary: _Optional[int] = ..., view_changing: _Optional[bool] = ..., last_executed: _Optional[int] = ..., stable_checkpoint: _Optional[int] = ..., state_digest: _Optional[bytes] = ..., recovering: _Optional[bool] = ..., peers_connected: _Optional[int] = ..., log_bytes: _Optional[int] = ..., cluster_id: _Optional[bytes] = ..., faults: _Optional[_Iterable[str]] = ..., accused: _Optional[_Iterable[int]] = ..., epoch: _Optional[int] = ...) -> None: ...
