@@ -1086,7 +1086,15 @@ class Replica:
         """One vote per sender and seq (the first stands). Seqs inside the window (h, h+L] are L/K at
         most; beyond it only the sender's highest is kept: that is how a lagging replica learns a
         stable checkpoint it must fetch. So a sender holds at most L/K + 1 votes, whatever it signs,
-        and a stability check looks at one seq's votes only."""
+        and a stability check looks at one seq's votes only.
+
+        One exception inside the window: a sender that signed two digests for one seq (only a faulty
+        replica does) also counts for a digest another sender already voted for. Otherwise a faulty
+        replica that sent us junk first could keep us from ever counting a certificate that
+        includes its honest-looking vote, and a replica behind everyone's stable checkpoint (whose
+        batches are gone) could never fetch it (simulator seed 86). A certificate is 2f+1 distinct
+        signers of one (seq, digest) whatever else they signed. It creates no new candidate digest,
+        so a seq holds at most n digests with at most n votes each."""
         payload = self._open(env, Kind.CHECKPOINT)
         if payload is None:
             return
@@ -1098,9 +1106,14 @@ class Replica:
         if ck.seq <= self.h or ck.seq % self.p.checkpoint_interval:
             return
         mine = self.ckpt_by_sender.setdefault(env.signer, {})
-        if ck.seq in mine:
-            return
         top = self.h + self.p.watermark_window
+        if ck.seq in mine:
+            if mine[ck.seq] != ck.state_digest and ck.seq <= top:
+                votes = self.ckpt_votes.get(ck.seq, {}).get(ck.state_digest)
+                if votes and env.signer not in votes:
+                    votes[env.signer] = env
+                    self._check_stable(ck.seq)
+            return
         if ck.seq > top:
             far = [s for s in mine if s > top]
             if any(s > ck.seq for s in far):
@@ -1910,8 +1923,7 @@ class Replica:
             "pending": p.max_pending_bytes,
             "reads": p.max_pending_read_bytes,
             "opened": p.max_pending_bytes,
-            "checkpoints": (n + 1)
-            * (p.watermark_window // p.checkpoint_interval + 1)
+            "checkpoints": (n * n * (p.watermark_window // p.checkpoint_interval) + n + 1)
             * envelope_size(caps.body[Kind.CHECKPOINT]),
             "view-changes": n * envelope_size(caps.body[Kind.VIEW_CHANGE]),
             "slots": p.watermark_window * (2 * n + 1) * vote,
