@@ -300,3 +300,21 @@ def test_a_view_of_2_64_minus_1_does_not_break_recovery() -> None:
     net = Net(_params())
     rep = _recovering(net, {0: 2**64 - 1, 1: 0, 2: 1})
     assert rep.recovering and rep.recovery_view == 0 and rep.view == 0
+
+
+def test_requests_a_transfer_installed_leave_no_timer_to_suspect_the_primary() -> None:
+    """The lagging replica holds a client's request (its timer armed) when it joins; the state
+    transfer installs that request's execution. Nothing waits any more, so it must not suspect
+    the primary: before the fix its timer fired anyway and it view-changed alone, stranded out of
+    the cluster's view and not voting (simulator seed 20261692)."""
+    net = _lagging_cluster(_params(view_change_timeout=1.0))
+    lag = net.reps[LAGGER]
+    # The last request the others executed reaches the lagger only now (a client's resend).
+    raw = make_request(HashSigner(b"client", net.hv), CID, 1, 10, b"set key10 " + b"v" * 200)
+    lag.on_request(raw, net.now)
+    net._take(LAGGER)
+    assert lag.request_timer_on
+    net.run(net.now + 6.0)
+    assert _caught_up(net)
+    assert lag.view == 0 and not lag.view_changing and not lag.request_timer_on
+    assert [r.view for r in net.reps] == [0, 0, 0, 0]
