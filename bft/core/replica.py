@@ -285,6 +285,12 @@ class Replica:
             self._on_status_tick(now)
             self._set_timer(STATUS_TIMER, now + self.p.status_interval)
         elif name == VIEW_TIMER:
+            if self.request_timer_on and not self.pending:
+                # Every request it guarded left the table without an execution restarting it (a
+                # state transfer installed them): nothing waits, nothing to suspect. Suspecting
+                # anyway stranded an honest replica alone in a view (simulator seed 20261692).
+                self.request_timer_on = False
+                return
             if self.request_timer_on and not self.view_changing and not self.reforwarded:
                 # Half the timeout passed with requests still unordered: forward them to the primary
                 # again before suspecting it (the first copy may have been lost, or refused).
@@ -1088,13 +1094,15 @@ class Replica:
         stable checkpoint it must fetch. So a sender holds at most L/K + 1 votes, whatever it signs,
         and a stability check looks at one seq's votes only.
 
-        One exception inside the window: a sender that signed two digests for one seq (only a faulty
-        replica does) also counts for a digest another sender already voted for. Otherwise a faulty
-        replica that sent us junk first could keep us from ever counting a certificate that
-        includes its honest-looking vote, and a replica behind everyone's stable checkpoint (whose
-        batches are gone) could never fetch it (simulator seed 86). A certificate is 2f+1 distinct
-        signers of one (seq, digest) whatever else they signed. It creates no new candidate digest,
-        so a seq holds at most n digests with at most n votes each."""
+        One exception: a vote these rules do not keep as the sender's own (a second digest for one
+        seq, or beyond the window a seq below the sender's highest) also counts for a (seq, digest)
+        another sender's own vote holds (``_second_checkpoint_vote``). Otherwise a faulty replica
+        that sent us junk first could keep us from ever counting a certificate that includes its
+        honest-looking vote, and a replica behind everyone's stable checkpoint (whose batches are
+        gone) could never fetch it (simulator seeds 86 and 20263159). A certificate is 2f+1
+        distinct signers of one (seq, digest) whatever else they signed. It creates no new
+        candidate, so a seq in the window holds at most n digests with at most n votes each, and
+        beyond it at most n candidates (one per sender's own vote) with at most n votes each."""
         payload = self._open(env, Kind.CHECKPOINT)
         if payload is None:
             return
@@ -1108,15 +1116,13 @@ class Replica:
         mine = self.ckpt_by_sender.setdefault(env.signer, {})
         top = self.h + self.p.watermark_window
         if ck.seq in mine:
-            if mine[ck.seq] != ck.state_digest and ck.seq <= top:
-                votes = self.ckpt_votes.get(ck.seq, {}).get(ck.state_digest)
-                if votes and env.signer not in votes:
-                    votes[env.signer] = env
-                    self._check_stable(ck.seq)
+            if mine[ck.seq] != ck.state_digest:
+                self._second_checkpoint_vote(env, ck)
             return
         if ck.seq > top:
             far = [s for s in mine if s > top]
             if any(s > ck.seq for s in far):
+                self._second_checkpoint_vote(env, ck)
                 return
             for s in far:
                 self._forget_checkpoint_vote(env.signer, s)
@@ -1124,14 +1130,29 @@ class Replica:
         self.ckpt_votes.setdefault(ck.seq, {}).setdefault(ck.state_digest, {})[env.signer] = env
         self._check_stable(ck.seq)
 
+    def _second_checkpoint_vote(self, env: pb.Envelope, ck: pb.Checkpoint) -> None:
+        """A vote the one-per-sender rule does not keep as the sender's own (a second digest for a
+        seq, or a far seq below the sender's highest far one) still counts for a (seq, digest)
+        another sender's own vote already holds: it adds no candidate, only a signature to one.
+        Without it a faulty replica decides which of its votes we count: with a far vote at a junk
+        seq it kept its real vote inside honest peers' stable proof from counting, and a lagging
+        replica, which needs 2f+1 signers other than itself while only 2f others are honest,
+        never saw a certificate (simulator seeds 86 in the window, 20263159 beyond it)."""
+        votes = self.ckpt_votes.get(ck.seq, {}).get(ck.state_digest)
+        if votes and env.signer not in votes:
+            votes[env.signer] = env
+            self._check_stable(ck.seq)
+
     def _forget_checkpoint_vote(self, sender: int, seq: int) -> None:
+        """Drop a sender's far vote (it voted a higher far seq). A candidate that no sender's own vote
+        holds any more goes with the second votes it gathered, so those stay bounded too."""
         digest = self.ckpt_by_sender.get(sender, {}).pop(seq, None)
         if digest is None:
             return
         by_digest = self.ckpt_votes.get(seq, {})
         votes = by_digest.get(digest, {})
         votes.pop(sender, None)
-        if not votes:
+        if not any(self.ckpt_by_sender.get(r, {}).get(seq) == digest for r in votes):
             by_digest.pop(digest, None)
         if not by_digest:
             self.ckpt_votes.pop(seq, None)
@@ -1639,6 +1660,7 @@ class Replica:
         if t.newer is not None:
             self._make_stable(*t.newer)
         self._try_execute(now)
+        self._refresh_request_timer(now)  # progress, and the requests it covered no longer wait
         return True
 
     # ------------------------------------------------------------------ recovery (amnesia)
@@ -1873,20 +1895,20 @@ class Replica:
             and self.new_view_env is not None
         ):
             self._answer(peer, pb.PeerMessage(envelope=self.new_view_env), now, "new-view", self.view)
-        if st.last_executed < self.last_executed:
-            if st.last_executed < self.h and self.h > 0:
-                # The peer is behind our stable checkpoint: show it the proof; it will fetch state.
-                self._send_stable_proof(peer, now)
-            else:
-                hi = min(self.last_executed, st.last_executed + self.p.catchup_slots_per_status)
-                if not self.answers.allow(peer, 0, now, "catch-up", (st.last_executed, hi)):
-                    return
-                for seq in range(st.last_executed + 1, hi + 1):
-                    proof = self.commit_proofs.get(seq)
-                    if proof is not None and not self._answer(peer, pb.PeerMessage(commit_proof=proof), now):
-                        break
-        elif st.stable_seq < self.h and self.h > 0:
+        if st.stable_seq < self.h and self.h > 0:
+            # The peer's stable checkpoint is behind ours: show it our proof. Behind it in execution,
+            # it fetches state; past it, the proof moves its window, without which it drops commit
+            # proofs above its old h + L and never catches up (simulator seed 20265896: a replica
+            # that was down while its peers' CHECKPOINTs flew by executed to its window's top).
             self._send_stable_proof(peer, now)
+        if self.h <= st.last_executed < self.last_executed:
+            hi = min(self.last_executed, st.last_executed + self.p.catchup_slots_per_status)
+            if not self.answers.allow(peer, 0, now, "catch-up", (st.last_executed, hi)):
+                return
+            for seq in range(st.last_executed + 1, hi + 1):
+                proof = self.commit_proofs.get(seq)
+                if proof is not None and not self._answer(peer, pb.PeerMessage(commit_proof=proof), now):
+                    break
 
     # ------------------------------------------------------------------ bounded tables
 
@@ -1923,7 +1945,7 @@ class Replica:
             "pending": p.max_pending_bytes,
             "reads": p.max_pending_read_bytes,
             "opened": p.max_pending_bytes,
-            "checkpoints": (n * n * (p.watermark_window // p.checkpoint_interval) + n + 1)
+            "checkpoints": (n * n * (p.watermark_window // p.checkpoint_interval + 1) + 1)
             * envelope_size(caps.body[Kind.CHECKPOINT]),
             "view-changes": n * envelope_size(caps.body[Kind.VIEW_CHANGE]),
             "slots": p.watermark_window * (2 * n + 1) * vote,
