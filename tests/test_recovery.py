@@ -246,6 +246,39 @@ def test_lying_statuses_neither_park_the_recovering_replica_nor_run_the_primary_
     assert len({(r.last_executed, r.state_digest()) for r in net.reps}) == 1
 
 
+def _preprepares(outs: list[object]) -> list[pb.Batch]:
+    """The batches of the PRE-PREPAREs among a replica's outputs."""
+    return [
+        pb.Batch.FromString(m.batch)
+        for o in outs
+        if isinstance(o, Send) and _is(o.data, Kind.PREPREPARE)
+        for m in [pb.PeerMessage.FromString(o.data)]
+    ]
+
+
+def test_a_request_does_not_wait_behind_empty_batches_for_a_peer_recovery() -> None:
+    """The primary of an idle cluster orders empty batches for a replica that says it recovers
+    (replica 2 here lies); a client request that arrives while they are in flight is proposed at
+    once, not after them: max_in_flight paces client batches only. Counting the empty batches cost
+    each request of a closed-loop client another PRE-PREPARE round trip, twice its latency under
+    a slow primary (simulator seed 20268473, regression scenario
+    slow-primary-behind-recovery-empty-batches)."""
+    budget = 3
+    net = Net(recovery_null_batches=budget, max_in_flight=1)
+    _busy(net, 2)
+    _lie(net, 2, view=0, stable_seq=0, recovering=True, recovery_target=2**64 - 1)
+    primary = net.reps[0]
+    net.now = primary.timers["status"]
+    primary.on_timer("status", net.now)
+    held = primary.take_outputs()  # not delivered: the PRE-PREPAREs are still in flight
+    empty = _preprepares(held)
+    assert len(empty) == budget and not any(b.requests for b in empty)
+    raw = make_request(net.client, CID, 1, int(net.now * 1_000_000) + 100, b"add n 1")
+    primary.on_request(raw, net.now)
+    proposed = _preprepares(primary.take_outputs())
+    assert [list(b.requests) for b in proposed] == [[raw]]
+
+
 def test_a_whole_cluster_of_empty_data_dirs_still_starts() -> None:
     """Every replica starts recovering (fresh data dirs look wiped): more than f recover at once,
     no bound can be met, and they fall back to a view change as before; then the cluster works."""
