@@ -3,7 +3,8 @@ to an unreplicated baseline and the Ed25519 floor of this machine.
 
     bftchat-bench [--replicas 4[,7]] [--clients 1[,20,50]] [--seconds 10] [--size 256]
                   [--processes P] [--config CONFIG [--insecure]] [--no-baseline]
-                  [--json] [--markdown] [--plot FILE] [--plot-from RESULTS.jsonl]
+                  [--json] [--markdown] [--plot FILE] [--save RESULTS.jsonl] [--plot-from RESULTS.jsonl]
+                  [--failover kill|stop] [--preload-accounts N[,N...] --preload-messages M[,M...]]
 
 What runs where:
 
@@ -34,7 +35,9 @@ import argparse
 import asyncio
 import contextlib
 import hashlib
+import itertools
 import json
+import math
 import os
 import random
 import re
@@ -627,6 +630,11 @@ class Point:
     gc_pause_max_ms: float | None = None  # upper bound of the longest GC pause bucket seen
     preload_accounts: int = 0  # state installed before the run (--preload-accounts)
     preload_messages: int = 0
+    # Added for the failover figure (--failover only; keys above are unchanged):
+    outage_from_s: float | None = None  # seconds into the window where the outage_s gap starts
+    timeline: list[int] | None = None  # completed sends per timeline_bucket_s from the window's start
+    timeline_bucket_s: float | None = None
+    view_change_timeout_s: float | None = None  # the cluster's initial view-change timeout
 
 
 @dataclass
@@ -654,10 +662,34 @@ def outage(done_times: Sequence[float], fault_time: float, end: float) -> float:
     without the primary), so the outage is the longest gap, not the time to the first completion.
     With no completion at all after the fault it is ``end - fault_time``, a lower bound.
     """
-    longest, prev = 0.0, fault_time
+    return outage_span(done_times, fault_time, end)[1]
+
+
+def outage_span(done_times: Sequence[float], fault_time: float, end: float) -> tuple[float, float]:
+    """(start, length) of the gap ``outage`` measures: where to shade it on the timeline."""
+    longest, at, prev = 0.0, fault_time, fault_time
     for t in sorted(x for x in done_times if x >= fault_time):
-        longest, prev = max(longest, t - prev), t
-    return max(longest, end - prev)
+        if t - prev > longest:
+            longest, at = t - prev, prev
+        prev = t
+    if end - prev > longest:
+        longest, at = end - prev, prev
+    return at, longest
+
+
+TIMELINE_BUCKET = 0.1  # seconds: fine enough to see a 2 s view change, 600 numbers for a minute
+
+
+def timeline(
+    done_times: Sequence[float], start: float, end: float, bucket: float = TIMELINE_BUCKET
+) -> list[int]:
+    """Completed sends per ``bucket`` seconds from ``start`` to ``end`` (the last bucket may be
+    shorter); completions outside the window are left out."""
+    counts = [0] * max(1, math.ceil((end - start) / bucket - 1e-9))
+    for t in done_times:
+        if start <= t <= end:
+            counts[min(int((t - start) / bucket), len(counts) - 1)] += 1
+    return counts
 
 
 def _percentile(values: list[float], q: float) -> float:
@@ -808,7 +840,10 @@ def measure(
     point.gc_pause_max_ms = None if longest is None else longest * 1000
     if fault is not None:
         point.failover, point.fault_at_s = fault.kind, fault.at
-        point.outage_s = outage([t for r in results for t in r["done_times"]], fault_time, end)
+        done = [t for r in results for t in r["done_times"]]
+        gap_from, point.outage_s = outage_span(done, fault_time, end)
+        point.outage_from_s = gap_from - start
+        point.timeline, point.timeline_bucket_s = timeline(done, start, end), TIMELINE_BUCKET
     # Also without a fault: a healthy run that ends above view 0 had a needless view change.
     views = [v for v in (metric(port, "bft_view") for port in metrics_ports) if v is not None]
     point.view_after = max(views) if views else None
@@ -1190,47 +1225,17 @@ def markdown(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def plot(rows: list[dict[str, Any]], path: Path) -> None:
-    """Throughput and latency against clients, one line per n, and the baseline (needs matplotlib)."""
+def plot(rows: list[dict[str, Any]], path: Path) -> list[Path]:
+    """Every figure the rows allow (``bft.tools.benchplot``, needs matplotlib): throughput and latency
+    against clients at ``path``, and next to it ``-failover`` and ``-state`` figures when the rows have
+    failover or preload points. Returns the files written."""
     try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        from bft.tools import benchplot
     except ImportError:
         raise UsageError(
             "--plot needs matplotlib: pip install -e '.[bench]' (or run scripts/bench)"
         ) from None
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.2))
-    targets = {4: (3000, 4.0), 7: (1500, 8.0)}  # the issue's targets: sends/s at 50 clients, p50 ms at 1
-    for k, n in enumerate(sorted({r["replicas"] for r in rows})):
-        color = f"C{k}"
-        rs = sorted((r for r in rows if r["replicas"] == n), key=lambda r: r["clients"])
-        xs = [r["clients"] for r in rs]
-        ax1.plot(xs, [r["throughput_ops"] for r in rs], "o-", color=color, label=f"BFT n={n}")
-        ax2.plot(xs, [r["p50_ms"] for r in rs], "o-", color=color, label=f"n={n} p50")
-        ax2.plot(xs, [r["p99_ms"] for r in rs], "x--", color=color, label=f"n={n} p99")
-        if n in targets:
-            ax1.plot([50], [targets[n][0]], "*", color=color, markersize=12, label=f"target n={n}")
-            ax2.plot([1], [targets[n][1]], "*", color=color, markersize=12, label=f"target p50 n={n}")
-    base = {r["clients"]: r for r in rows if r.get("baseline_ops")}
-    if base:
-        xs = sorted(base)
-        ax1.plot(
-            xs, [base[x]["baseline_ops"] for x in xs], "s:", color="gray", label="baseline (no replication)"
-        )
-        ax2.plot(xs, [base[x]["baseline_p50_ms"] for x in xs], "s:", color="gray", label="baseline p50")
-    ax1.set(xlabel="concurrent clients", ylabel="committed sends/s", title="Throughput")
-    ax2.set(xlabel="concurrent clients", ylabel="latency (ms)", title="Latency", yscale="log")
-    for ax in (ax1, ax2):
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-    cores_ = rows[0].get("cores", "?") if rows else "?"
-    fig.suptitle(
-        f"bftchat on one {cores_}-core machine (replicas and clients together), TLS, fsync", fontsize=10
-    )
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    return benchplot.plot_all(rows, path)
 
 
 # ---------------------------------------------------------------- entry point
@@ -1244,6 +1249,40 @@ def _int_list(text: str) -> list[int]:
     if not values or any(v < 1 for v in values):
         raise argparse.ArgumentTypeError(f"expected positive numbers, got {text!r}")
     return values
+
+
+def _count_list(text: str) -> list[int]:
+    """Like ``_int_list`` but 0 is allowed (an empty state)."""
+    try:
+        values = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected numbers separated by commas, got {text!r}") from None
+    if not values or any(v < 0 for v in values):
+        raise argparse.ArgumentTypeError(f"expected numbers 0 or more, got {text!r}")
+    return values
+
+
+def preload_sizes(accounts: Sequence[int], messages: Sequence[int]) -> list[tuple[int, int]]:
+    """The (accounts, messages) pairs of ``--preload-accounts``/``--preload-messages``: paired by
+    position; a single value of either goes with every value of the other."""
+    if len(accounts) != len(messages) and 1 not in (len(accounts), len(messages)):
+        raise UsageError(
+            f"--preload-accounts has {len(accounts)} sizes and --preload-messages {len(messages)}: "
+            "give as many of each (paired by position), or one value of either"
+        )
+    count = max(len(accounts), len(messages))
+    pairs = [
+        (accounts[k if len(accounts) > 1 else 0], messages[k if len(messages) > 1 else 0])
+        for k in range(count)
+    ]
+    for a, m in pairs:
+        if a < 0 or m < 0:
+            raise UsageError("--preload-accounts and --preload-messages must not be negative")
+        if m and a < 2:
+            raise UsageError(
+                f"--preload-messages {m} needs --preload-accounts 2 or more (it is paired with {a})"
+            )
+    return pairs
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -1270,25 +1309,35 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-baseline", action="store_true", help="skip the unreplicated baseline")
     p.add_argument("--json", action="store_true", help="one JSON object per measured point on stdout")
     p.add_argument("--markdown", action="store_true", help="finish with a Markdown table of every point")
-    p.add_argument("--plot", metavar="FILE", help="write a PNG plot of every point (matplotlib)")
+    p.add_argument(
+        "--plot",
+        metavar="FILE",
+        help="write PNG plots (matplotlib): FILE, sends/s and latency against clients with the baseline "
+        "and the targets; FILE-failover.png, commits/s over time, for --failover points; FILE-state.png, "
+        "cost against the preloaded state, when points differ only in preload size",
+    )
     p.add_argument("--save", metavar="FILE", help="append every point as a JSON line to FILE")
     p.add_argument("--plot-from", metavar="FILE", help="only plot/tabulate saved JSON lines (no run)")
     p.add_argument("--keep", action="store_true", help="keep the temporary directory (logs, data)")
     p.add_argument("--profile", metavar="DIR", help="py-spy every server and client process in the window")
     p.add_argument(
         "--preload-accounts",
-        type=int,
-        default=0,
-        metavar="N",
+        type=_count_list,
+        default=[0],
+        metavar="N[,N...]",
         help="start each cluster with N registered accounts (a checkpoint built by a fast path, "
-        "bft/tools/preload.py; default %(default)s)",
+        "bft/tools/preload.py), or a list for a state-size curve: 0,100000,1000000 measures every "
+        "--replicas/--clients point once per size, each size on its own fresh cluster (default 0)",
     )
     p.add_argument(
         "--preload-messages",
-        type=int,
-        default=0,
-        metavar="M",
-        help="...and M undelivered messages among up to 1,000 of them (default %(default)s)",
+        type=_count_list,
+        default=[0],
+        metavar="M[,M...]",
+        help="...and M undelivered messages among up to 1,000 of them; a list pairs with "
+        "--preload-accounts by position (0,20000,200000 with 0,100000,1000000 gives 0/0, "
+        "100000/20000, 1000000/200000) and must be as long, a single value goes with every size "
+        "(default 0)",
     )
     p.add_argument(
         "--failover",
@@ -1317,7 +1366,8 @@ def run(args: argparse.Namespace) -> int:
         except (OSError, ValueError) as exc:
             raise UsageError(f"--plot-from {args.plot_from}: {exc}") from None
         if args.plot:
-            plot(rows, Path(args.plot))
+            for written in plot(rows, Path(args.plot)):
+                print(f"  wrote {written}", file=sys.stderr)
         print(markdown(rows))
         return 0
     if args.size < 1 or args.size > 60_000:
@@ -1327,13 +1377,9 @@ def run(args: argparse.Namespace) -> int:
     fault_at = args.failover_at if args.failover_at is not None else args.seconds / 3
     if args.failover and args.config:
         raise UsageError("--failover starts its own clusters: it cannot be used with --config")
-    preload = (args.preload_accounts, args.preload_messages)
-    if any(preload) and args.config:
+    sizes = preload_sizes(args.preload_accounts, args.preload_messages)
+    if any(a or m for a, m in sizes) and args.config:
         raise UsageError("--preload-* builds its own clusters: it cannot be used with --config")
-    if args.preload_accounts < 0 or args.preload_messages < 0:
-        raise UsageError("--preload-accounts and --preload-messages must not be negative")
-    if args.preload_messages and args.preload_accounts < 2:
-        raise UsageError("--preload-messages needs --preload-accounts 2 or more")
     if args.failover and not 0 < fault_at < args.seconds:
         raise UsageError("--failover-at must be inside the window (0 < S < --seconds)")
     config = None
@@ -1368,7 +1414,8 @@ def run(args: argparse.Namespace) -> int:
                     baselines[c] = measure(
                         specs, [server.pid], point, work, warmup=args.warmup, profile=profile
                     )
-        for n in args.replicas:
+        for n, (j, preload) in itertools.product(args.replicas, enumerate(sizes)):
+            where = work if len(sizes) == 1 else work / f"preload-{j}"  # a fresh cluster per size
             if config is not None:
                 pids = pids_running(config.path)
                 ports = [r.metrics_port for r in config.replicas if r.metrics_port]
@@ -1379,20 +1426,22 @@ def run(args: argparse.Namespace) -> int:
                         file=out,
                     )
             else:
-                ctx = bench_cluster(n, work, args.insecure, out, preload)
+                ctx = bench_cluster(n, where, args.insecure, out, preload)
             fresh = args.failover is not None
-            for c, (cfg, pids, ports) in _clusters(ctx, args.clients, fresh, n, work, args, out):
+            for c, (cfg, pids, ports) in _clusters(ctx, args.clients, fresh, n, where, preload, args, out):
                 procs = args.processes or default_processes(c)
                 point = Point("bft", n, c, procs, args.seconds, args.size)
                 point.preload_accounts, point.preload_messages = preload
                 tag = os.urandom(4).hex()
                 extra = {"config": str(cfg.path), "insecure": args.insecure}
-                print(f"  n={n}, {c} clients ...", file=out, flush=True)
+                state = f", preloaded {preload[0]} accounts and {preload[1]} messages" if any(preload) else ""
+                print(f"  n={n}, {c} clients{state} ...", file=out, flush=True)
                 fault = None
                 if args.failover:
                     primary = primary_of(ports, n)
                     fault = Fault(args.failover, fault_at, pids[primary], primary)
                     extra["times"] = True
+                    point.view_change_timeout_s = cfg.info().params.view_change_timeout
                 measured = measure(
                     client_specs("bft", c, procs, tag, args.size, extra),
                     pids,
@@ -1428,13 +1477,20 @@ def run(args: argparse.Namespace) -> int:
     if args.markdown:
         print(markdown(rows), file=out)
     if args.plot:
-        plot(rows, Path(args.plot))
-        print(f"  wrote {args.plot}", file=out)
+        for written in plot(rows, Path(args.plot)):
+            print(f"  wrote {written}", file=out)
     return 0
 
 
 def _clusters(
-    shared: Any, clients: list[int], fresh: bool, n: int, work: Path, args: argparse.Namespace, out: IO[str]
+    shared: Any,
+    clients: list[int],
+    fresh: bool,
+    n: int,
+    work: Path,
+    preload: tuple[int, int],
+    args: argparse.Namespace,
+    out: IO[str],
 ) -> Iterator[tuple[int, tuple[Any, list[int], list[int]]]]:
     """(clients, cluster) for each point: one shared cluster, or a fresh one per point (a failover
     measurement leaves its cluster with a dead or frozen primary)."""
@@ -1444,7 +1500,6 @@ def _clusters(
                 yield c, cluster
         return
     for k, c in enumerate(clients):
-        preload = (args.preload_accounts, args.preload_messages)
         with bench_cluster(n, work / f"point-{k}", args.insecure, out, preload) as cluster:
             yield c, cluster
 
