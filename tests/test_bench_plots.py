@@ -134,6 +134,7 @@ def test_json_rows_keep_every_existing_key() -> None:
     json.dumps(failover)  # still one JSON line
 
 
+@needs_matplotlib
 def test_throughput_target_is_a_ratio_of_each_runs_baseline() -> None:
     from bft.tools import benchplot
 
