@@ -318,3 +318,40 @@ def test_requests_a_transfer_installed_leave_no_timer_to_suspect_the_primary() -
     assert _caught_up(net)
     assert lag.view == 0 and not lag.view_changing and not lag.request_timer_on
     assert [r.view for r in net.reps] == [0, 0, 0, 0]
+
+
+def test_a_superseded_target_that_stalls_gives_way_to_the_newer_checkpoint() -> None:
+    """The lagger got one chunk of checkpoint 10 from replica 0, which then goes silent (a
+    Byzantine source trickling an old target); meanwhile the cluster certifies 12 and 14, so
+    replicas 1 and 2 no longer hold 10. After one source timeout the lagger moves to 14 and asks
+    the next source, instead of trying every source for 10 first (n-1 timeouts: simulator seed
+    20266959 spent 12 s per stale target that way)."""
+    net = _lagging_cluster(_params(state_transfer_timeout=1.0))
+    lag = net.reps[LAGGER]
+    orig_send = net._send
+    sent_by_0 = [0]
+
+    def send(i: int, j: int, data: bytes) -> None:
+        if i == 0 and j == LAGGER and pb.PeerMessage.FromString(data).HasField("state_chunk"):
+            sent_by_0[0] += 1
+            if sent_by_0[0] > 1:
+                return
+        orig_send(i, j, data)
+
+    net._send = send  # type: ignore[method-assign]
+    while net.now < 2.0 and not (lag.transfer is not None and lag.transfer.chunks):
+        net.run(net.now + 0.01)
+    t = lag.transfer
+    assert t is not None and t.seq == 10 and len(t.chunks) == 1 and t.source == 0
+    stalled_at = net.now
+    client = HashSigner(b"client", net.hv)
+    for ts in range(11, 15):
+        net.request(client, ts, b"set key%d %s" % (ts, b"v" * 200))
+        net.run(net.now + 0.05)
+    assert all(r.h == 14 and 10 not in r.served for r in net.reps[:3])
+    assert lag.transfer is not None and lag.transfer.newer is not None and lag.transfer.newer[0] == 14, (
+        lag.last_executed, lag.h, net.installed, net.now - stalled_at, lag.transfer)
+    net.run(stalled_at + 2.0, lambda: _caught_up(net))
+    assert _caught_up(net), (lag.last_executed, lag.transfer and lag.transfer.seq, net.sources[-5:])
+    assert net.installed == [14]
+    assert lag.state_digest() == net.reps[0].state_digest()

@@ -113,7 +113,6 @@ class Transfer:
     progress_mark: int = -1  # len(chunks) at the previous status tick
     newer: tuple[int, bytes, list[pb.Envelope]] | None = None  # a later certified checkpoint
     rejected: int = 0  # chunks that failed verification
-    switches: int = 0  # sources given up on since the last progress
     _first_missing: int = 0
 
     @property
