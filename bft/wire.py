@@ -101,6 +101,21 @@ def varint_len(value: int) -> int:
     return max(1, (value.bit_length() + 6) // 7)
 
 
+def uint_field(number: int, value: int) -> bytes:
+    """A proto3 ``uint32``/``uint64`` field as deterministic serialisation writes it: nothing for
+    zero (the default is left out), else tag and varint. With :func:`len_field_head`, this lets a
+    caller that caches encoded pieces (the chat snapshot) join them into exactly the bytes
+    ``SerializeToString(deterministic=True)`` would give, without building the message objects."""
+    return varint(number << 3) + varint(value) if value else b""
+
+
+def len_field_head(number: int, length: int) -> bytes:
+    """Tag and length prefix of a length-delimited field (bytes, string, submessage) whose content is
+    ``length`` bytes. Proto3 leaves an empty ``bytes``/``string`` field out: the caller checks that
+    (an empty submessage in a repeated field is still written)."""
+    return varint((number << 3) | 2) + varint(length)
+
+
 
 
 def _field(length: int) -> int:
