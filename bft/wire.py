@@ -84,10 +84,15 @@ def drop_if_unknown_fields(msg: Message) -> None:
         raise WireError(f"unknown fields in {type(msg).__name__}")
 
 
+_ONE_BYTE = tuple(bytes((i,)) for i in range(0x80))
+
+
 def varint(n: int) -> bytes:
     """``n`` (>= 0) as a protobuf base-128 varint: the length prefix of a length-delimited field, for
     the places that frame bytes they already hold without re-serialising them (peer link frames,
     log frames)."""
+    if n < 0x80:
+        return _ONE_BYTE[n]  # most lengths and small numbers: no loop (the chat snapshot writes millions)
     out = bytearray()
     while n >= 0x80:
         out.append((n & 0x7F) | 0x80)

@@ -11,7 +11,7 @@ import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from bft.app.base import ExecContext, Request
@@ -453,3 +453,40 @@ def test_account_record_of_non_ascii_and_empty_fields() -> None:
         content = record[_record_start(record) : split] + _delivered_head(1, 0, 0, b"", entry.signature)
         content += _SIG_HEAD + entry.signature + record[split:]
         assert len_field_head(3, len(content)) + content == want
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.one_of(st.text(max_size=40), st.from_regex(r"[a-zA-Z0-9_\-\n]{0,34}", fullmatch=True)))
+@example("a" * 32)
+@example("a" * 33)
+@example("a\n")
+@example("\na")
+@example("zoë")
+@example("")
+@example("-a")
+def test_batch_name_check_is_normalize_name(name: str) -> None:
+    """restore checks all names with one compiled pattern: it accepts exactly the canonical names."""
+    from bft.app.names import all_canonical, normalize_name
+
+    assert all_canonical([name]) == (normalize_name(name) == name)
+    assert all_canonical(["ann", name, "zed"]) == (normalize_name(name) == name)
+
+
+def test_restore_drops_unknown_fields_from_the_cached_records() -> None:
+    """Unknown fields in a snapshot were always ignored; the records cached from it must not keep them."""
+    app = ChatApp(LIMITS)
+    for i, req in enumerate(requests_of([*SETUP, (0, send_op("ann", "ben", 1, 0, 40))])):
+        app.execute(req, ExecContext(seq=i + 1, index=0, timestamp_us=1000 * i))
+    unknown = b"\xf8\x01\x07"  # field 31, varint 7
+    padded = cpb.ChatSnapshot()
+    padded.ParseFromString(app.snapshot() + unknown)
+    for rec in padded.accounts:
+        rec.ParseFromString(rec.SerializeToString() + unknown)
+        for d in rec.inbox:
+            d.ParseFromString(d.SerializeToString() + unknown)
+    data = padded.SerializeToString()
+    assert data.count(unknown) == 1 + app.account_count + app.stored_messages
+    other = ChatApp(LIMITS)
+    other.restore(data)
+    assert other.snapshot() == app.snapshot() == reference_snapshot(other)
+    assert other.digest() == app.digest()

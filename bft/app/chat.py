@@ -22,17 +22,18 @@ from __future__ import annotations
 
 import bisect
 import hashlib
+import operator
 import struct
 from dataclasses import dataclass, field
 
 from google.protobuf.message import DecodeError
 
 from bft.app.base import ExecContext, ExecResult, Request
-from bft.app.names import literal_prefix, matches, normalize_name, normalize_pattern
+from bft.app.names import all_canonical, literal_prefix, matches, normalize_name, normalize_pattern
 from bft.crypto import KEY_LEN, SIG_LEN
 from bft.lthash import LtHash
 from bft.pb.bftchat.v1 import chat_pb2 as cpb
-from bft.wire import MAX_REQUEST_BYTES, len_field_head, request_signer_key, uint_field
+from bft.wire import MAX_REQUEST_BYTES, len_field_head, request_signer_key, uint_field, varint
 
 Code = cpb.ChatError.Code
 
@@ -56,6 +57,7 @@ _SNAP_VERSION, _SNAP_NEXT_ID, _SNAP_ACCOUNTS = 1, 2, 3
 _REC_NAME, _REC_SIGNING_KEY, _REC_BOX_KEY, _REC_INBOX, _REC_CREATED = 1, 2, 3, 4, 5
 _DLV_ID, _DLV_SEQ, _DLV_TS, _DLV_SIGNED, _DLV_SIGNATURE = 1, 2, 3, 4, 5
 _SIG_HEAD = len_field_head(_DLV_SIGNATURE, SIG_LEN)
+_RECORD_TAG = varint((_SNAP_ACCOUNTS << 3) | 2)
 
 
 @dataclass(frozen=True, slots=True)
@@ -286,6 +288,8 @@ class ChatApp:
             snap.ParseFromString(data)
         except (DecodeError, ValueError, RuntimeError):
             raise ValueError("malformed chat snapshot") from None
+        # Unknown fields were always ignored; dropped now, as the records' encodings below are cached.
+        snap.DiscardUnknownFields()
         if snap.version != SNAPSHOT_VERSION:
             raise ValueError(f"unsupported chat snapshot version {snap.version}")
         next_id = snap.next_id
@@ -293,7 +297,6 @@ class ChatApp:
             raise ValueError("chat snapshot next_id must be at least 1")
         lim = self.limits
         accounts: dict[str, _Account] = {}
-        names: list[str] = []
         per_key: dict[bytes, int] = {}
         seen_ids: set[int] = set()
         lthash = LtHash()
@@ -302,22 +305,31 @@ class ChatApp:
         state_bytes = 0
         key_bytes: dict[bytes, int] = {}
         created: list[int] = []
-        for rec in snap.accounts:
-            name = rec.name
-            if normalize_name(name) != name or (names and name <= names[-1]):
-                raise ValueError("chat snapshot account names invalid or not strictly sorted")
-            if len(rec.signing_key) != KEY_LEN or len(rec.box_key) != BOX_KEY_LEN:
+        signers: dict[bytes, bytes] = {}  # one bytes object per sender key, shared by its messages
+        records = snap.accounts
+        all_names = [rec.name for rec in records]
+        if not all_canonical(all_names) or not all(map(operator.lt, all_names, all_names[1:])):
+            raise ValueError("chat snapshot account names invalid or not strictly sorted")
+        for rec, name in zip(records, all_names, strict=True):
+            # Each field read once: every read of a parsed protobuf field makes a new Python object.
+            signing_key, box_key, created_us, delivered = (
+                rec.signing_key,
+                rec.box_key,
+                rec.created_us,
+                rec.inbox,
+            )
+            if len(signing_key) != KEY_LEN or len(box_key) != BOX_KEY_LEN:
                 raise ValueError(f"chat snapshot account {name}: bad key length")
-            count = per_key.get(rec.signing_key, 0) + 1
+            count = per_key.get(signing_key, 0) + 1
             if count > lim.max_accounts_per_key:
                 raise ValueError("chat snapshot exceeds accounts per key")
-            if len(rec.inbox) > lim.max_inbox:
+            if len(delivered) > lim.max_inbox:
                 raise ValueError(f"chat snapshot inbox of {name} exceeds the limit")
-            per_key[rec.signing_key] = count
+            per_key[signing_key] = count
             inbox: list[_Message] = []
             senders: dict[bytes, int] = {}
             last_id = 0
-            for d in rec.inbox:
+            for d in delivered:
                 msg_id, seq, ts, signed, sig = d.id, d.seq, d.timestamp_us, d.signed, d.signature
                 if not (last_id < msg_id < next_id) or msg_id in seen_ids:
                     raise ValueError(f"chat snapshot inbox of {name}: bad message id {msg_id}")
@@ -326,22 +338,31 @@ class ChatApp:
                 seen_ids.add(msg_id)
                 last_id = msg_id
                 element = _message_element(name, msg_id, seq, ts, signed, sig)
-                sender, cost = request_signer_key(signed), _message_cost(signed, sig)
-                inbox.append(_new_message(msg_id, seq, ts, signed, sig, element, sender, cost))
+                sender = request_signer_key(signed)
+                sender = signers.setdefault(sender, sender)
+                cost = _message_cost(signed, sig)
+                # The cached entry head, from the C encoder: the entry minus signed and signature.
+                entry = d.SerializeToString(deterministic=True)
+                rest = len(signed) + len(_SIG_HEAD) + SIG_LEN
+                head = len_field_head(_REC_INBOX, len(entry)) + entry[: len(entry) - rest]
+                inbox.append(_Message(msg_id, seq, ts, signed, sig, element, sender, cost, head))
                 elements.append(element)
                 senders[sender] = senders.get(sender, 0) + 1
                 key_bytes[sender] = key_bytes.get(sender, 0) + cost
                 state_bytes += cost
             stored += len(inbox)
             state_bytes += ACCOUNT_COST
-            created.append(rec.created_us)
-            elements.append(_account_element(name, rec.signing_key, rec.box_key, rec.created_us))
-            acct = _new_account(name, rec.signing_key, rec.box_key, rec.created_us, inbox)
-            acct.senders = senders
-            accounts[name] = acct
-            names.append(name)
+            created.append(created_us)
+            elements.append(_account_element(name, signing_key, box_key, created_us))
+            if inbox:
+                record, split = _account_record(name, signing_key, box_key, created_us)
+            else:  # the usual case, from the C encoder: this record is what snapshot() will write
+                content = rec.SerializeToString(deterministic=True)
+                record = _RECORD_TAG + varint(len(content)) + content
+                split = len(record) - (1 + (created_us.bit_length() + 6) // 7 if created_us else 0)
+            accounts[name] = _Account(name, signing_key, box_key, created_us, inbox, record, split, senders)
         lthash.add_many(elements)
-        self._accounts, self._names, self._per_key = accounts, names, per_key
+        self._accounts, self._names, self._per_key = accounts, all_names, per_key
         self._next_id, self._stored, self._hash, self._digest = next_id, stored, lthash, None
         self._state_bytes, self._key_bytes = state_bytes, key_bytes
         self._recent = sorted(created)  # pruned at the next registration
