@@ -7,6 +7,7 @@ inboxes fill, accounts are deleted and re-registered.
 
 from __future__ import annotations
 
+import gc
 import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -431,6 +432,17 @@ def test_snapshot_is_the_protobuf_serialisation(
         app.execute(req, ctx)
         assert app.snapshot() == reference_snapshot(app)
     check_restore(app)
+    assert_empty_inboxes_untracked(app)
+
+
+def assert_empty_inboxes_untracked(app: ChatApp) -> None:
+    """Empty inboxes (most accounts' at a million accounts) cost no object a full collection walks."""
+    for acct in app._accounts.values():
+        assert acct.inbox or not gc.is_tracked(acct.inbox)
+    fresh = ChatApp(LIMITS)
+    fresh.restore(app.snapshot())
+    for acct in fresh._accounts.values():
+        assert acct.inbox or not gc.is_tracked(acct.inbox)
 
 
 def test_account_record_of_non_ascii_and_empty_fields() -> None:
