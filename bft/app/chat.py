@@ -267,9 +267,8 @@ class ChatApp:
     def snapshot(self) -> bytes:
         """The ``ChatSnapshot``'s deterministic serialisation, joined from the cached pieces."""
         parts = [uint_field(_SNAP_VERSION, SNAPSHOT_VERSION), uint_field(_SNAP_NEXT_ID, self._next_id)]
-        append, accounts = parts.append, self._accounts
-        for name in self._names:
-            acct = accounts[name]
+        append = parts.append
+        for acct in map(self._accounts.__getitem__, self._names):
             if not acct.inbox:
                 append(acct.record)
                 continue
