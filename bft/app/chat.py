@@ -25,6 +25,7 @@ import hashlib
 import operator
 import struct
 from dataclasses import dataclass, field
+from itertools import compress
 
 from google.protobuf.message import DecodeError
 
@@ -175,6 +176,22 @@ def _account_record(name: str, signing_key: bytes, box_key: bytes, created_us: i
     return head + body + tail, len(head) + len(body)
 
 
+def _record_with_inbox(acct: _Account) -> bytes:
+    """The account's snapshot record with its inbox entries spliced in before ``created_us``."""
+    record, split = acct.record, acct.split
+    inner = [record[_record_start(record) : split]]
+    extend = inner.extend
+    for m in acct.inbox:
+        sig = m.signature
+        extend((m.head, m.signed, _sig_head(sig), sig))
+    inner.append(record[split:])
+    return len_field_head(_SNAP_ACCOUNTS, sum(map(len, inner))) + b"".join(inner)
+
+
+_RECORD_OF = operator.attrgetter("record")
+_INBOX_OF = operator.attrgetter("inbox")
+
+
 def _record_start(record: bytes) -> int:
     """Where the content of an account record starts: after its tag (one byte) and length varint."""
     i = 1
@@ -225,6 +242,7 @@ class ChatApp:
         self.limits = limits or ChatLimits()
         self._accounts: dict[str, _Account] = {}
         self._names: list[str] = []  # sorted account names, for List
+        self._ordered: list[_Account] = []  # the accounts in the same order, for snapshot() (derived)
         self._per_key: dict[bytes, int] = {}  # accounts owned by each signing key (derived)
         self._next_id = 1
         self._stored = 0  # undelivered messages in total (derived)
@@ -265,22 +283,15 @@ class ChatApp:
         return self._digest
 
     def snapshot(self) -> bytes:
-        """The ``ChatSnapshot``'s deterministic serialisation, joined from the cached pieces."""
-        parts = [uint_field(_SNAP_VERSION, SNAPSHOT_VERSION), uint_field(_SNAP_NEXT_ID, self._next_id)]
-        append = parts.append
-        for acct in map(self._accounts.__getitem__, self._names):
-            if not acct.inbox:
-                append(acct.record)
-                continue
-            record, split = acct.record, acct.split
-            inner = [record[_record_start(record) : split]]
-            extend = inner.extend
-            for m in acct.inbox:
-                sig = m.signature
-                extend((m.head, m.signed, _sig_head(sig), sig))
-            inner.append(record[split:])
-            append(len_field_head(_SNAP_ACCOUNTS, sum(map(len, inner))))
-            parts += inner
+        """The ``ChatSnapshot``'s deterministic serialisation, joined from the cached pieces.
+
+        Every step that visits all accounts runs in C (``map``, ``attrgetter``, ``compress``); Python
+        only touches the accounts with undelivered messages."""
+        accts = self._ordered  # not a dict lookup per name: 0.35 s at a million accounts
+        parts = [uint_field(_SNAP_VERSION, SNAPSHOT_VERSION) + uint_field(_SNAP_NEXT_ID, self._next_id)]
+        parts += map(_RECORD_OF, accts)
+        for i in compress(range(len(accts)), map(_INBOX_OF, accts)):
+            parts[i + 1] = _record_with_inbox(accts[i])
         return b"".join(parts)
 
     def restore(self, data: bytes) -> None:
@@ -367,6 +378,7 @@ class ChatApp:
             )
         lthash.add_many(elements)
         self._accounts, self._names, self._per_key = accounts, all_names, per_key
+        self._ordered = list(accounts.values())  # inserted in name order
         self._next_id, self._stored, self._hash, self._digest = next_id, stored, lthash, None
         self._state_bytes, self._key_bytes = state_bytes, key_bytes
         self._recent = sorted(created)  # pruned at the next registration
@@ -507,8 +519,10 @@ class ChatApp:
             raise _Reject(Code.RATE_LIMITED, "too many new accounts right now; try again in a minute")
         bisect.insort(recent, now)
         self._state_bytes += ACCOUNT_COST
-        self._accounts[name] = _new_account(name, key, op.box_key, now)
-        bisect.insort(self._names, name)
+        acct = self._accounts[name] = _new_account(name, key, op.box_key, now)
+        i = bisect.bisect_left(self._names, name)
+        self._names.insert(i, name)
+        self._ordered.insert(i, acct)
         self._per_key[key] = self._per_key.get(key, 0) + 1
         self._hash.add(_account_element(name, key, op.box_key, now))
         self._changed()
@@ -590,7 +604,8 @@ class ChatApp:
             del self._recent[i]  # one entry per live account (equal times are interchangeable)
         self._hash.remove(_account_element(name, key, acct.box_key, acct.created_us))
         del self._accounts[name]
-        del self._names[bisect.bisect_left(self._names, name)]
+        i = bisect.bisect_left(self._names, name)
+        del self._names[i], self._ordered[i]
         left = self._per_key[key] - 1
         if left:
             self._per_key[key] = left
