@@ -155,11 +155,10 @@ class _Account:
     senders: dict[bytes, int] = field(default_factory=dict)  # messages in the inbox per sender key (derived)
 
 
-def _new_account(
-    name: str, signing_key: bytes, box_key: bytes, created_us: int, inbox: tuple[_Message, ...] = ()
-) -> _Account:
+def _new_account(name: str, signing_key: bytes, box_key: bytes, created_us: int) -> _Account:
+    """A just-registered account: no messages yet."""
     record, split = _account_record(name, signing_key, box_key, created_us)
-    return _Account(name, signing_key, box_key, created_us, inbox, record, split)
+    return _Account(name, signing_key, box_key, created_us, (), record, split)
 
 
 def _account_record(name: str, signing_key: bytes, box_key: bytes, created_us: int) -> tuple[bytes, int]:
