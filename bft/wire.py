@@ -84,10 +84,15 @@ def drop_if_unknown_fields(msg: Message) -> None:
         raise WireError(f"unknown fields in {type(msg).__name__}")
 
 
+_ONE_BYTE = tuple(bytes((i,)) for i in range(0x80))
+
+
 def varint(n: int) -> bytes:
     """``n`` (>= 0) as a protobuf base-128 varint: the length prefix of a length-delimited field, for
     the places that frame bytes they already hold without re-serialising them (peer link frames,
     log frames)."""
+    if n < 0x80:
+        return _ONE_BYTE[n]  # most lengths and small numbers: no loop (the chat snapshot writes millions)
     out = bytearray()
     while n >= 0x80:
         out.append((n & 0x7F) | 0x80)
@@ -99,6 +104,21 @@ def varint(n: int) -> bytes:
 def varint_len(value: int) -> int:
     """``len(varint(value))``, without building it."""
     return max(1, (value.bit_length() + 6) // 7)
+
+
+def uint_field(number: int, value: int) -> bytes:
+    """A proto3 ``uint32``/``uint64`` field as deterministic serialisation writes it: nothing for
+    zero (the default is left out), else tag and varint. With :func:`len_field_head`, this lets a
+    caller that caches encoded pieces (the chat snapshot) join them into exactly the bytes
+    ``SerializeToString(deterministic=True)`` would give, without building the message objects."""
+    return varint(number << 3) + varint(value) if value else b""
+
+
+def len_field_head(number: int, length: int) -> bytes:
+    """Tag and length prefix of a length-delimited field (bytes, string, submessage) whose content is
+    ``length`` bytes. Proto3 leaves an empty ``bytes``/``string`` field out: the caller checks that
+    (an empty submessage in a repeated field is still written)."""
+    return varint((number << 3) | 2) + varint(length)
 
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import subprocess
 import sys
 import time
@@ -205,6 +206,11 @@ def test_wiped_replica_recovers_by_state_transfer(cluster: Cluster) -> None:
     c.wait_healthy([3])
     agreed = c.wait_agree(timeout=40, same_view=False)
     assert "state_installed" in c.tail(3, 200)
+    # The installed state is frozen out of full collections, as the restored one is at start-up.
+    log = c.log_file(3).read_text()
+    at_start = re.findall(r"gc_frozen_objects=(\d+)", log.split("state_installed")[0])
+    installed = re.findall(r"state_installed.*gc_frozen_objects=(\d+)", log)
+    assert at_start and installed and int(installed[-1]) > 0
     # It can take part again: with replica 0 down, progress needs replica 3.
     c.kill9(0)
     _send_some(c, 3, "after")

@@ -321,6 +321,7 @@ async def serve(p: Prepared) -> int:
         metrics=metrics,
         events=events,
         timing=p.timing,
+        on_state_installed=freeze_heap,
     )
 
     def hello_for(peer: int) -> Any:

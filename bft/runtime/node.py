@@ -214,6 +214,7 @@ class Node:
         metrics: Metrics,
         events: EventLog,
         timing: TimedVerifier | None = None,
+        on_state_installed: Callable[[], int] | None = None,
     ) -> None:
         self.id = replica_id
         self.cluster = cluster
@@ -224,6 +225,10 @@ class Node:
         self.metrics = metrics
         self.events = events
         self._timing = timing
+        # Called after a state transfer installed a checkpoint (the process passes freeze_heap: the
+        # new state, millions of objects, leaves the collector's full passes as the restored one
+        # did at start-up); returns the objects now frozen, for the event line.
+        self._on_state_installed = on_state_installed
         # Input waiting for the core: peer messages and timers in one queue, ("m", message, peer id)
         # | ("t", name, None), and client requests in one queue per source address, (request, sink,
         # monotonic arrival), served round robin (``_next_input``). Bounded by backpressure, not by
@@ -651,7 +656,11 @@ class Node:
                 self.events.info("view_entered", primary=self.cluster.primary(out.view))
             elif isinstance(out, StateInstalled):
                 self.metrics.state_transfers.inc()
-                self.events.info("state_installed", checkpoint=out.seq)
+                if self._on_state_installed is None:
+                    self.events.info("state_installed", checkpoint=out.seq)
+                else:
+                    frozen = self._on_state_installed()
+                    self.events.info("state_installed", checkpoint=out.seq, gc_frozen_objects=frozen)
             elif isinstance(out, RecoveryStarted):
                 # Durable before anything the core says next: a restart must not trust this log.
                 self.events.error("log_rolled_back", reason=out.reason)

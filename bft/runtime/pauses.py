@@ -4,8 +4,9 @@ A replica's event loop serves every peer and client; anything that holds it (a l
 transition, a snapshot serialised on the loop, a full garbage collection over millions of objects)
 delays every vote and reply, and a primary that stalls long enough invites a view change. This
 module makes those stalls visible (``bft_event_loop_lag_seconds``, ``bft_gc_pause_seconds``) and
-takes the largest avoidable one off the table: after the log is loaded, :func:`freeze_heap` moves
-the restored state into CPython's permanent generation, so full collections no longer walk it.
+takes the largest avoidable one off the table: after the log is loaded, and again after a state
+transfer installs a checkpoint, :func:`freeze_heap` moves the restored state into CPython's permanent
+generation, so full collections no longer walk it.
 """
 
 from __future__ import annotations
