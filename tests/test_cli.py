@@ -623,6 +623,16 @@ def test_a_send_leaves_a_receipt_that_verifies_offline(cluster: Cluster, tmp_pat
     assert registered["kind"] == "register" and registered["seq"] < sent["seq"]
     failed(cli(cfg, rita, "receipt", str(sent["id"] + 1000)), 1, "no receipt of message")
 
+    gone = ok(cli(cfg, sam, "--json", "delete-account", "--yes"))[0]
+    assert gone["deleted"] == "sam"
+    shown = cli(cfg, sam, "--json", "receipt", "--of", "delete", "sam")
+    deleted = ok(shown)[0]
+    assert (deleted["kind"], deleted["name"]) == ("delete", "sam") and deleted["seq"] > sent["seq"]
+    assert len(deleted["signers"]) >= 2 and deleted["cluster_id"] == doc["cluster_id"]
+    receipt.write_text(shown.stdout)
+    good = verify_receipt(receipt, cfg)
+    assert good.returncode == 0 and f"committed at sequence number {deleted['seq']}" in good.stdout, good
+
 
 def pb_without_last_reply(receipt_hex: str) -> str:
     from bft.pb.bftchat.v1 import protocol_pb2 as pb
