@@ -24,7 +24,7 @@ PARSERS: dict[str, tuple[str, str]] = {
     "bftchat": ("client.cli", "build_parser"),
     "bftchat-cluster": ("bft.tools.cluster", "build_parser"),
     "bftchat-bench": ("bft.tools.bench", "build_parser"),
-    "bftchat-fault": ("bft.runtime.faultctl", "build_parser"),
+    "bftchat-fault": ("bft.tools.faultctl", "build_parser"),
     "bftchat-attack": ("bft.tools.attack", "build_parser"),
     "python -m bft.sim": ("bft.sim.__main__", "build_parser"),
 }

@@ -27,7 +27,7 @@ from typing import Any, TypeVar
 
 from bft.crypto import Ed25519Signer
 from bft.pb.bftchat.v1 import service_pb2 as spb
-from bft.runtime import faultctl
+from bft.tools import faultctl
 from bft.tools.cluster import LocalCluster, ensure_cluster
 from client import e2e
 from client.session import ClusterSession, status
