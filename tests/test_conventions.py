@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import subprocess
+import sys
 import tomllib
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -190,3 +192,29 @@ def test_the_chat_front_ends_do_not_import_each_other_and_the_client_not_the_dae
 
     for name in bft.runtime.handshake.__all__:
         assert getattr(bft.runtime.handshake, name) is getattr(bft.handshake, name)
+
+
+@pytest.mark.parametrize("name", ["attack", "bench", "cluster", "demo", "keygen", "preload"])
+def test_a_moved_operator_tool_is_the_same_module_under_its_old_runtime_name(name: str) -> None:
+    """Issue 14: the operator tools moved to bft/tools/, and ``bft.runtime.X`` is a contract: the old
+    name must give the very same module object (so its globals, patched or read, are the tool's)."""
+    tool = importlib.import_module(f"bft.tools.{name}")
+    assert importlib.import_module(f"bft.runtime.{name}") is tool
+    assert importlib.import_module("bft.runtime.clusterconf") is importlib.import_module("bft.clusterconf")
+
+
+def test_bftchat_fault_names_stay_importable_from_the_runtime_module() -> None:
+    """bftchat-fault's CLI lives in bft.tools.faultctl; bft.runtime.faultctl keeps the replica's side
+    and still gives the moved names (the same objects), and ``python -m bft.runtime.faultctl`` runs it."""
+    import bft.runtime.faultctl as runtime_side
+    import bft.tools.faultctl as tool
+
+    for name in ("parse_faults", "send_fault", "build_parser", "main"):
+        assert getattr(runtime_side, name) is getattr(tool, name)
+    assert tool.sign_command is runtime_side.sign_command
+    with pytest.raises(AttributeError):
+        runtime_side.no_such_name  # noqa: B018
+    out = subprocess.run(
+        [sys.executable, "-m", "bft.runtime.faultctl", "--version"], capture_output=True, text=True, cwd=ROOT
+    )
+    assert out.returncode == 0 and out.stdout.strip() == f"bftchat-fault {version()}", out
