@@ -563,9 +563,19 @@ def _global_options(p: argparse.ArgumentParser, suppress: bool) -> None:
         return argparse.SUPPRESS if suppress else value
 
     p.add_argument(
-        "--config", metavar="PATH", default=d(None), help="cluster config (default: see docs/CLI.md)"
+        "--config",
+        metavar="PATH",
+        default=d(None),
+        help="cluster config (default: $BFTCHAT_CONFIG, else the first that exists of "
+        "keys/cluster/config.toml and ~/.config/bftchat/config.toml; $XDG_CONFIG_HOME is honoured)",
     )
-    p.add_argument("--key", metavar="PATH", default=d(None), help="user key file (default: see docs/CLI.md)")
+    p.add_argument(
+        "--key",
+        metavar="PATH",
+        default=d(None),
+        help="user key file (default: $BFTCHAT_KEY, else the first that exists of keys/user.key and "
+        "~/.config/bftchat/user.key; $XDG_CONFIG_HOME is honoured)",
+    )
     p.add_argument(
         "--data-dir",
         metavar="DIR",

@@ -109,6 +109,7 @@ def test_every_option_has_help_and_shows_its_real_default(name: str) -> None:
         assert action.help and action.help != argparse.SUPPRESS, f"{what}: no help text"
         shown = owner._get_formatter()._expand_help(action)
         assert "%(" not in shown, what
+        assert "default: see" not in shown, f"{what}: help {shown!r} points elsewhere for its default"
         default = action.default
         if default in (None, False, argparse.SUPPRESS) or isinstance(action, argparse._VersionAction):
             continue
@@ -218,3 +219,21 @@ def test_bftchat_fault_names_stay_importable_from_the_runtime_module() -> None:
         [sys.executable, "-m", "bft.runtime.faultctl", "--version"], capture_output=True, text=True, cwd=ROOT
     )
     assert out.returncode == 0 and out.stdout.strip() == f"bftchat-fault {version()}", out
+
+
+def test_bftchat_config_and_key_help_show_the_real_lookup_order(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Their default is None (looked up at run time), so the help names the lookup itself: the
+    environment variable, then the candidates bftchat really tries, in its order."""
+    from client import cli
+
+    monkeypatch.delenv("XDG_CONFIG_HOME", raising=False)
+    home = str(Path.home())
+    actions = {a.dest: a for a in cli.build_parser()._actions}
+    for dest, env, candidates in (
+        ("config", "BFTCHAT_CONFIG", cli.default_configs()),
+        ("key", "BFTCHAT_KEY", cli.default_keys()),
+    ):
+        shown = " ".join((actions[dest].help or "").split())
+        tried = [str(c).replace(home, "~", 1) for c in candidates]
+        expect = f"(default: ${env}, else the first that exists of {tried[0]} and {tried[1]};"
+        assert expect in shown and "$XDG_CONFIG_HOME is honoured" in shown, shown
