@@ -29,7 +29,10 @@ PARSERS: dict[str, tuple[str, str]] = {
     "bftchat-fault": ("bft.tools.faultctl", "build_parser"),
     "bftchat-attack": ("bft.tools.attack", "build_parser"),
     "python -m bft.sim": ("bft.sim.__main__", "build_parser"),
+    "scripts/demo": ("bft.tools.demo", "build_parser"),
 }
+# Commands that are not console scripts, with their entry points.
+OTHER_MAINS = {"python -m bft.sim": "bft.sim.__main__:main", "scripts/demo": "bft.tools.demo:main"}
 
 
 def _entry(target: str) -> Callable[..., object]:
@@ -70,9 +73,9 @@ def test_every_console_script_has_a_parser_listed_here() -> None:
     assert set(SCRIPTS) <= set(PARSERS)
 
 
-@pytest.mark.parametrize("script", [*sorted(SCRIPTS), "python -m bft.sim"])
+@pytest.mark.parametrize("script", [*sorted(SCRIPTS), *sorted(OTHER_MAINS)])
 def test_version_flag(script: str, capsys: pytest.CaptureFixture[str]) -> None:
-    main = _entry(SCRIPTS[script]) if script in SCRIPTS else _entry("bft.sim.__main__:main")
+    main = _entry(SCRIPTS[script]) if script in SCRIPTS else _entry(OTHER_MAINS[script])
     try:
         code = main(["--version"])
     except SystemExit as exc:
@@ -237,3 +240,34 @@ def test_bftchat_config_and_key_help_show_the_real_lookup_order(monkeypatch: pyt
         tried = [str(c).replace(home, "~", 1) for c in candidates]
         expect = f"(default: ${env}, else the first that exists of {tried[0]} and {tried[1]};"
         assert expect in shown and "$XDG_CONFIG_HOME is honoured" in shown, shown
+
+
+@pytest.mark.parametrize(
+    ("script", "shown"),
+    [
+        (
+            "bench_chat.py",
+            [
+                "--messages MESSAGES undelivered messages in the large state",
+                "default 100000)",
+                "--body BODY ciphertext bytes per message (default 256)",
+                "--recipients RECIPIENTS accounts that send and receive those messages, round robin",
+                "(default 100)",
+            ],
+        ),
+        (
+            "bench_restart.py",
+            ["--messages MESSAGES undelivered chat messages in the checkpoint", "(default 100000)"],
+        ),
+    ],
+)
+def test_bench_scripts_help_every_option(script: str, shown: list[str]) -> None:
+    """scripts/bench_*.py are not console scripts (no parser builder to import): their --help, run,
+    shows each option with its help text and default."""
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / script), "--help"], capture_output=True, text=True, cwd=ROOT
+    )
+    assert out.returncode == 0, out
+    text = " ".join(out.stdout.split())
+    for item in shown:
+        assert item in text, (item, text)
