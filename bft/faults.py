@@ -20,7 +20,7 @@ from bft.core.replica import Replica, leaf_bytes
 from bft.core.viewchange import ValidViewChange, check_view_change, plan_new_view
 from bft.crypto import TAG_LEN, Kind, sha256
 from bft.pb.bftchat.v1 import protocol_pb2 as pb
-from bft.wire import WireError, parse, peek_kind, seal
+from bft.wire import WireError, parse, peek_kind, seal, varint
 
 _MESSAGES: dict[Kind, type] = {
     Kind.PREPREPARE: pb.PrePrepare,
@@ -341,15 +341,7 @@ PAD_BYTES = 4 * 1024  # unknown-field padding per padded envelope wrapper
 
 def _pad_field(size: int) -> bytes:
     """An unknown length-delimited field (number 15): what protobuf keeps and re-sends verbatim."""
-    data = b"\x00" * size
-    length = bytearray()
-    n = size
-    while True:
-        byte, n = n & 0x7F, n >> 7
-        length.append(byte | (0x80 if n else 0))
-        if not n:
-            break
-    return b"\x7a" + bytes(length) + data
+    return b"\x7a" + varint(size) + b"\x00" * size
 
 
 class Pad(Behaviour):

@@ -409,6 +409,17 @@ class ChatClient:
             )
         raise AssertionError("unreachable")
 
+    def sign_send(self, to: Account, text: str | bytes) -> tuple[bytes, int, int]:
+        """Encrypt ``text`` to ``to``'s keys (as the caller knows them: the CLI's pins) and sign the
+        send request without transmitting it: ``(raw, session, timestamp)`` for ``resend`` later,
+        when the cluster cannot be reached now. If ``to``'s keys changed meanwhile, the replicas
+        refuse it (``RejectedError``: not delivered)."""
+        plaintext = text.encode() if isinstance(text, str) else text
+        if len(plaintext) > e2e.MAX_PLAINTEXT:
+            raise UsageError(f"message too long: {len(plaintext)} bytes, at most {e2e.MAX_PLAINTEXT}")
+        op = e2e.encrypt_send_op(self.me(), self.box, to.name, to.box_key, plaintext)
+        return self.session.sign_unsent(op)
+
     async def resend(self, raw: bytes, session: int, timestamp: int, recipient: str) -> Sent:
         """Send an earlier signed send request again, exactly as stored (never re-signed), over a
         session of its own id, until its fate is known: ``Sent`` if it executed (now, or before: the

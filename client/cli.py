@@ -297,7 +297,12 @@ async def cmd_send(ctx: Ctx) -> int:
 
     if len(text.encode()) > MAX_PLAINTEXT:
         raise UsageError(f"message too long: {len(text.encode())} bytes, at most {MAX_PLAINTEXT}")
-    async with ctx.client() as c:
+    c = ctx.client()
+    try:
+        try:
+            await c.connect()
+        except ClusterUnreachable as exc:  # kept all the same, signed if it can be, sent later
+            raise kept_error(exc, _keep_unsent(ctx.local(c), peer, text)) from exc
         local = ctx.local(c)
         row_id = local.queue(peer, text)
         mine: list[Outcome] = []
@@ -309,6 +314,8 @@ async def cmd_send(ctx: Ctx) -> int:
                 ctx.out.note(outbox_text(o.row, o.state, o.sent, str(o.error or "")))
 
         stuck = await local.deliver(report)
+    finally:
+        await c.close()
     if not mine:  # an earlier message got no agreed answer: this one waits behind it, unsent
         assert stuck is not None and stuck.error is not None
         what = (
@@ -332,6 +339,25 @@ async def cmd_send(ctx: Ctx) -> int:
         )
         raise kept_error(o.error, what)
     raise o.error
+
+
+def _keep_unsent(local: Local, peer: str, text: str) -> str:
+    """With the cluster unreachable: queue the message and sign it at once to the recipient's pinned
+    keys (pending: those exact bytes are resent later, never re-signed); what the error line adds."""
+    row_id = local.queue(peer, text)
+    state = local.sign_unsent(row_id)
+    later = "the next bftchat send, chat or `bftchat outbox`"
+    if state == PENDING:
+        return (
+            f"not sent: the message is signed and kept in the outbox (#{row_id}, pending); {later} "
+            f"resends it as is, never re-signed (`bftchat outbox --give-up {row_id}` stops that)"
+        )
+    if state == QUEUED:
+        return (
+            f"not sent: the message is kept in the outbox (#{row_id}, queued: {peer}'s keys are looked up "
+            f"first); {later} sends it (`bftchat outbox --give-up {row_id}` drops it)"
+        )
+    return f"not sent: the message is kept in the outbox (#{row_id}); another bftchat with this key sends it"
 
 
 async def cmd_inbox(ctx: Ctx) -> int:
@@ -537,9 +563,19 @@ def _global_options(p: argparse.ArgumentParser, suppress: bool) -> None:
         return argparse.SUPPRESS if suppress else value
 
     p.add_argument(
-        "--config", metavar="PATH", default=d(None), help="cluster config (default: see docs/CLI.md)"
+        "--config",
+        metavar="PATH",
+        default=d(None),
+        help="cluster config (default: $BFTCHAT_CONFIG, else the first that exists of "
+        "keys/cluster/config.toml and ~/.config/bftchat/config.toml; $XDG_CONFIG_HOME is honoured)",
     )
-    p.add_argument("--key", metavar="PATH", default=d(None), help="user key file (default: see docs/CLI.md)")
+    p.add_argument(
+        "--key",
+        metavar="PATH",
+        default=d(None),
+        help="user key file (default: $BFTCHAT_KEY, else the first that exists of keys/user.key and "
+        "~/.config/bftchat/user.key; $XDG_CONFIG_HOME is honoured)",
+    )
     p.add_argument(
         "--data-dir",
         metavar="DIR",

@@ -8,6 +8,7 @@ cluster could not give an agreed answer (retrying later may help). 2 is left to 
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 
 
@@ -85,7 +86,7 @@ class ClusterUnreachable(ChatClientError):
         self.reachable = reachable
         self.total = total
         self.purpose = purpose
-        parts = "; ".join(f"replica {i}: {why}" for i, why in sorted(self.failures.items()))
+        parts = "; ".join(_causes(self.failures, total))
         super().__init__(f"{self.head}; {parts}" if parts else self.head)
 
     @property
@@ -103,6 +104,28 @@ class ClusterUnreachable(ChatClientError):
             return self.head
         who = f"replica {down[0]}" if len(down) == 1 else "replicas " + ", ".join(map(str, down))
         return f"{self.head} ({who} down)"
+
+
+# "127.0.0.1:7102: " or "[::1]:7102: " (how a cause names the replica's endpoint, client.chat._probe)
+_ENDPOINT = re.compile(r"(\[[^\]]*\]|[^\s:\[\]]+):\d+: ")
+
+
+def _causes(failures: Mapping[int, str], total: int) -> list[str]:
+    """One part per distinct cause: ``replica 2: 10.0.0.3:7102: unavailable: ...`` alone, or
+    ``replicas 2, 3: unavailable: ...`` / ``all 7 replicas: ...`` (endpoints dropped: they are the
+    config's) when several replicas fail the same way, so a whole cluster down is one short line."""
+    groups: dict[str, list[int]] = {}
+    for i, why in sorted(failures.items()):
+        m = _ENDPOINT.match(why)
+        groups.setdefault(why[m.end() :] if m else why, []).append(i)
+    parts = []
+    for cause, ids in groups.items():
+        if len(ids) == 1:
+            parts.append(f"replica {ids[0]}: {failures[ids[0]]}")
+        else:
+            who = f"all {total} replicas" if len(ids) == total else "replicas " + ", ".join(map(str, ids))
+            parts.append(f"{who}: {cause}")
+    return parts
 
 
 class NoAgreement(ChatClientError):

@@ -9,7 +9,9 @@
   acknowledges them.
 * **The outbox**: a message is stored before it is signed, its exact signed request before its first
   transmission; ``deliver`` sends an account's waiting messages in order (a signed one resent as
-  is, over its own session id), stopping at the first that gets no agreed answer.
+  is, over its own session id), stopping at the first that gets no agreed answer. With the cluster
+  unreachable, ``sign_unsent`` signs a new row at once to its recipient's pinned keys, so it is kept
+  pending (the exact bytes to resend) rather than merely queued.
 """
 
 from __future__ import annotations
@@ -130,6 +132,23 @@ class Local:
         """Keep a message to send; claimed by this process, so no other one sends it meanwhile."""
         now = now_us()
         return self.store.queue(self.account, peer, text, self.cluster_id, now, self.owner, now + self.lease)
+
+    def sign_unsent(self, row_id: int) -> str:
+        """The cluster cannot be reached: sign a queued row now, to its recipient's pinned keys, and
+        store that exact request (PENDING), to be resent as is, never re-signed, when the cluster
+        answers. Without pinned keys it stays QUEUED (they must be looked up first). Returns the
+        row's state; TAKEN if another process signed it first."""
+        row = self.store.outbox_row(row_id)
+        if row is None or row.state != QUEUED:
+            return row.state if row is not None else TAKEN
+        pin = self.store.pinned(self.cluster_id, row.peer)
+        if pin is None:
+            return QUEUED
+        acct = Account(row.peer, pin.signing_key, pin.box_key)
+        raw, session, timestamp = self.client.sign_send(acct, row.text)
+        if not self.store.signed(row.id, raw, session, timestamp, pin.signing_key, pin.box_key, None):
+            return TAKEN
+        return PENDING
 
     def waiting(self) -> list[OutboxRow]:
         return self.store.outbox(self.account, self.cluster_id)

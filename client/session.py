@@ -705,6 +705,25 @@ class ClusterSession:
         finally:
             self._pending.pop(ts, None)
 
+    def sign_unsent(self, op: bytes) -> tuple[bytes, int, int]:
+        """Sign an ordered request without transmitting it: ``(raw, session, timestamp)``, for the
+        outbox to keep while the cluster cannot be reached and ``resend`` as is later. Then, as after
+        a request that got no answer, move to a fresh session id, so it stays its session's last
+        request (it executes at most once, whenever it first reaches the replicas)."""
+        ts = self._next_timestamp()
+        session = self.session
+        raw = make_request(
+            self.signer,
+            self.cluster.cluster_id,
+            session,
+            ts,
+            op,
+            read_only=False,
+            min_seq=self.cursor.min_seq(False),
+        )
+        self.new_session()
+        return raw, session, ts
+
     def new_session(self) -> None:
         """Use a fresh session id from now on (claimed again on every stream). The old one is never
         used to sign again, so its last request stays its last (see ``request``)."""

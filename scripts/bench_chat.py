@@ -56,9 +56,22 @@ def timed(label: str, calls: Sequence[Callable[[], object]]) -> float:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--messages", type=int, default=100_000)
-    ap.add_argument("--body", type=int, default=256, help="ciphertext bytes per message")
-    ap.add_argument("--recipients", type=int, default=100)
+    ap.add_argument(
+        "--messages",
+        type=int,
+        default=100_000,
+        help="undelivered messages in the large state (its fill, snapshot and restore are timed; "
+        "default %(default)s)",
+    )
+    ap.add_argument(
+        "--body", type=int, default=256, help="ciphertext bytes per message (default %(default)s)"
+    )
+    ap.add_argument(
+        "--recipients",
+        type=int,
+        default=100,
+        help="accounts that send and receive those messages, round robin (default %(default)s)",
+    )
     args = ap.parse_args()
     n = 2000
 

@@ -35,7 +35,12 @@ from client import e2e
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--messages", type=int, default=100_000)
+    ap.add_argument(
+        "--messages",
+        type=int,
+        default=100_000,
+        help="undelivered chat messages in the checkpoint the replica restarts from (default %(default)s)",
+    )
     args = ap.parse_args()
     params = Params(checkpoint_interval=64)
     signers = [Ed25519Signer(bytes([i + 1]) * 32) for i in range(4)]

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import subprocess
+import sys
 import tomllib
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -24,10 +26,13 @@ PARSERS: dict[str, tuple[str, str]] = {
     "bftchat": ("client.cli", "build_parser"),
     "bftchat-cluster": ("bft.tools.cluster", "build_parser"),
     "bftchat-bench": ("bft.tools.bench", "build_parser"),
-    "bftchat-fault": ("bft.runtime.faultctl", "build_parser"),
+    "bftchat-fault": ("bft.tools.faultctl", "build_parser"),
     "bftchat-attack": ("bft.tools.attack", "build_parser"),
     "python -m bft.sim": ("bft.sim.__main__", "build_parser"),
+    "scripts/demo": ("bft.tools.demo", "build_parser"),
 }
+# Commands that are not console scripts, with their entry points.
+OTHER_MAINS = {"python -m bft.sim": "bft.sim.__main__:main", "scripts/demo": "bft.tools.demo:main"}
 
 
 def _entry(target: str) -> Callable[..., object]:
@@ -68,9 +73,9 @@ def test_every_console_script_has_a_parser_listed_here() -> None:
     assert set(SCRIPTS) <= set(PARSERS)
 
 
-@pytest.mark.parametrize("script", [*sorted(SCRIPTS), "python -m bft.sim"])
+@pytest.mark.parametrize("script", [*sorted(SCRIPTS), *sorted(OTHER_MAINS)])
 def test_version_flag(script: str, capsys: pytest.CaptureFixture[str]) -> None:
-    main = _entry(SCRIPTS[script]) if script in SCRIPTS else _entry("bft.sim.__main__:main")
+    main = _entry(SCRIPTS[script]) if script in SCRIPTS else _entry(OTHER_MAINS[script])
     try:
         code = main(["--version"])
     except SystemExit as exc:
@@ -107,6 +112,7 @@ def test_every_option_has_help_and_shows_its_real_default(name: str) -> None:
         assert action.help and action.help != argparse.SUPPRESS, f"{what}: no help text"
         shown = owner._get_formatter()._expand_help(action)
         assert "%(" not in shown, what
+        assert "default: see" not in shown, f"{what}: help {shown!r} points elsewhere for its default"
         default = action.default
         if default in (None, False, argparse.SUPPRESS) or isinstance(action, argparse._VersionAction):
             continue
@@ -190,3 +196,78 @@ def test_the_chat_front_ends_do_not_import_each_other_and_the_client_not_the_dae
 
     for name in bft.runtime.handshake.__all__:
         assert getattr(bft.runtime.handshake, name) is getattr(bft.handshake, name)
+
+
+@pytest.mark.parametrize("name", ["attack", "bench", "cluster", "demo", "keygen", "preload"])
+def test_a_moved_operator_tool_is_the_same_module_under_its_old_runtime_name(name: str) -> None:
+    """Issue 14: the operator tools moved to bft/tools/, and ``bft.runtime.X`` is a contract: the old
+    name must give the very same module object (so its globals, patched or read, are the tool's)."""
+    tool = importlib.import_module(f"bft.tools.{name}")
+    assert importlib.import_module(f"bft.runtime.{name}") is tool
+    assert importlib.import_module("bft.runtime.clusterconf") is importlib.import_module("bft.clusterconf")
+
+
+def test_bftchat_fault_names_stay_importable_from_the_runtime_module() -> None:
+    """bftchat-fault's CLI lives in bft.tools.faultctl; bft.runtime.faultctl keeps the replica's side
+    and still gives the moved names (the same objects), and ``python -m bft.runtime.faultctl`` runs it."""
+    import bft.runtime.faultctl as runtime_side
+    import bft.tools.faultctl as tool
+
+    for name in ("parse_faults", "send_fault", "build_parser", "main"):
+        assert getattr(runtime_side, name) is getattr(tool, name)
+    assert tool.sign_command is runtime_side.sign_command
+    with pytest.raises(AttributeError):
+        runtime_side.no_such_name  # noqa: B018
+    out = subprocess.run(
+        [sys.executable, "-m", "bft.runtime.faultctl", "--version"], capture_output=True, text=True, cwd=ROOT
+    )
+    assert out.returncode == 0 and out.stdout.strip() == f"bftchat-fault {version()}", out
+
+
+def test_bftchat_config_and_key_help_show_the_real_lookup_order(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Their default is None (looked up at run time), so the help names the lookup itself: the
+    environment variable, then the candidates bftchat really tries, in its order."""
+    from client import cli
+
+    monkeypatch.delenv("XDG_CONFIG_HOME", raising=False)
+    home = str(Path.home())
+    actions = {a.dest: a for a in cli.build_parser()._actions}
+    for dest, env, candidates in (
+        ("config", "BFTCHAT_CONFIG", cli.default_configs()),
+        ("key", "BFTCHAT_KEY", cli.default_keys()),
+    ):
+        shown = " ".join((actions[dest].help or "").split())
+        tried = [str(c).replace(home, "~", 1) for c in candidates]
+        expect = f"(default: ${env}, else the first that exists of {tried[0]} and {tried[1]};"
+        assert expect in shown and "$XDG_CONFIG_HOME is honoured" in shown, shown
+
+
+@pytest.mark.parametrize(
+    ("script", "shown"),
+    [
+        (
+            "bench_chat.py",
+            [
+                "--messages MESSAGES undelivered messages in the large state",
+                "default 100000)",
+                "--body BODY ciphertext bytes per message (default 256)",
+                "--recipients RECIPIENTS accounts that send and receive those messages, round robin",
+                "(default 100)",
+            ],
+        ),
+        (
+            "bench_restart.py",
+            ["--messages MESSAGES undelivered chat messages in the checkpoint", "(default 100000)"],
+        ),
+    ],
+)
+def test_bench_scripts_help_every_option(script: str, shown: list[str]) -> None:
+    """scripts/bench_*.py are not console scripts (no parser builder to import): their --help, run,
+    shows each option with its help text and default."""
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / script), "--help"], capture_output=True, text=True, cwd=ROOT
+    )
+    assert out.returncode == 0, out
+    text = " ".join(out.stdout.split())
+    for item in shown:
+        assert item in text, (item, text)

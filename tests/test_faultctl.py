@@ -83,3 +83,12 @@ def test_no_silent_plaintext_without_tls_ca(tmp_path: Path, capsys: pytest.Captu
     code = faultctl.main(["--config", str(plain), "--replica", "1", "equivocate"])
     assert code == 1
     assert "has no tls_ca: pass --insecure" in capsys.readouterr().err
+
+
+def test_operations_doc_lists_every_fault() -> None:
+    """docs/OPERATIONS.md's fault list names every fault bftchat-fault accepts."""
+    from bft.runtime.faultctl import ALL_FAULTS
+
+    doc = (Path(__file__).resolve().parent.parent / "docs" / "OPERATIONS.md").read_text()
+    listed = doc[doc.index("Behaviours: `equivocate`") : doc.index("`bftchat-fault --help` lists them all")]
+    assert [f for f in ALL_FAULTS if f"`{f}" not in listed] == []

@@ -114,3 +114,19 @@ def test_a_replica_started_with_log_format_json_writes_json_lines(tmp_path: Path
     assert all(r.get("replica", 0) == 0 and r["level"] in ("INFO", "WARNING", "ERROR") for r in records)
     started = records[events.index("started")]
     assert isinstance(started["client_port"], int) and started["tls"] is True
+
+
+def test_the_operations_metrics_table_names_every_metric() -> None:
+    """docs/OPERATIONS.md's metrics table lists every metric family a replica exports (with the
+    name Prometheus shows: ``_total`` on counters, ``_info`` on info)."""
+    from bft.runtime.metrics import Metrics
+    from bft.runtime.pauses import PauseMonitor
+
+    metrics = Metrics(0, 4)
+    PauseMonitor(metrics.registry)
+    doc = (Path(__file__).resolve().parent.parent / "docs" / "OPERATIONS.md").read_text()
+    table = doc[doc.index("## Metrics") : doc.index("Useful alerts:")]
+    shown = {"counter": "_total", "info": "_info"}
+    names = {f.name + shown.get(f.type, "") for f in metrics.registry.collect()}
+    assert len(names) >= 30
+    assert sorted(n for n in names if f"`{n}" not in table) == []

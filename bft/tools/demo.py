@@ -27,8 +27,9 @@ from typing import Any, TypeVar
 
 from bft.crypto import Ed25519Signer
 from bft.pb.bftchat.v1 import service_pb2 as spb
-from bft.runtime import faultctl
+from bft.tools import faultctl
 from bft.tools.cluster import LocalCluster, ensure_cluster
+from bft.version import add_version_argument
 from client import e2e
 from client.session import ClusterSession, status
 
@@ -333,11 +334,21 @@ def _free_base(n: int) -> int:
             return base
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="scripts/demo", description=__doc__.splitlines()[0])
-    ap.add_argument("--replicas", type=int, default=7)
+    add_version_argument(ap)
+    ap.add_argument(
+        "--replicas",
+        type=int,
+        default=7,
+        help="cluster size; two replicas lie at once, so at least 7 (default %(default)s)",
+    )
     ap.add_argument("--keep", action="store_true", help="keep the temporary cluster directory")
-    args = ap.parse_args(argv)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     story = Story()
     tmp = Path(tempfile.mkdtemp(prefix="bftchat-demo-"))
     c: LocalCluster | None = None
