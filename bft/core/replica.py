@@ -1557,7 +1557,8 @@ class Replica:
                 return
 
     def _send_stable_proof(self, to: int, now: float) -> None:
-        """Our stable checkpoint's 2f+1 CHECKPOINTs, so a peer behind it can fetch it."""
+        """Our stable checkpoint's 2f+1 CHECKPOINTs: a peer behind it in execution fetches it, one past
+        it moves its window (at most once per peer and checkpoint per repeat interval)."""
         if self.h == 0 or not self.answers.allow(to, 0, now, "stable-proof", self.h):
             return
         for e in self.stable_proof:
