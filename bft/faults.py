@@ -455,6 +455,18 @@ def _junk(node: ByzantineReplica, size: int) -> bytes:
     return bytes([node.rng.randrange(256)]) * size  # cheap to make: chunks may be megabytes
 
 
+def _spoil(node: ByzantineReplica, chunk: pb.StateChunk) -> None:
+    """Junk in place of a chunk's content, same sizes (an empty run of pages gains one byte)."""
+    if chunk.parts:
+        chunk.data = _junk(node, len(chunk.data))
+        return
+    pages = [_junk(node, len(p)) for p in chunk.pages]
+    if not any(pages):
+        pages[0] = _junk(node, 1)
+    del chunk.pages[:]
+    chunk.pages.extend(pages)
+
+
 class JunkChunks(Behaviour):
     """State transfer junk: every chunk it serves has its data replaced (manifest, index and path
     kept, so only a per-chunk check catches it); at each status tick it also pushes a junk chunk
@@ -465,7 +477,7 @@ class JunkChunks(Behaviour):
     def transform(self, node: ByzantineReplica, out: Output) -> list[Output]:
         msg = _state_chunk(out)
         if msg is not None and isinstance(out, Send):
-            msg.state_chunk.data = _junk(node, len(msg.state_chunk.data))
+            _spoil(node, msg.state_chunk)
             return [Send(out.to, msg.SerializeToString())]
         if _status_broadcast(out, node.cid) is None:
             return [out]
@@ -473,8 +485,8 @@ class JunkChunks(Behaviour):
         snap = node.inner.stable_snapshot
         if snap is None:
             return outs
-        chunk = snap.chunk(node.rng.randrange(snap.total))
-        chunk.data = _junk(node, len(chunk.data))
+        chunk = snap.chunks(node.rng.randrange(len(snap.pages)), 0, 1)[0]
+        _spoil(node, chunk)
         outs.append(Send(None, pb.PeerMessage(state_chunk=chunk).SerializeToString()))
         want = pb.FetchState(seq=snap.seq, digest=snap.digest, first=0, count=2**32 - 1)
         fetch = node.reseal(Kind.FETCH, pb.Fetch(state=want))
@@ -523,7 +535,7 @@ class StatusFlood(Behaviour):
             outs.append(Send(None, pb.PeerMessage(envelope=env).SerializeToString()))
         snap = node.inner.stable_snapshot
         if snap is not None and node.rng.random() < 0.1:
-            want = pb.FetchState(seq=snap.seq, digest=snap.digest, first=0, count=snap.total)
+            want = pb.FetchState(seq=snap.seq, digest=snap.digest, first=0, count=len(snap.pages))
             env = node.reseal(Kind.FETCH, pb.Fetch(state=want))
             outs.append(Send(node.rng.choice(node.peers()), pb.PeerMessage(envelope=env).SerializeToString()))
         return outs
@@ -576,6 +588,8 @@ class SlowPrimary(Behaviour):
         while self.held and self.held[0][0] <= node.now:
             due.append(self.held.popleft()[1])
         return due
+
+
 class RecoveryLie(Behaviour):
     """Every STATUS claims a pending recovery with an absurd target (2**64-1, or far past the
     window), often with an absurd view too: the primary must not order empty batches beyond 2W past

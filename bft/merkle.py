@@ -14,8 +14,12 @@ def leaf_hash(data: bytes | memoryview) -> bytes:
     return h.digest()
 
 
-def _node(left: bytes, right: bytes) -> bytes:
+def node(left: bytes, right: bytes) -> bytes:
+    """An inner node over two children."""
     return hashlib.sha256(_NODE + left + right).digest()
+
+
+_node = node
 
 
 def build(leaves: list[bytes]) -> tuple[bytes, list[list[bytes]]]:
@@ -79,27 +83,34 @@ def path(tree: list[list[bytes]], index: int) -> list[bytes]:
     return out
 
 
-def verify(leaf: bytes, index: int, count: int, audit: list[bytes], root: bytes) -> bool:
-    """True if ``audit`` proves ``leaf`` is leaf ``index`` of a tree of ``count`` leaves with ``root``.
+def root_of(leaf: bytes, index: int, count: int, audit: list[bytes]) -> bytes | None:
+    """The root ``audit`` leads to from ``leaf`` as leaf ``index`` of a tree of ``count`` leaves, or
+    None if the path does not have that tree's shape.
 
     The path's shape (its length, and which levels promote the node unchanged) is derived from
     ``count`` and ``index``, never taken from the path: otherwise a path with an extra promoted
     level would move a genuine leaf to another index.
     """
     if not 0 <= index < count:
-        return False
+        return None
     node, width, pos, used = leaf, count, index, 0
     while width > 1:
         if used >= len(audit):
-            return False
+            return None
         sibling = audit[used]
         used += 1
         if pos ^ 1 < width:
             if len(sibling) != 32:
-                return False
+                return None
             node = _node(sibling, node) if pos & 1 else _node(node, sibling)
         elif sibling:
-            return False
+            return None
         pos //= 2
         width = (width + 1) // 2
-    return used == len(audit) and node == root
+    return node if used == len(audit) else None
+
+
+def verify(leaf: bytes, index: int, count: int, audit: list[bytes], root: bytes) -> bool:
+    """True if ``audit`` proves ``leaf`` is leaf ``index`` of a tree of ``count`` leaves with ``root``
+    (see ``root_of``)."""
+    return root_of(leaf, index, count, audit) == root

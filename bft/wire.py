@@ -121,8 +121,6 @@ def len_field_head(number: int, length: int) -> bytes:
     return varint((number << 3) | 2) + varint(length)
 
 
-
-
 def _field(length: int) -> int:
     """Encoded size of a length-delimited field (tag < 16) whose content is ``length`` bytes."""
     return 1 + varint_len(length) + length
@@ -154,7 +152,7 @@ class SizeCaps:
         vote = TAG_LEN + _U64 + _U64 + _DIGEST  # PRE-PREPARE, PREPARE, COMMIT
         checkpoint = TAG_LEN + _U64 + _DIGEST
         status = TAG_LEN + _U64 + 2 + _U64 + _U64 + 2 + _U64  # ... recovering, recovery_target
-        fetch_state = _field(_U64 + _DIGEST + 2 * _U32)  # FetchState: seq, digest, first, count
+        fetch_state = _field(_U64 + _DIGEST + 3 * _U32)  # FetchState: seq, digest, first, count, part
         fetch = TAG_LEN + max(_DIGEST, _field(2 * _U64), fetch_state)
         reply = TAG_LEN + _U64 + _U64 + _DIGEST
         prepared_proof = _field(envelope_size(vote)) + 2 * f * _field(envelope_size(vote))

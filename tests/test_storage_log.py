@@ -215,7 +215,8 @@ def test_codec_roundtrips_every_record_kind(run_records: list[Record]) -> None:
     kinds = Counter(type(r) for r in run_records)
     assert set(kinds) == {ViewRecord, NewViewRecord, PrePrepareRecord, PreparedRecord, CommitRecord}
     ck = CheckpointRecord(64, b"d" * 32, b"snapshot bytes", (b"env1", b"env2", b""))
-    for r in [*run_records, ck, ViewRecord(0)]:
+    legacy = CheckpointRecord(64, b"d" * 32, b"snapshot bytes", (b"env1",), paged=False)
+    for r in [*run_records, ck, legacy, ViewRecord(0)]:
         data = codec.encode_record(r, 3, 17, b"h" * 32)
         dec = codec.decode_record(data)
         assert dec.record == r

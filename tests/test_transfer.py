@@ -16,8 +16,9 @@ from bft.app.base import AppFactory
 from bft.app.kv import KVApp
 from bft.core.config import ClusterInfo, Params
 from bft.core.events import Send, SetTimer, StateInstalled
+from bft.core.pages import PageTree, Snapshot, encode_page, page_hash
 from bft.core.replica import Replica
-from bft.core.transfer import Snapshot, Transfer
+from bft.core.transfer import Transfer
 from bft.crypto import HashSigner, HashVerifier, Kind, cluster_id_from
 from bft.pb.bftchat.v1 import protocol_pb2 as pb
 from bft.wire import make_request, seal
@@ -113,7 +114,7 @@ class Net:
 
 def _params(**kw: object) -> Params:
     base: dict[str, object] = dict(
-        checkpoint_interval=2, watermark_window=8, state_chunk_bytes=64, status_interval=0.2
+        checkpoint_interval=2, watermark_window=8, state_chunk_bytes=64, status_interval=0.2, state_pages=16
     )
     base.update(kw)
     return Params(**base)  # type: ignore[arg-type]
@@ -124,7 +125,7 @@ def _lagging_cluster(params: Params, **kw: object) -> Net:
     net = _busy_cluster(params, **kw)
     assert all(r.last_executed == 10 and r.h == 10 for r in net.reps[:3])
     snap = net.reps[0].stable_snapshot
-    assert snap is not None and snap.total > 30  # needs many chunks
+    assert snap is not None and len(snap.chunks(0, 0, 1 << 20)) > 30  # needs many chunks
     net.cut = False
     return net
 
@@ -182,6 +183,9 @@ def test_junk_chunks_from_a_byzantine_replica_are_dropped() -> None:
         bad = pb.StateChunk()
         bad.CopyFrom(msg.state_chunk)
         bad.data = bytes(b ^ 0x55 for b in bad.data)
+        pages = [bytes(b ^ 0x55 for b in p) for p in bad.pages] or [b""]
+        del bad.pages[:]
+        bad.pages.extend([*pages[:-1], pages[-1] + b"x"])
         return [pb.PeerMessage(state_chunk=bad).SerializeToString()]
 
     net = _lagging_cluster(_params(), tamper=junk)
@@ -190,22 +194,70 @@ def test_junk_chunks_from_a_byzantine_replica_are_dropped() -> None:
     assert net.reps[LAGGER].state_digest() == net.reps[0].state_digest()
 
 
-def test_a_chunk_is_bound_to_its_index() -> None:
-    """A genuine chunk offered at another index (with a path padded to fit) is refused."""
-    data = bytes(range(256)) * 3
-    snap = Snapshot(8, b"s" * 32, data, 64)
-    t = Transfer(8, snap.digest, [], 0, 64, 1 << 20)
-    for i in range(snap.total):
-        moved = snap.chunk(i)
-        moved.index = 2 * i + 1
-        moved.path.insert(0, b"")
-        assert not t.offer(moved)
-        assert t.offer(snap.chunk(i))
-    assert t.complete and t.assemble() == data
-    leaves = [merkle.leaf_hash(data[i : i + 64]) for i in range(0, len(data), 64)]
-    root, paths = merkle.build(leaves)
-    assert root == snap.manifest.root
-    assert all(merkle.path(snap.tree, i) == paths[i] for i in range(len(leaves)))
+def _pages_of_every_kind() -> list[bytes]:
+    """16 pages: empty ones, small ones that share chunks, and ones of several parts (chunk 64)."""
+    sizes = [0, 10, 0, 0, 200, 64, 65, 3, 0, 0, 0, 0, 1, 2, 130, 0]
+    return [bytes((i * 7 + k) % 251 for k in range(size)) for i, size in enumerate(sizes)]
+
+
+def test_a_chunk_is_bound_to_its_place() -> None:
+    """Every chunk of a snapshot verifies where it belongs, and nowhere else: a run of pages moved
+    to another aligned index (path padded to fit), a part moved to another part or page, or a part
+    of a page claimed to be a different length, is refused; the genuine chunks assemble the pages."""
+    pages = _pages_of_every_kind()
+    snap = Snapshot.of_pages(8, b"s" * 32, pages, 64)
+    t = Transfer(8, snap.digest, [], 0, 64, 1 << 20, len(pages))
+    chunks = snap.chunks(0, 0, 1000)
+    assert {c.level for c in chunks if not c.parts} > {0} and any(c.parts for c in chunks)
+    for c in chunks:
+        forged = []
+        if c.parts:
+            for change in (
+                {"part": (c.part + 1) % c.parts},
+                {"index": (c.index + 1) % 16},
+                {"page_bytes": c.page_bytes + 64},
+            ):
+                bad = pb.StateChunk()
+                bad.CopyFrom(c)
+                for key, value in change.items():
+                    setattr(bad, key, value)
+                if key == "page_bytes":
+                    bad.parts = -(-bad.page_bytes // 64)
+                forged.append(bad)
+        else:
+            bad = pb.StateChunk()
+            bad.CopyFrom(c)
+            bad.index = (c.index + (1 << c.level)) % 16
+            forged.append(bad)
+            if c.level:
+                lower = pb.StateChunk()
+                lower.CopyFrom(c)
+                lower.level -= 1
+                del lower.pages[len(lower.pages) // 2 :]
+                lower.path.insert(0, b"\0" * 32)
+                forged.append(lower)
+        for bad in forged:
+            assert not t.offer(bad), bad
+        assert t.offer(c)
+    assert t.complete and t.assemble() == pages and t.rejected >= len(chunks)
+    assert snap.tree.root == merkle.levels([page_hash(p, 64) for p in pages])[-1][0]
+
+
+def test_the_page_tree_is_updated_along_changed_pages_only() -> None:
+    """An updated tree equals one built from scratch, and the tree it came from is untouched (an
+    older snapshot still serves its own)."""
+    pages = _pages_of_every_kind()
+    tree = PageTree.build([page_hash(p, 64) for p in pages])
+    old_root = tree.root
+    changed = {0: b"new", 5: b"", 15: b"x" * 300}
+    after = list(pages)
+    for i, p in changed.items():
+        after[i] = p
+    updated = tree.updated({i: page_hash(p, 64) for i, p in changed.items()})
+    assert updated.root == PageTree.build([page_hash(p, 64) for p in after]).root
+    assert tree.root == old_root and updated.root != old_root
+    empty = PageTree.uniform(16, page_hash(b"", 64))
+    assert empty.root == PageTree.build([page_hash(b"", 64)] * 16).root
 
 
 def test_fetch_gets_a_bounded_number_of_chunks() -> None:
@@ -277,7 +329,7 @@ def test_the_largest_fetch_fits_its_size_cap() -> None:
     from bft.crypto import TAG_LEN
 
     info = ClusterInfo(tuple(HashSigner(b"r%d" % i, HashVerifier()).public_key for i in range(4)), CID)
-    top = pb.FetchState(seq=2**64 - 1, digest=b"\xff" * 32, first=2**32 - 1, count=2**32 - 1)
+    top = pb.FetchState(seq=2**64 - 1, digest=b"\xff" * 32, first=2**32 - 1, count=2**32 - 1, part=2**32 - 1)
     fetch = pb.Fetch(state=top)
     assert TAG_LEN + len(fetch.SerializeToString()) <= info.caps.body[Kind.FETCH]
 
@@ -348,10 +400,10 @@ def test_a_superseded_target_that_stalls_gives_way_to_the_newer_checkpoint() -> 
         orig_send(i, j, data)
 
     net._send = send  # type: ignore[method-assign]
-    while net.now < 2.0 and not (lag.transfer is not None and lag.transfer.chunks):
+    while net.now < 2.0 and not (lag.transfer is not None and lag.transfer.accepted):
         net.run(net.now + 0.01)
     t = lag.transfer
-    assert t is not None and t.seq == 10 and len(t.chunks) == 1 and t.source == 0
+    assert t is not None and t.seq == 10 and t.accepted == 1 and t.source == 0
     stalled_at = net.now
     client = HashSigner(b"client", net.hv)
     for ts in range(11, 15):
@@ -371,9 +423,9 @@ def test_a_superseded_target_that_stalls_gives_way_to_the_newer_checkpoint() -> 
     assert lag.state_digest() == net.reps[0].state_digest()
 
 
-def test_state_snapshot_is_the_protobuf_serialisation() -> None:
-    """The checkpoint snapshot is joined by hand around the app's bytes; it must stay exactly the
-    deterministic StateSnapshot serialisation (replicas of either version agree on digests)."""
+def test_state_pages_are_the_protobuf_serialisation() -> None:
+    """A checkpoint page is joined by hand around the client table's and the app's bytes; it must
+    stay exactly the deterministic StatePage serialisation (replicas agree on digests)."""
     from bft.app.chat import ChatApp
 
     busy = _busy_cluster(_params())
@@ -381,10 +433,33 @@ def test_state_snapshot_is_the_protobuf_serialisation() -> None:
     chat = Replica(idle.info, 0, idle.signers[0], idle.hv, ChatApp)
     for r in [*busy.reps, idle.reps[0], chat]:
         for seq in (0, 1, 10, 300, 2**40, 2**64 - 1):
-            ref = pb.StateSnapshot(seq=seq, last_timestamp_us=r.last_ts, app=r.app.snapshot())
-            ref.clients.CopyFrom(r.clients.snapshot())
-            assert r._snapshot(seq) == ref.SerializeToString(deterministic=True)
-    assert busy.reps[0].last_ts and len(busy.reps[0].clients.snapshot().SerializeToString()) > 0
+            for index in range(r.p.state_pages):
+                head = dict(seq=seq, last_timestamp_us=r.last_ts) if index == 0 else {}
+                ref = pb.StatePage(clients=r.clients.page(index), app=r.app.page(index), **head)
+                assert r._page(index, seq) == ref.SerializeToString(deterministic=True)
+                assert r._page(index, seq) == encode_page(
+                    index, seq, r.last_ts, r.clients.page(index), r.app.page(index)
+                )
+    assert busy.reps[0].last_ts and any(busy.reps[0].clients.page(i) for i in range(16))
+
+
+def test_a_checkpoint_rehashes_only_the_pages_that_changed() -> None:
+    """After a write to one key, the next checkpoint re-encodes the page of that key, the client
+    session's page and page 0, shares every other page with the previous snapshot, and has the
+    digest a snapshot built from scratch has."""
+    net = _busy_cluster(_params(state_pages=256, checkpoint_interval=2, watermark_window=8))
+    rep = net.reps[0]
+    before = rep.my_checkpoints[max(rep.my_checkpoints)]
+    client = HashSigner(b"client", net.hv)
+    net.request(client, 11, b"set key1 changed")
+    net.request(client, 12, b"set key1 again")
+    net.run(net.now + 0.1)
+    after = rep.my_checkpoints[max(rep.my_checkpoints)]
+    assert after.seq == before.seq + 2
+    fresh = [i for i in range(256) if after.pages[i] is not before.pages[i]]
+    assert 0 in fresh and 2 <= len(fresh) <= 3, fresh
+    rebuilt = Snapshot.of_pages(after.seq, after.manifest.state_digest, list(after.pages), 64)
+    assert rebuilt.digest == after.digest
 
 
 @pytest.mark.slow
@@ -405,7 +480,7 @@ def test_a_snapshot_of_200_mib_is_transferred_and_installed() -> None:
         net.run(net.now + 0.01)
     net.run(net.now + 1.0)
     snap = net.reps[0].stable_snapshot
-    assert snap is not None and snap.total > mib
+    assert snap is not None and snap.size > mib << 20
     net.cut = False
     start = net.now
     done: list[float] = []
@@ -421,3 +496,34 @@ def test_a_snapshot_of_200_mib_is_transferred_and_installed() -> None:
     assert net.installed == [256]
     assert net.reps[LAGGER].state_digest() == net.reps[0].state_digest()
     assert done[0] - start >= (mib << 20) / params.answer_bytes_per_s * 0.9  # the budget holds
+
+
+def test_a_checkpoint_record_written_before_pages_still_restores() -> None:
+    """An upgraded replica restarts on a log whose CheckpointRecord holds a whole StateSnapshot under
+    the old digest: it checks it the old way, restores it, and holds the same pages a replica that
+    never stopped has; a record whose snapshot does not match its digest is refused."""
+    from bft.core.events import CheckpointRecord
+    from bft.core.pages import legacy_digest
+
+    net = _busy_cluster(_params())
+    rep = net.reps[0]
+    assert rep.h == rep.last_executed == 10
+    snap = pb.StateSnapshot(seq=10, last_timestamp_us=rep.last_ts, app=rep.app.snapshot())
+    snap.clients.CopyFrom(rep.clients.snapshot())
+    data = snap.SerializeToString(deterministic=True)
+    digest = legacy_digest(10, rep.state_digest(), data, rep.p.state_chunk_bytes)
+    envs = tuple(e.SerializeToString() for e in rep.stable_proof)
+    record = CheckpointRecord(10, digest, data, envs, paged=False)
+    again = Replica(net.info, 0, net.signers[0], net.hv, KVApp, records=[record])
+    assert again.last_executed == again.h == 10 and again.state_digest() == rep.state_digest()
+    assert again.stable_snapshot is not None
+    assert again.stable_snapshot.digest == rep.my_checkpoints[10].digest  # the same pages
+    with pytest.raises(ValueError, match="does not match"):
+        Replica(
+            net.info,
+            0,
+            net.signers[0],
+            net.hv,
+            KVApp,
+            records=[CheckpointRecord(10, b"x" * 32, data, envs, paged=False)],
+        )

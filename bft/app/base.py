@@ -8,7 +8,7 @@ that backups bound-checked and that the core makes monotone. The core authentica
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -55,12 +55,29 @@ class Application(Protocol):
         """32-byte digest of the whole state; equal states give equal digests. Cheap to read."""
         ...
 
-    def snapshot(self) -> bytes:
-        """Deterministic serialisation of the whole state: equal states give equal bytes."""
+    # Checkpoint pages (bft/core/pages.py, bft/app/paging.py): the state is filed under a fixed
+    # number of pages so a checkpoint re-encodes only what changed.
+
+    def set_page_count(self, count: int) -> None:
+        """File the state under ``count`` pages (a power of two) from now on; all pages changed."""
+        ...
+
+    def take_dirty_pages(self) -> set[int]:
+        """The pages changed since the last call (execution, ``set_page_count``)."""
+        ...
+
+    def page(self, index: int) -> bytes:
+        """Deterministic encoding of page ``index``: equal states give equal pages."""
         ...
 
     def restore(self, data: bytes) -> None:
-        """Replace the state with a snapshot's. Raises ValueError on malformed data."""
+        """Replace the state with a whole-state snapshot (what logs held before checkpoint pages).
+        Raises ValueError on malformed data."""
+        ...
+
+    def restore_pages(self, pages: Sequence[bytes]) -> None:
+        """Replace the state with the one these pages (one per page) encode; none changed after.
+        Raises ValueError, state untouched, on malformed pages."""
         ...
 
 

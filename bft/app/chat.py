@@ -24,6 +24,7 @@ import bisect
 import hashlib
 import operator
 import struct
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from itertools import compress
 
@@ -31,6 +32,7 @@ from google.protobuf.message import DecodeError
 
 from bft.app.base import ExecContext, ExecResult, Request
 from bft.app.names import all_canonical, literal_prefix, matches, normalize_name, normalize_pattern
+from bft.app.paging import PageIndex, page_of
 from bft.crypto import KEY_LEN, SIG_LEN
 from bft.lthash import LtHash
 from bft.pb.bftchat.v1 import chat_pb2 as cpb
@@ -153,6 +155,7 @@ class _Account:
     record: bytes  # its snapshot record as it is with an empty inbox (see ``_account_record``)
     split: int  # where in ``record`` the inbox entries go (before created_us)
     senders: dict[bytes, int] = field(default_factory=dict)  # messages in the inbox per sender key (derived)
+    page: int = 0  # its checkpoint page (derived from the name and the page count)
 
 
 def _new_account(name: str, signing_key: bytes, box_key: bytes, created_us: int) -> _Account:
@@ -250,6 +253,7 @@ class ChatApp:
         self._recent: list[int] = []  # sorted created_us of live accounts, pruned below the window (derived)
         self._hash = LtHash()
         self._digest: bytes | None = None
+        self._pages: PageIndex[str, _Account] = PageIndex()  # accounts by checkpoint page (derived)
 
     # ---- Application protocol -----------------------------------------------------------------
 
@@ -295,16 +299,73 @@ class ChatApp:
 
     def restore(self, data: bytes) -> None:
         """Replace the state with a snapshot's; ValueError, state untouched, on any defect."""
+        snap = self._parse_snapshot(data, "chat snapshot")
+        if snap.version != SNAPSHOT_VERSION:
+            raise ValueError(f"unsupported chat snapshot version {snap.version}")
+        records = snap.accounts
+        self._load(snap.next_id, records, [rec.name for rec in records])
+        self._refile(self._pages.count)
+
+    @staticmethod
+    def _parse_snapshot(data: bytes, what: str) -> cpb.ChatSnapshot:
         snap = cpb.ChatSnapshot()
         try:
             snap.ParseFromString(data)
         except (DecodeError, ValueError, RuntimeError):
-            raise ValueError("malformed chat snapshot") from None
+            raise ValueError(f"malformed {what}") from None
         # Unknown fields were always ignored; dropped now, as the records' encodings below are cached.
         snap.DiscardUnknownFields()
-        if snap.version != SNAPSHOT_VERSION:
-            raise ValueError(f"unsupported chat snapshot version {snap.version}")
-        next_id = snap.next_id
+        return snap
+
+    # ---- checkpoint pages (bft/app/paging.py): page 0 also holds the version and next_id -------
+
+    def set_page_count(self, count: int) -> None:
+        self._refile(count)
+
+    def _refile(self, count: int) -> None:
+        for acct in self._ordered:
+            acct.page = page_of(acct.name.encode(), count)
+        self._pages.reset(count, ((a.name, a.page, a) for a in self._ordered))
+
+    def take_dirty_pages(self) -> set[int]:
+        return self._pages.take_dirty()
+
+    def page(self, index: int) -> bytes:
+        """A ``ChatSnapshot`` holding the accounts of this page (sorted by name), from cached bytes."""
+        members = self._pages.members(index)
+        parts = [members[name] for name in sorted(members)]
+        out = [_record_with_inbox(a) if a.inbox else a.record for a in parts]
+        if index == 0:
+            out.insert(
+                0, uint_field(_SNAP_VERSION, SNAPSHOT_VERSION) + uint_field(_SNAP_NEXT_ID, self._next_id)
+            )
+        return b"".join(out)
+
+    def restore_pages(self, pages: Sequence[bytes]) -> None:
+        records: list[cpb.ChatAccountRecord] = []
+        next_id = 0
+        for index, data in enumerate(pages):
+            snap = self._parse_snapshot(data, f"chat page {index}")
+            if index == 0:
+                if snap.version != SNAPSHOT_VERSION:
+                    raise ValueError(f"unsupported chat snapshot version {snap.version}")
+                next_id = snap.next_id
+            elif snap.version or snap.next_id:
+                raise ValueError(f"chat page {index} holds global fields")
+            names = [rec.name for rec in snap.accounts]
+            if not all(map(operator.lt, names, names[1:])) or any(
+                page_of(name.encode(), len(pages)) != index for name in names
+            ):
+                raise ValueError(f"chat page {index} holds another page's account or is not sorted")
+            records.extend(snap.accounts)
+        records.sort(key=operator.attrgetter("name"))
+        self._load(next_id, records, [rec.name for rec in records])
+        self._refile(len(pages))
+        self._pages.clean()
+
+    def _load(self, next_id: int, records: Sequence[cpb.ChatAccountRecord], all_names: list[str]) -> None:
+        """Replace the state with these account records (sorted by name); ValueError, state
+        untouched, on any defect."""
         if next_id < 1:
             raise ValueError("chat snapshot next_id must be at least 1")
         lim = self.limits
@@ -318,8 +379,6 @@ class ChatApp:
         key_bytes: dict[bytes, int] = {}
         created: list[int] = []
         signers: dict[bytes, bytes] = {}  # one bytes object per sender key, shared by its messages
-        records = snap.accounts
-        all_names = [rec.name for rec in records]
         if not all_canonical(all_names) or not all(map(operator.lt, all_names, all_names[1:])):
             raise ValueError("chat snapshot account names invalid or not strictly sorted")
         for rec, name in zip(records, all_names, strict=True):
@@ -519,6 +578,8 @@ class ChatApp:
         bisect.insort(recent, now)
         self._state_bytes += ACCOUNT_COST
         acct = self._accounts[name] = _new_account(name, key, op.box_key, now)
+        acct.page = page_of(name.encode(), self._pages.count)
+        self._pages.add(name, acct.page, acct)
         i = bisect.bisect_left(self._names, name)
         self._names.insert(i, name)
         self._ordered.insert(i, acct)
@@ -573,6 +634,8 @@ class ChatApp:
         self._next_id = msg_id + 1
         self._stored += 1
         self._hash.add(element)
+        self._pages.touch(rcpt.page)
+        self._pages.touch(0)  # next_id
         self._changed()
         result = cpb.ChatResult(sent=cpb.ChatSent(id=msg_id, seq=ctx.seq, timestamp_us=ctx.timestamp_us))
         return ExecResult(_encode(result), (NewMessage(to, rcpt.signing_key, msg_id, ctx.seq),))
@@ -587,6 +650,7 @@ class ChatApp:
                 self._forget(acct, m)
             acct.inbox = inbox = inbox[k:] if k < len(inbox) else ()
             self._stored -= k
+            self._pages.touch(acct.page)
             self._changed()
         return _encode(cpb.ChatResult(acked=cpb.ChatAcked(removed=k, remaining=len(inbox))))
 
@@ -603,6 +667,7 @@ class ChatApp:
             del self._recent[i]  # one entry per live account (equal times are interchangeable)
         self._hash.remove(_account_element(name, key, acct.box_key, acct.created_us))
         del self._accounts[name]
+        self._pages.remove(name, acct.page)
         i = bisect.bisect_left(self._names, name)
         del self._names[i], self._ordered[i]
         left = self._per_key[key] - 1

@@ -9,14 +9,17 @@ Operations are plain bytes, split on single spaces (keys contain no space; value
 * anything else -> ``ERR ...``
 
 Results are deterministic bytes. The digest is an LtHash over one element per key, so it costs
-O(1) per write; the snapshot lists the entries sorted by key with length prefixes.
+O(1) per write; the snapshot (and each checkpoint page) lists the entries sorted by key with length
+prefixes.
 """
 
 from __future__ import annotations
 
 import struct
+from collections.abc import Sequence
 
 from bft.app.base import ExecContext, ExecResult, Request
+from bft.app.paging import PageIndex, page_of
 from bft.lthash import LtHash
 
 MAX_KEY = 256
@@ -46,6 +49,7 @@ class KVApp:
     def __init__(self) -> None:
         self._data: dict[bytes, bytes] = {}
         self._hash = LtHash()
+        self._pages: PageIndex[bytes, None] = PageIndex()
 
     @classmethod
     def preloaded(cls, total_bytes: int) -> KVApp:
@@ -70,15 +74,43 @@ class KVApp:
         return self._hash.digest()
 
     def snapshot(self) -> bytes:
-        parts = [_SNAPSHOT_MAGIC, _U32.pack(len(self._data))]
-        for key in sorted(self._data):
+        return self._encode(sorted(self._data))
+
+    def _encode(self, keys: list[bytes]) -> bytes:
+        parts = [_SNAPSHOT_MAGIC, _U32.pack(len(keys))]
+        for key in keys:
             value = self._data[key]
             parts += [_U32.pack(len(key)), key, _U32.pack(len(value)), value]
         return b"".join(parts)
 
+    def set_page_count(self, count: int) -> None:
+        self._pages.reset(count, ((key, page_of(key, count), None) for key in self._data))
+
+    def take_dirty_pages(self) -> set[int]:
+        return self._pages.take_dirty()
+
+    def page(self, index: int) -> bytes:
+        keys = sorted(self._pages.members(index))
+        return self._encode(keys) if keys else b""
+
+    def restore_pages(self, pages: Sequence[bytes]) -> None:
+        entries: dict[bytes, bytes] = {}
+        for index, data in enumerate(pages):
+            if data:
+                page = _decode(data)
+                if any(page_of(key, len(pages)) != index for key in page):
+                    raise ValueError(f"KV page {index} holds another page's key")
+                entries.update(page)
+        self._install(entries)
+        self._pages.reset(len(pages), ((key, page_of(key, len(pages)), None) for key in entries))
+        self._pages.clean()
+
     def restore(self, data: bytes) -> None:
         """Replace the state; ValueError (state untouched) if ``data`` is not a valid snapshot."""
-        entries = _decode(data)
+        self._install(_decode(data))
+        self.set_page_count(self._pages.count)
+
+    def _install(self, entries: dict[bytes, bytes]) -> None:
         lthash = LtHash()
         for key, value in entries.items():
             lthash.add(_element(key, value))
@@ -119,6 +151,7 @@ class KVApp:
             self._hash.remove(_element(key, old))
         self._data[key] = value
         self._hash.add(_element(key, value))
+        self._pages.add(key, page_of(key, self._pages.count), None)
 
 
 def _decode(data: bytes) -> dict[bytes, bytes]:

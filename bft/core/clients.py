@@ -18,8 +18,10 @@ import heapq
 import struct
 from dataclasses import dataclass
 
+from bft.app.paging import PageIndex, page_of
 from bft.lthash import LtHash
 from bft.pb.bftchat.v1 import protocol_pb2 as pb
+from bft.wire import WireError, parse
 
 ClientId = tuple[bytes, int]  # (public key, session)
 MAX_U64 = 2**64 - 1
@@ -42,10 +44,16 @@ class ClientEntry:
         )
 
 
+def _page_key(cid: ClientId) -> bytes:
+    return cid[0] + struct.pack(">Q", cid[1])
+
+
 class ClientTable:
-    def __init__(self, capacity: int) -> None:
+    def __init__(self, capacity: int, page_count: int = 1) -> None:
         self.capacity = capacity
         self.floor = 0
+        self._pages: PageIndex[ClientId, None] = PageIndex()
+        self._pages.reset(page_count, ())
         self._entries: dict[ClientId, ClientEntry] = {}
         self._hash = LtHash()
         self._hashed: dict[ClientId, bytes] = {}  # element as of the last digest()
@@ -70,10 +78,12 @@ class ClientTable:
     def set_epoch(self, replica: int, epoch: int) -> None:
         if epoch > 0:
             self.epochs[replica] = epoch
+            self._pages.touch(0)
 
     def record(self, cid: ClientId, timestamp: int, seq: int, status: int, result: bytes) -> None:
         self._entries[cid] = ClientEntry(timestamp, seq, status, result)
         self._dirty.add(cid)
+        self._pages.add(cid, page_of(_page_key(cid), self._pages.count), None)
         heapq.heappush(self._lru, (seq, cid[0], cid[1]))
 
     def evict_overflow(self) -> None:
@@ -86,7 +96,10 @@ class ClientTable:
                 continue  # stale heap item: the session ran again later
             del self._entries[cid]
             self._dirty.add(cid)
-            self.floor = max(self.floor, entry.last_timestamp)
+            self._pages.remove(cid, page_of(_page_key(cid), self._pages.count))
+            if entry.last_timestamp > self.floor:
+                self.floor = entry.last_timestamp
+                self._pages.touch(0)
         if len(self._lru) > 4 * max(len(self._entries), 1024):
             self._lru = [(e.last_seq, k, s) for (k, s), e in self._entries.items()]
             heapq.heapify(self._lru)
@@ -108,6 +121,52 @@ class ClientTable:
             digest += b"epochs" + b"".join(struct.pack(">IQ", r, e) for r, e in sorted(self.epochs.items()))
         return digest
 
+    def take_dirty_pages(self) -> set[int]:
+        return self._pages.take_dirty()
+
+    def page(self, index: int) -> bytes:
+        """The ``ClientTableSnapshot`` of the sessions on page ``index`` (page 0: also the floor and
+        the epochs); empty for a page with nothing on it."""
+        snap = pb.ClientTableSnapshot(floor=self.floor) if index == 0 else pb.ClientTableSnapshot()
+        if index == 0:
+            for replica, epoch in sorted(self.epochs.items()):
+                snap.epochs.add(replica=replica, epoch=epoch)
+        entries = self._entries
+        for cid in sorted(self._pages.members(index)):
+            e = entries[cid]
+            snap.entries.add(
+                client_key=cid[0],
+                session=cid[1],
+                last_timestamp=e.last_timestamp,
+                last_seq=e.last_seq,
+                status=e.status,
+                result=e.result,
+            )
+        return snap.SerializeToString(deterministic=True)
+
+    @classmethod
+    def restore_pages(cls, pages: list[bytes], capacity: int, page_count: int) -> ClientTable:
+        """The table these pages encode; ValueError if a page holds what is not its own."""
+        table = cls(capacity, page_count)
+        for index, data in enumerate(pages):
+            try:
+                snap = parse(pb.ClientTableSnapshot, data)
+            except WireError:
+                raise ValueError(f"client table page {index} does not parse") from None
+            if index == 0:
+                table.floor = snap.floor
+                for ep in snap.epochs:
+                    table.set_epoch(ep.replica, max(ep.epoch, table.epoch(ep.replica)))
+            elif snap.floor or len(snap.epochs):
+                raise ValueError(f"client table page {index} holds global fields")
+            for e in snap.entries:
+                cid = (e.client_key, e.session)
+                if page_of(_page_key(cid), page_count) != index or cid in table._entries:
+                    raise ValueError(f"client table page {index} holds another page's session")
+                table.record(cid, e.last_timestamp, e.last_seq, e.status, e.result)
+        table._pages.clean()
+        return table
+
     def snapshot(self) -> pb.ClientTableSnapshot:
         snap = pb.ClientTableSnapshot(floor=self.floor)
         for replica, epoch in sorted(self.epochs.items()):
@@ -124,8 +183,8 @@ class ClientTable:
         return snap
 
     @classmethod
-    def restore(cls, snap: pb.ClientTableSnapshot, capacity: int) -> ClientTable:
-        table = cls(capacity)
+    def restore(cls, snap: pb.ClientTableSnapshot, capacity: int, page_count: int = 1) -> ClientTable:
+        table = cls(capacity, page_count)
         table.floor = snap.floor
         for ep in snap.epochs:
             table.set_epoch(ep.replica, max(ep.epoch, table.epoch(ep.replica)))

@@ -35,6 +35,9 @@ class Params:
     read_wait_timeout: float = 10.0  # a parked read not answerable by then is dropped
     max_request_ahead_us: int = 600_000_000  # a request timestamp this far past its batch's time is refused
     state_chunk_bytes: int = 1024 * 1024
+    # Pages of the checkpoint state (a power of two; bft/core/pages.py): a checkpoint re-encodes
+    # and rehashes only the pages changed since the previous one.
+    state_pages: int = 16384
     max_snapshot_bytes: int = 4 * 1024 * 1024 * 1024
     catchup_slots_per_status: int = 16
     # State transfer (bft/core/transfer.py) and answers to STATUS/FETCH (bft/core/answers.py).
@@ -64,6 +67,8 @@ class Params:
             raise ValueError("state_chunk_bytes must be between 32 bytes and 4 MiB (one message)")
         if self.max_snapshot_bytes // self.state_chunk_bytes >= 2**32 - 1:
             raise ValueError("max_snapshot_bytes / state_chunk_bytes must fit in 32 bits")
+        if not 1 <= self.state_pages <= 1 << 20 or self.state_pages & (self.state_pages - 1):
+            raise ValueError("state_pages must be a power of two between 1 and 2^20")
         if self.state_chunks_per_fetch < 1 or self.snapshots_kept < 1:
             raise ValueError("state_chunks_per_fetch and snapshots_kept must be positive")
         if self.propose_timeout <= 0:

@@ -127,7 +127,8 @@ class CommitRecord:
 
 @dataclass(frozen=True, slots=True)
 class CheckpointRecord:
-    """A stable checkpoint: snapshot (serialised StateSnapshot) and its 2f+1 CHECKPOINT proof.
+    """A stable checkpoint: its state and its 2f+1 CHECKPOINT proof. ``snapshot`` is the serialised
+    ``StatePages`` (``paged``), or in logs written before checkpoint pages a ``StateSnapshot``.
 
     Everything about sequence numbers at or below ``seq`` may be discarded once this is durable.
     """
@@ -136,6 +137,7 @@ class CheckpointRecord:
     state_digest: bytes
     snapshot: bytes
     proof: tuple[bytes, ...]
+    paged: bool = True
 
 
 Record = ViewRecord | NewViewRecord | PrePrepareRecord | PreparedRecord | CommitRecord | CheckpointRecord

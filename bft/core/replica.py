@@ -41,7 +41,8 @@ from bft.core.events import (
     ViewEntered,
     ViewRecord,
 )
-from bft.core.transfer import Snapshot, Transfer
+from bft.core.pages import PageTree, Snapshot, encode_page, encode_pages, legacy_digest, page_hash
+from bft.core.transfer import Transfer
 from bft.core.viewchange import (
     NULL_DIGEST,
     PreparedCert,
@@ -59,14 +60,12 @@ from bft.wire import (
     WireError,
     drop_if_unknown_fields,
     envelope_size,
-    len_field_head,
     make_request,
     open_request,
     parse,
     parse_canonical,
     peek_kind,
     seal,
-    uint_field,
 )
 
 _TRUSTED = AcceptAllVerifier()
@@ -93,7 +92,7 @@ def leaf_bytes(key: bytes, session: int, timestamp: int, status: int, result: by
 
 def state_digest(seq: int, app_digest: bytes, clients_digest: bytes, last_ts: int) -> bytes:
     """Application state, client table and the clock clamp at ``seq``. A checkpoint digest is
-    this plus the chunk tree of the serialised snapshot (``bft.core.transfer.Manifest``)."""
+    this plus the root of the page tree (``bft.core.pages.Manifest``)."""
     return sha256(b"bftchat state\0" + struct.pack(">QQ", seq, last_ts) + app_digest + clients_digest)
 
 
@@ -147,7 +146,12 @@ class Replica:
         self._replica_of = {key: i for i, key in enumerate(cluster.public_keys)}
         self._app_factory = app_factory
         self.app: Application = app_factory()
-        self.clients = ClientTable(self.p.client_table_capacity)
+        self.app.set_page_count(self.p.state_pages)
+        self.clients = ClientTable(self.p.client_table_capacity, self.p.state_pages)
+        # The pages and page tree of the last checkpoint taken: a checkpoint re-encodes only the pages
+        # the app and the client table report changed since (bft/core/pages.py).
+        self._pages: list[bytes] = [b""] * self.p.state_pages
+        self._tree = PageTree.uniform(self.p.state_pages, page_hash(b"", self.p.state_chunk_bytes))
         self._out: list[Output] = []
 
         # Ordering state.
@@ -270,7 +274,7 @@ class Replica:
 
     def state_digest(self) -> bytes:
         """Digest of the replicated state at ``last_executed`` (cheap; a CHECKPOINT there would
-        carry it combined with the snapshot's chunk root)."""
+        carry it combined with the page root)."""
         return self._current_state_digest(self.last_executed)
 
     def start(self, now: float) -> None:
@@ -1082,29 +1086,49 @@ class Replica:
 
     # ------------------------------------------------------------------ checkpoints
 
-    def _snapshot(self, seq: int) -> bytes:
-        """The StateSnapshot's deterministic serialisation, joined by hand around the app's bytes: a
-        protobuf object would copy them in and out again (two copies of ~190 MiB at a million
-        accounts, on the event loop). tests/test_transfer.py checks it equals the protobuf's."""
-        app = self.app.snapshot()
-        clients = self.clients.snapshot().SerializeToString(deterministic=True)
-        return b"".join(
-            (
-                uint_field(1, seq),  # StateSnapshot.seq
-                uint_field(2, self.last_ts),  # .last_timestamp_us
-                len_field_head(3, len(app)) if app else b"",  # .app (proto3 leaves empty bytes out)
-                app,
-                len_field_head(4, len(clients)),  # .clients: a set submessage is written even empty
-                clients,
-            )
+    def _page(self, index: int, seq: int) -> bytes:
+        return encode_page(index, seq, self.last_ts, self.clients.page(index), self.app.page(index))
+
+    def _checkpoint_pages(self, seq: int) -> Snapshot:
+        """The snapshot at ``seq``: the changed pages re-encoded and rehashed, the rest shared."""
+        dirty = self.app.take_dirty_pages() | self.clients.take_dirty_pages()
+        dirty.add(0)  # the sequence number
+        pages = list(self._pages)
+        changed = {}
+        for index in dirty:
+            data = pages[index] = self._page(index, seq)
+            changed[index] = page_hash(data, self.p.state_chunk_bytes)
+        self._pages, self._tree = pages, self._tree.updated(changed)
+        return Snapshot(seq, self._current_state_digest(seq), pages, self._tree, self.p.state_chunk_bytes)
+
+    def _adopt_pages(self, snapshot: Snapshot) -> None:
+        """The state was just rebuilt from ``snapshot``'s pages: they are the base of the next one."""
+        self.app.take_dirty_pages()
+        self.clients.take_dirty_pages()
+        self._pages, self._tree = snapshot.pages, snapshot.tree
+
+    def _state_from_pages(self, seq: int, pages: list[bytes]) -> tuple[Application, ClientTable, int]:
+        """App, client table and clock clamp built from a checkpoint's pages; ValueError (or
+        WireError) if they are not such pages."""
+        if len(pages) != self.p.state_pages:
+            raise ValueError(f"{len(pages)} state pages, not {self.p.state_pages}")
+        parsed = [parse(pb.StatePage, p) for p in pages]
+        head = parsed[0]
+        if head.seq != seq or any(p.seq or p.last_timestamp_us for p in parsed[1:]):
+            raise ValueError("state pages of another sequence number")
+        app = self._app_factory()
+        app.set_page_count(self.p.state_pages)
+        app.restore_pages([p.app for p in parsed])
+        clients = ClientTable.restore_pages(
+            [p.clients for p in parsed], self.p.client_table_capacity, self.p.state_pages
         )
+        return app, clients, head.last_timestamp_us
 
     def _current_state_digest(self, seq: int) -> bytes:
         return state_digest(seq, self.app.digest(), self.clients.digest(), self.last_ts)
 
     def _take_checkpoint(self, seq: int) -> bytes:
-        state = self._current_state_digest(seq)
-        snapshot = Snapshot(seq, state, self._snapshot(seq), self.p.state_chunk_bytes)
+        snapshot = self._checkpoint_pages(seq)
         digest = snapshot.digest
         self.my_checkpoints[seq] = snapshot
         if self.restoring:
@@ -1235,7 +1259,9 @@ class Replica:
         for old in sorted(self.served)[: -self.p.snapshots_kept]:
             del self.served[old]
         self._persist(
-            CheckpointRecord(seq, digest, snapshot.data, tuple(e.SerializeToString() for e in proof))
+            CheckpointRecord(
+                seq, digest, encode_pages(snapshot.pages), tuple(e.SerializeToString() for e in proof)
+            )
         )
         self._garbage_collect()
         if self.recovering:
@@ -1551,9 +1577,8 @@ class Replica:
             if self.h > want.seq:
                 self._send_stable_proof(to, now)
             return
-        end = min(snap.total, want.first + min(want.count, self.p.state_chunks_per_fetch))
-        for i in range(want.first, end):
-            if not self._answer(to, pb.PeerMessage(state_chunk=snap.chunk(i)), now):
+        for chunk in snap.chunks(want.first, want.part, min(want.count, self.p.state_chunks_per_fetch)):
+            if not self._answer(to, pb.PeerMessage(state_chunk=chunk), now):
                 return
 
     def _send_stable_proof(self, to: int, now: float) -> None:
@@ -1573,7 +1598,7 @@ class Replica:
         if t is not None:
             if t.seq >= seq:
                 return
-            if t.chunks:
+            if t.pages or t.parts:
                 # Keep the progress made; move to the later checkpoint after installing this one,
                 # or earlier if this one stalls on every source (it may have been dropped by all).
                 if t.newer is None or t.newer[0] < seq:
@@ -1584,7 +1609,7 @@ class Replica:
         ]
         first = sources[0] if source is None or source == self.id else source
         self.transfer = self.transfer_class(
-            seq, digest, proof, first, self.p.state_chunk_bytes, self.p.max_snapshot_bytes
+            seq, digest, proof, first, self.p.state_chunk_bytes, self.p.max_snapshot_bytes, self.p.state_pages
         )
         if t is not None:
             self.transfer.last_progress = t.last_progress
@@ -1594,9 +1619,10 @@ class Replica:
         """Ask the current source for the next window of missing chunks."""
         t = self.transfer
         assert t is not None
-        first, count = t.window(self.p.state_chunks_per_fetch)
-        t.asked = (first, first + count)
-        fetch = pb.Fetch(state=pb.FetchState(seq=t.seq, digest=t.digest, first=first, count=count))
+        first, part = t.window()
+        t.asked, t.arrived = self.p.state_chunks_per_fetch, 0
+        want = pb.FetchState(seq=t.seq, digest=t.digest, first=first, count=t.asked, part=part)
+        fetch = pb.Fetch(state=want)
         self._send(t.source, pb.PeerMessage(envelope=self._seal(Kind.FETCH, fetch)))
 
     def _transfer_tick(self, now: float) -> None:
@@ -1616,8 +1642,8 @@ class Replica:
                 self._make_stable(*t.newer)
             self._try_execute(now)
             return
-        if t.last_progress is None or len(t.chunks) != t.progress_mark:
-            t.progress_mark = len(t.chunks)
+        if t.last_progress is None or t.accepted != t.progress_mark:
+            t.progress_mark = t.accepted
             if t.last_progress is None:
                 t.last_progress = now
             return
@@ -1663,25 +1689,23 @@ class Replica:
     def _install_snapshot(self, t: Transfer, now: float) -> bool:
         assert t.manifest is not None
         seq, digest, proof = t.seq, t.digest, t.proof
-        data = t.assemble()
+        pages = t.assemble()
         try:
-            snap = parse(pb.StateSnapshot, data)
-            app = self._app_factory()
-            app.restore(snap.app)
+            app, clients, last_ts = self._state_from_pages(seq, pages)
         except (WireError, ValueError):
             return False
-        clients = ClientTable.restore(snap.clients, self.p.client_table_capacity)
-        if (
-            snap.seq != seq
-            or state_digest(seq, app.digest(), clients.digest(), snap.last_timestamp_us)
-            != t.manifest.state_digest
-        ):
+        if state_digest(seq, app.digest(), clients.digest(), last_ts) != t.manifest.state_digest:
             return False
         self.app, self.clients = app, clients
-        self.last_ts = snap.last_timestamp_us
+        self.last_ts = last_ts
         self.last_executed = seq
         self.transfer = None
-        snapshot = Snapshot(seq, t.manifest.state_digest, data, self.p.state_chunk_bytes)
+        if len(t.hashes) == len(pages):
+            tree = PageTree.build([t.hashes[i] for i in range(len(pages))])
+            snapshot = Snapshot(seq, t.manifest.state_digest, pages, tree, self.p.state_chunk_bytes)
+        else:  # the unauthenticated-chunks mutation keeps no hashes
+            snapshot = Snapshot.of_pages(seq, t.manifest.state_digest, pages, self.p.state_chunk_bytes)
+        self._adopt_pages(snapshot)
         self.my_checkpoints = {seq: snapshot}
         self.commit_proofs = {s: p for s, p in self.commit_proofs.items() if s > seq}
         for key in [
@@ -1763,7 +1787,8 @@ class Replica:
         self.recovering = False
         if self.h and self.stable_snapshot is not None:
             envs = tuple(e.SerializeToString() for e in self.stable_proof)
-            self._persist(CheckpointRecord(self.h, self.stable_digest, self.stable_snapshot.data, envs))
+            data = encode_pages(self.stable_snapshot.pages)
+            self._persist(CheckpointRecord(self.h, self.stable_digest, data, envs))
         for seq in range(self.h + 1, self.last_executed + 1):
             proof = self.commit_proofs.get(seq)
             if proof is not None:
@@ -2006,28 +2031,45 @@ class Replica:
         finally:
             self.restoring = False
 
+    def _restore_legacy(self, rec: CheckpointRecord) -> tuple[Snapshot, bytes]:
+        """A CheckpointRecord written before checkpoint pages: restore its ``StateSnapshot`` and
+        check it against its certificate the old way. The snapshot kept is the same state as pages
+        (digest of the new kind: it is served from the next stable checkpoint on, as a cluster
+        upgraded all at once certifies only new ones)."""
+        snap = parse(pb.StateSnapshot, rec.snapshot)
+        app = self._app_factory()
+        app.restore(snap.app)
+        app.set_page_count(self.p.state_pages)
+        self.app = app
+        self.clients = ClientTable.restore(snap.clients, self.p.client_table_capacity, self.p.state_pages)
+        self.last_ts = snap.last_timestamp_us
+        state = self._current_state_digest(rec.seq)
+        return self._checkpoint_pages(rec.seq), legacy_digest(
+            rec.seq, state, rec.snapshot, self.p.state_chunk_bytes
+        )
+
     def _replay(self, records: list[Record]) -> None:
         snap_rec: CheckpointRecord | None = None
         for r in records:
             if isinstance(r, CheckpointRecord) and (snap_rec is None or r.seq > snap_rec.seq):
                 snap_rec = r
         if snap_rec is not None:
-            snap = parse(pb.StateSnapshot, snap_rec.snapshot)
-            self.app.restore(snap.app)
-            self.clients = ClientTable.restore(snap.clients, self.p.client_table_capacity)
-            self.last_ts = snap.last_timestamp_us
+            if snap_rec.paged:
+                pages = list(parse(pb.StatePages, snap_rec.snapshot).pages)
+                self.app, self.clients, self.last_ts = self._state_from_pages(snap_rec.seq, pages)
+                snapshot = Snapshot.of_pages(
+                    snap_rec.seq, self._current_state_digest(snap_rec.seq), pages, self.p.state_chunk_bytes
+                )
+                self._adopt_pages(snapshot)
+                digest = snapshot.digest
+            else:
+                snapshot, digest = self._restore_legacy(snap_rec)
             self.last_executed = self.h = snap_rec.seq
             self.stable_digest = snap_rec.state_digest
             self.stable_proof = [parse(pb.Envelope, e) for e in snap_rec.proof]
-            snapshot = Snapshot(
-                snap_rec.seq,
-                self._current_state_digest(snap_rec.seq),
-                snap_rec.snapshot,
-                self.p.state_chunk_bytes,
-            )
             self.stable_snapshot = self.served[snap_rec.seq] = snapshot
             self.my_checkpoints[snap_rec.seq] = snapshot
-            if snapshot.digest != snap_rec.state_digest:
+            if digest != snap_rec.state_digest:
                 raise ValueError(
                     f"checkpoint snapshot at seq {snap_rec.seq} does not match its certified digest"
                 )

@@ -1,103 +1,29 @@
-"""State transfer: checkpoint snapshots cut into chunks that are each checkable on their own.
+"""State transfer: fetching a certified checkpoint's pages, each chunk checked on arrival.
 
-A checkpoint digest commits to the snapshot bytes through a hash tree over fixed-size chunks::
-
-    checkpoint digest = sha256(tag || seq || snapshot length || state digest || chunk root)
-
-where the state digest is the cheap incremental digest of application state, client table and
-clock clamp (``replica.state_digest``) and the chunk root is the root of ``bft.merkle`` over the
-chunks of the serialised ``StateSnapshot`` (``state_chunk_bytes`` each, the last one shorter).
 A lagging replica that holds 2f+1 CHECKPOINTs for (seq, digest) checks each chunk, from any
-sender, against that digest alone: the manifest fields hash to the digest, and the chunk's path
-leads to the root. Junk is dropped on arrival, verified chunks are kept across retries and source
-changes, and only a source that makes no progress for ``state_transfer_timeout`` is replaced.
-
-Cost kept from before: every replica serialises its whole snapshot at each checkpoint (it did
-already, to serve and persist it); hashing the chunks adds one SHA-256 pass over it.
+sender, against that digest alone (``bft/core/pages.py``): the manifest fields hash to the digest,
+and the chunk's pages (or part) lead to the page root along their path. Junk is dropped on arrival,
+verified pages are kept across retries and source changes, and only a source that makes no
+progress for ``state_transfer_timeout`` is replaced.
 """
 
 from __future__ import annotations
 
-import struct
 from dataclasses import dataclass, field
 
 from bft import merkle
-from bft.crypto import sha256
+from bft.core.pages import HASH_LEN, Manifest, page_hash, page_node, part_count
 from bft.pb.bftchat.v1 import protocol_pb2 as pb
 
-_CHECKPOINT_TAG = b"bftchat checkpoint\0"
-HASH_LEN = 32
-
-
-def chunk_count(size: int, chunk_bytes: int) -> int:
-    """Chunks of a snapshot of ``size`` bytes (an empty snapshot is one empty chunk)."""
-    return max(1, -(-size // chunk_bytes))
-
-
-@dataclass(frozen=True, slots=True)
-class Manifest:
-    """What a checkpoint digest is the hash of."""
-
-    seq: int
-    state_digest: bytes
-    size: int
-    root: bytes
-
-    @property
-    def digest(self) -> bytes:
-        return sha256(
-            _CHECKPOINT_TAG + struct.pack(">QQ", self.seq, self.size) + self.state_digest + self.root
-        )
-
-
-class Snapshot:
-    """A checkpoint's serialised state with the chunk tree its checkpoint digest commits to."""
-
-    __slots__ = ("chunk_bytes", "data", "manifest", "tree")
-
-    def __init__(self, seq: int, state_digest: bytes, data: bytes, chunk_bytes: int) -> None:
-        self.data = data
-        self.chunk_bytes = chunk_bytes
-        view = memoryview(data)
-        leaves = [
-            merkle.leaf_hash(view[i * chunk_bytes : (i + 1) * chunk_bytes])
-            for i in range(chunk_count(len(data), chunk_bytes))
-        ]
-        self.tree = merkle.levels(leaves)
-        self.manifest = Manifest(seq, state_digest, len(data), self.tree[-1][0])
-
-    @property
-    def seq(self) -> int:
-        return self.manifest.seq
-
-    @property
-    def digest(self) -> bytes:
-        return self.manifest.digest
-
-    @property
-    def total(self) -> int:
-        return len(self.tree[0])
-
-    def chunk(self, index: int) -> pb.StateChunk:
-        m = self.manifest
-        return pb.StateChunk(
-            seq=m.seq,
-            index=index,
-            total=self.total,
-            data=self.data[index * self.chunk_bytes : (index + 1) * self.chunk_bytes],
-            state_digest=m.state_digest,
-            snapshot_bytes=m.size,
-            chunk_root=m.root,
-            path=merkle.path(self.tree, index),
-        )
+MAX_PATH = 64
 
 
 @dataclass
 class Transfer:
     """A state transfer in progress towards the certified checkpoint (seq, digest).
 
-    Holds only verified chunks (at most the certified snapshot's size). ``source`` is asked for
-    windows of chunks; chunks from anyone are taken if they verify.
+    Holds only verified pages and parts (at most ``max_bytes``). ``source`` is asked for windows of
+    chunks; chunks from anyone are taken if they verify.
     """
 
     seq: int
@@ -106,94 +32,155 @@ class Transfer:
     source: int
     chunk_bytes: int
     max_bytes: int
+    page_count: int
     manifest: Manifest | None = None
-    chunks: dict[int, bytes] = field(default_factory=dict)
-    asked: tuple[int, int] = (0, 0)  # [first, end) of the last window asked for
+    pages: dict[int, bytes] = field(default_factory=dict)
+    hashes: dict[int, bytes] = field(default_factory=dict)  # of the verified pages: the tree, for free
+    parts: dict[int, dict[int, bytes]] = field(default_factory=dict)  # verified parts of large pages
+    held: int = 0  # bytes of pages and parts held
+    asked: int = 0  # chunks asked for by the last request
+    arrived: int = 0  # chunks accepted since then
     last_progress: float | None = None  # None until the first status tick sees it
-    progress_mark: int = -1  # len(chunks) at the previous status tick
+    progress_mark: int = -1  # chunks accepted at the previous status tick
+    accepted: int = 0
     newer: tuple[int, bytes, list[pb.Envelope]] | None = None  # a later certified checkpoint
     rejected: int = 0  # chunks that failed verification
     _first_missing: int = 0
 
-    @property
-    def total(self) -> int | None:
-        return None if self.manifest is None else chunk_count(self.manifest.size, self.chunk_bytes)
-
     def offer(self, chunk: pb.StateChunk) -> bool:
-        """Keep ``chunk`` if it is a new, verified chunk of our target; False otherwise."""
+        """Keep ``chunk`` if it brings new, verified pages or parts of our target; False otherwise."""
         if chunk.seq != self.seq:
             return False
         m = self.manifest
         if m is None:
-            cand = Manifest(chunk.seq, chunk.state_digest, chunk.snapshot_bytes, chunk.chunk_root)
+            cand = Manifest(chunk.seq, chunk.state_digest, chunk.page_count, chunk.chunk_root)
             if (
                 len(cand.state_digest) != HASH_LEN
                 or len(cand.root) != HASH_LEN
-                or cand.size > self.max_bytes
+                or cand.page_count != self.page_count
                 or cand.digest != self.digest
             ):
                 self.rejected += 1
                 return False
             m = cand
-        total = chunk_count(m.size, self.chunk_bytes)
-        index = chunk.index
-        if index >= total or index in self.chunks:
+        if len(chunk.path) > MAX_PATH or len(chunk.part_path) > MAX_PATH:
+            self.rejected += 1
             return False
-        expected = min(self.chunk_bytes, m.size - index * self.chunk_bytes)
-        if (
-            len(chunk.data) != expected
-            or len(chunk.path) > 64
-            or not merkle.verify(merkle.leaf_hash(chunk.data), index, total, list(chunk.path), m.root)
+        kept = self._offer_part(chunk, m) if chunk.parts else self._offer_pages(chunk, m)
+        if kept:
+            self.manifest = m
+            self.arrived += 1
+            self.accepted += 1
+        return kept
+
+    def _offer_pages(self, chunk: pb.StateChunk, m: Manifest) -> bool:
+        index, level, count = chunk.index, chunk.level, m.page_count
+        if level > 32 or (1 << level) > count or index % (1 << level) or index + (1 << level) > count:
+            self.rejected += 1
+            return False
+        fresh = [i for i in range(index, index + (1 << level)) if i not in self.pages]
+        if not fresh:
+            return False
+        pages = list(chunk.pages)
+        if len(pages) != 1 << level or chunk.data:
+            self.rejected += 1
+            return False
+        hashes = [page_hash(p, self.chunk_bytes) for p in pages]
+        sub = merkle.levels(hashes)[-1][0]
+        if not merkle.verify(sub, index >> level, count >> level, list(chunk.path), m.root):
+            self.rejected += 1
+            return False
+        for i in fresh:
+            data = pages[i - index]
+            if self.held + len(data) > self.max_bytes:
+                return False  # beyond the snapshot limit: this target cannot be installed here
+            self.held += len(data) - sum(map(len, self.parts.pop(i, {}).values()))
+            self.pages[i], self.hashes[i] = data, hashes[i - index]
+        return True
+
+    def _offer_part(self, chunk: pb.StateChunk, m: Manifest) -> bool:
+        index, part, parts, size, limit = (
+            chunk.index,
+            chunk.part,
+            chunk.parts,
+            chunk.page_bytes,
+            self.chunk_bytes,
+        )
+        if index >= m.page_count or chunk.level or chunk.pages or size > self.max_bytes:
+            self.rejected += 1
+            return False
+        if index in self.pages or part in self.parts.get(index, {}):
+            return False
+        if parts < 2 or parts != part_count(size, limit) or part >= parts:
+            self.rejected += 1
+            return False
+        data = chunk.data
+        root = None
+        if len(data) == min(limit, size - part * limit):
+            root = merkle.root_of(merkle.leaf_hash(data), part, parts, list(chunk.part_path))
+        if root is None or not merkle.verify(
+            page_node(size, root), index, m.page_count, list(chunk.path), m.root
         ):
             self.rejected += 1
             return False
-        self.manifest = m
-        self.chunks[index] = chunk.data
+        if self.held + len(data) > self.max_bytes:
+            return False
+        held = self.parts.setdefault(index, {})
+        held[part] = data
+        self.held += len(data)
+        if len(held) == parts:
+            self.pages[index] = b"".join(held[i] for i in range(parts))
+            self.hashes[index] = page_node(size, root)
+            del self.parts[index]
         return True
 
     @property
     def complete(self) -> bool:
-        total = self.total
-        return total is not None and len(self.chunks) == total
+        return self.manifest is not None and len(self.pages) == self.page_count
 
-    def window(self, size: int) -> tuple[int, int]:
-        """(first, count): the next chunks to ask for, from the first one missing."""
-        while self._first_missing in self.chunks:
+    def window(self) -> tuple[int, int]:
+        """(first page, first part): where the next chunks to ask for start."""
+        while self._first_missing in self.pages:
             self._first_missing += 1
         first = self._first_missing
-        total = self.total
-        count = size if total is None else max(1, min(size, total - first))
-        return first, count
+        held = self.parts.get(first)
+        part = 0
+        if held:
+            while part in held:
+                part += 1
+        return first, part
 
     def window_done(self) -> bool:
-        """Every chunk of the last window asked for has arrived: time to ask for the next one."""
-        first, end = self.asked
-        total = self.total
-        if total is not None:
-            end = min(end, total)
-        return all(i in self.chunks for i in range(first, end))
+        """Every chunk asked for last time has arrived (or as many verified ones from anyone)."""
+        return self.arrived >= self.asked
 
-    def assemble(self) -> bytes:
+    def assemble(self) -> list[bytes]:
         assert self.complete
-        return b"".join(self.chunks[i] for i in range(len(self.chunks)))
+        return [self.pages[i] for i in range(self.page_count)]
 
 
 class UncheckedTransfer(Transfer):
     """The ``unauthenticated-chunks`` mutation: takes the first chunk's manifest on trust and any
-    later chunk with the right seq and index, as the code before hash trees did. Unsafe on purpose:
-    one sender's junk chunk spoils the assembly, and the transfer starts over, forever."""
+    later pages or parts unchecked, as the code before hash trees did. Unsafe on purpose: one
+    sender's junk chunk spoils the assembly, and the transfer starts over, forever."""
 
     def offer(self, chunk: pb.StateChunk) -> bool:
         if chunk.seq != self.seq:
             return False
         if self.manifest is None:
-            size = min(chunk.snapshot_bytes, self.max_bytes)
-            self.manifest = Manifest(chunk.seq, chunk.state_digest, size, chunk.chunk_root)
-        total = self.total
-        if total is None or chunk.index >= total:
+            self.manifest = Manifest(chunk.seq, chunk.state_digest, self.page_count, chunk.chunk_root)
+        index = chunk.index  # the last chunk for a page wins, as the last for an index did
+        if index >= self.page_count:
             return False
-        self.chunks[chunk.index] = chunk.data
+        if chunk.parts:
+            held = self.parts.setdefault(index, {})
+            held[chunk.part] = chunk.data
+            if len(held) >= chunk.parts:
+                self.pages[index] = b"".join(held[i] for i in sorted(held))
+        else:
+            for offset, data in enumerate(chunk.pages):
+                if index + offset < self.page_count:
+                    self.pages[index + offset] = data
+        self.arrived += 1
+        self.accepted += 1
         return True
-
-    def assemble(self) -> bytes:
-        return b"".join(self.chunks[i] for i in range(len(self.chunks)))

@@ -414,6 +414,9 @@ class World:
                 status_interval=0.3,
                 clock_skew_us=2_000_000,
                 state_chunk_bytes=sc.state_chunk_bytes or Params.state_chunk_bytes,
+                # Few pages, so that small states still span runs of pages, parts and many chunks
+                # (a function of the chunk size: no draw of its own, the seeds keep their scenarios).
+                state_pages={64: 4, 256: 16, 4096: 64}.get(sc.state_chunk_bytes, 16),
                 # Small tables, so that Byzantine clients reach every bound within a scenario.
                 max_pending_per_client=8,
                 max_pending_total=64,
@@ -804,7 +807,7 @@ class World:
         top = max(c.last_executed for _, c in cores) if target is None else target
         for i, c in cores:
             if c.last_executed < top:
-                transfer = "" if c.transfer is None else f", transferring {len(c.transfer.chunks)} chunks"
+                transfer = "" if c.transfer is None else f", transferring {len(c.transfer.pages)} pages"
                 return f"r{i} at seq {c.last_executed} of {top} (stable {c.h}{transfer})"
         return None
 

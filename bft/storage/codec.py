@@ -71,7 +71,11 @@ def to_pb(record: Record) -> spb.LogRecord:
         c.seq, c.view, c.digest, c.proof = record.seq, record.view, record.digest, record.proof
     elif isinstance(record, CheckpointRecord):
         k = msg.checkpoint
-        k.seq, k.state_digest, k.snapshot = record.seq, record.state_digest, record.snapshot
+        k.seq, k.state_digest = record.seq, record.state_digest
+        if record.paged:
+            k.pages = record.snapshot
+        else:
+            k.snapshot = record.snapshot
         k.proof.extend(record.proof)
     else:  # pragma: no cover - the Record union is closed
         raise TypeError(f"not a persisted record: {type(record).__name__}")
@@ -96,7 +100,10 @@ def from_pb(msg: spb.LogRecord) -> Record:
         return CommitRecord(c.seq, c.view, c.digest, c.proof)
     if which == "checkpoint":
         k = msg.checkpoint
-        return CheckpointRecord(k.seq, k.state_digest, k.snapshot, tuple(k.proof))
+        paged = bool(k.pages)  # a StatePages is never empty (at least one page)
+        return CheckpointRecord(
+            k.seq, k.state_digest, k.pages if paged else k.snapshot, tuple(k.proof), paged
+        )
     raise CodecError("log record carries no entry")
 
 

@@ -33,8 +33,8 @@ from bft.app.chat import ChatApp, ChatLimits
 from bft.core.clients import ClientTable
 from bft.core.config import ClusterInfo
 from bft.core.events import CheckpointRecord
+from bft.core.pages import Snapshot, encode_page, encode_pages
 from bft.core.replica import state_digest
-from bft.core.transfer import Snapshot
 from bft.crypto import Ed25519Signer, Ed25519Verifier, Kind, Signer
 from bft.pb.bftchat.v1 import protocol_pb2 as pb
 from bft.storage.log import ReplicaLog
@@ -91,17 +91,17 @@ def checkpoint(
     info: ClusterInfo, signers: Sequence[Signer], app: ChatApp, seq: int, last_ts: int
 ) -> CheckpointRecord:
     """A stable checkpoint of ``app`` at ``seq`` (empty client table), voted by every signer."""
-    clients = ClientTable(info.params.client_table_capacity)
-    snap = pb.StateSnapshot(seq=seq, last_timestamp_us=last_ts, app=app.snapshot())
-    snap.clients.CopyFrom(clients.snapshot())
-    data = snap.SerializeToString(deterministic=True)
+    p = info.params
+    clients = ClientTable(p.client_table_capacity, p.state_pages)
+    app.set_page_count(p.state_pages)
+    pages = [encode_page(i, seq, last_ts, clients.page(i), app.page(i)) for i in range(p.state_pages)]
     state = state_digest(seq, app.digest(), clients.digest(), last_ts)
-    digest = Snapshot(seq, state, data, info.params.state_chunk_bytes).digest
+    digest = Snapshot.of_pages(seq, state, pages, p.state_chunk_bytes).digest
     vote = pb.Checkpoint(seq=seq, state_digest=digest)
     proof = tuple(
         seal(s, i, Kind.CHECKPOINT, info.cluster_id, vote).SerializeToString() for i, s in enumerate(signers)
     )
-    return CheckpointRecord(seq, digest, data, proof)
+    return CheckpointRecord(seq, digest, encode_pages(pages), proof)
 
 
 def install(

@@ -192,6 +192,24 @@ class StateSnapshot(_message.Message):
     clients: ClientTableSnapshot
     def __init__(self, seq: _Optional[int] = ..., last_timestamp_us: _Optional[int] = ..., app: _Optional[bytes] = ..., clients: _Optional[_Union[ClientTableSnapshot, _Mapping]] = ...) -> None: ...
 
+class StatePage(_message.Message):
+    __slots__ = ("seq", "last_timestamp_us", "clients", "app")
+    SEQ_FIELD_NUMBER: _ClassVar[int]
+    LAST_TIMESTAMP_US_FIELD_NUMBER: _ClassVar[int]
+    CLIENTS_FIELD_NUMBER: _ClassVar[int]
+    APP_FIELD_NUMBER: _ClassVar[int]
+    seq: int
+    last_timestamp_us: int
+    clients: bytes
+    app: bytes
+    def __init__(self, seq: _Optional[int] = ..., last_timestamp_us: _Optional[int] = ..., clients: _Optional[bytes] = ..., app: _Optional[bytes] = ...) -> None: ...
+
+class StatePages(_message.Message):
+    __slots__ = ("pages",)
+    PAGES_FIELD_NUMBER: _ClassVar[int]
+    pages: _containers.RepeatedScalarFieldContainer[bytes]
+    def __init__(self, pages: _Optional[_Iterable[bytes]] = ...) -> None: ...
+
 class Checkpoint(_message.Message):
     __slots__ = ("seq", "state_digest")
     SEQ_FIELD_NUMBER: _ClassVar[int]
@@ -271,16 +289,18 @@ class Fetch(_message.Message):
     def __init__(self, batch_digest: _Optional[bytes] = ..., preprepare: _Optional[_Union[FetchPrePrepare, _Mapping]] = ..., state: _Optional[_Union[FetchState, _Mapping]] = ...) -> None: ...
 
 class FetchState(_message.Message):
-    __slots__ = ("seq", "digest", "first", "count")
+    __slots__ = ("seq", "digest", "first", "count", "part")
     SEQ_FIELD_NUMBER: _ClassVar[int]
     DIGEST_FIELD_NUMBER: _ClassVar[int]
     FIRST_FIELD_NUMBER: _ClassVar[int]
     COUNT_FIELD_NUMBER: _ClassVar[int]
+    PART_FIELD_NUMBER: _ClassVar[int]
     seq: int
     digest: bytes
     first: int
     count: int
-    def __init__(self, seq: _Optional[int] = ..., digest: _Optional[bytes] = ..., first: _Optional[int] = ..., count: _Optional[int] = ...) -> None: ...
+    part: int
+    def __init__(self, seq: _Optional[int] = ..., digest: _Optional[bytes] = ..., first: _Optional[int] = ..., count: _Optional[int] = ..., part: _Optional[int] = ...) -> None: ...
 
 class FetchPrePrepare(_message.Message):
     __slots__ = ("view", "seq")
@@ -297,21 +317,31 @@ class BatchReply(_message.Message):
     def __init__(self, batch: _Optional[bytes] = ...) -> None: ...
 
 class StateChunk(_message.Message):
-    __slots__ = ("seq", "index", "total", "data", "state_digest", "snapshot_bytes", "chunk_root", "path")
+    __slots__ = ("seq", "index", "data", "state_digest", "chunk_root", "path", "level", "pages", "part", "parts", "page_bytes", "part_path", "page_count")
     SEQ_FIELD_NUMBER: _ClassVar[int]
     INDEX_FIELD_NUMBER: _ClassVar[int]
-    TOTAL_FIELD_NUMBER: _ClassVar[int]
     DATA_FIELD_NUMBER: _ClassVar[int]
     STATE_DIGEST_FIELD_NUMBER: _ClassVar[int]
-    SNAPSHOT_BYTES_FIELD_NUMBER: _ClassVar[int]
     CHUNK_ROOT_FIELD_NUMBER: _ClassVar[int]
     PATH_FIELD_NUMBER: _ClassVar[int]
+    LEVEL_FIELD_NUMBER: _ClassVar[int]
+    PAGES_FIELD_NUMBER: _ClassVar[int]
+    PART_FIELD_NUMBER: _ClassVar[int]
+    PARTS_FIELD_NUMBER: _ClassVar[int]
+    PAGE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    PART_PATH_FIELD_NUMBER: _ClassVar[int]
+    PAGE_COUNT_FIELD_NUMBER: _ClassVar[int]
     seq: int
     index: int
-    total: int
     data: bytes
     state_digest: bytes
-    snapshot_bytes: int
     chunk_root: bytes
     path: _containers.RepeatedScalarFieldContainer[bytes]
-    def __init__(self, seq: _Optional[int] = ..., index: _Optional[int] = ..., total: _Optional[int] = ..., data: _Optional[bytes] = ..., state_digest: _Optional[bytes] = ..., snapshot_bytes: _Optional[int] = ..., chunk_root: _Optional[bytes] = ..., path: _Optional[_Iterable[bytes]] = ...) -> None: ...
+    level: int
+    pages: _containers.RepeatedScalarFieldContainer[bytes]
+    part: int
+    parts: int
+    page_bytes: int
+    part_path: _containers.RepeatedScalarFieldContainer[bytes]
+    page_count: int
+    def __init__(self, seq: _Optional[int] = ..., index: _Optional[int] = ..., data: _Optional[bytes] = ..., state_digest: _Optional[bytes] = ..., chunk_root: _Optional[bytes] = ..., path: _Optional[_Iterable[bytes]] = ..., level: _Optional[int] = ..., pages: _Optional[_Iterable[bytes]] = ..., part: _Optional[int] = ..., parts: _Optional[int] = ..., page_bytes: _Optional[int] = ..., part_path: _Optional[_Iterable[bytes]] = ..., page_count: _Optional[int] = ...) -> None: ...
