@@ -106,12 +106,15 @@ def requests_of(actions: list[tuple[int, bytes]]) -> list[Request]:
 @given(st.booleans(), st.lists(ops, min_size=50, max_size=150))
 def test_two_replicas_agree_byte_for_byte(setup: bool, actions: list[tuple[int, bytes]]) -> None:
     a, b = ChatApp(LIMITS), ChatApp(LIMITS)
+    a.set_page_count(PAGES)
+    pages = PageMirror(a)
     # Every state visited: the digest must be a one-to-one function of the snapshot.
     by_digest = {a.digest(): a.snapshot()}
     by_snapshot = {a.snapshot(): a.digest()}
     for i, req in enumerate(requests_of(SETUP + actions if setup else actions)):
         ctx = ExecContext(seq=i + 1, index=i % 3, timestamp_us=1000 * i)
         ra, rb = a.execute(req, ctx), b.execute(req, ctx)
+        pages.check()
         assert ra == rb
         assert a.query(req) == b.query(req)
         digest, snap = a.digest(), a.snapshot()
@@ -130,6 +133,33 @@ def check_restore(app: ChatApp) -> None:
     assert fresh.digest() == app.digest()
     assert fresh.snapshot() == app.snapshot()
     assert fresh.stored_messages == app.stored_messages
+    # The same state through its checkpoint pages: same digest, same pages, nothing left changed.
+    pages = [app.page(i) for i in range(PAGES)] if app._pages.count == PAGES else None
+    if pages is not None:
+        paged = ChatApp(LIMITS)
+        paged.set_page_count(PAGES)
+        paged.restore_pages(pages)
+        assert paged.digest() == app.digest() and paged.snapshot() == app.snapshot()
+        assert [paged.page(i) for i in range(PAGES)] == pages and not paged.take_dirty_pages()
+
+
+PAGES = 8
+
+
+class PageMirror:
+    """The pages as a checkpoint would have them, updated from the reported changes only: equal to
+    the app's pages after every operation, or a change went unreported (and replicas would certify
+    a stale page)."""
+
+    def __init__(self, app: ChatApp) -> None:
+        self.app = app
+        self.pages = [b""] * PAGES
+        self.check()
+
+    def check(self) -> None:
+        for i in self.app.take_dirty_pages():
+            self.pages[i] = self.app.page(i)
+        assert self.pages == [self.app.page(i) for i in range(PAGES)]
 
 
 # ---- equal logical state <=> equal digest, whatever the history -----------------------------------
@@ -427,9 +457,12 @@ def test_snapshot_is_the_protobuf_serialisation(
     app = ChatApp(LIMITS)
     app.restore(data)
     assert app.snapshot() == data
+    app.set_page_count(PAGES)
+    pages = PageMirror(app)
     for i, req in enumerate(requests_of(actions)):
         ctx = ExecContext(seq=min(seq0 + i, U64), index=0, timestamp_us=min(ts0 + 1000 * i, U64))
         app.execute(req, ctx)
+        pages.check()
         assert app.snapshot() == reference_snapshot(app)
     check_restore(app)
     assert_empty_inboxes_untracked(app)

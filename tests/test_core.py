@@ -128,6 +128,35 @@ def test_client_table_eviction_keeps_exactly_once() -> None:
     assert t2.digest() == d1
 
 
+def test_client_table_pages_follow_every_change_and_restore() -> None:
+    """Records, evictions (which move the floor, on page 0) and epochs: the pages rebuilt from the
+    reported changes only equal the table's pages, and restore to the same table; a session filed
+    under another page is refused."""
+    t = ClientTable(capacity=5, page_count=8)
+    mirror = [b""] * 8
+
+    def check() -> None:
+        for i in t.take_dirty_pages():
+            mirror[i] = t.page(i)
+        assert mirror == [t.page(i) for i in range(8)]
+
+    for k in range(40):
+        t.record((bytes([k % 7]) * 32, k % 3), 100 + k, k, 0, b"r%d" % k)
+        t.evict_overflow()
+        if k == 20:
+            t.set_epoch(2, 5)
+        check()
+    assert t.floor > 0 and t.epochs
+    again = ClientTable.restore_pages(mirror, 5, 8)
+    assert again.digest() == t.digest() and [again.page(i) for i in range(8)] == mirror
+    assert not again.take_dirty_pages()
+    moved = [b""] * 8
+    donor = next(i for i in range(1, 8) if mirror[i])
+    moved[0], moved[(donor % 7) + 1] = mirror[0], mirror[donor]
+    with pytest.raises(ValueError, match="another page"):
+        ClientTable.restore_pages(moved, 5, 8)
+
+
 # ---- the replica core under bad input ------------------------------------------------------
 
 

@@ -89,3 +89,29 @@ def test_conforms_to_application_protocol() -> None:
     app: Application = KVApp()  # checked by mypy; the factory shape the core uses
     factory: AppFactory = KVApp
     assert factory().digest() == app.digest()
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(st.tuples(st.sampled_from([b"a", b"b", b"cc", b"d d", b"key9", b"zz"]), st.binary(max_size=20)))
+)
+def test_pages_follow_every_write_and_restore(writes: list[tuple[bytes, bytes]]) -> None:
+    """Pages updated from the reported changes only stay equal to the app's pages after every write,
+    and the pages restore to the same state (a page holding another page's key is refused)."""
+    app = KVApp()
+    app.set_page_count(4)
+    mirror = [b""] * 4
+    for key, value in writes:
+        run(app, b"set " + key.replace(b" ", b"_") + b" " + value)
+        for i in app.take_dirty_pages():
+            mirror[i] = app.page(i)
+        assert mirror == [app.page(i) for i in range(4)]
+    again = KVApp()
+    again.set_page_count(4)
+    again.restore_pages(mirror)
+    assert again.digest() == app.digest() and again.snapshot() == app.snapshot()
+    assert not again.take_dirty_pages()
+    full = [p for p in mirror if p]
+    if full:
+        with pytest.raises(ValueError, match="another page"):
+            again.restore_pages([full[0]] * 4)
