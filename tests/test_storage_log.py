@@ -69,7 +69,9 @@ WATCH = 1  # the replica whose log we keep: a backup in view 0, the primary of v
 class Mini:
     """Four replicas, a FIFO network, timers by hand. Replica WATCH persists into ``log``."""
 
-    def __init__(self, log_dir: Path | None = None, *, real: bool = False, interval: int = 4) -> None:
+    def __init__(
+        self, log_dir: Path | None = None, *, real: bool = False, interval: int = 4, full_bytes: int = 0
+    ) -> None:
         self.verifier: Verifier
         if real:
             self.signers: list[Signer] = [Ed25519Signer(bytes([i + 1]) * 32) for i in range(4)]
@@ -80,7 +82,14 @@ class Mini:
             self.signers = [HashSigner(b"replica %d" % i, hv) for i in range(4)]
             self.client = HashSigner(b"client", hv)
             self.verifier = hv
-        params = Params(checkpoint_interval=interval, watermark_window=4 * interval, batch_max_requests=4)
+        # full_bytes=0: checkpoints logged in full (and the log compacted) as soon as the log has
+        # grown by the state's size; more: as changed pages until it has grown that much.
+        params = Params(
+            checkpoint_interval=interval,
+            watermark_window=4 * interval,
+            batch_max_requests=4,
+            full_checkpoint_log_bytes=full_bytes,
+        )
         keys = tuple(s.public_key for s in self.signers)
         self.cluster = ClusterInfo(keys, cluster_id_from(b"mini"), params)
         self.replicas = [Replica(self.cluster, i, self.signers[i], self.verifier, KVApp) for i in range(4)]
@@ -175,9 +184,10 @@ class Mini:
 
 
 def expected_order(records: list[Record]) -> list[Record]:
-    """The model's durable records as the log lays them out: the checkpoint first (see STORAGE.md)."""
-    ck = [r for r in records if isinstance(r, CheckpointRecord)]
-    return ck + [r for r in records if not isinstance(r, CheckpointRecord)]
+    """The model's durable records as the log lays them out: the full checkpoint first (it opens the
+    compacted segment), the rest in write order (delta checkpoints included; see STORAGE.md)."""
+    ck = [r for r in records if isinstance(r, CheckpointRecord) and not r.delta_of]
+    return ck + [r for r in records if not any(r is c for c in ck)]
 
 
 def segments(data_dir: Path) -> list[Path]:
@@ -575,6 +585,29 @@ def test_checkpoint_compaction_deletes_old_segments(tmp_path: Path) -> None:
     assert isinstance(records[0], CheckpointRecord)
     assert records == expected_order(m.model.durable)
     assert report.segments == len(left)
+    assert_same_state(m, records)
+
+
+def test_delta_checkpoints_keep_their_chain_across_rotations(tmp_path: Path) -> None:
+    """Stable checkpoints logged as changed pages (the default for a small state) do not compact the
+    log, even when one opens a segment after a rotation: the full checkpoint and every delta after it
+    reload in order and rebuild the same state. (Taking a delta that opens a segment for a finished
+    compaction deleted the full checkpoint on load.)"""
+    m = Mini(interval=2, full_bytes=1 << 30)
+    d = tmp_path / "d"
+    m.log = m.open_log(d, segment_bytes=512)  # a rotation every group or two
+    m.log.load()
+    m.scenario()
+    m.log.close()
+    ckpts = [r for r in m.model.durable if isinstance(r, CheckpointRecord)]
+    assert len(ckpts) > 4 and not ckpts[0].delta_of and all(r.delta_of for r in ckpts[1:])
+    reader = logmod._Reader(m.cluster, WATCH, m.verifier, all_seals=False)
+    reader.read(logmod._list_segments(d / "log"))
+    openers = [s.frames[0].record for s in reader.segments if s.frames]
+    assert any(isinstance(r, CheckpointRecord) and r.delta_of for r in openers)  # the trap is set
+    records, report = reload(m, d, segment_bytes=512)
+    assert records == expected_order(m.model.durable)
+    assert report.warnings == []
     assert_same_state(m, records)
 
 

@@ -7,6 +7,7 @@ floods; everything is virtual time, so nothing here depends on the machine's spe
 from __future__ import annotations
 
 import heapq
+import itertools
 from collections.abc import Callable
 
 import pytest
@@ -15,7 +16,7 @@ from bft import merkle
 from bft.app.base import AppFactory
 from bft.app.kv import KVApp
 from bft.core.config import ClusterInfo, Params
-from bft.core.events import Send, SetTimer, StateInstalled
+from bft.core.events import CheckpointRecord, Persist, Record, Send, SetTimer, StateInstalled
 from bft.core.pages import PageTree, Snapshot, encode_page, page_hash
 from bft.core.replica import Replica
 from bft.core.transfer import Transfer
@@ -55,6 +56,7 @@ class Net:
         self.installed: list[int] = []
         self.sources: list[int] = []  # the lagger's transfer source after each of its status ticks
         self.sent_to: dict[int, int] = {}  # bytes sent to each replica
+        self.persisted: dict[int, list[Record]] = {i: [] for i in range(4)}
         for i, r in enumerate(self.reps):
             r.start(0.0)
             self._take(i)
@@ -69,6 +71,8 @@ class Net:
                 self._push(out.at, ("timer", i, out.name))
             elif isinstance(out, StateInstalled):
                 self.installed.append(out.seq)
+            elif isinstance(out, Persist):
+                self.persisted[i].append(out.record)
             elif isinstance(out, Send):
                 for j in [out.to] if out.to is not None else [k for k in range(4) if k != i]:
                     self._send(i, j, out.data)
@@ -502,7 +506,6 @@ def test_a_checkpoint_record_written_before_pages_still_restores() -> None:
     """An upgraded replica restarts on a log whose CheckpointRecord holds a whole StateSnapshot under
     the old digest: it checks it the old way, restores it, and holds the same pages a replica that
     never stopped has; a record whose snapshot does not match its digest is refused."""
-    from bft.core.events import CheckpointRecord
     from bft.core.pages import legacy_digest
 
     net = _busy_cluster(_params())
@@ -527,3 +530,27 @@ def test_a_checkpoint_record_written_before_pages_still_restores() -> None:
             KVApp,
             records=[CheckpointRecord(10, b"x" * 32, data, envs, paged=False)],
         )
+
+
+def test_stable_checkpoints_are_logged_as_the_pages_they_changed() -> None:
+    """After a full first CheckpointRecord, each stable checkpoint is logged as the few pages changed
+    since the previous one (page 0, the written key's, the client session's), chained by seq; the
+    chain replays to the same state, and a chain with a link missing is refused. Once the log has
+    grown by the state's size (full_checkpoint_log_bytes=0 here), checkpoints are logged in full."""
+    net = _busy_cluster(_params(state_pages=256))
+    rep = net.reps[0]
+    recs = [r for r in net.persisted[0] if isinstance(r, CheckpointRecord)]
+    assert len(recs) >= 4 and not recs[0].delta_of
+    assert all(r.delta_of == prev.seq for prev, r in itertools.pairwise(recs))
+    full = len(pb.StatePages.FromString(recs[0].snapshot).pages)
+    changed = [pb.StatePages.FromString(r.snapshot) for r in recs[1:]]
+    assert full == 256 and all(1 <= len(d.pages) == len(d.indexes) <= 5 for d in changed)
+    again = Replica(net.info, 0, net.signers[0], net.hv, KVApp, records=net.persisted[0])
+    assert again.h == rep.h and again.state_digest() == rep.state_digest()
+    assert again.stable_snapshot is not None and again.stable_snapshot.digest == rep.stable_digest
+    gap = [r for r in net.persisted[0] if r is not recs[2]]
+    with pytest.raises(ValueError, match="does not follow"):
+        Replica(net.info, 0, net.signers[0], net.hv, KVApp, records=gap)
+    compacting = _busy_cluster(_params(state_pages=256, full_checkpoint_log_bytes=0))
+    recs = [r for r in compacting.persisted[0] if isinstance(r, CheckpointRecord)]
+    assert sum(1 for r in recs if not r.delta_of) >= 2

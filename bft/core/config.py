@@ -38,6 +38,10 @@ class Params:
     # Pages of the checkpoint state (a power of two; bft/core/pages.py): a checkpoint re-encodes
     # and rehashes only the pages changed since the previous one.
     state_pages: int = 16384
+    # A stable checkpoint is logged as the pages changed since the log's previous one until the log
+    # has grown by the state's size, and by at least this much, since the last full one; then in
+    # full, and the log compacts (docs/STORAGE.md). 0: as soon as it has grown by the state's size.
+    full_checkpoint_log_bytes: int = 4 * 1024 * 1024
     max_snapshot_bytes: int = 4 * 1024 * 1024 * 1024
     catchup_slots_per_status: int = 16
     # State transfer (bft/core/transfer.py) and answers to STATUS/FETCH (bft/core/answers.py).

@@ -129,6 +129,8 @@ class CommitRecord:
 class CheckpointRecord:
     """A stable checkpoint: its state and its 2f+1 CHECKPOINT proof. ``snapshot`` is the serialised
     ``StatePages`` (``paged``), or in logs written before checkpoint pages a ``StateSnapshot``.
+    With ``delta_of`` set it holds only the pages changed since the checkpoint at that seq, whose
+    record is the previous CheckpointRecord of the log (``records.compact`` keeps the chain).
 
     Everything about sequence numbers at or below ``seq`` may be discarded once this is durable.
     """
@@ -138,9 +140,21 @@ class CheckpointRecord:
     snapshot: bytes
     proof: tuple[bytes, ...]
     paged: bool = True
+    delta_of: int = 0
 
 
 Record = ViewRecord | NewViewRecord | PrePrepareRecord | PreparedRecord | CommitRecord | CheckpointRecord
+
+
+def payload_bytes(record: Record) -> int:
+    """About what ``record`` adds to the log: its large fields (what decides when to log in full)."""
+    if isinstance(record, PrePrepareRecord):
+        return len(record.envelope) + len(record.batch)
+    if isinstance(record, (PreparedRecord, CommitRecord)):
+        return len(record.proof)
+    if isinstance(record, CheckpointRecord):
+        return len(record.snapshot)
+    return 0
 
 
 @dataclass(frozen=True, slots=True)

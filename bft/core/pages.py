@@ -28,7 +28,7 @@ from itertools import pairwise
 from bft import merkle
 from bft.crypto import sha256
 from bft.pb.bftchat.v1 import protocol_pb2 as pb
-from bft.wire import len_field_head, uint_field
+from bft.wire import len_field_head, uint_field, varint
 
 _CHECKPOINT_TAG = b"bftchat checkpoint pages\0"
 _PAGE_TAG = b"bftchat page\0"
@@ -238,9 +238,14 @@ def legacy_digest(seq: int, state_digest: bytes, snapshot: bytes, chunk_bytes: i
     return sha256(b"bftchat checkpoint\0" + struct.pack(">QQ", seq, len(snapshot)) + state_digest + root)
 
 
-def encode_pages(pages: list[bytes]) -> bytes:
-    """The ``StatePages`` serialisation of every page (what the log keeps), joined by hand."""
-    return b"".join(part for p in pages for part in (len_field_head(1, len(p)), p))
+def encode_pages(pages: list[bytes], indexes: list[int] | None = None) -> bytes:
+    """The ``StatePages`` serialisation (what the log keeps), joined by hand: every page, or the
+    pages at ``indexes``."""
+    out = b"".join(part for p in pages for part in (len_field_head(1, len(p)), p))
+    if indexes:
+        packed = b"".join(map(varint, indexes))
+        out += len_field_head(2, len(packed)) + packed  # proto3 packs repeated scalars
+    return out
 
 
 def encode_page(index: int, seq: int, last_ts: int, clients: bytes, app: bytes) -> bytes:

@@ -40,6 +40,7 @@ from bft.core.events import (
     ToClient,
     ViewEntered,
     ViewRecord,
+    payload_bytes,
 )
 from bft.core.pages import PageTree, Snapshot, encode_page, encode_pages, legacy_digest, page_hash
 from bft.core.transfer import Transfer
@@ -152,6 +153,11 @@ class Replica:
         # the app and the client table report changed since (bft/core/pages.py).
         self._pages: list[bytes] = [b""] * self.p.state_pages
         self._tree = PageTree.uniform(self.p.state_pages, page_hash(b"", self.p.state_chunk_bytes))
+        # The last CheckpointRecord of our log (seq, its pages), and the bytes persisted since the
+        # last full one: a stable checkpoint is logged as the pages changed since, until that many
+        # bytes add up to the state's size (then in full, and the log compacts).
+        self._logged: tuple[int, list[bytes]] | None = None
+        self._since_full = 0
         self._out: list[Output] = []
 
         # Ordering state.
@@ -456,7 +462,30 @@ class Replica:
 
     def _persist(self, record: Record, lazy: bool = False) -> None:
         if not self.recovering:
+            self._since_full += payload_bytes(record)
             self._emit(Persist(record, lazy))
+
+    def _persist_checkpoint(
+        self, seq: int, digest: bytes, proof: list[pb.Envelope], snapshot: Snapshot
+    ) -> None:
+        """Log a stable checkpoint: the pages changed since the log's last CheckpointRecord, or every
+        page once the log has grown by the state's size (at least ``full_checkpoint_log_bytes``)
+        since the last full one. So the log holds at most about twice the state plus a window, and
+        writing it costs what changed, plus the state's size once per that much growth."""
+        if self.recovering:
+            return  # nothing is persisted while recovering (_persist_recovered_state does it after)
+        envs = tuple(e.SerializeToString() for e in proof)
+        pages, logged = snapshot.pages, self._logged
+        self._logged = (seq, pages)
+        if logged is not None and logged[0] < seq:
+            changed = [i for i, (new, old) in enumerate(zip(pages, logged[1], strict=True)) if new is not old]
+            delta = sum(len(pages[i]) for i in changed)
+            if self._since_full + delta < max(snapshot.size, self.p.full_checkpoint_log_bytes):
+                data = encode_pages([pages[i] for i in changed], changed)
+                self._persist(CheckpointRecord(seq, digest, data, envs, delta_of=logged[0]))
+                return
+        self._persist(CheckpointRecord(seq, digest, encode_pages(pages), envs))
+        self._since_full = 0
 
     def _send(self, to: int | None, msg: pb.PeerMessage) -> None:
         if to == self.id:
@@ -1258,11 +1287,7 @@ class Replica:
         self.served[seq] = snapshot
         for old in sorted(self.served)[: -self.p.snapshots_kept]:
             del self.served[old]
-        self._persist(
-            CheckpointRecord(
-                seq, digest, encode_pages(snapshot.pages), tuple(e.SerializeToString() for e in proof)
-            )
-        )
+        self._persist_checkpoint(seq, digest, proof, snapshot)
         self._garbage_collect()
         if self.recovering:
             self._recovery_progress()
@@ -1786,9 +1811,8 @@ class Replica:
         """Nothing was persisted while recovering: the stable checkpoint and the commits above it."""
         self.recovering = False
         if self.h and self.stable_snapshot is not None:
-            envs = tuple(e.SerializeToString() for e in self.stable_proof)
-            data = encode_pages(self.stable_snapshot.pages)
-            self._persist(CheckpointRecord(self.h, self.stable_digest, data, envs))
+            self._logged = None  # in full
+            self._persist_checkpoint(self.h, self.stable_digest, self.stable_proof, self.stable_snapshot)
         for seq in range(self.h + 1, self.last_executed + 1):
             proof = self.commit_proofs.get(seq)
             if proof is not None:
@@ -2048,19 +2072,42 @@ class Replica:
             rec.seq, state, rec.snapshot, self.p.state_chunk_bytes
         )
 
+    def _checkpoint_chain(self, records: list[Record]) -> tuple[CheckpointRecord, list[bytes] | None]:
+        """The log's latest checkpoint and its pages: the last full CheckpointRecord with the delta
+        ones after it applied in order (None for a full one of the kind before pages)."""
+        chain: list[CheckpointRecord] = []
+        for r in records:
+            if isinstance(r, CheckpointRecord):
+                if not r.delta_of:
+                    chain = [r]
+                elif not chain or r.delta_of != chain[-1].seq or not chain[0].paged:
+                    raise ValueError(f"checkpoint record at seq {r.seq} does not follow its predecessor")
+                else:
+                    chain.append(r)
+        if not chain[0].paged:
+            return chain[0], None
+        pages = list(parse(pb.StatePages, chain[0].snapshot).pages)
+        for r in chain[1:]:
+            delta = parse(pb.StatePages, r.snapshot)
+            if len(delta.indexes) != len(delta.pages) or any(i >= len(pages) for i in delta.indexes):
+                raise ValueError(f"checkpoint record at seq {r.seq}: malformed changed pages")
+            for i, page in zip(delta.indexes, delta.pages, strict=True):
+                pages[i] = page
+        self._since_full = sum(payload_bytes(r) for r in chain[1:])
+        return chain[-1], pages
+
     def _replay(self, records: list[Record]) -> None:
         snap_rec: CheckpointRecord | None = None
-        for r in records:
-            if isinstance(r, CheckpointRecord) and (snap_rec is None or r.seq > snap_rec.seq):
-                snap_rec = r
+        if any(isinstance(r, CheckpointRecord) for r in records):
+            snap_rec, pages = self._checkpoint_chain(records)
         if snap_rec is not None:
-            if snap_rec.paged:
-                pages = list(parse(pb.StatePages, snap_rec.snapshot).pages)
+            if pages is not None:
                 self.app, self.clients, self.last_ts = self._state_from_pages(snap_rec.seq, pages)
                 snapshot = Snapshot.of_pages(
                     snap_rec.seq, self._current_state_digest(snap_rec.seq), pages, self.p.state_chunk_bytes
                 )
                 self._adopt_pages(snapshot)
+                self._logged = (snap_rec.seq, snapshot.pages)
                 digest = snapshot.digest
             else:
                 snapshot, digest = self._restore_legacy(snap_rec)
@@ -2076,11 +2123,11 @@ class Replica:
         commits = sorted(
             (r for r in records if isinstance(r, CommitRecord) and r.seq > self.h), key=lambda r: r.seq
         )
-        for r in commits:
-            if r.seq != self.last_executed + 1:
+        for c in commits:
+            if c.seq != self.last_executed + 1:
                 continue
-            proof = parse(pb.CommitProof, r.proof)
-            self._execute(r.seq, r.view, r.digest, proof.batch, proof)
+            proof = parse(pb.CommitProof, c.proof)
+            self._execute(c.seq, c.view, c.digest, proof.batch, proof)
         view = 0
         nv_rec: NewViewRecord | None = None
         for r in records:

@@ -417,6 +417,11 @@ class World:
                 # Few pages, so that small states still span runs of pages, parts and many chunks
                 # (a function of the chunk size: no draw of its own, the seeds keep their scenarios).
                 state_pages={64: 4, 256: 16, 4096: 64}.get(sc.state_chunk_bytes, 16),
+                # Checkpoints logged in full as the log grows by the state's size, or (the default)
+                # as changed pages for the first 4 MiB: both chains get crashed and replayed.
+                full_checkpoint_log_bytes=0
+                if sc.checkpoint_interval == 4
+                else Params.full_checkpoint_log_bytes,
                 # Small tables, so that Byzantine clients reach every bound within a scenario.
                 max_pending_per_client=8,
                 max_pending_total=64,

@@ -71,7 +71,7 @@ def to_pb(record: Record) -> spb.LogRecord:
         c.seq, c.view, c.digest, c.proof = record.seq, record.view, record.digest, record.proof
     elif isinstance(record, CheckpointRecord):
         k = msg.checkpoint
-        k.seq, k.state_digest = record.seq, record.state_digest
+        k.seq, k.state_digest, k.delta_of = record.seq, record.state_digest, record.delta_of
         if record.paged:
             k.pages = record.snapshot
         else:
@@ -101,9 +101,8 @@ def from_pb(msg: spb.LogRecord) -> Record:
     if which == "checkpoint":
         k = msg.checkpoint
         paged = bool(k.pages)  # a StatePages is never empty (at least one page)
-        return CheckpointRecord(
-            k.seq, k.state_digest, k.pages if paged else k.snapshot, tuple(k.proof), paged
-        )
+        snapshot = k.pages if paged else k.snapshot
+        return CheckpointRecord(k.seq, k.state_digest, snapshot, tuple(k.proof), paged, k.delta_of)
     raise CodecError("log record carries no entry")
 
 

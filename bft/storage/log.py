@@ -14,9 +14,10 @@ replica's signature over ``tag(LOG_RECORD, cluster id) || sha256(LogRecord bytes
 vouches for the whole chain before it. One ``sync()`` = one group = one write + one fsync + one
 signature.
 
-A stable checkpoint starts a new segment that begins with the CheckpointRecord and holds what
-``records.compact`` keeps; older segments are then deleted. docs/STORAGE.md has the full format, the
-durability contract and the recovery rules.
+A full stable checkpoint starts a new segment that begins with the CheckpointRecord and holds what
+``records.compact`` keeps; older segments are then deleted. A checkpoint logged as its changed
+pages is appended like any record (the segments before it hold its chain). docs/STORAGE.md has
+the full format, the durability contract and the recovery rules.
 """
 
 from __future__ import annotations
@@ -511,11 +512,12 @@ class _Reader:
         )
 
     def base(self) -> int:
-        """Position in ``segments`` of the newest segment that begins with a checkpoint (a finished
-        compaction); the segments before it are superseded. 0 if none."""
+        """Position in ``segments`` of the newest segment that begins with a full checkpoint (a
+        finished compaction); the segments before it are superseded. 0 if none. A delta checkpoint
+        that happens to open a segment (after a rotation) supersedes nothing: it needs its chain."""
         for pos in range(len(self.segments) - 1, 0, -1):
             frames = self.segments[pos].frames
-            if frames and isinstance(frames[0].record, CheckpointRecord):
+            if frames and isinstance(first := frames[0].record, CheckpointRecord) and not first.delta_of:
                 return pos
         return 0
 
@@ -763,8 +765,9 @@ class ReplicaLog:
         return pending
 
     def write_group(self, pending: list[tuple[Record, bytes]]) -> float:
-        """Write one group (one write, one fsync, one seal); returns the seconds spent. A
-        CheckpointRecord in the group starts a new compacted segment.
+        """Write one group (one write, one fsync, one seal); returns the seconds spent. A full
+        CheckpointRecord in the group starts a new compacted segment; a delta one does not (older
+        segments hold its chain), but what it supersedes leaves the records kept in memory.
 
         May run on a worker thread while the owner keeps appending (the node does this so the event
         loop never waits for the disk), but only one ``write_group`` at a time, groups in the order
@@ -774,7 +777,7 @@ class ReplicaLog:
         self._check_usable()
         start = time.perf_counter()
         try:
-            if any(isinstance(r, CheckpointRecord) for r, _ in pending):
+            if any(isinstance(r, CheckpointRecord) and not r.delta_of for r, _ in pending):
                 self._write_compacted(pending)
             else:
                 group = self._frames(pending)
@@ -782,6 +785,8 @@ class ReplicaLog:
                     self._rotate()
                 self._write_group(group)
                 self._live.extend(r for r, _ in pending)
+                if any(isinstance(r, CheckpointRecord) for r, _ in pending):
+                    self._live = compact(self._live)
         except OSError as exc:
             self._failed = exc
             raise LogIOError(exc.errno, f"log write failed, restart required: {exc}") from exc
@@ -961,7 +966,7 @@ class ReplicaLog:
         durable (file and directory) before the older segments are deleted."""
         encoded = {id(r): e for r, e in pending}
         kept = compact(self._live + [r for r, _ in pending])
-        ckpt = next(r for r in kept if isinstance(r, CheckpointRecord))
+        ckpt = next(r for r in kept if isinstance(r, CheckpointRecord) and not r.delta_of)
         ordered = [ckpt, *(r for r in kept if r is not ckpt)]
         group = self._frames([(r, encoded.get(id(r)) or codec.encode_entry(r)) for r in ordered])
         old = sorted(self._segments)

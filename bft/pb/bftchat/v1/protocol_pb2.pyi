@@ -205,10 +205,12 @@ class StatePage(_message.Message):
     def __init__(self, seq: _Optional[int] = ..., last_timestamp_us: _Optional[int] = ..., clients: _Optional[bytes] = ..., app: _Optional[bytes] = ...) -> None: ...
 
 class StatePages(_message.Message):
-    __slots__ = ("pages",)
+    __slots__ = ("pages", "indexes")
     PAGES_FIELD_NUMBER: _ClassVar[int]
+    INDEXES_FIELD_NUMBER: _ClassVar[int]
     pages: _containers.RepeatedScalarFieldContainer[bytes]
-    def __init__(self, pages: _Optional[_Iterable[bytes]] = ...) -> None: ...
+    indexes: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, pages: _Optional[_Iterable[bytes]] = ..., indexes: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class Checkpoint(_message.Message):
     __slots__ = ("seq", "state_digest")

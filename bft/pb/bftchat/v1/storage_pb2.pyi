@@ -59,18 +59,20 @@ class CommitEntry(_message.Message):
     def __init__(self, seq: _Optional[int] = ..., view: _Optional[int] = ..., digest: _Optional[bytes] = ..., proof: _Optional[bytes] = ...) -> None: ...
 
 class CheckpointEntry(_message.Message):
-    __slots__ = ("seq", "state_digest", "snapshot", "proof", "pages")
+    __slots__ = ("seq", "state_digest", "snapshot", "proof", "pages", "delta_of")
     SEQ_FIELD_NUMBER: _ClassVar[int]
     STATE_DIGEST_FIELD_NUMBER: _ClassVar[int]
     SNAPSHOT_FIELD_NUMBER: _ClassVar[int]
     PROOF_FIELD_NUMBER: _ClassVar[int]
     PAGES_FIELD_NUMBER: _ClassVar[int]
+    DELTA_OF_FIELD_NUMBER: _ClassVar[int]
     seq: int
     state_digest: bytes
     snapshot: bytes
     proof: _containers.RepeatedScalarFieldContainer[bytes]
     pages: bytes
-    def __init__(self, seq: _Optional[int] = ..., state_digest: _Optional[bytes] = ..., snapshot: _Optional[bytes] = ..., proof: _Optional[_Iterable[bytes]] = ..., pages: _Optional[bytes] = ...) -> None: ...
+    delta_of: int
+    def __init__(self, seq: _Optional[int] = ..., state_digest: _Optional[bytes] = ..., snapshot: _Optional[bytes] = ..., proof: _Optional[_Iterable[bytes]] = ..., pages: _Optional[bytes] = ..., delta_of: _Optional[int] = ...) -> None: ...
 
 class LogRecord(_message.Message):
     __slots__ = ("replica", "index", "prev_hash", "view", "new_view", "preprepare", "prepared", "commit", "checkpoint")
