@@ -457,6 +457,11 @@ def _junk(node: ByzantineReplica, size: int) -> bytes:
 
 def _spoil(node: ByzantineReplica, chunk: pb.StateChunk) -> None:
     """Junk in place of a chunk's content, same sizes (an empty run of pages gains one byte)."""
+    if chunk.page_hashes:
+        hashes = [_junk(node, len(h)) for h in chunk.page_hashes]
+        del chunk.page_hashes[:]
+        chunk.page_hashes.extend(hashes)
+        return
     if chunk.parts:
         chunk.data = _junk(node, len(chunk.data))
         return

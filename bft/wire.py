@@ -152,7 +152,7 @@ class SizeCaps:
         vote = TAG_LEN + _U64 + _U64 + _DIGEST  # PRE-PREPARE, PREPARE, COMMIT
         checkpoint = TAG_LEN + _U64 + _DIGEST
         status = TAG_LEN + _U64 + 2 + _U64 + _U64 + 2 + _U64  # ... recovering, recovery_target
-        fetch_state = _field(_U64 + _DIGEST + 3 * _U32)  # FetchState: seq, digest, first, count, part
+        fetch_state = _field(_U64 + _DIGEST + 4 * _U32 + 2)  # seq, digest, first, count, part, hashes, end
         fetch = TAG_LEN + max(_DIGEST, _field(2 * _U64), fetch_state)
         reply = TAG_LEN + _U64 + _U64 + _DIGEST
         prepared_proof = _field(envelope_size(vote)) + 2 * f * _field(envelope_size(vote))

@@ -36,6 +36,8 @@ _U64 = struct.Struct(">Q")
 HASH_LEN = 32
 PAGE_FRAME = 6
 """Bytes a page adds to a chunk beyond its content at most (field tag and length, pages < 2^32)."""
+HASH_FRAME = 2 + HASH_LEN
+"""Bytes a page hash takes in a chunk (field tag, length, hash)."""
 
 
 def part_count(size: int, part_bytes: int) -> int:
@@ -167,12 +169,22 @@ class Snapshot:
     def size(self) -> int:
         return sum(map(len, self.pages))
 
-    def chunks(self, first: int, part: int, count: int) -> list[pb.StateChunk]:
-        """At most ``count`` chunks from page ``first`` (part ``part`` if it is a large page)."""
+    def chunks(
+        self, first: int, part: int, count: int, hashes: bool = False, end: int = 0
+    ) -> list[pb.StateChunk]:
+        """At most ``count`` chunks from page ``first`` (part ``part`` if it is a large page) up to
+        page ``end`` (0: the last), or of page hashes from ``first`` on; the last one says so."""
+        out = self._hash_chunks(first, count) if hashes else self._page_chunks(first, part, count, end)
+        if out:
+            out[-1].last = True
+        return out
+
+    def _page_chunks(self, first: int, part: int, count: int, end: int) -> list[pb.StateChunk]:
         out: list[pb.StateChunk] = []
         pages, limit = self.pages, self.part_bytes
+        end = min(end or len(pages), len(pages))
         index = first
-        while len(out) < count and index < len(pages):
+        while len(out) < count and index < end:
             size = len(pages[index])
             if size > limit:
                 parts = part_count(size, limit)
@@ -182,18 +194,33 @@ class Snapshot:
                 if part >= parts:
                     index, part = index + 1, 0
                 continue
-            level = self._run(index)
+            level = self._run(index, end)
             out.append(self._pages_chunk(index, level))
             index, part = index + (1 << level), 0
         return out
 
-    def _run(self, first: int) -> int:
-        """The level of the largest aligned run of whole pages from ``first`` that fits a chunk."""
+    def _hash_chunks(self, first: int, count: int) -> list[pb.StateChunk]:
+        """Aligned runs of page hashes, as many per chunk as fit (all 16,384 in one 1 MiB chunk)."""
+        out: list[pb.StateChunk] = []
+        fit = max(1, self.part_bytes // HASH_FRAME).bit_length() - 1  # the largest 2^k that fits
+        leaves, index = self.tree.levels[0], first
+        while len(out) < count and index < len(leaves):
+            level = min(fit, (index & -index).bit_length() - 1 if index else fit)
+            while index + (1 << level) > len(leaves):
+                level -= 1
+            chunk = self._head(index, level)
+            chunk.page_hashes.extend(leaves[index : index + (1 << level)])
+            out.append(chunk)
+            index += 1 << level
+        return out
+
+    def _run(self, first: int, end: int) -> int:
+        """The level of the largest aligned run of whole pages from ``first`` that fits a chunk
+        and ends by ``end``."""
         pages, limit = self.pages, self.part_bytes
         level, total = 0, len(pages[first]) + PAGE_FRAME
-        while first % (2 << level) == 0 and first + (2 << level) <= len(pages):
-            end = first + (2 << level)
-            extra = sum(len(p) + PAGE_FRAME for p in pages[first + (1 << level) : end])
+        while first % (2 << level) == 0 and first + (2 << level) <= end:
+            extra = sum(len(p) + PAGE_FRAME for p in pages[first + (1 << level) : first + (2 << level)])
             if total + extra > limit:
                 break
             total += extra

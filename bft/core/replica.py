@@ -1602,7 +1602,8 @@ class Replica:
             if self.h > want.seq:
                 self._send_stable_proof(to, now)
             return
-        for chunk in snap.chunks(want.first, want.part, min(want.count, self.p.state_chunks_per_fetch)):
+        count = min(want.count, self.p.state_chunks_per_fetch)
+        for chunk in snap.chunks(want.first, want.part, count, want.hashes, want.end):
             if not self._answer(to, pb.PeerMessage(state_chunk=chunk), now):
                 return
 
@@ -1614,39 +1615,40 @@ class Replica:
         for e in self.stable_proof:
             self._answer(to, pb.PeerMessage(envelope=e), now)
 
-    def _begin_transfer(
-        self, seq: int, digest: bytes, proof: list[pb.Envelope], source: int | None = None
-    ) -> None:
-        """Fetch the certified checkpoint (seq, digest); ``source`` is asked first (default: the
-        proof's lowest signer other than us)."""
+    def _begin_transfer(self, seq: int, digest: bytes, proof: list[pb.Envelope]) -> None:
+        """Fetch the certified checkpoint (seq, digest) from the proof's lowest signer other than
+        us, or, superseding a target, from the signer after its source. Pages we hold with the
+        target's hashes are not fetched: our last checkpoint's, and the superseded target's."""
         t = self.transfer
-        if t is not None:
-            if t.seq >= seq:
-                return
-            if t.pages or t.parts:
-                # Keep the progress made; move to the later checkpoint after installing this one,
-                # or earlier if this one stalls on every source (it may have been dropped by all).
-                if t.newer is None or t.newer[0] < seq:
-                    t.newer = (seq, digest, proof)
-                return
+        if t is not None and t.seq >= seq:
+            return
+        # A later certified checkpoint replaces the target at once: the pages fetched so far are
+        # kept for it wherever its page hashes match (most, under load), and the old target may
+        # soon be served by no one (replicas keep their last snapshots_kept). Before page hashes,
+        # a superseded target kept its progress and was pinned there by a Byzantine source that
+        # trickled it (simulator seed 20266959). The next source is asked, so a source that stalls
+        # costs each target at most one timeout and never two in a row.
         sources = sorted({e.signer for e in proof} - {self.id}) or [
             r for r in range(self.cluster.n) if r != self.id
         ]
-        first = sources[0] if source is None or source == self.id else source
+        first = sources[0] if t is None else next((s for s in sources if s > t.source), sources[0])
         self.transfer = self.transfer_class(
             seq, digest, proof, first, self.p.state_chunk_bytes, self.p.max_snapshot_bytes, self.p.state_pages
         )
-        if t is not None:
-            self.transfer.last_progress = t.last_progress
+        self.transfer.candidates.append((dict(enumerate(self._pages)), dict(enumerate(self._tree.levels[0]))))
+        if t is not None and t.pages:
+            self.transfer.candidates.append((t.pages, t.hashes))
         self._request_state()
 
     def _request_state(self) -> None:
         """Ask the current source for the next window of missing chunks."""
         t = self.transfer
         assert t is not None
-        first, part = t.window()
-        t.asked, t.arrived = self.p.state_chunks_per_fetch, 0
-        want = pb.FetchState(seq=t.seq, digest=t.digest, first=first, count=t.asked, part=part)
+        first, part, hashes, end = t.window()
+        t.asked, t.arrived, t.answered = self.p.state_chunks_per_fetch, 0, False
+        want = pb.FetchState(
+            seq=t.seq, digest=t.digest, first=first, count=t.asked, part=part, hashes=hashes, end=end
+        )
         fetch = pb.Fetch(state=want)
         self._send(t.source, pb.PeerMessage(envelope=self._seal(Kind.FETCH, fetch)))
 
@@ -1663,8 +1665,6 @@ class Replica:
             self.transfer = None
             if self.pending_stable is None or self.pending_stable[0] < t.seq:
                 self.pending_stable = (t.seq, t.digest, t.proof)
-            if t.newer is not None:
-                self._make_stable(*t.newer)
             self._try_execute(now)
             return
         if t.last_progress is None or t.accepted != t.progress_mark:
@@ -1679,17 +1679,6 @@ class Replica:
         t.source = (t.source + 1) % self.cluster.n
         if t.source == self.id:
             t.source = (t.source + 1) % self.cluster.n
-        if t.newer is not None:
-            # A superseded target that stalls is most likely gone: honest replicas serve only their
-            # last snapshots_kept stable checkpoints and answer for an older one with their stable
-            # proof, which is how we learnt the newer one. Waiting for a full round of sources
-            # (n-1 timeouts) let a Byzantine source that still served the old target pin us on it
-            # with one trickled chunk, round after round (simulator seed 20266959: 12 s per stale
-            # target, past the catch-up bound). The newer target starts with the next source, so
-            # one stalling source costs each target at most one timeout and never two in a row.
-            newer, self.transfer = t.newer, None
-            self._begin_transfer(*newer, source=t.source)
-            return
         self._request_state()
 
     def _on_state_chunk(self, chunk: pb.StateChunk, now: float) -> None:
@@ -1749,8 +1738,6 @@ class Replica:
         self._install_stable(seq, digest, proof, snapshot)
         self._emit(StateInstalled(seq))
         self.next_seq = max(self.next_seq, seq + 1)
-        if t.newer is not None:
-            self._make_stable(*t.newer)
         self._try_execute(now)
         self._refresh_request_timer(now)  # progress, and the requests it covered no longer wait
         return True

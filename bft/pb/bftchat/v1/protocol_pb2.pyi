@@ -291,18 +291,22 @@ class Fetch(_message.Message):
     def __init__(self, batch_digest: _Optional[bytes] = ..., preprepare: _Optional[_Union[FetchPrePrepare, _Mapping]] = ..., state: _Optional[_Union[FetchState, _Mapping]] = ...) -> None: ...
 
 class FetchState(_message.Message):
-    __slots__ = ("seq", "digest", "first", "count", "part")
+    __slots__ = ("seq", "digest", "first", "count", "part", "hashes", "end")
     SEQ_FIELD_NUMBER: _ClassVar[int]
     DIGEST_FIELD_NUMBER: _ClassVar[int]
     FIRST_FIELD_NUMBER: _ClassVar[int]
     COUNT_FIELD_NUMBER: _ClassVar[int]
     PART_FIELD_NUMBER: _ClassVar[int]
+    HASHES_FIELD_NUMBER: _ClassVar[int]
+    END_FIELD_NUMBER: _ClassVar[int]
     seq: int
     digest: bytes
     first: int
     count: int
     part: int
-    def __init__(self, seq: _Optional[int] = ..., digest: _Optional[bytes] = ..., first: _Optional[int] = ..., count: _Optional[int] = ..., part: _Optional[int] = ...) -> None: ...
+    hashes: bool
+    end: int
+    def __init__(self, seq: _Optional[int] = ..., digest: _Optional[bytes] = ..., first: _Optional[int] = ..., count: _Optional[int] = ..., part: _Optional[int] = ..., hashes: _Optional[bool] = ..., end: _Optional[int] = ...) -> None: ...
 
 class FetchPrePrepare(_message.Message):
     __slots__ = ("view", "seq")
@@ -319,7 +323,7 @@ class BatchReply(_message.Message):
     def __init__(self, batch: _Optional[bytes] = ...) -> None: ...
 
 class StateChunk(_message.Message):
-    __slots__ = ("seq", "index", "data", "state_digest", "chunk_root", "path", "level", "pages", "part", "parts", "page_bytes", "part_path", "page_count")
+    __slots__ = ("seq", "index", "data", "state_digest", "chunk_root", "path", "level", "pages", "part", "parts", "page_bytes", "part_path", "page_count", "page_hashes", "last")
     SEQ_FIELD_NUMBER: _ClassVar[int]
     INDEX_FIELD_NUMBER: _ClassVar[int]
     DATA_FIELD_NUMBER: _ClassVar[int]
@@ -333,6 +337,8 @@ class StateChunk(_message.Message):
     PAGE_BYTES_FIELD_NUMBER: _ClassVar[int]
     PART_PATH_FIELD_NUMBER: _ClassVar[int]
     PAGE_COUNT_FIELD_NUMBER: _ClassVar[int]
+    PAGE_HASHES_FIELD_NUMBER: _ClassVar[int]
+    LAST_FIELD_NUMBER: _ClassVar[int]
     seq: int
     index: int
     data: bytes
@@ -346,4 +352,6 @@ class StateChunk(_message.Message):
     page_bytes: int
     part_path: _containers.RepeatedScalarFieldContainer[bytes]
     page_count: int
-    def __init__(self, seq: _Optional[int] = ..., index: _Optional[int] = ..., data: _Optional[bytes] = ..., state_digest: _Optional[bytes] = ..., chunk_root: _Optional[bytes] = ..., path: _Optional[_Iterable[bytes]] = ..., level: _Optional[int] = ..., pages: _Optional[_Iterable[bytes]] = ..., part: _Optional[int] = ..., parts: _Optional[int] = ..., page_bytes: _Optional[int] = ..., part_path: _Optional[_Iterable[bytes]] = ..., page_count: _Optional[int] = ...) -> None: ...
+    page_hashes: _containers.RepeatedScalarFieldContainer[bytes]
+    last: bool
+    def __init__(self, seq: _Optional[int] = ..., index: _Optional[int] = ..., data: _Optional[bytes] = ..., state_digest: _Optional[bytes] = ..., chunk_root: _Optional[bytes] = ..., path: _Optional[_Iterable[bytes]] = ..., level: _Optional[int] = ..., pages: _Optional[_Iterable[bytes]] = ..., part: _Optional[int] = ..., parts: _Optional[int] = ..., page_bytes: _Optional[int] = ..., part_path: _Optional[_Iterable[bytes]] = ..., page_count: _Optional[int] = ..., page_hashes: _Optional[_Iterable[bytes]] = ..., last: _Optional[bool] = ...) -> None: ...
