@@ -23,7 +23,7 @@ PINNED = {
     "weak-commit-quorum": [1931],
     "accept-unknown-fields": [43, 45, 50, 59],
     "unbounded-timestamps": [8, 10, 24, 63],
-    "unauthenticated-chunks": [279, 1187, 1914],
+    "unauthenticated-chunks": [255, 279, 1914],
 }
 
 
