@@ -1081,7 +1081,7 @@ class Replica:
         """Sign the step's read replies: one ``ReplyRoot(view, 0, root)`` over all of them (per view,
         should the view have moved within the step), each reply carrying its path, as ordered replies
         do for a batch. Why: a read flood made every replica sign one reply per read, and the
-        signature was a large part of what a one-round read costs (docs/SECURITY.md). The replies go
+        signature was a share of what a one-round read costs (docs/SECURITY.md). The replies go
         where the latest read was answered: after every output emitted before it (the records the
         read's state depends on), as each one's own reply went before, and before the rest."""
         reads, self._read_replies = self._read_replies, []
