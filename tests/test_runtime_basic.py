@@ -15,6 +15,7 @@ from cluster_helper import ChatUser, Cluster, run
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from bft.crypto import Ed25519Signer
+from bft.pb.bftchat.v1 import protocol_pb2 as pb
 from bft.pb.bftchat.v1 import service_pb2 as spb
 from bft.runtime.handshake import auth_proof
 from client import e2e
@@ -240,3 +241,37 @@ def test_build_info_labelled_series_at_zero_and_request_latency(cluster: Cluster
     # One ordered and one read request, each timed by the replicas that took it from the client.
     assert counts("ordered") > before["ordered"]
     assert counts("read") > before["read"]
+
+
+@pytest.mark.timeout(60)
+def test_concurrent_reads_share_one_signed_root_per_burst_and_are_accepted(cluster: Cluster) -> None:
+    """Reads that reach a replica in one burst are signed under one ReplyRoot (seq 0), each reply
+    with its path; the real client accepts every one from 2f+1 matching replies. Before, every read
+    reply had a root of its own, so no two reads' replies from one replica ever shared a signature."""
+
+    async def scenario() -> list[list[pb.ClientReply]]:
+        sessions = [cluster.client(Ed25519Signer.generate()) for _ in range(16)]
+        for s in sessions:
+            await s.connect()
+        try:
+            await asyncio.gather(*(s.request(e2e.list_op("nobody*"), read_only=True) for s in sessions))
+            got = []
+            for _ in range(3):  # every session at once: most reads reach a replica in the same burst
+                accepted = await asyncio.gather(
+                    *(s.request(e2e.list_op("nobody*"), read_only=True) for s in sessions)
+                )
+                for a in accepted:
+                    assert a.seq == 0 and len(a.proof) >= cluster.cluster.quorums.read
+                    assert not e2e.parse_result(a.result).accounts.accounts
+                    got.append([pb.ClientReply.FromString(raw) for raw in a.proof])
+            return got
+        finally:
+            for s in sessions:
+                await s.close()
+
+    proofs = run(scenario(), 50)
+    assert isinstance(proofs, list)
+    replies = [r for proof in proofs for r in proof]
+    roots = {(r.root.signer, r.root.SerializeToString()) for r in replies}
+    assert len(roots) < len(replies)  # some replica signed one root for several reads
+    assert any(r.path for r in replies)

@@ -197,6 +197,12 @@ class Replica:
         self._reads_by_key: dict[bytes, dict[ReqKey, None]] = {}
         self._read_owners: LargestFirst[bytes] = LargestFirst()  # parked reads per client key
         self.pending_read_bytes = 0
+        # One-round read replies answered since the last ``take_outputs`` (one driver step): signed
+        # there under one ReplyRoot per view, each reply with its path (``_flush_reads``), and
+        # placed where the latest of them was answered (``_read_mark``, an index into ``_out``).
+        # Bounded by one step's inputs: a burst of requests, or the parked reads served at once.
+        self._read_replies: list[tuple[int, bytes, int, int, bytes]] = []  # view, key, session, ts, result
+        self._read_mark = 0
         # Verified requests met again in a PRE-PREPARE and at execution: by digest, bounded.
         self._opened: OrderedDict[bytes, OpenedRequest] = OrderedDict()
         self._opened_bytes = 0
@@ -267,6 +273,10 @@ class Replica:
     # ------------------------------------------------------------------ driver interface
 
     def take_outputs(self) -> list[Output]:
+        """The outputs of the step since the last call. The end of a step is where the one-round
+        read replies it produced are signed, all under one root (``_flush_reads``)."""
+        if self._read_replies:
+            self._flush_reads()
         out, self._out = self._out, []
         return out
 
@@ -1092,10 +1102,29 @@ class Replica:
             self._reads_by_key.pop(key[0], None)
 
     def _answer_read(self, opened: OpenedRequest) -> None:
+        """Run the read now; its reply is signed with the step's other reads (``_flush_reads``)."""
+        if self.restoring:
+            return
         req = opened.request
         result = self.app.query(req)
-        target = (req.client_key, req.session, req.timestamp, pb.REPLY_OK, result, True)
-        self._send_replies(self.view, 0, [target])
+        self._read_replies.append((self.view, req.client_key, req.session, req.timestamp, result))
+        self._read_mark = len(self._out)
+
+    def _flush_reads(self) -> None:
+        """Sign the step's read replies: one ``ReplyRoot(view, 0, root)`` over all of them (per view,
+        should the view have moved within the step), each reply carrying its path, as ordered replies
+        do for a batch. Why: a read flood made every replica sign one reply per read, and the
+        signature was a share of what a one-round read costs (docs/SECURITY.md). The replies go
+        where the latest read was answered: after every output emitted before it (the records the
+        read's state depends on), as each one's own reply went before, and before the rest."""
+        reads, self._read_replies = self._read_replies, []
+        by_view: dict[int, list[tuple[bytes, int, int, int, bytes, bool]]] = {}
+        for view, key, session, ts, result in reads:
+            by_view.setdefault(view, []).append((key, session, ts, pb.REPLY_OK, result, True))
+        tail, self._out = self._out[self._read_mark :], self._out[: self._read_mark]
+        for view, targets in by_view.items():
+            self._send_replies(view, 0, targets)
+        self._out.extend(tail)
 
     def _serve_pending_reads(self) -> None:
         if not self.pending_reads or self.view_changing:
