@@ -160,6 +160,35 @@ class PageMirror:
         for i in self.app.take_dirty_pages():
             self.pages[i] = self.app.page(i)
         assert self.pages == [self.app.page(i) for i in range(PAGES)]
+        assert self.pages == [reference_page(self.app, i) for i in range(PAGES)]
+
+
+def reference_page(app: ChatApp, index: int) -> bytes:
+    """What page ``index`` must be: the protobuf, built field by field from the app's state (accounts of
+    the page without inboxes, then the page's messages by recipient and id), serialised deterministically."""
+    from bft.app.chat import _message_page
+    from bft.app.paging import page_of
+
+    snap = cpb.ChatSnapshot(version=1, next_id=app._next_id) if index == 0 else cpb.ChatSnapshot()
+    for name in app._names:
+        acct = app._accounts[name]
+        if page_of(name.encode(), PAGES) == index:
+            snap.accounts.add(
+                name=name, signing_key=acct.signing_key, box_key=acct.box_key, created_us=acct.created_us
+            )
+    for name in app._names:
+        for m in app._accounts[name].inbox:
+            if _message_page(name, m.id, PAGES) == index:
+                snap.messages.add(recipient=name).message.CopyFrom(
+                    cpb.ChatDelivered(
+                        id=m.id,
+                        seq=m.seq,
+                        timestamp_us=m.timestamp_us,
+                        signed=m.signed,
+                        signature=m.signature,
+                    )
+                )
+    return snap.SerializeToString(deterministic=True)
 
 
 # ---- equal logical state <=> equal digest, whatever the history -----------------------------------

@@ -190,6 +190,30 @@ def _record_with_inbox(acct: _Account) -> bytes:
     return len_field_head(_SNAP_ACCOUNTS, sum(map(len, inner))) + b"".join(inner)
 
 
+def _message_page(recipient: str, msg_id: int, count: int) -> int:
+    """The checkpoint page a message is filed on: by recipient and id, not with its account."""
+    return page_of(recipient.encode() + b"\0" + _U64.pack(msg_id), count)
+
+
+_FILED_TAG, _FILED_RECIPIENT, _FILED_MESSAGE = 4, 1, 2  # ChatSnapshot.messages, ChatFiledMessage fields
+
+
+def _filed_message(recipient: str, m: _Message) -> list[bytes]:
+    """A message's ``ChatSnapshot.messages`` entry (a ChatFiledMessage) as pieces to join: the cached
+    ``ChatDelivered`` head re-tagged as field 2, the recipient before it."""
+    start = _record_start(m.head)
+    delivered = [m.head[start:], m.signed, _sig_head(m.signature), m.signature]
+    size = sum(map(len, delivered))
+    raw = recipient.encode()
+    inner = [
+        len_field_head(_FILED_RECIPIENT, len(raw)),
+        raw,
+        len_field_head(_FILED_MESSAGE, size),
+        *delivered,
+    ]
+    return [len_field_head(_FILED_TAG, sum(map(len, inner))), *inner]
+
+
 _RECORD_OF = operator.attrgetter("record")
 _INBOX_OF = operator.attrgetter("inbox")
 
@@ -253,7 +277,8 @@ class ChatApp:
         self._recent: list[int] = []  # sorted created_us of live accounts, pruned below the window (derived)
         self._hash = LtHash()
         self._digest: bytes | None = None
-        self._pages: PageIndex[str, _Account] = PageIndex()  # accounts by checkpoint page (derived)
+        # Accounts and messages by checkpoint page (derived; see page()).
+        self._pages: PageIndex[tuple[str, int], object] = PageIndex()
 
     # ---- Application protocol -----------------------------------------------------------------
 
@@ -317,24 +342,34 @@ class ChatApp:
         snap.DiscardUnknownFields()
         return snap
 
-    # ---- checkpoint pages (bft/app/paging.py): page 0 also holds the version and next_id -------
+    # ---- checkpoint pages (bft/app/paging.py) ----------------------------------------------------
+    # An account (without its inbox) is filed under (name, 0) on the page of its name; each
+    # undelivered message under (recipient, id) on a page of its own, so a send changes one small
+    # page (and page 0, which also holds the version and next_id) whatever the inbox holds.
 
     def set_page_count(self, count: int) -> None:
         self._refile(count)
 
     def _refile(self, count: int) -> None:
+        items: list[tuple[tuple[str, int], int, object]] = []
         for acct in self._ordered:
             acct.page = page_of(acct.name.encode(), count)
-        self._pages.reset(count, ((a.name, a.page, a) for a in self._ordered))
+            items.append(((acct.name, 0), acct.page, acct))
+            items.extend(((acct.name, m.id), _message_page(acct.name, m.id, count), m) for m in acct.inbox)
+        self._pages.reset(count, items)
 
     def take_dirty_pages(self) -> set[int]:
         return self._pages.take_dirty()
 
     def page(self, index: int) -> bytes:
-        """A ``ChatSnapshot`` holding the accounts of this page (sorted by name), from cached bytes."""
+        """A ``ChatSnapshot`` of this page: its accounts without inboxes (sorted by name), then its
+        messages (sorted by recipient and id), from cached bytes."""
         members = self._pages.members(index)
-        parts = [members[name] for name in sorted(members)]
-        out = [_record_with_inbox(a) if a.inbox else a.record for a in parts]
+        keys = sorted(members)
+        out = [members[k].record for k in keys if not k[1]]  # type: ignore[attr-defined]
+        for k in keys:
+            if k[1]:
+                out.extend(_filed_message(k[0], members[k]))  # type: ignore[arg-type]
         if index == 0:
             out.insert(
                 0, uint_field(_SNAP_VERSION, SNAPSHOT_VERSION) + uint_field(_SNAP_NEXT_ID, self._next_id)
@@ -343,7 +378,9 @@ class ChatApp:
 
     def restore_pages(self, pages: Sequence[bytes]) -> None:
         records: list[cpb.ChatAccountRecord] = []
+        inboxes: dict[str, list[cpb.ChatDelivered]] = {}
         next_id = 0
+        count = len(pages)
         for index, data in enumerate(pages):
             snap = self._parse_snapshot(data, f"chat page {index}")
             if index == 0:
@@ -353,14 +390,30 @@ class ChatApp:
             elif snap.version or snap.next_id:
                 raise ValueError(f"chat page {index} holds global fields")
             names = [rec.name for rec in snap.accounts]
-            if not all(map(operator.lt, names, names[1:])) or any(
-                page_of(name.encode(), len(pages)) != index for name in names
+            if (
+                not all(map(operator.lt, names, names[1:]))
+                or any(page_of(name.encode(), count) != index for name in names)
+                or any(len(rec.inbox) for rec in snap.accounts)
             ):
                 raise ValueError(f"chat page {index} holds another page's account or is not sorted")
+            keys = [(f.recipient, f.message.id) for f in snap.messages]
+            if not all(map(operator.lt, keys, keys[1:])) or any(
+                _message_page(name, msg_id, count) != index for name, msg_id in keys
+            ):
+                raise ValueError(f"chat page {index} holds another page's message or is not sorted")
             records.extend(snap.accounts)
+            for f in snap.messages:
+                inboxes.setdefault(f.recipient, []).append(f.message)
         records.sort(key=operator.attrgetter("name"))
+        for rec in records:
+            inbox = inboxes.pop(rec.name, None)
+            if inbox:
+                inbox.sort(key=operator.attrgetter("id"))
+                rec.inbox.extend(inbox)
+        if inboxes:
+            raise ValueError("chat pages hold messages for accounts they do not hold")
         self._load(next_id, records, [rec.name for rec in records])
-        self._refile(len(pages))
+        self._refile(count)
         self._pages.clean()
 
     def _load(self, next_id: int, records: Sequence[cpb.ChatAccountRecord], all_names: list[str]) -> None:
@@ -579,7 +632,7 @@ class ChatApp:
         self._state_bytes += ACCOUNT_COST
         acct = self._accounts[name] = _new_account(name, key, op.box_key, now)
         acct.page = page_of(name.encode(), self._pages.count)
-        self._pages.add(name, acct.page, acct)
+        self._pages.add((name, 0), acct.page, acct)
         i = bisect.bisect_left(self._names, name)
         self._names.insert(i, name)
         self._ordered.insert(i, acct)
@@ -627,14 +680,15 @@ class ChatApp:
         inbox = rcpt.inbox
         if not isinstance(inbox, list):
             rcpt.inbox = inbox = []
-        inbox.append(_new_message(msg_id, ctx.seq, ctx.timestamp_us, signed, sig, element, key, cost))
+        message = _new_message(msg_id, ctx.seq, ctx.timestamp_us, signed, sig, element, key, cost)
+        inbox.append(message)
+        self._pages.add((to, msg_id), _message_page(to, msg_id, self._pages.count), message)
         rcpt.senders[key] = mine + 1
         self._key_bytes[key] = self._key_bytes.get(key, 0) + cost
         self._state_bytes += cost
         self._next_id = msg_id + 1
         self._stored += 1
         self._hash.add(element)
-        self._pages.touch(rcpt.page)
         self._pages.touch(0)  # next_id
         self._changed()
         result = cpb.ChatResult(sent=cpb.ChatSent(id=msg_id, seq=ctx.seq, timestamp_us=ctx.timestamp_us))
@@ -650,7 +704,6 @@ class ChatApp:
                 self._forget(acct, m)
             acct.inbox = inbox = inbox[k:] if k < len(inbox) else ()
             self._stored -= k
-            self._pages.touch(acct.page)
             self._changed()
         return _encode(cpb.ChatResult(acked=cpb.ChatAcked(removed=k, remaining=len(inbox))))
 
@@ -667,7 +720,7 @@ class ChatApp:
             del self._recent[i]  # one entry per live account (equal times are interchangeable)
         self._hash.remove(_account_element(name, key, acct.box_key, acct.created_us))
         del self._accounts[name]
-        self._pages.remove(name, acct.page)
+        self._pages.remove((name, 0), acct.page)
         i = bisect.bisect_left(self._names, name)
         del self._names[i], self._ordered[i]
         left = self._per_key[key] - 1
@@ -681,6 +734,7 @@ class ChatApp:
 
     def _forget(self, acct: _Account, m: _Message) -> None:
         """Release a removed message's quota (its sender's count in the inbox, its bytes)."""
+        self._pages.remove((acct.name, m.id), _message_page(acct.name, m.id, self._pages.count))
         left = acct.senders[m.sender] - 1
         if left:
             acct.senders[m.sender] = left

@@ -222,14 +222,24 @@ class ChatDeleted(_message.Message):
     def __init__(self, name: _Optional[str] = ..., dropped: _Optional[int] = ...) -> None: ...
 
 class ChatSnapshot(_message.Message):
-    __slots__ = ("version", "next_id", "accounts")
+    __slots__ = ("version", "next_id", "accounts", "messages")
     VERSION_FIELD_NUMBER: _ClassVar[int]
     NEXT_ID_FIELD_NUMBER: _ClassVar[int]
     ACCOUNTS_FIELD_NUMBER: _ClassVar[int]
+    MESSAGES_FIELD_NUMBER: _ClassVar[int]
     version: int
     next_id: int
     accounts: _containers.RepeatedCompositeFieldContainer[ChatAccountRecord]
-    def __init__(self, version: _Optional[int] = ..., next_id: _Optional[int] = ..., accounts: _Optional[_Iterable[_Union[ChatAccountRecord, _Mapping]]] = ...) -> None: ...
+    messages: _containers.RepeatedCompositeFieldContainer[ChatFiledMessage]
+    def __init__(self, version: _Optional[int] = ..., next_id: _Optional[int] = ..., accounts: _Optional[_Iterable[_Union[ChatAccountRecord, _Mapping]]] = ..., messages: _Optional[_Iterable[_Union[ChatFiledMessage, _Mapping]]] = ...) -> None: ...
+
+class ChatFiledMessage(_message.Message):
+    __slots__ = ("recipient", "message")
+    RECIPIENT_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    recipient: str
+    message: ChatDelivered
+    def __init__(self, recipient: _Optional[str] = ..., message: _Optional[_Union[ChatDelivered, _Mapping]] = ...) -> None: ...
 
 class ChatAccountRecord(_message.Message):
     __slots__ = ("name", "signing_key", "box_key", "inbox", "created_us")
