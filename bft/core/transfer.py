@@ -25,6 +25,21 @@ from bft.pb.bftchat.v1 import protocol_pb2 as pb
 MAX_PATH = 64
 
 
+def _aligned(index: int, level: int, count: int) -> bool:
+    """A run of 2^level pages from ``index`` is a subtree of a tree of ``count`` pages."""
+    return (
+        level <= 32 and (1 << level) <= count and not index % (1 << level) and index + (1 << level) <= count
+    )
+
+
+def _run_proved(
+    hashes: list[bytes], index: int, level: int, count: int, chunk: pb.StateChunk, m: Manifest
+) -> bool:
+    """The page hashes of an aligned run build the subtree whose audit path leads to the root."""
+    sub = merkle.levels(hashes)[-1][0]
+    return merkle.verify(sub, index >> level, count >> level, list(chunk.path), m.root)
+
+
 @dataclass
 class Transfer:
     """A state transfer in progress towards the certified checkpoint (seq, digest).
@@ -93,7 +108,7 @@ class Transfer:
 
     def _offer_hashes(self, chunk: pb.StateChunk, m: Manifest) -> bool:
         index, level, count = chunk.index, chunk.level, m.page_count
-        if level > 32 or (1 << level) > count or index % (1 << level) or index + (1 << level) > count:
+        if not _aligned(index, level, count):
             self.rejected += 1
             return False
         if all(i in self.leaves for i in range(index, index + (1 << level))):
@@ -102,8 +117,7 @@ class Transfer:
         if len(hashes) != 1 << level or chunk.pages or chunk.data or any(len(h) != HASH_LEN for h in hashes):
             self.rejected += 1
             return False
-        sub = merkle.levels(hashes)[-1][0]
-        if not merkle.verify(sub, index >> level, count >> level, list(chunk.path), m.root):
+        if not _run_proved(hashes, index, level, count, chunk, m):
             self.rejected += 1
             return False
         empty = page_hash(b"", self.chunk_bytes)
@@ -129,7 +143,7 @@ class Transfer:
 
     def _offer_pages(self, chunk: pb.StateChunk, m: Manifest) -> bool:
         index, level, count = chunk.index, chunk.level, m.page_count
-        if level > 32 or (1 << level) > count or index % (1 << level) or index + (1 << level) > count:
+        if not _aligned(index, level, count):
             self.rejected += 1
             return False
         fresh = [i for i in range(index, index + (1 << level)) if i not in self.pages]
@@ -140,8 +154,7 @@ class Transfer:
             self.rejected += 1
             return False
         hashes = [page_hash(p, self.chunk_bytes) for p in pages]
-        sub = merkle.levels(hashes)[-1][0]
-        if not merkle.verify(sub, index >> level, count >> level, list(chunk.path), m.root):
+        if not _run_proved(hashes, index, level, count, chunk, m):
             self.rejected += 1
             return False
         for i in fresh:
