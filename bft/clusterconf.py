@@ -201,12 +201,17 @@ class _Parser:
     def _params(self, table: Any) -> Params:
         if not isinstance(table, dict):
             self.fail("[protocol]", "must be a table")
-        values: dict[str, int | float] = {}
+        values: dict[str, int | float | bool] = {}
         for key, value in table.items():
             kind = _PARAM_TYPES.get(key)
             if kind is None:
                 known = ", ".join(sorted(_PARAM_TYPES))
                 self.fail(f"protocol.{key}", f"unknown protocol parameter (known: {known})")
+            if kind is bool:
+                if not isinstance(value, bool):
+                    self.fail(f"protocol.{key}", f"must be true or false, got {value!r}")
+                values[key] = value
+                continue
             if isinstance(value, bool) or not isinstance(value, int | float):
                 self.fail(f"protocol.{key}", f"must be a number, got {value!r}")
             if kind is int and not isinstance(value, int):

@@ -595,6 +595,29 @@ class SlowPrimary(Behaviour):
         return due
 
 
+class NoRelay(Behaviour):
+    """As primary, takes part honestly but never relays the backups' votes to one another
+    (``Params.vote_relay``), or relays them to one half of the backups only: every slot then waits
+    for the backups' all-to-all resend at a status tick. Bounded by the backups' back-off (a backup
+    whose relayed vote did not arrive votes directly for the next ``vote_relay_backoff`` sequence
+    numbers, twice as many after each such slot in the view)."""
+
+    name = "no-relay"
+
+    def transform(self, node: ByzantineReplica, out: Output) -> list[Output]:
+        dec = _decode(out, node.cid)
+        if (
+            dec is None
+            or dec[1] not in (Kind.PREPARE, Kind.COMMIT)
+            or dec[0].envelope.signer == node.inner.id
+        ):
+            return [out]
+        assert isinstance(out, Send)
+        if out.to is not None and out.to % 2 == node.rng.randrange(2):
+            return [out]  # a relay to some backups only, changing from vote to vote
+        return []
+
+
 class RecoveryLie(Behaviour):
     """Every STATUS claims a pending recovery with an absurd target (2**64-1, or far past the
     window), often with an absurd view too: the primary must not order empty batches beyond 2W past
@@ -730,6 +753,7 @@ BEHAVIOURS: dict[str, Callable[[], Behaviour]] = {
     "status-flood": StatusFlood,
     "absurd-view": AbsurdView,
     "slow-primary": SlowPrimary,
+    "no-relay": NoRelay,
     "recovery-lie": RecoveryLie,
     "stale-view-changes": StaleViewChanges,
 }

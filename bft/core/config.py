@@ -24,6 +24,12 @@ class Params:
     # A backup with requests waiting and nothing of the current view in flight expects a PRE-PREPARE
     # this soon; past it, a re-forward, past it again a view change (bounds a slow primary).
     propose_timeout: float = 0.5
+    # Backups send their PREPAREs and COMMITs to the primary alone, which relays each valid one to
+    # the other backups (one frame per peer per burst instead of n-1 from everyone); a backup whose
+    # vote needed the all-to-all resend of a status tick sends directly for the next
+    # ``vote_relay_backoff`` sequence numbers, doubling per failure within a view (docs/PROTOCOL.md).
+    vote_relay: bool = True
+    vote_relay_backoff: int = 64
     clock_skew_us: int = 10_000_000  # a PRE-PREPARE's timestamp may differ this much from ours
     max_pending_per_client: int = 64
     max_pending_total: int = 50_000
@@ -61,6 +67,8 @@ class Params:
     def __post_init__(self) -> None:
         if self.checkpoint_interval < 1 or self.watermark_window < 2 * self.checkpoint_interval:
             raise ValueError("need checkpoint_interval >= 1 and watermark_window >= 2 * checkpoint_interval")
+        if self.vote_relay_backoff < 1:
+            raise ValueError("vote_relay_backoff must be positive")
         if self.max_in_flight < 1 or self.batch_max_requests < 1:
             raise ValueError("max_in_flight and batch_max_requests must be positive")
         if self.max_request_ahead_us < 1 or self.read_wait_timeout <= 0:

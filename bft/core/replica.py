@@ -114,6 +114,7 @@ class Slot:
     committed: bool = False
     asked_pp_from: set[int] = field(default_factory=set)
     age: int = 0  # status ticks spent undecided: retransmit when > 0
+    relayed: bool = False  # our vote went to the primary alone (``Replica._vote_target``)
 
 
 class Replica:
@@ -163,6 +164,10 @@ class Replica:
         # Ordering state.
         self.view = 0
         self.view_changing = False
+        # Votes relayed through the primary (Params.vote_relay): from this sequence number on this
+        # backup sends its votes to the primary alone again, and how far the next failure pushes it.
+        self._relay_from = 0
+        self._relay_backoff = self.p.vote_relay_backoff
         self.h = 0  # low watermark = last stable checkpoint
         self.stable_digest = b""
         self.stable_proof: list[pb.Envelope] = []
@@ -775,7 +780,32 @@ class Replica:
         env = self._seal(Kind.PREPARE, pb.Prepare(view=slot.view, seq=slot.seq, digest=slot.pp.digest))
         slot.my_prepare = env
         slot.prepares.setdefault(slot.pp.digest, {})[self.id] = env
-        self._send(None, pb.PeerMessage(envelope=env))
+        self._send(self._vote_target(slot), pb.PeerMessage(envelope=env))
+
+    def _vote_target(self, slot: Slot) -> int | None:
+        """Where this backup's vote for ``slot`` goes: the primary alone, which relays it
+        (``Params.vote_relay``), or everyone (None): the primary's own votes, votes of a view
+        change, and votes within the back-off after a relay that did not arrive."""
+        if not self.p.vote_relay or self.view_changing or self.recovering:
+            return None
+        primary = self.cluster.primary(slot.view)
+        if primary == self.id or slot.view != self.view or slot.seq < self._relay_from:
+            return None
+        slot.relayed = True
+        return primary
+
+    def _relay_vote(self, env: pb.Envelope) -> None:
+        """As primary, pass a backup's vote that counted into our own quorum on to the other
+        backups: called for the whole quorum at once (``_check_prepared``, ``_check_committed``),
+        so the driver sends it in one frame per peer. The vote is the signer's own envelope, so
+        relaying adds no trust; a primary that withholds relays only slows the slot down to the
+        next status tick's all-to-all resend (``_on_status_tick``)."""
+        if not self.p.vote_relay:
+            return
+        msg = pb.PeerMessage(envelope=env)
+        for r in range(self.cluster.n):
+            if r != self.id and r != env.signer:
+                self._send(r, msg)
 
     def _on_prepare(self, env: pb.Envelope, now: float) -> None:
         payload = self._open(env, Kind.PREPARE)
@@ -812,6 +842,9 @@ class Replica:
         chosen = [votes[r] for r in sorted(votes)][: self.q.prepare]
         for e in chosen:
             self._decided[e.body] = slot.seq
+        if self.is_primary and slot.view == self.view:
+            for e in chosen:
+                self._relay_vote(e)
         proof = pb.PreparedProof(preprepare=slot.pp_env, prepares=chosen)
         cert = PreparedCert(slot.view, slot.seq, digest, proof)
         old = self.prepared_certs.get(slot.seq)
@@ -825,7 +858,7 @@ class Replica:
         env = self._seal(Kind.COMMIT, pb.Commit(view=slot.view, seq=slot.seq, digest=digest))
         slot.my_commit = env
         slot.commits.setdefault(digest, {})[self.id] = env
-        self._send(None, pb.PeerMessage(envelope=env))
+        self._send(self._vote_target(slot), pb.PeerMessage(envelope=env))
         self._check_committed(slot, now)
 
     def _on_commit(self, env: pb.Envelope, now: float) -> None:
@@ -855,6 +888,10 @@ class Replica:
         chosen = [votes[r] for r in sorted(votes)][: self.q.commit]
         for e in chosen:
             self._decided[e.body] = slot.seq
+        if self.is_primary and slot.view == self.view:
+            for e in chosen:
+                if e.signer != self.id:
+                    self._relay_vote(e)
         if slot.seq > self.last_executed and slot.seq not in self.commit_proofs:
             self.commit_proofs[slot.seq] = pb.CommitProof(
                 preprepare=slot.pp_env, batch=slot.batch or b"", commits=chosen
@@ -1538,6 +1575,7 @@ class Replica:
         self._cancel_timer(VIEW_TIMER)
         self.request_timer_on = False
         self.idle_since, self.idle_reforwarded = None, False  # a new primary gets its full deadline
+        self._relay_from, self._relay_backoff = 0, self.p.vote_relay_backoff  # a new primary to relay
         self.slots = {}
         self.proposed.clear()
         self.null_in_flight.clear()
@@ -1928,6 +1966,12 @@ class Replica:
                     continue
                 if self.is_primary and slot.pp_env is not None:
                     self._send(None, pb.PeerMessage(envelope=slot.pp_env, batch=slot.batch or b""))
+                if slot.relayed:
+                    # Our vote went through the primary and the slot is still undecided: vote
+                    # directly for a while, twice as long after each such slot in this view.
+                    slot.relayed = False
+                    self._relay_from = max(self._relay_from, slot.seq + self._relay_backoff)
+                    self._relay_backoff = min(self._relay_backoff * 2, 1 << 30)
                 if slot.my_prepare is not None:
                     self._send(None, pb.PeerMessage(envelope=slot.my_prepare))
                 if slot.my_commit is not None:

@@ -69,6 +69,12 @@ MUTE_SHARE = 0.25
 # Byzantine replica's behaviours with these probabilities (more often when an honest replica is
 # wiped), from a generator of its own so that the draws above (and the pinned seeds) stay.
 STALE_VC_SHARE = 0.1
+# Votes relayed through the primary (Params.vote_relay) in this share of the scenarios that do not
+# run the production Params (which relay, as deployed), and in those a Byzantine replica withholds
+# relays ("no-relay") with NO_RELAY_SHARE; both drawn from generators of their own, so the draws
+# above stay as they were. Scenarios stored before (regressions) keep all-to-all votes.
+VOTE_RELAY_SHARE = 0.5
+NO_RELAY_SHARE = 0.4
 STALE_VC_SHARE_WIPED = 0.8
 
 
@@ -121,6 +127,7 @@ class Scenario:
     state_chunk_bytes: int = 0  # 0: the default (production) chunk size
     production: bool = False  # production Params (checkpoint interval, window, status, batch, chunk)
     preload_bytes: int = 0  # initial application state (kv filler), identical on every replica
+    vote_relay: bool = False  # backups' votes through the primary (Params.vote_relay)
 
     @property
     def f(self) -> int:
@@ -235,6 +242,12 @@ def generate(seed: int, n: int | None = None, mutation: str | None = None, app: 
     for spec in sc.byzantine:
         if stale.random() < share and "silent" not in spec.behaviours:
             spec.behaviours = sorted({*spec.behaviours, "stale-view-changes"})
+    relay = random.Random(f"vote-relay/{seed}")
+    sc.vote_relay = sc.production or relay.random() < VOTE_RELAY_SHARE
+    if sc.vote_relay:
+        for spec in sc.byzantine:
+            if relay.random() < NO_RELAY_SHARE and "silent" not in spec.behaviours:
+                spec.behaviours = sorted({*spec.behaviours, "no-relay"})
     return sc
 
 

@@ -402,9 +402,11 @@ class World:
                 clock_skew_us=2_000_000,
                 answer_bytes_per_s=2 * 1024 * 1024,
                 answer_burst_bytes=4 * 1024 * 1024,
+                vote_relay=sc.vote_relay,
             )
         else:
             params = Params(
+                vote_relay=sc.vote_relay,
                 checkpoint_interval=sc.checkpoint_interval,
                 watermark_window=4 * sc.checkpoint_interval,
                 batch_max_requests=sc.batch_max_requests,
