@@ -126,6 +126,7 @@ MATRIX = [
     (2, ("replay",)),
     (3, ("drop-to", "0", "drop-to", "1")),
     (1, ("slow", "300")),
+    (0, ("no-relay",)),  # the primary withholds relayed votes: slots wait a tick, then backups vote directly
 ]
 
 
