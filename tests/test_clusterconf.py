@@ -116,7 +116,13 @@ def test_round_trip_with_every_optional_field(tmp_path: Path) -> None:
         f=2,
         cluster_id=b"\xff" * 16,
         replicas=replicas,
-        params=Params(checkpoint_interval=16, watermark_window=64, view_change_timeout=0.5, max_in_flight=2),
+        params=Params(
+            checkpoint_interval=16,
+            watermark_window=64,
+            view_change_timeout=0.5,
+            max_in_flight=2,
+            vote_relay=False,
+        ),
         tls_ca=tmp_path / "elsewhere" / "ca.pem",
         admin_public_key=None,
         chat=ChatLimits(max_inbox=50, register_max=10),
@@ -124,6 +130,7 @@ def test_round_trip_with_every_optional_field(tmp_path: Path) -> None:
     text = dump_config(cfg)
     assert 'tls_ca = "../elsewhere/ca.pem"' in text
     assert "[protocol]" in text and "batch_max_requests" not in text  # only non-default params
+    assert "vote_relay = false" in text  # a boolean parameter is written as one
     assert "[chat]\nmax_inbox = 50\nregister_max = 10\n" in text and "max_state_bytes" not in text
     path.write_text(text)
     loaded = load_config(path)
@@ -287,6 +294,9 @@ def seven_replicas_for_n4(doc: dict[str, Any]) -> None:
         (protocol(checkpoint_interval=1.5), "protocol.checkpoint_interval", "must be an integer"),
         (protocol(checkpoint_interval=True), "protocol.checkpoint_interval", "must be a number"),
         (protocol(view_change_timeout="2s"), "protocol.view_change_timeout", "must be a number"),
+        (protocol(vote_relay=1), "protocol.vote_relay", "must be true or false"),
+        (protocol(vote_relay="no"), "protocol.vote_relay", "must be true or false"),
+        (protocol(vote_relay_backoff=0), "protocol.vote_relay_backoff", "must be positive"),
         (protocol(view_change_timeout=0), "protocol.view_change_timeout", "must be positive"),
         (protocol(max_pending_total=-1), "protocol.max_pending_total", "must be positive"),
         (top(protocol=3), "[protocol]", "must be a table"),

@@ -24,10 +24,11 @@ class Params:
     # A backup with requests waiting and nothing of the current view in flight expects a PRE-PREPARE
     # this soon; past it, a re-forward, past it again a view change (bounds a slow primary).
     propose_timeout: float = 0.5
-    # Backups send their PREPAREs and COMMITs to the primary alone, which relays each valid one to
-    # the other backups (one frame per peer per burst instead of n-1 from everyone); a backup whose
-    # vote needed the all-to-all resend of a status tick sends directly for the next
-    # ``vote_relay_backoff`` sequence numbers, doubling per failure within a view (docs/PROTOCOL.md).
+    # Backups send their PREPAREs and COMMITs to the primary alone, which passes the votes of its
+    # own quorum on to every backup, one frame per backup per phase (instead of n-1 frames from
+    # every replica); a backup whose vote needed the all-to-all resend of a status tick sends
+    # directly for the next ``vote_relay_backoff`` sequence numbers, doubling per failure within a
+    # view (docs/PROTOCOL.md, *Votes through the primary*).
     vote_relay: bool = True
     vote_relay_backoff: int = 64
     clock_skew_us: int = 10_000_000  # a PRE-PREPARE's timestamp may differ this much from ours

@@ -784,8 +784,9 @@ class Replica:
 
     def _vote_target(self, slot: Slot) -> int | None:
         """Where this backup's vote for ``slot`` goes: the primary alone, which relays it
-        (``Params.vote_relay``), or everyone (None): the primary's own votes, votes of a view
-        change, and votes within the back-off after a relay that did not arrive."""
+        (``Params.vote_relay``; the slot is then marked ``relayed``, for the status tick's back-off),
+        or everyone (None): the primary's own votes, votes of a view change, and votes within the
+        back-off after a relay that did not arrive."""
         if not self.p.vote_relay or self.view_changing or self.recovering:
             return None
         primary = self.cluster.primary(slot.view)
@@ -802,10 +803,10 @@ class Replica:
         next status tick's all-to-all resend (``_on_status_tick``)."""
         if not self.p.vote_relay:
             return
-        msg = pb.PeerMessage(envelope=env)
+        data = pb.PeerMessage(envelope=env).SerializeToString()  # once, for every backup
         for r in range(self.cluster.n):
             if r != self.id and r != env.signer:
-                self._send(r, msg)
+                self._emit(Send(r, data))
 
     def _on_prepare(self, env: pb.Envelope, now: float) -> None:
         payload = self._open(env, Kind.PREPARE)

@@ -69,13 +69,13 @@ MUTE_SHARE = 0.25
 # Byzantine replica's behaviours with these probabilities (more often when an honest replica is
 # wiped), from a generator of its own so that the draws above (and the pinned seeds) stay.
 STALE_VC_SHARE = 0.1
+STALE_VC_SHARE_WIPED = 0.8
 # Votes relayed through the primary (Params.vote_relay) in this share of the scenarios that do not
 # run the production Params (which relay, as deployed), and in those a Byzantine replica withholds
 # relays ("no-relay") with NO_RELAY_SHARE; both drawn from generators of their own, so the draws
 # above stay as they were. Scenarios stored before (regressions) keep all-to-all votes.
 VOTE_RELAY_SHARE = 0.5
 NO_RELAY_SHARE = 0.4
-STALE_VC_SHARE_WIPED = 0.8
 
 
 @dataclass
