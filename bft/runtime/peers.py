@@ -28,9 +28,7 @@ import asyncio
 import contextlib
 import os
 import random
-import socket
 import ssl
-import struct
 from collections import deque
 from collections.abc import Callable
 from typing import Protocol
@@ -38,6 +36,7 @@ from typing import Protocol
 from bft.core.config import ClusterInfo
 from bft.crypto import Verifier
 from bft.faults import LinkPolicy
+from bft.framing import FRAME_LEN, encode_frame, read_frame, tune_socket
 from bft.handshake import NONCE_LEN, check_link_hello
 from bft.pb.bftchat.v1 import service_pb2 as spb
 from bft.runtime.logs import EventLog, RateLimit
@@ -60,15 +59,8 @@ CONNECT_TIMEOUT = 5.0
 HANDSHAKE_TIMEOUT = 5.0
 CLOSE_PHASE_SECONDS = 0.5
 STREAM_LIMIT = 1024 * 1024  # asyncio reader buffer before it pauses the socket
-KEEPALIVE = (10, 5, 3)  # idle seconds, probe interval, probes: a vanished peer is noticed in ~25 s
-USER_TIMEOUT_MS = 20_000  # unacknowledged data for this long ends the connection
 
-_LEN = struct.Struct(">I")
 _MESSAGES_TAG = b"\x12"  # LinkUp.messages: field 2, length-delimited
-
-
-def encode_frame(payload: bytes) -> bytes:
-    return _LEN.pack(len(payload)) + payload
 
 
 def _field_bytes(size: int) -> int:
@@ -112,38 +104,6 @@ def split_messages(raw: bytes, limit: int = MAX_FRAME_MESSAGES) -> list[bytes]:
         out.append(bytes(view[pos : pos + size]))
         pos += size
     return out
-
-
-async def read_frame(reader: asyncio.StreamReader, limit: int) -> bytes | None:
-    """The next frame's payload; None at a clean end of stream; WireError for a broken or oversized one."""
-    try:
-        head = await reader.readexactly(4)
-    except asyncio.IncompleteReadError as exc:
-        if not exc.partial:
-            return None
-        raise WireError("link closed inside a frame header") from None
-    (size,) = _LEN.unpack(head)
-    if size > limit:
-        raise WireError(f"frame of {size} bytes is over the {limit}-byte limit")
-    try:
-        return await reader.readexactly(size)
-    except asyncio.IncompleteReadError:
-        raise WireError(f"link closed inside a {size}-byte frame") from None
-
-
-def tune_socket(writer: asyncio.StreamWriter) -> None:
-    """No Nagle delay (frames are already coalesced) and keepalive to notice a vanished peer."""
-    sock = writer.get_extra_info("socket")
-    if sock is None:
-        return
-    with contextlib.suppress(OSError, AttributeError):
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
-        idle, interval, count = KEEPALIVE
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, idle)
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, interval)
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, count)
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, USER_TIMEOUT_MS)
 
 
 class LinkRefused(Exception):
@@ -324,7 +284,7 @@ class PeerLink:
             parts.append(data)
             size += len(head) + len(data)
             count += 1
-        parts[0] = _LEN.pack(size)
+        parts[0] = FRAME_LEN.pack(size)
         return parts, count
 
 
