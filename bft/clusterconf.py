@@ -29,8 +29,9 @@ from bft.core.config import ClusterInfo, Params
 from bft.crypto import CLUSTER_ID_LEN, KEY_LEN
 
 _CLUSTER_KEYS = frozenset({"name", "n", "f", "cluster_id", "tls_ca", "admin_public_key"})
-_REPLICA_KEYS = frozenset({"id", "host", "port", "peer_port", "public_key", "metrics_port"})
+_REPLICA_KEYS = frozenset({"id", "host", "port", "peer_port", "session_port", "public_key", "metrics_port"})
 DEFAULT_PEER_PORT_OFFSET = 1000  # peer links listen on port + this unless peer_port says otherwise
+SESSION_PORT_OFFSET = 3000  # bftchat-keygen puts session_port here by default (no default when unset)
 _TOP_KEYS = frozenset({"cluster", "protocol", "chat", "replica"})
 _PARAM_TYPES: dict[str, type] = {
     f.name: typing.get_type_hints(Params)[f.name] for f in dataclasses.fields(Params)
@@ -45,8 +46,9 @@ class ConfigError(ValueError):
 class ReplicaAddress:
     """Where replica ``id`` listens and the Ed25519 key its protocol messages are signed with.
 
-    ``port`` serves clients; peer links (mutual TLS) use ``peer_link_port``: ``peer_port`` if set,
-    else ``port + DEFAULT_PEER_PORT_OFFSET``.
+    ``port`` serves clients over gRPC; peer links (mutual TLS) use ``peer_link_port``: ``peer_port``
+    if set, else ``port + DEFAULT_PEER_PORT_OFFSET``. ``session_port``, if set, serves the same
+    client sessions as length-prefixed frames (``bft.runtime.session_port``), which clients prefer.
     """
 
     id: int
@@ -55,6 +57,7 @@ class ReplicaAddress:
     public_key: bytes
     metrics_port: int | None = None
     peer_port: int | None = None
+    session_port: int | None = None
 
     @property
     def peer_link_port(self) -> int:
@@ -64,6 +67,14 @@ class ReplicaAddress:
     def endpoint(self) -> str:
         """``host:port`` for gRPC (IPv6 literals bracketed)."""
         return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+    @property
+    def session_endpoint(self) -> str | None:
+        """``host:port`` of the session port, if this replica has one."""
+        if self.session_port is None:
+            return None
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{self.session_port}"
 
 
 @dataclass(frozen=True)
@@ -193,9 +204,16 @@ class _Parser:
         port = self._int(table, "port", where + ".port", required=True)
         metrics = self._int(table, "metrics_port", where + ".metrics_port", required=False)
         peer = self._int(table, "peer_port", where + ".peer_port", required=False)
+        session = self._int(table, "session_port", where + ".session_port", required=False)
         key = self._public_key(table, "public_key", where + ".public_key")
         return ReplicaAddress(
-            id=rid, host=host, port=port, public_key=key, metrics_port=metrics, peer_port=peer
+            id=rid,
+            host=host,
+            port=port,
+            public_key=key,
+            metrics_port=metrics,
+            peer_port=peer,
+            session_port=session,
         )
 
     def _params(self, table: Any) -> Params:
@@ -310,7 +328,12 @@ def _check(cfg: ClusterConfig) -> None:
             if r.peer_port is not None
             else f"peer_port (default port + {DEFAULT_PEER_PORT_OFFSET})"
         )
-        ports = (("port", r.port), (peer_label, r.peer_link_port), ("metrics_port", r.metrics_port))
+        ports = (
+            ("port", r.port),
+            (peer_label, r.peer_link_port),
+            ("session_port", r.session_port),
+            ("metrics_port", r.metrics_port),
+        )
         for label, port in ports:
             if port is None:
                 continue
@@ -383,6 +406,8 @@ def dump_config(cfg: ClusterConfig) -> str:
         replica: dict[str, object] = {"id": r.id, "host": r.host, "port": r.port}
         if r.peer_port is not None:
             replica["peer_port"] = r.peer_port
+        if r.session_port is not None:
+            replica["session_port"] = r.session_port
         replica["public_key"] = r.public_key.hex()
         if r.metrics_port is not None:
             replica["metrics_port"] = r.metrics_port

@@ -144,6 +144,7 @@ class ChatClient:
         insecure: bool = False,
         timeout: float = DEFAULT_TIMEOUT,
         connect_timeout: float = CONNECT_TIMEOUT,
+        transport: str = "auto",
     ) -> None:
         self.config = config
         self.key = key
@@ -152,7 +153,7 @@ class ChatClient:
         self.box = e2e.BoxKeys.from_secret(key.box_secret)
         self.timeout = timeout
         self.connect_timeout = connect_timeout
-        self.session = ClusterSession.from_config(config, key.signer, insecure=insecure)
+        self.session = ClusterSession.from_config(config, key.signer, insecure=insecure, transport=transport)
         self.cluster = self.session.cluster
         self._accounts: dict[str, Account] = {}  # the latest keys seen behind each name
         self._seen_subscribed: set[int] = set()
@@ -205,8 +206,14 @@ class ChatClient:
                     return
                 hopeless = sum(c.replica in failures for c in down) > n - need
                 if hopeless or waited > self.connect_timeout:
-                    late = "no session stream yet"
-                    why = {c.replica: failures.get(c.replica, f"{c.endpoint}: {late}") for c in down}
+                    # The status call's reason, or where that call works, the stream's own
+                    # (a session port that does not answer, a refused session ...).
+                    why = {
+                        c.replica: failures.get(
+                            c.replica, f"{c.session_endpoint or c.endpoint}: {c.last_error}"
+                        )
+                        for c in down
+                    }
                     raise ClusterUnreachable(why, need, up, n, ANSWER)
             await asyncio.sleep(0.02)
 
@@ -434,6 +441,7 @@ class ChatClient:
             self.key.signer,
             ca_pem=self.session.ca_pem,
             session=session,
+            session_endpoints=[c.session_endpoint for c in self.session.conns],
         )
         await pinned.connect()
         try:

@@ -1,7 +1,7 @@
 """``bftchat``: the chat command line (usage walkthrough in docs/CLI.md).
 
     bftchat [--config PATH] [--key PATH] [--data-dir DIR] [--as NAME] [--json] [--timeout S]
-            [--insecure] [--accept-new-key NAME] COMMAND
+            [--insecure] [--transport auto|grpc] [--accept-new-key NAME] COMMAND
         register NAME | list [PATTERN] | send NAME TEXT|- | inbox [--peek] | history NAME
         | outbox [--list] [--give-up ID...|all] | delete-account [--yes] | chat [NAME] | whoami
         | receipt MESSAGE_ID [--of send|register|delete] | verify-receipt FILE
@@ -198,6 +198,7 @@ class Ctx:
             account=self.account,
             insecure=self.args.insecure,
             timeout=self.args.timeout,
+            transport=self.args.transport,
         )
 
     @property
@@ -590,6 +591,13 @@ def _global_options(p: argparse.ArgumentParser, suppress: bool) -> None:
     )
     p.add_argument(
         "--insecure", action="store_true", default=d(False), help="no TLS (replicas run --insecure)"
+    )
+    p.add_argument(
+        "--transport",
+        choices=("auto", "grpc"),
+        default=d("auto"),
+        help="auto: the replicas' session ports where the config has them, else gRPC; grpc: always "
+        "the gRPC port (default auto)",
     )
     p.add_argument(
         "--accept-new-key",

@@ -1,7 +1,9 @@
 """The session layer of the client library: one client session with every replica of a cluster.
 
-``ClusterSession`` holds one long-lived ``Session`` stream to every replica (reconnecting with
-backoff) and accepts a result once enough replicas vouch for it: f+1 matching verified replies for
+``ClusterSession`` holds one long-lived session stream to every replica (reconnecting with
+backoff): a connection to the replica's framed session port when the config names one, else the
+gRPC ``Session`` call; the frames are the same (docs/PROTOCOL.md, "Client transport"). It
+accepts a result once enough replicas vouch for it: f+1 matching verified replies for
 ordered requests, 2f+1 for one-round reads (``bft.replies``). ``client.chat.ChatClient`` builds the
 chat operations on top of it; the runtime's tools (bench, demo, cluster) and tests use it directly.
 
@@ -44,6 +46,7 @@ import asyncio
 import contextlib
 import os
 import random
+import ssl
 import struct
 import time
 from collections import deque
@@ -57,6 +60,7 @@ import grpc.aio
 from bft.clusterconf import ClusterConfig, ConfigError
 from bft.core.config import ClusterInfo
 from bft.crypto import CachingVerifier, Ed25519Verifier, Signer, sha256
+from bft.framing import SESSION_ALPN, encode_frames, read_frame, tune_socket
 from bft.handshake import CheckedPush, auth_proof, check_push, session_claim
 from bft.pb.bftchat.v1 import protocol_pb2 as pb
 from bft.pb.bftchat.v1 import service_pb2 as spb
@@ -71,6 +75,8 @@ RESEND_AFTER = 1.0  # the least time without an accepted result before a request
 RESEND_MAX = 8.0  # the most: the adaptive timeout and the backoff between resends stop here
 READ_FALLBACK_AFTER = 1.0  # a one-round read that has not gathered 2f+1 by then is ordered instead
 MAX_RECEIVE = 64 * 1024 * 1024
+CONNECT_TIMEOUT = 5.0  # TCP and TLS to a session port
+STREAM_LIMIT = 1024 * 1024  # asyncio reader buffer before it pauses the socket
 MAX_STALE_RETRIES = 5  # re-signings after "stale timestamp" answers before StaleTimestamp is raised
 MAX_TIMESTAMP = 2**64 - 1
 SUSPECT_FOR = 60.0  # seconds a designated replier that failed us gets a stand-in (cleared by a good reply)
@@ -322,20 +328,64 @@ async def status(endpoint: str, ca_pem: bytes | None, timeout: float = 2.0) -> s
         return parse(spb.StatusReply, raw)
 
 
-class _Conn:
-    """The session stream to one replica, reconnected forever until the client closes."""
+def _socket_reason(exc: BaseException) -> str:
+    """A short reason for a failed session-port connection."""
+    if isinstance(exc, TimeoutError):
+        return "connect timed out"
+    if isinstance(exc, ssl.SSLError):
+        return f"TLS: {exc.reason or exc}"
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror.lower()
+    return str(exc) or type(exc).__name__
 
-    def __init__(self, client: ClusterSession, replica: int, endpoint: str) -> None:
+
+def split_endpoint(endpoint: str) -> tuple[str, int]:
+    """``host:port`` or ``[v6]:port`` -> (host, port)."""
+    host, _, port = endpoint.rpartition(":")
+    return host.strip("[]"), int(port)
+
+
+def session_tls(ca_pem: bytes) -> ssl.SSLContext:
+    """TLS to a replica's session port: TLS 1.3, only this cluster's CA, the host name checked,
+    ALPN ``bftchat-session/1`` (``bft.runtime.session_port``)."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_3
+    ctx.load_verify_locations(cadata=ca_pem.decode("ascii", "replace"))
+    ctx.set_alpn_protocols([SESSION_ALPN])
+    return ctx
+
+
+TRANSPORTS = ("auto", "grpc")
+
+
+def session_endpoints(config: ClusterConfig, transport: str = "auto") -> list[str | None] | None:
+    """Where each replica serves framed sessions, by the config; None (gRPC for all) for ``grpc``."""
+    if transport not in TRANSPORTS:
+        raise ValueError(f"transport must be one of {', '.join(TRANSPORTS)}, not {transport!r}")
+    if transport == "grpc":
+        return None
+    return [r.session_endpoint for r in config.replicas]
+
+
+class _Conn:
+    """The session stream to one replica, reconnected forever until the client closes: on the
+    replica's session port when it has one (``session_endpoint``), else the gRPC ``Session`` call."""
+
+    def __init__(
+        self, client: ClusterSession, replica: int, endpoint: str, session_endpoint: str | None = None
+    ) -> None:
         self.client = client
         self.replica = replica
         self.endpoint = endpoint
-        self.channel = channel(endpoint, client.ca_pem)
+        self.session_endpoint = session_endpoint
+        self.channel = None if session_endpoint is not None else channel(endpoint, client.ca_pem)
         self.out: deque[bytes] = deque()
         self.wake = asyncio.Event()
         self.up = False
         self.subscribed = False
         self.claimed = False  # the replica confirmed our SessionClaim on this stream
         self.claim_refused: str | None = None
+        self.refused: str | None = None  # why the replica ended the session (session port)
         self.nonce = b""
         self.last_error = "no session stream yet"
         self.task: asyncio.Task[None] | None = None
@@ -368,8 +418,14 @@ class _Conn:
                 raise
             except (grpc.aio.AioRpcError, grpc.aio.UsageError, asyncio.InvalidStateError, WireError) as exc:
                 self.last_error = rpc_reason(exc)
+            except (OSError, ssl.SSLError, TimeoutError, asyncio.IncompleteReadError) as exc:
+                self.last_error = _socket_reason(exc)
             else:
-                self.last_error = "the replica ended the session stream"
+                if self.refused is None:
+                    self.last_error = "the replica ended the session stream"
+                else:
+                    self.last_error = f"the replica refused the session: {self.refused}"
+                    self.refused = None
             self.up = self.subscribed = self.claimed = False
             self.claim_refused = None
             self.out.clear()
@@ -377,6 +433,10 @@ class _Conn:
             backoff = min(backoff * 2, 1.0)
 
     async def _session(self) -> None:
+        if self.session_endpoint is not None:
+            await self._framed_session(self.session_endpoint)
+            return
+        assert self.channel is not None
         call = self.channel.stream_stream(SESSION_METHOD)()
         reader = asyncio.get_running_loop().create_task(self._read(call))
         # When a write fails the reader is cancelled, and grpc's read turns that cancellation into
@@ -398,40 +458,89 @@ class _Conn:
             reader.cancel()
             call.cancel()
 
+    async def _framed_session(self, endpoint: str) -> None:
+        """One connection to the session port: frames out as ``out`` fills, frames in to ``_on_frame``."""
+        host, port = split_endpoint(endpoint)
+        ctx = self.client.session_tls
+        reader, writer = await asyncio.wait_for(
+            asyncio.open_connection(
+                host, port, ssl=ctx, server_hostname=host if ctx is not None else None, limit=STREAM_LIMIT
+            ),
+            CONNECT_TIMEOUT,
+        )
+        tune_socket(writer)
+        loop = asyncio.get_running_loop()
+        reader_task = loop.create_task(self._read_framed(reader))
+        reader_task.add_done_callback(lambda t: t.cancelled() or t.exception())
+        try:
+            while not reader_task.done():
+                if self.out:
+                    frames = list(self.out)
+                    self.out.clear()
+                    writer.write(encode_frames(frames))
+                    await writer.drain()
+                    continue
+                self.wake.clear()
+                waiter = loop.create_task(self.wake.wait())
+                try:
+                    await asyncio.wait({waiter, reader_task}, return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    waiter.cancel()
+            reader_task.result()
+        finally:
+            reader_task.cancel()
+            writer.transport.abort()
+
+    async def _read_framed(self, reader: asyncio.StreamReader) -> None:
+        while True:
+            raw = await read_frame(reader, MAX_RECEIVE)
+            if raw is None:
+                return
+            if not self._on_frame(raw):
+                return
+
     async def _read(self, call: grpc.aio.StreamStreamCall) -> None:
-        client = self.client
         while True:
             raw = await call.read()
             if raw is grpc.aio.EOF:
                 return
             assert isinstance(raw, bytes)
-            frame = parse(spb.ServerFrame, raw)
-            which = frame.WhichOneof("kind")
-            if which == "nonce":
-                self.up = True
-                self.nonce = frame.nonce
-                self.claim()  # before any request, so the replica routes their replies here
-                if client.want_pushes:
-                    self.prove()
-                client.on_conn_up(self)
-            elif which == "reply":
-                client.on_reply(self.replica, frame.reply)
-            elif which == "error":
-                client.on_error(self.replica, frame.error)
-            elif which == "push":
-                client.on_push(frame.push)
-            elif which == "subscribed":
-                self.subscribed = frame.subscribed == client.key
-            elif which == "auth_error":
-                client.auth_errors.append((self.replica, frame.auth_error))
-            elif which == "claimed":
-                got = frame.claimed
-                self.claimed = (got.public_key, got.session) == (client.key, client.session)
-                if self.claimed:  # a hint until this replica's verified replies say more
-                    client.on_view_hint(self.replica, got.view)
-            elif which == "claim_error":
-                self.claimed, self.claim_refused = False, frame.claim_error
-                client.on_claim_refused(self)
+            self._on_frame(raw)
+
+    def _on_frame(self, raw: bytes) -> bool:
+        """One ServerFrame from the replica (WireError if malformed); False when it ends the session."""
+        client = self.client
+        frame = parse(spb.ServerFrame, raw)
+        which = frame.WhichOneof("kind")
+        if which == "nonce":
+            self.up = True
+            self.nonce = frame.nonce
+            self.claim()  # before any request, so the replica routes their replies here
+            if client.want_pushes:
+                self.prove()
+            client.on_conn_up(self)
+        elif which == "reply":
+            client.on_reply(self.replica, frame.reply)
+        elif which == "error":
+            client.on_error(self.replica, frame.error)
+        elif which == "push":
+            client.on_push(frame.push)
+        elif which == "subscribed":
+            self.subscribed = frame.subscribed == client.key
+        elif which == "auth_error":
+            client.auth_errors.append((self.replica, frame.auth_error))
+        elif which == "claimed":
+            got = frame.claimed
+            self.claimed = (got.public_key, got.session) == (client.key, client.session)
+            if self.claimed:  # a hint until this replica's verified replies say more
+                client.on_view_hint(self.replica, got.view)
+        elif which == "claim_error":
+            self.claimed, self.claim_refused = False, frame.claim_error
+            client.on_claim_refused(self)
+        elif which == "refused":
+            self.refused = frame.refused or "no reason given"
+            return False
+        return True
 
 
 class ClusterSession:
@@ -449,16 +558,21 @@ class ClusterSession:
         ca_pem: bytes | None = None,
         session: int | None = None,
         clock: Callable[[], int] = wall_clock_us,
+        session_endpoints: Sequence[str | None] | None = None,
     ) -> None:
         if len(endpoints) != cluster.n:
             raise ValueError("one endpoint per replica")
+        if session_endpoints is not None and len(session_endpoints) != cluster.n:
+            raise ValueError("one session endpoint (or None) per replica")
         self.cluster = cluster
         self.signer = signer
         self.key = signer.public_key
         self.ca_pem = ca_pem
         self.session = session if session is not None else int.from_bytes(os.urandom(6), "big")
         self.verifier = CachingVerifier(Ed25519Verifier(), 4096)
-        self.conns = [_Conn(self, i, ep) for i, ep in enumerate(endpoints)]
+        self.session_tls = None if ca_pem is None else session_tls(ca_pem)
+        framed = session_endpoints or [None] * cluster.n
+        self.conns = [_Conn(self, i, ep, framed[i]) for i, ep in enumerate(endpoints)]
         self.want_pushes = False
         self.pushes: asyncio.Queue[CheckedPush] = asyncio.Queue()
         self.auth_errors: list[tuple[int, str]] = []
@@ -476,17 +590,26 @@ class ClusterSession:
         self.last_raw = b""  # the signed bytes of the latest request sent
 
     @classmethod
-    def from_config(cls, config: ClusterConfig, signer: Signer, *, insecure: bool = False) -> ClusterSession:
+    def from_config(
+        cls, config: ClusterConfig, signer: Signer, *, insecure: bool = False, transport: str = "auto"
+    ) -> ClusterSession:
         """Sessions to every replica of a loaded cluster config: TLS with its CA, or plaintext only
         when asked for with ``insecure`` (a config without ``tls_ca`` is refused otherwise, rather
-        than silently falling back to plaintext)."""
+        than silently falling back to plaintext). ``transport``: ``auto`` uses a replica's session
+        port when the config gives one and gRPC otherwise; ``grpc`` always uses gRPC."""
         if not insecure and config.tls_ca is None:
             raise ConfigError(
                 f"{config.path}: no tls_ca in the config; pass --insecure to talk to the cluster without "
                 "TLS (only if its replicas run --insecure)"
             )
         ca = None if insecure or config.tls_ca is None else Path(config.tls_ca).read_bytes()
-        return cls(config.info(), [r.endpoint for r in config.replicas], signer, ca_pem=ca)
+        return cls(
+            config.info(),
+            [r.endpoint for r in config.replicas],
+            signer,
+            ca_pem=ca,
+            session_endpoints=session_endpoints(config, transport),
+        )
 
     async def __aenter__(self) -> ClusterSession:
         await self.connect()
@@ -506,7 +629,8 @@ class ClusterSession:
                 c.task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await c.task
-            await c.channel.close(grace=None)
+            if c.channel is not None:
+                await c.channel.close(grace=None)
         for p in self._pending.values():
             if not p.done.done():
                 p.done.cancel()

@@ -23,17 +23,27 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
+import grpc.aio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from bft.clusterconf import load_config
 from bft.core.config import Params
 from bft.crypto import Ed25519Signer, Ed25519Verifier, Signer
+from bft.framing import encode_frame, read_frame
 from bft.keys import load_replica_key
 from bft.pb.bftchat.v1 import service_pb2 as spb
 from bft.storage.log import ReplicaLog
 from bft.tools import keygen
 from client import e2e
-from client.session import STATUS_METHOD, ClusterSession, wall_clock_us
+from client.session import (
+    SESSION_METHOD,
+    STATUS_METHOD,
+    ClusterSession,
+    channel,
+    session_endpoints,
+    session_tls,
+    wall_clock_us,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -80,6 +90,7 @@ def write_cluster(directory: Path, n: int, *, params: Params = TEST_PARAMS) -> P
         peer_base_port=free_range(n, taken),
         metrics_base_port=free_range(n, taken),
         params=params,
+        session_base_port=free_range(n, taken),
     )
     keygen.write_cluster(cfg, signers, admin, force=False)
     return cfg.path
@@ -337,8 +348,13 @@ class Cluster:
     # ---- clients
 
     def client(
-        self, signer: Signer | None = None, session: int | None = None, clock: Callable[[], int] | None = None
+        self,
+        signer: Signer | None = None,
+        session: int | None = None,
+        clock: Callable[[], int] | None = None,
+        transport: str = "auto",
     ) -> ClusterSession:
+        """A client session with every replica: on their session ports (``auto``) or over gRPC."""
         endpoints = [self.endpoint(i) for i in range(self.n)]
         return ClusterSession(
             self.cluster,
@@ -347,7 +363,83 @@ class Cluster:
             ca_pem=self.ca_pem,
             session=session,
             clock=clock or wall_clock_us,
+            session_endpoints=session_endpoints(self.config, transport),
         )
+
+
+class RawSession:
+    """One session stream to one replica, frame by frame (tests of what a replica answers to what a
+    client sends): over its session port (``framed``, what clients use by default) or the gRPC
+    ``Session`` call (``grpc``; the replica must serve it: ``--grpc-sessions``)."""
+
+    def __init__(self) -> None:
+        self.nonce = b""
+        self._reader: asyncio.StreamReader | None = None
+        self._writer: asyncio.StreamWriter | None = None
+        self._channel: grpc.aio.Channel | None = None
+        self._call: grpc.aio.StreamStreamCall | None = None
+
+    @classmethod
+    async def open(cls, c: Cluster, replica: int, transport: str = "framed") -> RawSession:
+        self = cls()
+        if transport == "grpc":
+            self._channel = channel(c.endpoint(replica), c.ca_pem)
+            self._call = self._channel.stream_stream(SESSION_METHOD)()
+        else:
+            port = c.config.replicas[replica].session_port
+            assert port is not None
+            ctx = session_tls(c.ca_pem) if c.ca_pem is not None else None
+            self._reader, self._writer = await asyncio.open_connection(
+                "127.0.0.1", port, ssl=ctx, server_hostname="127.0.0.1" if ctx else None
+            )
+        first = await self.read()
+        assert first.WhichOneof("kind") == "nonce", first
+        self.nonce = first.nonce
+        return self
+
+    async def write(self, raw: bytes) -> None:
+        if self._call is not None:
+            await self._call.write(raw)
+        else:
+            assert self._writer is not None
+            self._writer.write(encode_frame(raw))
+            await self._writer.drain()
+
+    async def read(self, timeout: float = 10.0) -> spb.ServerFrame:
+        """The next frame; EOFError when the replica ended the session."""
+        if self._call is not None:
+            raw = await asyncio.wait_for(self._call.read(), timeout)
+            if raw is grpc.aio.EOF:
+                raise EOFError
+        else:
+            assert self._reader is not None
+            raw = await asyncio.wait_for(read_frame(self._reader, 64 << 20), timeout)
+            if raw is None:
+                raise EOFError
+        assert isinstance(raw, bytes)
+        return spb.ServerFrame.FromString(raw)
+
+    async def done_writing(self) -> None:
+        """Half-close: the client sends no more, and still reads."""
+        if self._call is not None:
+            await self._call.done_writing()
+        else:
+            assert self._writer is not None
+            self._writer.write_eof()
+
+    async def close(self) -> None:
+        if self._call is not None:
+            self._call.cancel()
+        if self._channel is not None:
+            await self._channel.close()
+        if self._writer is not None:
+            self._writer.transport.abort()
+
+    async def __aenter__(self) -> RawSession:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
 
 
 def run(coro: object, timeout: float = 120.0) -> object:

@@ -33,7 +33,7 @@ from client import e2e
 from client.chat import ChatClient, SyncChatClient, message_ref
 from client.errors import StaleTimestamp
 from client.history import History, HistoryEntry, history_path
-from client.session import ClusterSession, wall_clock_us
+from client.session import ClusterSession, session_endpoints, wall_clock_us
 
 
 @pytest.fixture(scope="module")
@@ -558,6 +558,7 @@ def test_a_resent_request_refused_as_stale_is_unknown_not_failed(cluster: Cluste
             key.signer,
             ca_pem=cluster.ca_pem,
             session=session,
+            session_endpoints=session_endpoints(config),
         )
         async with s:
             reply = await s.request(e2e.list_op("st-*"), timeout=30)
@@ -808,3 +809,32 @@ def test_the_local_store_lives_in_the_xdg_data_directory(tmp_path: Path) -> None
     shown = ok(cli(config, key, "--json", "--as", "xdg", "history", "nobody", env_set={"HOME": str(home)}))
     assert [h["text"] for h in shown] == ["kept from before"]
     assert where("--data-dir", str(flag_dir)) == flag_dir / f"{fp}.history.sqlite"  # explicit wins
+
+
+def with_dead_session_ports(config: Path, out: Path) -> Path:
+    """A copy of ``config`` whose session ports point where nothing listens (same directory, so its
+    relative paths stay valid): what a client sees when a firewall lets only the gRPC port through."""
+    lines = []
+    for ln in config.read_text().splitlines():
+        if ln.startswith("session_port"):
+            ln = f"session_port = {int(ln.split('=')[1]) + 7}"
+        lines.append(ln)
+    out.write_text("\n".join(lines) + "\n")
+    return out
+
+
+@pytest.mark.timeout(120)
+def test_transport_grpc_is_refused_unless_replicas_serve_grpc_sessions(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    """By default the client uses the session ports the config names; `--transport grpc` uses the
+    gRPC ports instead. Replicas with a session port serve gRPC sessions only when started with
+    --grpc-sessions (these were not): the client is told where sessions are served."""
+    config = with_dead_session_ports(cluster.config_path, cluster.dir / "config-dead-sessions.toml")
+    key = new_key(tmp_path, "grpconly")
+    proc = cli(config, key, "--timeout", "5", "register", "grpconly", timeout=60)
+    assert proc.returncode != 0, proc
+    proc = cli(config, key, "--timeout", "5", "--transport", "grpc", "register", "grpconly", timeout=60)
+    assert proc.returncode != 0, proc
+    assert "session port" in proc.stderr + proc.stdout, proc
+    ok(cli(cluster.config_path, key, "register", "grpconly"))  # the real config: the session ports

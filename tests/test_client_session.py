@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterator
 import grpc
 import grpc.aio
 import pytest
-from cluster_helper import TEST_PARAMS, ChatUser, Cluster, run
+from cluster_helper import TEST_PARAMS, ChatUser, Cluster, RawSession, run
 from test_byzantine_real import FAULT, fault
 
 from bft.core.config import ClusterInfo
@@ -44,11 +44,9 @@ from client.errors import FateUnknown
 from client.session import (
     RESEND_AFTER,
     RESEND_MAX,
-    SESSION_METHOD,
     ClusterSession,
     Repliers,
     RetransmitTimer,
-    channel,
 )
 
 CID = cluster_id_from(b"claims")
@@ -209,16 +207,13 @@ async def claimed_everywhere(client: ClusterSession, timeout: float = 10.0) -> N
 def test_the_replica_answers_a_claim_on_the_stream(c4: Cluster) -> None:
     async def scenario() -> tuple[str, spb.SessionClaimed]:
         user = Ed25519Signer.generate()
-        async with channel(c4.endpoint(1), c4.ca_pem) as ch:
-            call = ch.stream_stream(SESSION_METHOD)()
-            first = spb.ServerFrame.FromString(await call.read())
+        async with await RawSession.open(c4, 1) as raw:
             bad = session_claim(user, c4.cluster.cluster_id, 1, bytes(32), 5)  # not this stream's nonce
-            await call.write(spb.ClientFrame(claim=bad).SerializeToString())
-            refused = spb.ServerFrame.FromString(await call.read())
-            good = session_claim(user, c4.cluster.cluster_id, 1, first.nonce, 5)
-            await call.write(spb.ClientFrame(claim=good).SerializeToString())
-            accepted = spb.ServerFrame.FromString(await call.read())
-            call.cancel()
+            await raw.write(spb.ClientFrame(claim=bad).SerializeToString())
+            refused = await raw.read()
+            good = session_claim(user, c4.cluster.cluster_id, 1, raw.nonce, 5)
+            await raw.write(spb.ClientFrame(claim=good).SerializeToString())
+            accepted = await raw.read()
         assert accepted.claimed.public_key == user.public_key
         return refused.claim_error, accepted.claimed
 

@@ -122,8 +122,8 @@ async def round_trip(config_path: Path, alice: User, bob: User, text: bytes) -> 
 
 
 def launcher_ports(taken: set[int]) -> list[str]:
-    """Free client, peer and metrics port ranges for a 4-replica launcher."""
-    kinds = ("--base-port", "--peer-base-port", "--metrics-base-port")
+    """Free client, peer, metrics and session port ranges for a 4-replica launcher."""
+    kinds = ("--base-port", "--peer-base-port", "--metrics-base-port", "--session-base-port")
     return [x for kind in kinds for x in (kind, str(free_range(4, taken)))]
 
 

@@ -35,7 +35,7 @@ MIB = 1024
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     with Cluster(tmp_path_factory.mktemp("flood"), 4) as c:
-        c.start(TARGET, nofile=NOFILE)
+        c.start(TARGET, "--grpc-sessions", nofile=NOFILE)  # the gRPC session limits are tested here
         c.start_all(range(1, c.n))
         c.wait_healthy()
         c.wait_agree(timeout=30)

@@ -42,6 +42,8 @@ def test_fresh_clone_runs_scripts_cluster(tmp_path: Path) -> None:
         str(free_range(4, taken)),
         "--peer-base-port",
         str(free_range(4, taken)),
+        "--session-base-port",
+        str(free_range(4, taken)),
     ]
     launcher = Launcher(cmd, tmp_path / "cluster.out", cwd=clone, env=env)
     try:

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import grpc
 import grpc.aio
 import pytest
-from cluster_helper import ChatUser, Cluster, run
+from cluster_helper import ChatUser, Cluster, RawSession, run
 
 from bft.crypto import Ed25519Signer, Kind, cluster_id_from
 from bft.keys import load_replica_key
@@ -27,7 +27,7 @@ from bft.runtime.peers import MAX_FRAME_WIRE, encode_frame, read_frame
 from bft.runtime.server import MAX_CLIENT_FRAME
 from bft.wire import MAX_REQUEST_BYTES, WireError, make_request, seal
 from client import e2e
-from client.session import SESSION_METHOD, STATUS_METHOD, channel
+from client.session import STATUS_METHOD, channel
 
 TARGET = 0  # the replica under attack
 
@@ -35,7 +35,8 @@ TARGET = 0  # the replica under attack
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     with Cluster(tmp_path_factory.mktemp("bad"), 4) as c:
-        c.start_all()
+        for i in range(c.n):  # both carriers of a client session are tested here
+            c.start(i, "--grpc-sessions")
         c.wait_healthy()
         c.wait_agree(timeout=30)
         yield c
@@ -242,22 +243,9 @@ async def _outcome(call: grpc.aio.StreamStreamCall) -> tuple[grpc.StatusCode, st
     return await call.code(), await call.details()
 
 
-async def _session(c: Cluster, replica: int) -> tuple[grpc.aio.Channel, grpc.aio.StreamStreamCall]:
-    ch = channel(c.endpoint(replica), c.ca_pem)
-    call = ch.stream_stream(SESSION_METHOD)()
-    first = await call.read()
-    assert isinstance(first, bytes) and spb.ServerFrame.FromString(first).WhichOneof("kind") == "nonce"
-    return ch, call
-
-
-async def _next(call: grpc.aio.StreamStreamCall) -> spb.ServerFrame:
-    raw = await asyncio.wait_for(call.read(), 10)
-    assert isinstance(raw, bytes), raw
-    return spb.ServerFrame.FromString(raw)
-
-
 @pytest.mark.timeout(60)
-def test_client_session_rejects_bad_input_clearly(cluster: Cluster, history: History) -> None:
+@pytest.mark.parametrize("transport", ["framed", "grpc"])
+def test_client_session_rejects_bad_input_clearly(cluster: Cluster, history: History, transport: str) -> None:
     c = cluster
     cid = c.cluster.cluster_id
     user = Ed25519Signer.generate()
@@ -282,27 +270,41 @@ def test_client_session_rejects_bad_input_clearly(cluster: Cluster, history: His
         (spb.ClientFrame(request=too_big).SerializeToString(), "exceeds"),
     ]
 
+    if transport == "grpc":  # one registration per carrier
+        op = e2e.register_op("sessionuser2", bytes(32))
+        signed = make_request(user, cid, session, 1, op)
+
     async def scenario() -> None:
-        ch, call = await _session(c, TARGET)
-        async with ch:
+        async with await RawSession.open(c, TARGET, transport) as raw_session:
             for raw, expected in cases:
-                await call.write(raw)
-                got = await _next(call)
+                await raw_session.write(raw)
+                got = await raw_session.read()
                 assert got.WhichOneof("kind") == "error", got
                 assert expected in got.error.message, (expected, got.error.message)
             bad_auth = spb.AuthProof(public_key=b"short", signature=b"")
-            await call.write(spb.ClientFrame(auth=bad_auth).SerializeToString())
-            assert (await _next(call)).WhichOneof("kind") == "auth_error"
+            await raw_session.write(spb.ClientFrame(auth=bad_auth).SerializeToString())
+            assert (await raw_session.read()).WhichOneof("kind") == "auth_error"
             # The session is still usable: a good request gets its (signed) reply.
-            await call.write(spb.ClientFrame(request=signed).SerializeToString())
-            got = await _next(call)
+            await raw_session.write(spb.ClientFrame(request=signed).SerializeToString())
+            got = await raw_session.read()
             assert got.WhichOneof("kind") == "reply"
             reply = pb.ClientReply.FromString(got.reply)
-            assert e2e.parse_result(reply.result).registered.name == "sessionuser"
-            # Beyond the gRPC size limit: the stream is refused, the replica is not.
-            await call.write(spb.ClientFrame(request=bytes(MAX_CLIENT_FRAME)).SerializeToString())
-            code, _ = await asyncio.wait_for(_outcome(call), 10)
-            assert code == grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert e2e.parse_result(reply.result).registered.name.startswith("sessionuser")
+            # Beyond the size limit: the session ends (gRPC: RESOURCE_EXHAUSTED), the replica stays.
+            huge = spb.ClientFrame(request=bytes(MAX_CLIENT_FRAME)).SerializeToString()
+            if transport == "grpc":
+                await raw_session.write(huge)
+                assert raw_session._call is not None
+                code, _ = await asyncio.wait_for(_outcome(raw_session._call), 10)
+                assert code == grpc.StatusCode.RESOURCE_EXHAUSTED
+            else:
+                with pytest.raises((EOFError, ConnectionError)):
+                    await raw_session.write(huge)
+                    await raw_session.read()
+        if transport == "framed":
+            return
+        ch = channel(c.endpoint(TARGET), c.ca_pem)
+        async with ch:
             # Status ignores whatever it is sent.
             raw = await ch.unary_unary(STATUS_METHOD)(b"\xff\xff", timeout=5)
             assert spb.StatusReply.FromString(raw).replica_id == TARGET
@@ -328,16 +330,14 @@ def test_replayed_requests_execute_once(cluster: Cluster, history: History) -> N
             # Replay both signed requests on fresh sessions to every replica: the latest gets the
             # cached reply again, the older one a stale-timestamp refusal; neither executes again.
             for i in range(c.n):
-                ch, call = await _session(c, i)
-                async with ch:
-                    await call.write(spb.ClientFrame(request=raw_first).SerializeToString())
-                    await call.write(spb.ClientFrame(request=a.client.last_raw).SerializeToString())
-                    frames = {f.WhichOneof("kind"): f for f in [await _next(call), await _next(call)]}
+                async with await RawSession.open(c, i) as raw:
+                    await raw.write(spb.ClientFrame(request=raw_first).SerializeToString())
+                    await raw.write(spb.ClientFrame(request=a.client.last_raw).SerializeToString())
+                    frames = {f.WhichOneof("kind"): f for f in [await raw.read(), await raw.read()]}
                     assert frames["error"].error.min_timestamp == a.client._timestamp + 1
                     reply = pb.ClientReply.FromString(frames["reply"].reply)
                     sent = e2e.parse_result(reply.result).sent
                     assert sent.id == first.sent.id + 1  # type: ignore[attr-defined]
-                    call.cancel()
             inbox = await b.fetch_all()
             assert [t for _, t in inbox] == [b"once", b"twice"]
 
@@ -359,17 +359,16 @@ def test_nothing_was_lost(cluster: Cluster, history: History) -> None:
 
 
 @pytest.mark.timeout(30)
-def test_half_closed_session_still_gets_its_reply(cluster: Cluster, history: History) -> None:
+@pytest.mark.parametrize("transport", ["grpc"])  # TLS streams have no half-close (docs/PROTOCOL.md)
+def test_half_closed_session_still_gets_its_reply(cluster: Cluster, history: History, transport: str) -> None:
     user = Ed25519Signer.generate()
     raw = make_request(user, cluster.cluster.cluster_id, 5, 1, e2e.list_op("*"), read_only=True)
 
     async def scenario() -> None:
-        ch, call = await _session(cluster, 1)
-        async with ch:
-            await call.write(spb.ClientFrame(request=raw).SerializeToString())
-            await call.done_writing()
-            got = await _next(call)
+        async with await RawSession.open(cluster, 1, transport) as session:
+            await session.write(spb.ClientFrame(request=raw).SerializeToString())
+            await session.done_writing()
+            got = await session.read()
             assert got.WhichOneof("kind") == "reply"
-            call.cancel()
 
     run(scenario(), 20)

@@ -9,9 +9,8 @@ import re
 import urllib.request
 from collections.abc import Iterator
 
-import grpc
 import pytest
-from cluster_helper import ChatUser, Cluster, run
+from cluster_helper import ChatUser, Cluster, RawSession, run
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from bft.crypto import Ed25519Signer
@@ -19,7 +18,6 @@ from bft.pb.bftchat.v1 import protocol_pb2 as pb
 from bft.pb.bftchat.v1 import service_pb2 as spb
 from bft.runtime.handshake import auth_proof
 from client import e2e
-from client.session import SESSION_METHOD, channel
 
 
 @pytest.fixture(scope="module")
@@ -107,18 +105,6 @@ def test_live_push_reaches_the_subscribed_owner_only(cluster: Cluster) -> None:
     run(scenario(), 50)
 
 
-async def _raw_session(
-    cluster: Cluster, replica: int
-) -> tuple[grpc.aio.Channel, grpc.aio.StreamStreamCall, bytes]:
-    ch = channel(cluster.endpoint(replica), cluster.ca_pem)
-    call = ch.stream_stream(SESSION_METHOD)()
-    first = await call.read()
-    assert isinstance(first, bytes)
-    frame = spb.ServerFrame.FromString(first)
-    assert frame.WhichOneof("kind") == "nonce"
-    return ch, call, frame.nonce
-
-
 @pytest.mark.timeout(30)
 def test_nobody_else_can_subscribe_to_a_key(cluster: Cluster) -> None:
     alice = Ed25519Signer.generate()
@@ -126,9 +112,8 @@ def test_nobody_else_can_subscribe_to_a_key(cluster: Cluster) -> None:
     cid = cluster.cluster.cluster_id
 
     async def scenario() -> None:
-        ch, call, nonce = await _raw_session(cluster, 2)
-        ch2, call2, nonce2 = await _raw_session(cluster, 2)
-        try:
+        async with await RawSession.open(cluster, 2) as one, await RawSession.open(cluster, 2) as two:
+            nonce, nonce2 = one.nonce, two.nonce
             # Alice's key, signed by Mallory.
             forged = spb.AuthProof(
                 public_key=alice.public_key, signature=auth_proof(mallory, cid, 2, nonce).signature
@@ -137,22 +122,13 @@ def test_nobody_else_can_subscribe_to_a_key(cluster: Cluster) -> None:
             replayed = auth_proof(alice, cid, 2, nonce2)
             other_replica = auth_proof(alice, cid, 3, nonce)
             for proof in (forged, replayed, other_replica):
-                await call.write(spb.ClientFrame(auth=proof).SerializeToString())
-                raw = await call.read()
-                assert isinstance(raw, bytes)
-                got = spb.ServerFrame.FromString(raw)
+                await one.write(spb.ClientFrame(auth=proof).SerializeToString())
+                got = await one.read()
                 assert got.WhichOneof("kind") == "auth_error", got
                 assert "does not verify" in got.auth_error
             # The genuine proof on its own session works.
-            await call2.write(spb.ClientFrame(auth=replayed).SerializeToString())
-            raw = await call2.read()
-            assert isinstance(raw, bytes)
-            assert spb.ServerFrame.FromString(raw).subscribed == alice.public_key
-        finally:
-            call.cancel()
-            call2.cancel()
-            await ch.close()
-            await ch2.close()
+            await two.write(spb.ClientFrame(auth=replayed).SerializeToString())
+            assert (await two.read()).subscribed == alice.public_key
 
     run(scenario(), 20)
 

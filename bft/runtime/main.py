@@ -25,6 +25,7 @@ import functools
 import logging
 import resource
 import signal
+import ssl
 import sys
 import time
 from collections.abc import Coroutine, Sequence
@@ -80,10 +81,12 @@ class Tls:
 
     client_port: grpc.ServerCredentials
     peers: PeerTls
+    sessions: ssl.SSLContext  # the session port (server certificate only)
 
 
 def load_tls(config: Any, replica_id: int) -> Tls:
     """The cluster CA and this replica's certificate and key, as ``bftchat-keygen`` laid them out."""
+    from bft.runtime.session_port import session_server_context
     from bft.runtime.tls import TlsError, peer_contexts, replica_cert_paths, server_credentials
 
     if config.tls_ca is None:
@@ -94,8 +97,9 @@ def load_tls(config: Any, replica_id: int) -> Tls:
         return Tls(
             server_credentials(ca, cert, key, require_client_auth=False),
             peer_contexts(ca, cert, key),
+            session_server_context(cert, key),
         )
-    except TlsError as exc:
+    except (TlsError, ssl.SSLError) as exc:
         raise UsageError(str(exc)) from None
 
 
@@ -194,6 +198,7 @@ class Prepared:
     data_dir: Path
     limits: ClientLimits
     allow_fault_injection: bool = False
+    grpc_sessions: bool = False  # also serve client sessions on the gRPC port (given a session port)
 
 
 def prepare(args: argparse.Namespace) -> Prepared:
@@ -285,6 +290,7 @@ def prepare(args: argparse.Namespace) -> Prepared:
         data,
         limits,
         allow_fault_injection=bool(getattr(args, "allow_fault_injection", False)),
+        grpc_sessions=bool(getattr(args, "grpc_sessions", False)),
     )
 
 
@@ -357,10 +363,13 @@ async def serve(p: Prepared) -> int:
         peer_tls=tls.peers.server if tls else None,
         admin=admin,
         limits=p.limits,
+        session_port=me.session_port is not None,
+        session_tls=tls.sessions if tls else None,
+        grpc_sessions=p.grpc_sessions or me.session_port is None,
     )
     try:
         servers.bind(f"{_host(me)}:{me.port}")
-        await servers.start(str(me.host), me.peer_link_port)
+        await servers.start(str(me.host), me.peer_link_port, me.session_port)
     except RuntimeError as exc:
         raise StartError(f"cannot listen: {exc}") from None
     frozen = freeze_heap()  # the restored state leaves the collector's full passes
@@ -373,6 +382,8 @@ async def serve(p: Prepared) -> int:
         "started",
         client_port=me.port,
         peer_port=me.peer_link_port,
+        session_port=me.session_port,
+        grpc_sessions=p.grpc_sessions or me.session_port is None,
         tls=p.tls is not None,
         recovering=node.replica.recovering,
         primary=node.replica.primary,
@@ -505,6 +516,13 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=defaults.max_sessions_per_address,
         help="client session streams from one source address (default %(default)s)",
+    )
+    parser.add_argument(
+        "--grpc-sessions",
+        action="store_true",
+        help="also serve client sessions on the gRPC port when the config gives this replica a "
+        "session_port (without one they are always served there); each gRPC session message costs "
+        "the replica several times a framed one (docs/SECURITY.md)",
     )
     parser.add_argument(
         "--allow-fault-injection",

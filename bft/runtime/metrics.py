@@ -44,6 +44,9 @@ BAD_INPUT_ENDPOINTS = (
     "peer_hello",
     "peer_frame",
     "peer_pending_full",
+    "session_port_full",
+    "session_handshake",
+    "grpc_sessions_off",
 )
 REQUEST_KINDS = ("ordered", "read", "bad")  # bft_client_requests_total{kind}
 LATENCY_KINDS = ("ordered", "read")  # bft_request_seconds{kind}

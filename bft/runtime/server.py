@@ -1,5 +1,9 @@
 """The gRPC services of a replica's client port: client sessions and status (peer links: peers.py).
 
+The client session itself (``ClientSessionService.serve``) does not depend on gRPC: it runs over any
+``SessionStream``, the gRPC ``Session`` call here or a connection to the framed session port
+(``session_port.py``), with the same limits for both.
+
 Handlers take and give raw bytes and parse them with ``bft.wire.parse``, so malformed input becomes
 a clear error for the sender instead of a gRPC deserialisation traceback. Size limits are enforced
 by gRPC itself (``grpc.max_receive_message_length``) before anything is read, and again by the core.
@@ -14,11 +18,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import os
 import ssl
 from collections import deque
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol
 
 import grpc
 import grpc.aio
@@ -34,6 +40,9 @@ from bft.runtime.metrics import Metrics
 from bft.runtime.node import Node
 from bft.runtime.peers import PeerListener
 from bft.wire import MAX_REQUEST_BYTES, WireError, parse
+
+if TYPE_CHECKING:
+    from bft.runtime.session_port import SessionPort
 
 CLIENT_SERVICE = "bftchat.v1.ClientService"
 MAX_CLIENT_FRAME = MAX_REQUEST_BYTES + 4096  # a signed request plus the ClientFrame around it
@@ -112,6 +121,7 @@ class ClientSession:
         self.wake = asyncio.Event()
         self.keys: set[bytes] = set()
         self.dropped = 0
+        self.writing = 0  # bytes taken by ``take_all`` and not yet written (still in ``queued``)
         self._metrics = metrics
         self._budget = budget or QueueBudget()
         self.closed = False
@@ -148,12 +158,71 @@ class ClientSession:
         self._budget.total -= len(frame)
         return frame
 
+    def take_all(self) -> list[bytes]:
+        """Everything queued, oldest first, for one write (a transport sends it as one buffer where
+        it can). Its bytes stay counted, here and in the shared budget, until ``written``: a write
+        that waits for a slow reader holds them as much as the queue does."""
+        frames = list(self.queue)
+        self.queue.clear()
+        self.writing = sum(map(len, frames))
+        return frames
+
+    def written(self) -> None:
+        """The frames of the last ``take_all`` left (or the write failed): they leave the budgets."""
+        if not self.closed:
+            self.queued -= self.writing
+            self._budget.total -= self.writing
+        self.writing = 0
+
     def close(self) -> None:
         """The session ended: what it still had queued leaves the shared budget."""
         self.closed = True
         self._budget.total -= self.queued
         self.queue.clear()
         self.queued = 0
+
+
+class SessionStream(Protocol):
+    """One client session's transport, as ``ClientSessionService.serve`` sees it: the gRPC
+    ``Session`` stream (``GrpcStream``) or a connection to the session port
+    (``bft.runtime.session_port``)."""
+
+    @property
+    def address(self) -> str:
+        """The client's source address (sessions are capped and served round robin by it)."""
+        ...
+
+    def frames(self) -> AsyncIterator[bytes]:
+        """The client's frames (serialised ``ClientFrame``s) until it half-closes; raises when the
+        connection breaks."""
+        ...
+
+    async def write(self, frames: list[bytes]) -> None:
+        """Send serialised ``ServerFrame``s, in order; returns once the transport takes more."""
+        ...
+
+    async def refuse(self, why: str) -> None:
+        """End a session that is not served (limits), telling the client why."""
+        ...
+
+
+class GrpcStream:
+    """The gRPC ``Session`` stream as a ``SessionStream``."""
+
+    def __init__(self, requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext) -> None:
+        self._requests = requests
+        self._context = context
+        self.address = peer_address(context.peer())
+
+    def frames(self) -> AsyncIterator[bytes]:
+        return self._requests
+
+    async def write(self, frames: list[bytes]) -> None:
+        for frame in frames:
+            await self._context.write(frame)
+
+    async def refuse(self, why: str) -> None:
+        await self._context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, why)
 
 
 def _error_frame(raw: bytes, message: str) -> bytes:
@@ -171,28 +240,45 @@ class ClientSessionService:
         metrics: Metrics,
         events: EventLog,
         limits: ClientLimits | None = None,
+        grpc_sessions: bool = True,
     ) -> None:
         self.node = node
         self.verifier = verifier
         self.metrics = metrics
         self.events = events
         self.limits = limits or ClientLimits()
+        # Serve the gRPC Session call? Off by default where the replica has a session port: the
+        # same session costs the replica several times the CPU per message there, so an attacker
+        # would pick it (docs/SECURITY.md, read floods by transport).
+        self.grpc_sessions = grpc_sessions
         self.sessions: set[ClientSession] = set()
         self.per_address: dict[str, int] = {}
         self.budget = QueueBudget()
 
     async def session(self, requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext) -> None:
+        """The gRPC ``Session`` stream (refused unless ``grpc_sessions``)."""
+        if not self.grpc_sessions:
+            self.metrics.bad_input.labels("grpc_sessions_off").inc()
+            await context.abort(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                "client sessions are served on this replica's session port (session_port in the "
+                "cluster config), not over gRPC (the replica runs without --grpc-sessions)",
+            )
+            return
+        await self.serve(GrpcStream(requests, context))
+
+    async def serve(self, stream: SessionStream) -> None:
+        """One client session, on whichever transport carries it, until either side ends it."""
         limits = self.limits
-        address = peer_address(context.peer())
+        address = stream.address
         if len(self.sessions) >= limits.max_sessions or self.node.stopping:
             self.metrics.bad_input.labels("sessions_full").inc()
-            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, "too many client sessions")
+            await stream.refuse("too many client sessions")
             return
         if self.per_address.get(address, 0) >= limits.max_sessions_per_address:
             self.metrics.bad_input.labels("sessions_per_address").inc()
-            await context.abort(
-                grpc.StatusCode.RESOURCE_EXHAUSTED,
-                f"too many client sessions from this address (at most {limits.max_sessions_per_address})",
+            await stream.refuse(
+                f"too many client sessions from this address (at most {limits.max_sessions_per_address})"
             )
             return
         sess = ClientSession(self.metrics, self.budget, address)
@@ -202,12 +288,16 @@ class ClientSessionService:
         nonce = os.urandom(NONCE_LEN)
         sess.send(spb.ServerFrame(nonce=nonce).SerializeToString())
         loop = asyncio.get_running_loop()
-        reader = loop.create_task(self._read(requests, sess, nonce))
+        reader = loop.create_task(self._read(stream.frames(), sess, nonce))
         linger_until: float | None = None
         try:
             while True:
-                while sess.queue:
-                    await context.write(sess.take())
+                if sess.queue:
+                    try:
+                        await stream.write(sess.take_all())
+                    finally:
+                        sess.written()
+                    continue
                 sess.wake.clear()
                 if reader.done():
                     # The client finished sending (half-close): answers may still be on their way.
@@ -220,7 +310,7 @@ class ClientSessionService:
                         break
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(sess.wake.wait(), left)
-                elif not sess.queue:
+                else:
                     await sess.wake.wait()
         finally:
             reader.cancel()
@@ -325,12 +415,24 @@ class Servers:
         peer_tls: ssl.SSLContext | None,
         admin: grpc.GenericRpcHandler | None = None,
         limits: ClientLimits | None = None,
+        session_port: bool = False,
+        session_tls: ssl.SSLContext | None = None,
+        grpc_sessions: bool = True,
     ) -> None:
         limits = limits or ClientLimits()
         self.peer_listener = PeerListener(node, verifier, metrics, events, peer_tls)
-        self.client_service = ClientSessionService(node, verifier, metrics, events, limits)
+        self.client_service = ClientSessionService(node, verifier, metrics, events, limits, grpc_sessions)
         self.client_creds = client_creds
-        self.client = grpc.aio.server(options=server_options(MAX_CLIENT_FRAME, limits))
+        grpc_limits = limits
+        self.session_port: SessionPort | None = None
+        if session_port:
+            # One descriptor budget for both client ports (--max-client-connections): half each.
+            from bft.runtime.session_port import SessionPort
+
+            half = max(1, limits.max_connections // 2)
+            grpc_limits = dataclasses.replace(limits, max_connections=max(1, limits.max_connections - half))
+            self.session_port = SessionPort(self.client_service, session_tls, half, metrics, events)
+        self.client = grpc.aio.server(options=server_options(MAX_CLIENT_FRAME, grpc_limits))
         self.health = health_aio.HealthServicer()
         self.client.add_generic_rpc_handlers(
             (
@@ -365,12 +467,20 @@ class Servers:
         if port == 0:
             raise RuntimeError(f"cannot listen on {client_addr}")
 
-    async def start(self, peer_host: str, peer_port: int) -> None:
-        """Start the client port and listen on the peer port (RuntimeError if that port is taken)."""
+    async def start(self, peer_host: str, peer_port: int, session_port: int | None = None) -> None:
+        """Start the client port and listen on the peer port and the session port, if there is one
+        (RuntimeError if a port is taken)."""
         try:
             await self.peer_listener.start(peer_host, peer_port)
         except OSError as exc:
             raise RuntimeError(f"cannot listen on {peer_host}:{peer_port}: {exc.strerror or exc}") from None
+        if self.session_port is not None and session_port is not None:
+            try:
+                await self.session_port.start(peer_host, session_port)
+            except OSError as exc:
+                raise RuntimeError(
+                    f"cannot listen on {peer_host}:{session_port}: {exc.strerror or exc}"
+                ) from None
         await self.client.start()
 
     async def set_serving(self, serving: bool) -> None:
@@ -381,4 +491,7 @@ class Servers:
         await self.health.set(CLIENT_SERVICE, status)
 
     async def stop(self, grace: float) -> None:
-        await asyncio.gather(self.client.stop(grace), self.peer_listener.close())
+        closing = [self.client.stop(grace), self.peer_listener.close()]
+        if self.session_port is not None:
+            closing.append(self.session_port.close())
+        await asyncio.gather(*closing)

@@ -502,18 +502,20 @@ class HonestLoad:
                         await c.request(e2e.ack_op(name, 1 << 62), timeout=10)
 
 
-def _honest_process(config: str, insecure: bool, clients: int, conn: Connection) -> None:
+def _honest_process(
+    config: str, insecure: bool, clients: int, conn: Connection, transport: str = "auto"
+) -> None:
     """The honest load's own process: starts ``clients`` users, sends "ready", then answers every
     "count" with the number of committed sends so far, until "stop"."""
     from bft.clusterconf import load_config
     from client.session import ClusterSession
 
     cfg = load_config(config)
-    ca = None if insecure or cfg.tls_ca is None else Path(cfg.tls_ca).read_bytes()
-    info, endpoints = cfg.info(), [r.endpoint for r in cfg.replicas]
 
     async def run() -> None:
-        load = HonestLoad(lambda s: ClusterSession(info, endpoints, s, ca_pem=ca), clients)
+        load = HonestLoad(
+            lambda s: ClusterSession.from_config(cfg, s, insecure=insecure, transport=transport), clients
+        )
         await load.start()
         conn.send("ready")
         loop = asyncio.get_running_loop()
@@ -532,11 +534,14 @@ def _honest_process(config: str, insecure: bool, clients: int, conn: Connection)
 class HonestProcess:
     """The parent's handle on the honest load's process."""
 
-    def __init__(self, config: str, insecure: bool, clients: int) -> None:
+    def __init__(self, config: str, insecure: bool, clients: int, transport: str = "auto") -> None:
         ctx = multiprocessing.get_context("spawn")
         self._conn, child = ctx.Pipe()
         self._proc = ctx.Process(
-            target=_honest_process, args=(config, insecure, clients, child), name="honest-load", daemon=True
+            target=_honest_process,
+            args=(config, insecure, clients, child, transport),
+            name="honest-load",
+            daemon=True,
         )
 
     async def start(self) -> None:
@@ -590,18 +595,23 @@ def _fmt_kib(kib: int | None) -> str:
 
 async def run_attack(args: argparse.Namespace) -> int:
     from bft.clusterconf import load_config
-    from client.session import ClusterSession
+    from client.session import ClusterSession, session_endpoints
 
     config = load_config(args.config)
     ca = None if args.insecure or config.tls_ca is None else Path(config.tls_ca).read_bytes()
     cluster = config.info()
     endpoints = [r.endpoint for r in config.replicas]
 
+    framed = session_endpoints(config, args.flood_transport or args.transport)
+
     def new_client(s: Signer) -> ClusterSession:
-        return ClusterSession(cluster, endpoints, s, ca_pem=ca)
+        return ClusterSession(cluster, endpoints, s, ca_pem=ca, session_endpoints=framed)
 
     def new_client_at(s: Signer, at: list[str]) -> ClusterSession:
-        return ClusterSession(cluster, at, s, ca_pem=ca)
+        """Through relays: to the session ports when the floods use them, else the gRPC ports."""
+        if framed is None or None in framed:
+            return ClusterSession(cluster, at, s, ca_pem=ca)
+        return ClusterSession(cluster, endpoints, s, ca_pem=ca, session_endpoints=at)
 
     me = config.replicas[args.target]
     on_loopback = all(_check_hosts([r.host], False) is None for r in config.replicas)
@@ -612,7 +622,10 @@ async def run_attack(args: argparse.Namespace) -> int:
         ca,
         SOURCES if on_loopback else (),
         new_client,
-        tuple((str(r.host), r.port) for r in config.replicas),
+        tuple(
+            (str(r.host), r.session_port if framed is not None and r.session_port is not None else r.port)
+            for r in config.replicas
+        ),
         new_client_at,
         args.rate,
     )
@@ -622,7 +635,7 @@ async def run_attack(args: argparse.Namespace) -> int:
         "note: the attacker, the honest clients and the replicas share this machine's CPUs; the "
         "honest clients' slow-down includes the attacker's own CPU use."
     )
-    honest = HonestProcess(str(config.path), args.insecure, args.honest_clients)
+    honest = HonestProcess(str(config.path), args.insecure, args.honest_clients, args.transport)
     await honest.start()
     code = 0
     try:
@@ -693,6 +706,19 @@ def build_parser() -> argparse.ArgumentParser:
         "go (default %(default)s)",
     )
     ap.add_argument("--insecure", action="store_true", help="plaintext (replicas run with --insecure)")
+    ap.add_argument(
+        "--transport",
+        choices=("auto", "grpc"),
+        default="auto",
+        help="client sessions of the honest load and of the reads, inbox and list floods: auto = the "
+        "replicas' session ports where the config has them, grpc = the gRPC port (default %(default)s)",
+    )
+    ap.add_argument(
+        "--flood-transport",
+        choices=("auto", "grpc"),
+        default=None,
+        help="the floods' sessions only, if they should differ from --transport (default: the same)",
+    )
     ap.add_argument(
         "--i-own-these-hosts", action="store_true", help="allow replica addresses outside loopback"
     )

@@ -14,12 +14,13 @@ What runs where:
 * **Clients.** C closed-loop clients, each its own chat account and Ed25519 key, each sending
   S-byte messages (NaCl-boxed, as the CLI does) to the next account, one request outstanding at a
   time. They run as asyncio sessions in P separate client processes (default 1, 2 from 8 clients
-  on); the sessions of one process share one gRPC channel per replica and a signature cache (the
-  f+1 replies of one batch carry the same signed root). Latency is from the request's signing to
-  f+1 matching verified replies (``client.session``).
+  on), each with its own connection to every replica's session port (``--transport grpc``: the
+  sessions of one process share one gRPC channel per replica instead), and with one signature
+  cache per process (the f+1 replies of one batch carry the same signed root). Latency is from
+  the request's signing to f+1 matching verified replies (``client.session``).
 * **Window.** After registration and a warm-up, T seconds are measured: completed sends, their
   latencies, and the CPU (user + system, from /proc) of every replica and client process.
-* **Baseline.** The same chat app, gRPC stack, TLS, request signing and verification, signed
+* **Baseline.** The same chat app, client transport, TLS, request signing and verification, signed
   Merkle-rooted replies and a log fsynced per burst, in ONE server process: no replication.
 * **Crypto floor.** Ed25519 sign and verify timed here; one committed send needs at least one
   client signature and n verifications of it, so ``cores / (sign + n * verify)`` sends/s is an
@@ -319,6 +320,9 @@ async def baseline_server_main(spec: dict[str, Any]) -> int:
     else:
         server.add_insecure_port(address)
     await server.start()
+    framed = None
+    if spec.get("session_port"):
+        framed = await _baseline_session_port(server_obj, spec["session_port"], tls)
     print(
         json.dumps(
             {
@@ -330,8 +334,42 @@ async def baseline_server_main(spec: dict[str, Any]) -> int:
         flush=True,
     )
     await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
+    if framed is not None:
+        framed.close()
     await server.stop(0.5)
     return 0
+
+
+async def _baseline_session_port(server_obj: BaselineServer, port: int, tls: Any) -> asyncio.Server:
+    """The baseline's framed session port: the replicas' wire format (``bft.runtime.session_port``)
+    in front of the same ``BaselineServer.session``, so the baseline gets the cluster's transport."""
+    from bft.framing import encode_frames, read_frame, tune_socket
+    from bft.runtime.server import MAX_CLIENT_FRAME
+    from bft.runtime.session_port import session_server_context
+
+    class Stream:
+        def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            self.reader, self.writer = reader, writer
+            self.out: list[bytes] = []
+
+        async def frames(self) -> Any:
+            while (raw := await read_frame(self.reader, MAX_CLIENT_FRAME)) is not None:
+                yield raw
+
+        async def write(self, frame: bytes) -> None:
+            self.writer.write(encode_frames([frame]))
+            if self.writer.transport.get_write_buffer_size() > 1 << 16:
+                await self.writer.drain()
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        tune_socket(writer)
+        stream = Stream(reader, writer)
+        with contextlib.suppress(Exception):
+            await server_obj.session(stream.frames(), stream)
+        writer.close()
+
+    ctx = session_server_context(tls["cert"], tls["key"]) if tls else None
+    return await asyncio.start_server(handle, "127.0.0.1", port, ssl=ctx)
 
 
 class BaselineClient:
@@ -346,9 +384,13 @@ class BaselineClient:
         signer: Any,
         verifier: Any,
         channel: Any,
+        session_endpoint: str | None = None,
     ) -> None:
         from bft.core.config import ClusterInfo
 
+        self.session_endpoint = session_endpoint  # framed session port instead of gRPC, if set
+        self.ca_pem = ca_pem
+        self.writer: asyncio.StreamWriter | None = None
         self.cluster = ClusterInfo((server_key,), cluster_id)
         self.signer = signer
         self.verifier = verifier
@@ -360,23 +402,40 @@ class BaselineClient:
         self.reader: asyncio.Task[None] | None = None
 
     async def connect(self) -> None:
-        from client.session import SESSION_METHOD
+        from client.session import SESSION_METHOD, session_tls, split_endpoint
 
+        if self.session_endpoint is not None:
+            from bft.framing import read_frame, tune_socket
+
+            host, port = split_endpoint(self.session_endpoint)
+            ctx = session_tls(self.ca_pem) if self.ca_pem is not None else None
+            reader, self.writer = await asyncio.open_connection(
+                host, port, ssl=ctx, server_hostname=host if ctx else None
+            )
+            tune_socket(self.writer)
+
+            async def frames() -> Any:
+                while (raw := await read_frame(reader, 64 << 20)) is not None:
+                    yield raw
+
+            self.reader = asyncio.get_running_loop().create_task(self._read(frames()))
+            return
         self.call = self.channel.stream_stream(SESSION_METHOD)()
-        self.reader = asyncio.get_running_loop().create_task(self._read())
+        self.reader = asyncio.get_running_loop().create_task(self._read(self._grpc_frames()))
 
-    async def _read(self) -> None:
+    async def _grpc_frames(self) -> Any:
         import grpc.aio
 
+        while (raw := await self.call.read()) is not grpc.aio.EOF:
+            yield raw
+
+    async def _read(self, frames: Any) -> None:
         from bft.pb.bftchat.v1 import protocol_pb2 as pb
         from bft.pb.bftchat.v1 import service_pb2 as spb
         from bft.replies import check_reply
         from bft.wire import parse
 
-        while True:
-            raw = await self.call.read()
-            if raw is grpc.aio.EOF:
-                return
+        async for raw in frames:
             frame = parse(spb.ServerFrame, raw)
             if frame.WhichOneof("kind") != "reply":
                 continue
@@ -398,7 +457,14 @@ class BaselineClient:
         raw = make_request(self.signer, self.cluster.cluster_id, self.session, ts, op)
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self.pending[ts] = fut
-        await self.call.write(spb.ClientFrame(request=raw).SerializeToString())
+        frame = spb.ClientFrame(request=raw).SerializeToString()
+        if self.writer is not None:
+            from bft.framing import encode_frame
+
+            self.writer.write(encode_frame(frame))
+            await self.writer.drain()
+        else:
+            await self.call.write(frame)
         return await asyncio.wait_for(fut, timeout)
 
     async def close(self) -> None:
@@ -406,6 +472,8 @@ class BaselineClient:
             self.reader.cancel()
         if self.call is not None:
             self.call.cancel()
+        if self.writer is not None:
+            self.writer.transport.abort()
 
 
 # ---------------------------------------------------------------- client worker processes
@@ -431,12 +499,15 @@ async def worker_main(spec: dict[str, Any]) -> int:
     if spec["mode"] == "bft":
         config = load_config(spec["config"])
         ca = None if spec["insecure"] or config.tls_ca is None else Path(config.tls_ca).read_bytes()
-        channels = [channel(r.endpoint, ca) for r in config.replicas]
+        transport = spec.get("transport", "auto")
+        if transport == "grpc" or not any(r.session_port for r in config.replicas):
+            channels = [channel(r.endpoint, ca) for r in config.replicas]
         for i in sorted(set(mine) | set(register)):
-            c = ClusterSession.from_config(config, signers[i], insecure=spec["insecure"])
-            for conn, ch in zip(c.conns, channels, strict=True):
-                await conn.channel.close(grace=None)
-                conn.channel = ch
+            c = ClusterSession.from_config(config, signers[i], insecure=spec["insecure"], transport=transport)
+            for conn, ch in zip(c.conns, channels, strict=False):
+                if conn.channel is not None:
+                    await conn.channel.close(grace=None)
+                    conn.channel = ch
             c.verifier = verifier
             await c.connect()
             clients[i] = c
@@ -454,6 +525,7 @@ async def worker_main(spec: dict[str, Any]) -> int:
                 signers[i],
                 verifier,
                 ch,
+                spec.get("session_endpoint"),
             )
             await b.connect()
             clients[i] = b
@@ -964,7 +1036,12 @@ def default_processes(clients: int) -> int:
 
 @contextlib.contextmanager
 def bench_cluster(
-    n: int, work: Path, insecure: bool, out: IO[str], preload: tuple[int, int] = (0, 0)
+    n: int,
+    work: Path,
+    insecure: bool,
+    out: IO[str],
+    preload: tuple[int, int] = (0, 0),
+    transport: str = "auto",
 ) -> Iterator[tuple[Any, list[int], list[int]]]:
     """A fresh local cluster (as bftchat-cluster makes it) with metrics ports; (config, pids, ports).
     ``preload`` = (accounts, messages) installs that state first (``bft.tools.preload``)."""
@@ -978,8 +1055,10 @@ def bench_cluster(
         base_port=free_base(n, taken),
         peer_base_port=free_base(n, taken),
         metrics_base_port=free_base(n, taken),
+        session_base_port=free_base(n, taken),
     )
-    cluster = LocalCluster(directory, config, insecure=insecure, log_level="WARNING")
+    extra = ("--grpc-sessions",) if transport == "grpc" else ()
+    cluster = LocalCluster(directory, config, insecure=insecure, log_level="WARNING", extra_args=extra)
     cluster.init_genesis()
     ready_timeout = READY_TIMEOUT
     if any(preload):
@@ -1042,8 +1121,11 @@ def install_preload(cluster: Any, accounts: int, messages: int, out: IO[str]) ->
 
 
 @contextlib.contextmanager
-def baseline_server(work: Path, insecure: bool) -> Iterator[tuple[subprocess.Popen[str], dict[str, Any]]]:
-    """The baseline server process; yields it and the client-side spec fields to reach it."""
+def baseline_server(
+    work: Path, insecure: bool, transport: str = "auto"
+) -> Iterator[tuple[subprocess.Popen[str], dict[str, Any]]]:
+    """The baseline server process; yields it and the client-side spec fields to reach it. With
+    ``transport`` auto its clients use a framed session port, as the cluster's do."""
     from bft.runtime.tls import make_ca, make_replica_cert, write_cert_and_key
 
     directory = work / "baseline"
@@ -1061,7 +1143,13 @@ def baseline_server(work: Path, insecure: bool) -> Iterator[tuple[subprocess.Pop
             "cert": str(directory / "tls" / "server.pem"),
             "key": str(directory / "tls" / "server.key"),
         }
-    spec = {"port": port, "data_dir": str(directory / f"data-{time.time_ns()}"), "tls": tls}
+    session_port = free_base(1, {port}) if transport != "grpc" else None
+    spec = {
+        "port": port,
+        "data_dir": str(directory / f"data-{time.time_ns()}"),
+        "tls": tls,
+        "session_port": session_port,
+    }
     import bft
 
     env = dict(os.environ)
@@ -1089,6 +1177,7 @@ def baseline_server(work: Path, insecure: bool) -> Iterator[tuple[subprocess.Pop
             "server_key": hello["key"],
             "cluster_id": hello["cluster_id"],
             "ca": tls["ca"] if tls else None,
+            "session_endpoint": f"127.0.0.1:{session_port}" if session_port else None,
         }
         yield proc, client_side
     finally:
@@ -1307,6 +1396,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", help="use this running cluster instead of starting one")
     p.add_argument("--insecure", action="store_true", help="plaintext gRPC (the cluster must run --insecure)")
     p.add_argument("--no-baseline", action="store_true", help="skip the unreplicated baseline")
+    p.add_argument(
+        "--transport",
+        choices=("auto", "grpc"),
+        default="auto",
+        help="client sessions: auto = the replicas' session ports where the config has them (and a "
+        "session port for the baseline), grpc = the gRPC Session stream for all, with the replicas "
+        "started --grpc-sessions (default %(default)s)",
+    )
     p.add_argument("--json", action="store_true", help="one JSON object per measured point on stdout")
     p.add_argument("--markdown", action="store_true", help="finish with a Markdown table of every point")
     p.add_argument(
@@ -1404,7 +1501,7 @@ def run(args: argparse.Namespace) -> int:
     profile = Path(args.profile) if args.profile else None
     try:
         if not args.no_baseline:
-            with baseline_server(work, args.insecure) as (server, reach):
+            with baseline_server(work, args.insecure, args.transport) as (server, reach):
                 for c in args.clients:
                     procs = args.processes or default_processes(c)
                     point = Point("baseline", 1, c, procs, args.seconds, args.size)
@@ -1426,14 +1523,14 @@ def run(args: argparse.Namespace) -> int:
                         file=out,
                     )
             else:
-                ctx = bench_cluster(n, where, args.insecure, out, preload)
+                ctx = bench_cluster(n, where, args.insecure, out, preload, args.transport)
             fresh = args.failover is not None
             for c, (cfg, pids, ports) in _clusters(ctx, args.clients, fresh, n, where, preload, args, out):
                 procs = args.processes or default_processes(c)
                 point = Point("bft", n, c, procs, args.seconds, args.size)
                 point.preload_accounts, point.preload_messages = preload
                 tag = os.urandom(4).hex()
-                extra = {"config": str(cfg.path), "insecure": args.insecure}
+                extra = {"config": str(cfg.path), "insecure": args.insecure, "transport": args.transport}
                 state = f", preloaded {preload[0]} accounts and {preload[1]} messages" if any(preload) else ""
                 print(f"  n={n}, {c} clients{state} ...", file=out, flush=True)
                 fault = None
@@ -1500,7 +1597,7 @@ def _clusters(
                 yield c, cluster
         return
     for k, c in enumerate(clients):
-        with bench_cluster(n, work / f"point-{k}", args.insecure, out, preload) as cluster:
+        with bench_cluster(n, work / f"point-{k}", args.insecure, out, preload, args.transport) as cluster:
             yield c, cluster
 
 

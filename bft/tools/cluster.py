@@ -1,6 +1,7 @@
 """``bftchat-cluster``: a whole local cluster in one command (keys, replicas, live status, clean stop).
 
     bftchat-cluster [--dir keys/cluster] [--replicas 7] [--insecure] [--allow-fault-injection]
+                    [--grpc-sessions]
                     [--base-port 7100] [--peer-base-port P]
     bftchat-cluster [--dir keys/cluster] --restart I
 
@@ -74,6 +75,7 @@ def ensure_cluster(
     metrics_base_port: int | None = None,
     params: Any = None,
     out: IO[str] | None = None,
+    session_base_port: int | None = None,
 ) -> Any:
     """The cluster config in ``directory``, created (keys, TLS, config) if there is none yet.
 
@@ -108,6 +110,7 @@ def ensure_cluster(
             peer_base_port=peer_base_port,
             metrics_base_port=metrics_base_port,
             params=params,
+            session_base_port=session_base_port,
         )
         keygen.write_cluster(cfg, signers, admin, force=False)
     except keygen.UsageError as exc:
@@ -205,7 +208,7 @@ class LocalCluster:
 
     def check_ports(self) -> None:
         for r in self.config.replicas:
-            ports = [r.port, r.peer_link_port] + ([r.metrics_port] if r.metrics_port else [])
+            ports = [r.port, r.peer_link_port] + [p for p in (r.session_port, r.metrics_port) if p]
             for port in ports:
                 problem = port_problem(r.host, port)
                 if problem:
@@ -817,6 +820,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="let the admin key inject faults into the replicas (bftchat-fault); off by default",
     )
     p.add_argument(
+        "--grpc-sessions",
+        action="store_true",
+        help="replicas also serve client sessions over gRPC, not only on their session ports "
+        "(bftchat-replica --grpc-sessions); off by default",
+    )
+    p.add_argument(
         "--base-port",
         type=port_number,
         default=DEFAULT_BASE_PORT,
@@ -833,6 +842,12 @@ def build_parser() -> argparse.ArgumentParser:
         type=port_number,
         default=None,
         help="new cluster: Prometheus /metrics of replica i on base + i (default base-port + 2000)",
+    )
+    p.add_argument(
+        "--session-base-port",
+        type=port_number,
+        default=None,
+        help="new cluster: framed client sessions of replica i on base + i (default base-port + 3000)",
     )
     p.add_argument(
         "--no-metrics",
@@ -892,10 +907,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             peer_base_port=args.peer_base_port,
             metrics_base_port=metrics_base_port(args),
             out=out,
+            session_base_port=args.session_base_port,
         )
         if not args.insecure and config.tls_ca is None:
             raise UsageError(f"{config.path} has no tls_ca; run with --insecure")
-        extra: list[str] = []
+        extra: list[str] = ["--grpc-sessions"] if args.grpc_sessions else []
         if args.allow_fault_injection:
             if replica_supports(FAULT_FLAG):
                 extra.append(FAULT_FLAG)

@@ -31,7 +31,7 @@ from bft.tools import faultctl
 from bft.tools.cluster import LocalCluster, ensure_cluster
 from bft.version import add_version_argument
 from client import e2e
-from client.session import ClusterSession, status
+from client.session import ClusterSession, session_endpoints, status
 
 T = TypeVar("T")
 FAULTS = "--allow-fault-injection"
@@ -72,7 +72,11 @@ class User:
 
     def client(self) -> ClusterSession:
         return ClusterSession(
-            self.cluster.config.info(), self.cluster.endpoints(), self.signer, ca_pem=self.cluster.ca_pem
+            self.cluster.config.info(),
+            self.cluster.endpoints(),
+            self.signer,
+            ca_pem=self.cluster.ca_pem,
+            session_endpoints=session_endpoints(self.cluster.config),
         )
 
     async def op(self, op: bytes, read_only: bool = False) -> Any:

@@ -5,7 +5,8 @@
                            [--peer-base-port P] [--metrics-base-port P] [--name NAME] [--force]
 
 Placement with ``--hosts``: replica ``i`` runs on ``hosts[i % len(hosts)]``, serves clients on
-``base_port + i``, peer links on ``peer_base_port + i`` (default ``base_port + 1000 + i``) and,
+``base_port + i``, peer links on ``peer_base_port + i`` (default ``base_port + 1000 + i``), framed
+client sessions on ``session_base_port + i`` (default ``base_port + 3000 + i``) and,
 if asked, metrics on ``metrics_base_port + i``. Ports are unique cluster-wide, so the same scheme
 works when several replicas share a machine, and a replica's port names it.
 
@@ -25,6 +26,7 @@ from pathlib import Path
 from bft.app.names import normalize_name
 from bft.clusterconf import (
     DEFAULT_PEER_PORT_OFFSET,
+    SESSION_PORT_OFFSET,
     ClusterConfig,
     ConfigError,
     ReplicaAddress,
@@ -103,6 +105,7 @@ def plan_cluster(
     metrics_base_port: int | None,
     peer_base_port: int | None = None,
     params: Params | None = None,
+    session_base_port: int | None = None,
 ) -> tuple[ClusterConfig, list[Ed25519Signer], Ed25519Signer]:
     """The config and fresh signing keys of a new cluster (nothing written yet; validated)."""
     if replicas < 4 or (replicas - 1) % 3:
@@ -115,9 +118,12 @@ def plan_cluster(
             raise UsageError(f"--hosts: {problem}")
     if peer_base_port is None:
         peer_base_port = base_port + DEFAULT_PEER_PORT_OFFSET
+    if session_base_port is None:
+        session_base_port = base_port + SESSION_PORT_OFFSET
     bases = (
         ("--base-port", base_port),
         ("--peer-base-port", peer_base_port),
+        ("--session-base-port", session_base_port),
         ("--metrics-base-port", metrics_base_port),
     )
     for label, base in bases:
@@ -135,6 +141,7 @@ def plan_cluster(
             public_key=signers[i].public_key,
             metrics_port=None if metrics_base_port is None else metrics_base_port + i,
             peer_port=peer_base_port + i,
+            session_port=session_base_port + i,
         )
         for i in range(replicas)
     )
@@ -222,6 +229,7 @@ def cmd_cluster(args: argparse.Namespace) -> int:
         base_port=args.base_port,
         metrics_base_port=args.metrics_base_port,
         peer_base_port=args.peer_base_port,
+        session_base_port=args.session_base_port,
     )
     removed = write_cluster(cfg, signers, admin, force=args.force)
     _report_cluster(directory, cfg, removed)
@@ -245,7 +253,8 @@ def _report_cluster(directory: Path, cfg: ClusterConfig, removed: list[Path]) ->
     print("replicas:")
     for r in cfg.replicas:
         metrics = f", metrics :{r.metrics_port}" if r.metrics_port is not None else ""
-        print(f"  {r.id}  {r.endpoint}  (peers :{r.peer_link_port}{metrics})")
+        sessions = f", sessions :{r.session_port}" if r.session_port is not None else ""
+        print(f"  {r.id}  {r.endpoint}  (peers :{r.peer_link_port}{sessions}{metrics})")
     hosts = sorted(
         {r.host for r in cfg.replicas}, key=lambda h: min(r.id for r in cfg.replicas if r.host == h)
     )
@@ -320,6 +329,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--peer-base-port",
         type=port_number,
         help="replica i serves peer links on base + i (default base-port + 1000)",
+    )
+    cluster.add_argument(
+        "--session-base-port",
+        type=port_number,
+        help="replica i serves framed client sessions on base + i (default base-port + 3000)",
     )
     cluster.add_argument(
         "--metrics-base-port", type=port_number, help="replica i serves metrics on base + i (default none)"

@@ -80,7 +80,7 @@ class AuthProof(_message.Message):
     def __init__(self, public_key: _Optional[bytes] = ..., signature: _Optional[bytes] = ...) -> None: ...
 
 class ServerFrame(_message.Message):
-    __slots__ = ("reply", "push", "error", "nonce", "subscribed", "auth_error", "claimed", "claim_error")
+    __slots__ = ("reply", "push", "error", "nonce", "subscribed", "auth_error", "claimed", "claim_error", "refused")
     REPLY_FIELD_NUMBER: _ClassVar[int]
     PUSH_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
@@ -89,6 +89,7 @@ class ServerFrame(_message.Message):
     AUTH_ERROR_FIELD_NUMBER: _ClassVar[int]
     CLAIMED_FIELD_NUMBER: _ClassVar[int]
     CLAIM_ERROR_FIELD_NUMBER: _ClassVar[int]
+    REFUSED_FIELD_NUMBER: _ClassVar[int]
     reply: bytes
     push: _protocol_pb2.Envelope
     error: RequestError
@@ -97,7 +98,8 @@ class ServerFrame(_message.Message):
     auth_error: str
     claimed: SessionClaimed
     claim_error: str
-    def __init__(self, reply: _Optional[bytes] = ..., push: _Optional[_Union[_protocol_pb2.Envelope, _Mapping]] = ..., error: _Optional[_Union[RequestError, _Mapping]] = ..., nonce: _Optional[bytes] = ..., subscribed: _Optional[bytes] = ..., auth_error: _Optional[str] = ..., claimed: _Optional[_Union[SessionClaimed, _Mapping]] = ..., claim_error: _Optional[str] = ...) -> None: ...
+    refused: str
+    def __init__(self, reply: _Optional[bytes] = ..., push: _Optional[_Union[_protocol_pb2.Envelope, _Mapping]] = ..., error: _Optional[_Union[RequestError, _Mapping]] = ..., nonce: _Optional[bytes] = ..., subscribed: _Optional[bytes] = ..., auth_error: _Optional[str] = ..., claimed: _Optional[_Union[SessionClaimed, _Mapping]] = ..., claim_error: _Optional[str] = ..., refused: _Optional[str] = ...) -> None: ...
 
 class RequestError(_message.Message):
     __slots__ = ("request_digest", "message", "min_timestamp")

@@ -33,6 +33,13 @@ class ClientServiceStub:
     replies of its client session on this stream (a SessionClaim signing the nonce), sends signed
     requests (replies come back on the claimed stream and on the stream the request arrived on) and,
     to receive live pushes for an account key, proves that key by signing the nonce (AuthProof).
+
+    The same session is also served, at lower cost per frame, on a replica's *session port*
+    (`session_port` in the cluster config; docs/PROTOCOL.md, "Client transport"): TLS 1.3 with the
+    cluster CA and ALPN protocol "bftchat-session/1" (plaintext only with --insecure), then one
+    session per connection, each frame `u32 big-endian length || message`: ClientFrame from the
+    client, ServerFrame from the replica, exactly as on the Session stream below (a frame holds at
+    most 132 KiB from the client). The replica ends a session it cannot take with `refused`.
     """
 
     def __init__(self, channel):
@@ -61,6 +68,13 @@ class ClientServiceServicer:
     replies of its client session on this stream (a SessionClaim signing the nonce), sends signed
     requests (replies come back on the claimed stream and on the stream the request arrived on) and,
     to receive live pushes for an account key, proves that key by signing the nonce (AuthProof).
+
+    The same session is also served, at lower cost per frame, on a replica's *session port*
+    (`session_port` in the cluster config; docs/PROTOCOL.md, "Client transport"): TLS 1.3 with the
+    cluster CA and ALPN protocol "bftchat-session/1" (plaintext only with --insecure), then one
+    session per connection, each frame `u32 big-endian length || message`: ClientFrame from the
+    client, ServerFrame from the replica, exactly as on the Session stream below (a frame holds at
+    most 132 KiB from the client). The replica ends a session it cannot take with `refused`.
     """
 
     def Session(self, request_iterator, context):
@@ -105,6 +119,13 @@ class ClientService:
     replies of its client session on this stream (a SessionClaim signing the nonce), sends signed
     requests (replies come back on the claimed stream and on the stream the request arrived on) and,
     to receive live pushes for an account key, proves that key by signing the nonce (AuthProof).
+
+    The same session is also served, at lower cost per frame, on a replica's *session port*
+    (`session_port` in the cluster config; docs/PROTOCOL.md, "Client transport"): TLS 1.3 with the
+    cluster CA and ALPN protocol "bftchat-session/1" (plaintext only with --insecure), then one
+    session per connection, each frame `u32 big-endian length || message`: ClientFrame from the
+    client, ServerFrame from the replica, exactly as on the Session stream below (a frame holds at
+    most 132 KiB from the client). The replica ends a session it cannot take with `refused`.
     """
 
     @staticmethod
