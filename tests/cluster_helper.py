@@ -211,6 +211,12 @@ class Cluster:
             self.command(i, *extra), capture_output=True, text=True, cwd=REPO, timeout=timeout, check=False
         )
 
+    def assert_logs_clean(self) -> None:
+        """No replica logged a traceback or a core error (module fixtures check this at the end)."""
+        for i in range(self.n):
+            text = self.log_file(i).read_text(errors="replace")
+            assert "Traceback" not in text and "core_error" not in text, self.tail(i, 40)
+
     def alive(self, i: int) -> bool:
         p = self.procs.get(i)
         return p is not None and p.popen.poll() is None

@@ -40,9 +40,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
         c.wait_healthy()
         c.wait_agree(timeout=30)
         yield c
-        for i in range(c.n):
-            text = c.log_file(i).read_text(errors="replace")
-            assert "Traceback" not in text and "core_error" not in text, c.tail(i, 40)
+        c.assert_logs_clean()
 
 
 @dataclass
