@@ -413,7 +413,6 @@ class _Conn:
         while True:
             try:
                 await self._session()
-                backoff = 0.05
             except asyncio.CancelledError:
                 raise
             except (grpc.aio.AioRpcError, grpc.aio.UsageError, asyncio.InvalidStateError, WireError) as exc:
@@ -426,6 +425,8 @@ class _Conn:
                 else:
                     self.last_error = f"the replica refused the session: {self.refused}"
                     self.refused = None
+            if self.up:  # the session came up: reconnect soon; one that never did (refused,
+                backoff = 0.05  # unreachable) backs off, so a full replica is not hammered
             self.up = self.subscribed = self.claimed = False
             self.claim_refused = None
             self.out.clear()

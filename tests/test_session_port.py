@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import socket
 import ssl
 import time
@@ -22,12 +23,12 @@ from bft.framing import SESSION_ALPN, encode_frame, read_frame
 from bft.pb.bftchat.v1 import service_pb2 as spb
 from bft.runtime.metrics import Metrics
 from bft.runtime.server import (
-    HALF_CLOSE_LINGER,
     MAX_CLIENT_FRAME,
     SESSION_QUEUE_BYTES,
     ClientSession,
     QueueBudget,
 )
+from bft.tools import attack
 from client import e2e
 from client.session import session_tls
 
@@ -166,14 +167,21 @@ def test_bare_connections_past_the_cap_are_closed_at_accept(cluster: Cluster) ->
 
 
 def test_sessions_per_address_are_counted_across_both_ports(cluster: Cluster) -> None:
-    """One address holds at most --max-sessions-per-address sessions, gRPC and framed together;
-    the next framed one gets ``refused`` with the reason, another address still gets in."""
+    """One address holds at most --max-sessions-per-address sessions, gRPC and framed together
+    (3 over gRPC + 3 framed here): the next framed one gets ``refused`` with the reason, another
+    address still gets in, and the slots come back when the sessions end."""
     c = cluster
 
     async def scenario() -> None:
+        relay = await attack.Relay("127.0.0.6", "127.0.0.1", c.config.replicas[TARGET].port).start()
+        ch = attack._channel(relay.endpoint, c.ca_pem)
+        calls = [ch.stream_stream(attack.SESSION_METHOD)() for _ in range(PER_ADDRESS // 2)]
         held = []
         try:
-            for _ in range(PER_ADDRESS):
+            for call in calls:  # each gRPC session is up once its nonce arrived
+                first = spb.ServerFrame.FromString(await asyncio.wait_for(call.read(), 10))
+                assert first.WhichOneof("kind") == "nonce"
+            for _ in range(PER_ADDRESS - len(calls)):
                 _, w, first = await open_session(c, "127.0.0.6")
                 assert first.WhichOneof("kind") == "nonce"
                 held.append(w)
@@ -188,9 +196,11 @@ def test_sessions_per_address_are_counted_across_both_ports(cluster: Cluster) ->
         finally:
             for w in held:
                 w.close()
-        # The slots come back once the replica sees the sessions end: at once for a broken
-        # connection, after HALF_CLOSE_LINGER for a clean end of stream (answers may be owed).
-        deadline = time.monotonic() + HALF_CLOSE_LINGER + 5
+            for call in calls:
+                call.cancel()
+            await ch.close(grace=None)
+            await relay.close()
+        deadline = time.monotonic() + 10
         while True:
             _, w, first = await open_session(c, "127.0.0.6")
             w.close()
@@ -200,6 +210,100 @@ def test_sessions_per_address_are_counted_across_both_ports(cluster: Cluster) ->
         assert first.WhichOneof("kind") == "nonce"
 
     run(scenario(), 60)
+
+
+def test_one_address_gets_a_quarter_of_the_port_counted_from_accept(cluster: Cluster) -> None:
+    """Bare connections from one address past its share of the port (a quarter of it, at most
+    --max-sessions-per-address: 5 here) are closed at accept; another address still connects."""
+    c = cluster
+    share = min(PER_ADDRESS, CONNECTIONS // 2 // 4)
+    socks = []
+    refused = 0
+    for _ in range(share + 3):
+        try:
+            socks.append(
+                socket.create_connection(("127.0.0.1", port(c)), timeout=5, source_address=("127.0.0.5", 0))
+            )
+        except ConnectionResetError:  # refused at accept before connect() returned
+            refused += 1
+    try:
+        time.sleep(0.5)
+        for s in socks:
+            s.settimeout(0.05)
+            try:
+                refused += s.recv(1) == b""
+            except ConnectionResetError:
+                refused += 1
+            except TimeoutError:
+                pass
+        assert refused == 3, refused
+    finally:
+        for s in socks:
+            s.close()
+    assert run(commit_one(c, "othersource"), 60)  # 127.0.0.1 was never refused
+
+
+def test_a_refused_tls_client_that_never_says_goodbye_holds_no_descriptor(cluster: Cluster) -> None:
+    """A client that completes the handshake, is refused (no protocol id here) and then neither
+    reads nor closes: the replica aborts the connection after CLOSE_SECONDS instead of waiting
+    for the client's TLS goodbye (30 s), so its descriptor goes with its slot."""
+    c = cluster
+    pid = c.procs[TARGET].popen.pid
+
+    def fds() -> int:
+        return len(os.listdir(f"/proc/{pid}/fd"))
+
+    async def scenario() -> int:
+        assert c.ca_pem is not None
+        ctx = session_tls(c.ca_pem)
+        ctx.set_alpn_protocols(["h2"])
+        before = fds()
+        held = []
+        for i in range(12):  # from 12 addresses: each address's share of the port is 5 here
+            _, w = await asyncio.open_connection(
+                "127.0.0.1", port(c), ssl=ctx, server_hostname="127.0.0.1", local_addr=(f"127.0.1.{i}", 0)
+            )
+            w.transport.pause_reading()  # never reads (so never answers the TLS goodbye) ...
+            held.append(w)  # ... and never closes until the end
+        await asyncio.sleep(2.0)
+        extra = fds() - before
+        for w in held:
+            w.transport.abort()
+        return extra
+
+    assert run(scenario(), 30) <= 3  # type: ignore[operator]
+
+
+def test_a_refused_client_backs_off_instead_of_reconnecting_at_once() -> None:
+    """A session port that refuses every session: the client's reconnections back off (0.05 s
+    doubling to 1 s), they do not come ~25 times a second."""
+    from bft.core.config import ClusterInfo
+    from bft.crypto import Ed25519Signer
+    from client.session import ClusterSession
+
+    async def scenario() -> int:
+        accepted = 0
+
+        async def refuse(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            nonlocal accepted
+            accepted += 1
+            writer.write(encode_frame(spb.ServerFrame(refused="full").SerializeToString()))
+            await writer.drain()
+            writer.close()
+
+        server = await asyncio.start_server(refuse, "127.0.0.1", 0)
+        where = f"127.0.0.1:{server.sockets[0].getsockname()[1]}"
+        info = ClusterInfo(tuple(Ed25519Signer.generate().public_key for _ in range(4)), bytes(16))
+        session = ClusterSession(info, [where] * 4, Ed25519Signer.generate(), session_endpoints=[where] * 4)
+        await session.connect()
+        await asyncio.sleep(3.0)
+        assert "refused the session: full" in session.conns[0].last_error
+        await session.close()
+        server.close()
+        return accepted
+
+    accepted = run(scenario(), 30)
+    assert accepted <= 4 * 10, accepted  # four streams; without the back-off ~70 each
 
 
 def test_a_client_without_the_protocol_id_or_with_an_oversized_frame_is_ended(cluster: Cluster) -> None:

@@ -39,9 +39,10 @@ from bft.runtime.metrics import Metrics
 from bft.runtime.server import HANDSHAKE_TIMEOUT_MS, MAX_CLIENT_FRAME, ClientSessionService
 from bft.wire import WireError
 
-STREAM_LIMIT = 256 * 1024  # asyncio reader buffer before it pauses the socket (two full frames)
+STREAM_LIMIT = 64 * 1024  # asyncio reader buffer before it pauses the socket (a larger frame still reads)
 LISTEN_BACKLOG = 1024
-CLOSE_SECONDS = 0.5
+CLOSE_SECONDS = 0.5  # a closing connection's TLS goodbye; past it the socket is aborted
+FIRST_FRAME_SECONDS = HANDSHAKE_TIMEOUT_MS / 1000  # after the TLS handshake, for the client's first frame
 
 
 class FramedStream:
@@ -56,7 +57,12 @@ class FramedStream:
         self._half_close = half_close  # plain TCP: an end of stream may be a half-close
 
     async def frames(self) -> AsyncIterator[bytes]:
-        while True:
+        # An honest client's first frame (its claim) follows the nonce at once: a connection that
+        # says nothing does not keep its slot past the handshake deadline.
+        first = await asyncio.wait_for(read_frame(self._reader, MAX_CLIENT_FRAME), FIRST_FRAME_SECONDS)
+        if first is not None:
+            yield first
+        while first is not None:
             raw = await read_frame(self._reader, MAX_CLIENT_FRAME)  # WireError ends the session
             if raw is None:
                 if not self._half_close:  # TLS: the client is gone; its slot is not kept lingering
@@ -65,7 +71,10 @@ class FramedStream:
             yield raw
 
     async def write(self, frames: list[bytes]) -> None:
-        self._writer.write(encode_frames(frames))
+        data = encode_frames(frames)
+        frames.clear()  # the transport holds the bytes now: not twice while a slow reader waits
+        self._writer.write(data)
+        del data
         await self._writer.drain()
 
     async def refuse(self, why: str) -> None:
@@ -91,6 +100,10 @@ class SessionPort:
         self.metrics = metrics
         self.events = events
         self.connections = 0  # accepted and not yet closed, handshaking ones included
+        # Per source address, counted from accept too: one address (one IPv6 host, one NAT) cannot
+        # take the whole port with connections that never become sessions.
+        self.max_per_address = max(1, min(service.limits.max_sessions_per_address, max_connections // 4))
+        self.per_address: dict[str, int] = {}
         self._sock: socket.socket | None = None
         self._acceptor: asyncio.Task[None] | None = None
         self._handlers: set[asyncio.Task[None]] = set()
@@ -111,6 +124,11 @@ class SessionPort:
             raise
         self._sock = sock
         self._acceptor = asyncio.get_running_loop().create_task(self._accept_loop(sock))
+        self._acceptor.add_done_callback(self._acceptor_ended)
+
+    def _acceptor_ended(self, task: asyncio.Task[None]) -> None:
+        if not task.cancelled() and task.exception() is not None and not self._closing:
+            self.events.error("session_port_stopped", error=repr(task.exception()))
 
     async def close(self) -> None:
         self._closing = True
@@ -136,14 +154,19 @@ class SessionPort:
                 self.events.warning("session_accept_failed", error=str(exc))
                 await asyncio.sleep(0.1)
                 continue
-            if self.connections >= self.max_connections or self.service.node.stopping:
+            address = str(peer[0]) if isinstance(peer, tuple) and peer else str(peer)
+            if (
+                self.connections >= self.max_connections
+                or self.per_address.get(address, 0) >= self.max_per_address
+                or self.service.node.stopping
+            ):
                 self.metrics.bad_input.labels("session_port_full").inc()
                 with contextlib.suppress(OSError):
                     conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
                 conn.close()  # at once: it never holds a descriptor
                 continue
             self.connections += 1
-            address = str(peer[0]) if isinstance(peer, tuple) and peer else str(peer)
+            self.per_address[address] = self.per_address.get(address, 0) + 1
             task = loop.create_task(self._connection(conn, address))
             self._handlers.add(task)
             task.add_done_callback(self._handlers.discard)
@@ -176,17 +199,31 @@ class SessionPort:
                     await stream.refuse(f"this port speaks ALPN {SESSION_ALPN!r}, not {alpn!r}")
                     return
             await self.service.serve(stream)
-        except (OSError, ssl.SSLError, WireError, asyncio.IncompleteReadError):
-            pass  # the connection broke or sent garbage: the session ends, the client reconnects
+        except (OSError, ssl.SSLError, WireError, asyncio.IncompleteReadError, TimeoutError):
+            pass  # the connection broke, sent garbage or nothing: the session ends, the client reconnects
+        except Exception as exc:  # not expected: say so, and still give the slot back below
+            self.events.warning("session_connection_failed", error=repr(exc))
         finally:
-            self.connections -= 1
-            if writer is not None:
-                self._writers.discard(writer)
-                writer.close()
-                with contextlib.suppress(Exception):
-                    await asyncio.wait_for(writer.wait_closed(), CLOSE_SECONDS)
-            else:
-                conn.close()
+            try:
+                if writer is not None:
+                    self._writers.discard(writer)
+                    writer.close()
+                    try:  # TLS waits for the client's goodbye: a client that never sends it ...
+                        await asyncio.wait_for(writer.wait_closed(), CLOSE_SECONDS)
+                    except asyncio.CancelledError:
+                        writer.transport.abort()
+                        raise
+                    except Exception:
+                        writer.transport.abort()  # ... is cut off, so the descriptor goes now
+                else:
+                    conn.close()
+            finally:  # the slot is given back only once the socket is gone
+                self.connections -= 1
+                left = self.per_address[address] - 1
+                if left:
+                    self.per_address[address] = left
+                else:
+                    del self.per_address[address]
 
 
 def session_server_context(cert_path: str | Path, key_path: str | Path) -> ssl.SSLContext:
