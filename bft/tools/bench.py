@@ -707,6 +707,8 @@ class Point:
     timeline: list[int] | None = None  # completed sends per timeline_bucket_s from the window's start
     timeline_bucket_s: float | None = None
     view_change_timeout_s: float | None = None  # the cluster's initial view-change timeout
+    # Added with the session port (keys above are unchanged):
+    transport: str = "auto"  # client sessions: "auto" (session ports) or "grpc" (--transport)
 
 
 @dataclass
@@ -1197,10 +1199,17 @@ def baseline_server(
 
 def describe_clients(p: Point) -> str:
     procs = f"{p.client_processes} client process{'es' if p.client_processes > 1 else ''}"
-    return (
-        f"{p.clients} client{'s' if p.clients > 1 else ''} (each its own account and key; {procs}, asyncio "
-        "sessions sharing one gRPC channel per server per process)"
+    how = (
+        "sessions sharing one gRPC channel per server per process"
+        if p.transport == "grpc"
+        else "sessions each with a connection to every server's session port"
     )
+    plural = "s" if p.clients > 1 else ""
+    return f"{p.clients} client{plural} (each its own account and key; {procs}, asyncio {how})"
+
+
+def _carrier(p: Point) -> str:
+    return "gRPC" if p.transport == "grpc" else "session port"
 
 
 def report(p: Point, base: Point | None, crypto: CryptoCost, ncores: int, out: IO[str]) -> None:
@@ -1265,7 +1274,7 @@ def report(p: Point, base: Point | None, crypto: CryptoCost, ncores: int, out: I
     if base is not None:
         ratio = p.throughput_ops / base.throughput_ops if base.throughput_ops else float("nan")
         print(
-            f"  baseline (1 process, no replication; same app, gRPC, TLS, signatures, fsync): "
+            f"  baseline (1 process, no replication; same app, {_carrier(base)}, TLS, signatures, fsync): "
             f"{base.throughput_ops:.1f} sends/s, p50 {base.p50_ms:.2f} ms, "
             f"CPU/op {base.cpu_per_op_ms:.3f} ms; BFT/baseline = {ratio:.2f}",
             file=out,
@@ -1504,7 +1513,7 @@ def run(args: argparse.Namespace) -> int:
             with baseline_server(work, args.insecure, args.transport) as (server, reach):
                 for c in args.clients:
                     procs = args.processes or default_processes(c)
-                    point = Point("baseline", 1, c, procs, args.seconds, args.size)
+                    point = Point("baseline", 1, c, procs, args.seconds, args.size, transport=args.transport)
                     tag = os.urandom(4).hex()
                     specs = client_specs("baseline", c, procs, tag, args.size, reach)
                     print(f"  baseline, {c} clients ...", file=out, flush=True)
@@ -1527,7 +1536,7 @@ def run(args: argparse.Namespace) -> int:
             fresh = args.failover is not None
             for c, (cfg, pids, ports) in _clusters(ctx, args.clients, fresh, n, where, preload, args, out):
                 procs = args.processes or default_processes(c)
-                point = Point("bft", n, c, procs, args.seconds, args.size)
+                point = Point("bft", n, c, procs, args.seconds, args.size, transport=args.transport)
                 point.preload_accounts, point.preload_messages = preload
                 tag = os.urandom(4).hex()
                 extra = {"config": str(cfg.path), "insecure": args.insecure, "transport": args.transport}
