@@ -1,7 +1,8 @@
 """Replica-to-replica links: length-prefixed frames over mutual-TLS TCP, one connection per direction.
 
-Why not gRPC here (the client port stays gRPC): per message, grpc.aio costs this stack 2–10× the
-CPU of an asyncio stream carrying the same bytes (``scripts/bench_transport.py``), and peer frames
+Why not gRPC here (client sessions have a framed port of their own too, ``session_port.py``): per
+message, grpc.aio costs this stack 2–10× the CPU of an asyncio stream carrying the same bytes
+(``scripts/bench_transport.py``), and peer frames
 are most of a replica's traffic (docs/NOTEBOOK.md, "Peer transport").
 
 Wire format, both directions: ``u32 big-endian length || protobuf`` (``LinkDown`` from the
