@@ -328,6 +328,13 @@ async def status(endpoint: str, ca_pem: bytes | None, timeout: float = 2.0) -> s
         return parse(spb.StatusReply, raw)
 
 
+def untrusted_text(text: str, limit: int = 200) -> str:
+    """A reason one replica (maybe a faulty one) sent, fit for a one-line message: printable
+    characters only, at most ``limit`` of them."""
+    clean = "".join(ch if ch.isprintable() else "?" for ch in text[: limit + 1])
+    return clean if len(clean) <= limit else clean[: limit - 3] + "..."
+
+
 def _socket_reason(exc: BaseException) -> str:
     """A short reason for a failed session-port connection."""
     if isinstance(exc, TimeoutError):
@@ -529,17 +536,17 @@ class _Conn:
         elif which == "subscribed":
             self.subscribed = frame.subscribed == client.key
         elif which == "auth_error":
-            client.auth_errors.append((self.replica, frame.auth_error))
+            client.auth_errors.append((self.replica, untrusted_text(frame.auth_error)))
         elif which == "claimed":
             got = frame.claimed
             self.claimed = (got.public_key, got.session) == (client.key, client.session)
             if self.claimed:  # a hint until this replica's verified replies say more
                 client.on_view_hint(self.replica, got.view)
         elif which == "claim_error":
-            self.claimed, self.claim_refused = False, frame.claim_error
+            self.claimed, self.claim_refused = False, untrusted_text(frame.claim_error)
             client.on_claim_refused(self)
         elif which == "refused":
-            self.refused = frame.refused or "no reason given"
+            self.refused = untrusted_text(frame.refused) or "no reason given"
             return False
         return True
 

@@ -388,3 +388,36 @@ def test_the_session_tls_context_demands_the_cluster_ca(cluster: Cluster) -> Non
         return "connected"
 
     assert run(scenario(), 30) != "connected"
+
+
+def test_a_replicas_refusal_text_is_shortened_and_printable() -> None:
+    """A faulty replica's ``refused`` reason may be anything up to a 64 MiB frame: the client keeps
+    a short, printable version of it (it ends up in the one-line "cluster unreachable" error), not
+    terminal escapes or megabytes."""
+    from bft.core.config import ClusterInfo
+    from bft.crypto import Ed25519Signer
+    from client.session import ClusterSession
+
+    async def scenario() -> str:
+        async def refuse(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            why = "\x1b[2J\x1b]0;owned\x07" + "x" * 100_000
+            writer.write(encode_frame(spb.ServerFrame(refused=why).SerializeToString()))
+            await writer.drain()
+            writer.close()
+
+        server = await asyncio.start_server(refuse, "127.0.0.1", 0)
+        where = f"127.0.0.1:{server.sockets[0].getsockname()[1]}"
+        info = ClusterInfo(tuple(Ed25519Signer.generate().public_key for _ in range(4)), bytes(16))
+        session = ClusterSession(info, [where] * 4, Ed25519Signer.generate(), session_endpoints=[where] * 4)
+        await session.connect()
+        deadline = time.monotonic() + 10
+        while "refused" not in session.conns[0].last_error and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        text = session.conns[0].last_error
+        await session.close()
+        server.close()
+        return text
+
+    text = run(scenario(), 30)
+    assert isinstance(text, str) and "refused the session" in text
+    assert len(text) <= 300 and "\x1b" not in text and "\x07" not in text, repr(text[:80])
