@@ -86,8 +86,13 @@ class Tls:
 
 def load_tls(config: Any, replica_id: int) -> Tls:
     """The cluster CA and this replica's certificate and key, as ``bftchat-keygen`` laid them out."""
-    from bft.runtime.session_port import session_server_context
-    from bft.runtime.tls import TlsError, peer_contexts, replica_cert_paths, server_credentials
+    from bft.runtime.tls import (
+        TlsError,
+        peer_contexts,
+        replica_cert_paths,
+        server_credentials,
+        session_server_context,
+    )
 
     if config.tls_ca is None:
         raise UsageError(f"{config.path}: no tls_ca in the config; pass --insecure to run without TLS")
@@ -354,6 +359,7 @@ async def serve(p: Prepared) -> int:
         )
         admin = admin_handler(controller)
         events.warning("fault_injection_enabled")
+    grpc_sessions = p.grpc_sessions or me.session_port is None  # always without a session port
     servers = Servers(
         node,
         p.verifier,
@@ -363,13 +369,13 @@ async def serve(p: Prepared) -> int:
         peer_tls=tls.peers.server if tls else None,
         admin=admin,
         limits=p.limits,
-        session_port=me.session_port is not None,
+        session_port=me.session_port,
         session_tls=tls.sessions if tls else None,
-        grpc_sessions=p.grpc_sessions or me.session_port is None,
+        grpc_sessions=grpc_sessions,
     )
     try:
         servers.bind(f"{_host(me)}:{me.port}")
-        await servers.start(str(me.host), me.peer_link_port, me.session_port)
+        await servers.start(str(me.host), me.peer_link_port)
     except RuntimeError as exc:
         raise StartError(f"cannot listen: {exc}") from None
     frozen = freeze_heap()  # the restored state leaves the collector's full passes
@@ -383,7 +389,7 @@ async def serve(p: Prepared) -> int:
         client_port=me.port,
         peer_port=me.peer_link_port,
         session_port=me.session_port,
-        grpc_sessions=p.grpc_sessions or me.session_port is None,
+        grpc_sessions=grpc_sessions,
         tls=p.tls is not None,
         recovering=node.replica.recovering,
         primary=node.replica.primary,

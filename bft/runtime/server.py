@@ -415,7 +415,7 @@ class Servers:
         peer_tls: ssl.SSLContext | None,
         admin: grpc.GenericRpcHandler | None = None,
         limits: ClientLimits | None = None,
-        session_port: bool = False,
+        session_port: int | None = None,
         session_tls: ssl.SSLContext | None = None,
         grpc_sessions: bool = True,
     ) -> None:
@@ -425,7 +425,8 @@ class Servers:
         self.client_creds = client_creds
         grpc_limits = limits
         self.session_port: SessionPort | None = None
-        if session_port:
+        self._session_port_number = session_port
+        if session_port is not None:
             # One descriptor budget for both client ports (--max-client-connections): half each.
             from bft.runtime.session_port import SessionPort
 
@@ -467,9 +468,10 @@ class Servers:
         if port == 0:
             raise RuntimeError(f"cannot listen on {client_addr}")
 
-    async def start(self, peer_host: str, peer_port: int, session_port: int | None = None) -> None:
+    async def start(self, peer_host: str, peer_port: int) -> None:
         """Start the client port and listen on the peer port and the session port, if there is one
         (RuntimeError if a port is taken)."""
+        session_port = self._session_port_number
         try:
             await self.peer_listener.start(peer_host, peer_port)
         except OSError as exc:

@@ -13,9 +13,8 @@ session per connection. Each frame is ``u32 big-endian length || message``: ``Cl
 the client, at most ``MAX_CLIENT_FRAME`` bytes each; ``ServerFrame``s from the replica, the first
 one its nonce. Over plain TCP (``--insecure``) the client may half-close (shut down its sending
 side) and still read owed answers for ``HALF_CLOSE_LINGER`` seconds; TLS has no half-close. A
-session the replica will not take gets one
-``ServerFrame{refused}`` and the connection is closed. With ``--insecure`` the same frames travel
-over plain TCP.
+session the replica will not take gets one ``ServerFrame{refused}`` and the connection is closed.
+TLS contexts: ``tls.session_server_context`` here, ``client.session.session_tls`` at the client.
 
 Limits, checked where they cost nothing: connections are counted from ``accept`` (before the TLS
 handshake, so bare connections that never handshake count too) and past ``max_connections`` a new
@@ -30,7 +29,6 @@ import contextlib
 import socket
 import ssl
 from collections.abc import AsyncIterator
-from pathlib import Path
 
 from bft.framing import SESSION_ALPN, encode_frame, encode_frames, read_frame, tune_socket
 from bft.pb.bftchat.v1 import service_pb2 as spb
@@ -224,12 +222,3 @@ class SessionPort:
                     self.per_address[address] = left
                 else:
                     del self.per_address[address]
-
-
-def session_server_context(cert_path: str | Path, key_path: str | Path) -> ssl.SSLContext:
-    """The session port's TLS: TLS 1.3, this replica's certificate, no client certificate, ALPN v1."""
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    ctx.minimum_version = ssl.TLSVersion.TLSv1_3
-    ctx.load_cert_chain(str(cert_path), str(key_path))
-    ctx.set_alpn_protocols([SESSION_ALPN])
-    return ctx

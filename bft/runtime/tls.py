@@ -31,6 +31,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from bft.framing import SESSION_ALPN
 from bft.keys import KeyFileError, read_secret_file, write_public_file, write_secret_file
 
 CA_CERT_FILE = "ca.pem"
@@ -268,6 +269,16 @@ def peer_contexts(ca_path: str | Path, cert_path: str | Path, key_path: str | Pa
             raise TlsError(f"cannot use {cert_path} / {key_path} with {ca_path}: {e}") from None
         contexts.append(ctx)
     return PeerTls(server=contexts[0], client=contexts[1])
+
+
+def session_server_context(cert_path: str | Path, key_path: str | Path) -> ssl.SSLContext:
+    """The session port's TLS (``session_port.py``): TLS 1.3, this replica's certificate, no client
+    certificate, ALPN v1."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_3
+    ctx.load_cert_chain(str(cert_path), str(key_path))
+    ctx.set_alpn_protocols([SESSION_ALPN])
+    return ctx
 
 
 def peer_cert_names(peercert: Any) -> list[str]:

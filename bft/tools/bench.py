@@ -345,7 +345,7 @@ async def _baseline_session_port(server_obj: BaselineServer, port: int, tls: Any
     in front of the same ``BaselineServer.session``, so the baseline gets the cluster's transport."""
     from bft.framing import encode_frames, read_frame, tune_socket
     from bft.runtime.server import MAX_CLIENT_FRAME
-    from bft.runtime.session_port import session_server_context
+    from bft.runtime.tls import session_server_context
 
     class Stream:
         def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
