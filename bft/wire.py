@@ -146,9 +146,18 @@ class SizeCaps:
     batch: int  # a Batch (unsigned; named by a PRE-PREPARE's digest)
     prepared_proof: int
     commit_proof: int
+    state_chunk: int = 0  # a StateChunk (unsigned; checked against its checkpoint's page tree)
 
     @classmethod
-    def compute(cls, n: int, f: int, window: int, batch_max_bytes: int, batch_max_requests: int) -> SizeCaps:
+    def compute(
+        cls,
+        n: int,
+        f: int,
+        window: int,
+        batch_max_bytes: int,
+        batch_max_requests: int,
+        state_chunk_bytes: int = 0,
+    ) -> SizeCaps:
         vote = TAG_LEN + _U64 + _U64 + _DIGEST  # PRE-PREPARE, PREPARE, COMMIT
         checkpoint = TAG_LEN + _U64 + _DIGEST
         status = TAG_LEN + _U64 + 2 + _U64 + _U64 + 2 + _U64  # ... recovering, recovery_target
@@ -185,15 +194,22 @@ class SizeCaps:
             Kind.VIEW_CHANGE: view_change,
             Kind.NEW_VIEW: new_view,
         }
-        return cls(body, batch, prepared_proof, commit_proof)
+        # A StateChunk (bft/core/pages.py) holds at most state_chunk_bytes of whole pages, page
+        # hashes or one part of a page (a hash takes 35 bytes where the packer counts 34), with
+        # its header and audit paths: a page tree of at most 2^20 pages, a part tree of at most
+        # 2^32 parts (field numbers above 15 take a second tag byte).
+        content = state_chunk_bytes + state_chunk_bytes // 34 + 35
+        state_chunk = content + 8 * (_U64 + 1) + 2 * _DIGEST + (21 + 33) * (_DIGEST + 1)
+        return cls(body, batch, prepared_proof, commit_proof, state_chunk)
 
     def peer_message(self) -> int:
-        """The largest PeerMessage an honest replica sends (a NEW-VIEW, or a batch with its
-        PRE-PREPARE, or a CommitProof)."""
+        """The largest PeerMessage an honest replica sends (a NEW-VIEW, a batch with its
+        PRE-PREPARE, a CommitProof or a StateChunk)."""
         return max(
             _field(envelope_size(self.body[Kind.NEW_VIEW])),
             _field(envelope_size(self.body[Kind.PREPREPARE])) + _field(self.batch),
             _field(self.commit_proof),
+            _field(self.state_chunk),
         )
 
 

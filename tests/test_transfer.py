@@ -593,3 +593,32 @@ def test_stable_checkpoints_are_logged_as_the_pages_they_changed() -> None:
     compacting = _busy_cluster(_params(state_pages=256, full_checkpoint_log_bytes=0))
     recs = [r for r in compacting.persisted[0] if isinstance(r, CheckpointRecord)]
     assert sum(1 for r in recs if not r.delta_of) >= 2
+
+
+@pytest.mark.parametrize("chunk_bytes", [32, 4096, 1024 * 1024])
+def test_every_state_chunk_fits_the_peer_message_cap(chunk_bytes: int) -> None:
+    """Chunks of whole pages, of one part of a large page, and of page hashes stay within
+    ``SizeCaps.state_chunk`` (the simulator's size check found the cap missing once batches were
+    capped at 64 KiB and a 1 MiB chunk became the largest message)."""
+    signers = [HashSigner(b"c%d" % i, HashVerifier()) for i in range(4)]
+    params = Params(state_chunk_bytes=chunk_bytes, state_pages=1 << 10)
+    info = ClusterInfo(tuple(s.public_key for s in signers), cluster_id_from(b"chunks"), params)
+    sizes = [0, 1, 7, chunk_bytes - 6, chunk_bytes, 3 * chunk_bytes + 5] * 171
+    pages = [bytes([i % 251]) * size for i, size in enumerate(sizes[: 1 << 10])]
+    snap = Snapshot.of_pages(2**64 - 1, b"s" * 32, pages, chunk_bytes)
+    largest = 0
+    for hashes in (False, True):
+        first, part = 0, 0
+        while first < len(pages):
+            chunks = snap.chunks(first, part, 64, hashes=hashes)
+            for c in chunks:
+                largest = max(largest, c.ByteSize())
+                assert len(pb.PeerMessage(state_chunk=c).SerializeToString()) <= info.caps.peer_message()
+            last = chunks[-1]
+            if last.parts and last.part + 1 < last.parts:
+                first, part = last.index, last.part + 1
+            else:
+                step = 1 << last.level if not last.parts else 1
+                first, part = last.index + step, 0
+    assert largest <= info.caps.state_chunk, (largest, info.caps.state_chunk)
+    assert largest > chunk_bytes - 64  # the test did build full chunks

@@ -108,7 +108,8 @@ class ClusterInfo:
         if len(self.public_keys) >= 4 and self.caps.peer_message() > MAX_MESSAGE_BYTES:
             raise ValueError(
                 f"at n = {self.n} the largest protocol message ({self.caps.peer_message()} bytes: "
-                f"watermark_window, batch_max_bytes) exceeds the {MAX_MESSAGE_BYTES}-byte message cap"
+                f"watermark_window, batch_max_bytes, state_chunk_bytes) exceeds the {MAX_MESSAGE_BYTES}-byte "
+                "message cap"
             )
 
     @property
@@ -120,7 +121,12 @@ class ClusterInfo:
         """Size caps of every signed kind and certificate at these parameters (bft.wire.SizeCaps)."""
         p = self.params
         return SizeCaps.compute(
-            self.n, (self.n - 1) // 3, p.watermark_window, p.batch_max_bytes, p.batch_max_requests
+            self.n,
+            (self.n - 1) // 3,
+            p.watermark_window,
+            p.batch_max_bytes,
+            p.batch_max_requests,
+            p.state_chunk_bytes,
         )
 
     @property
