@@ -43,6 +43,12 @@ class ExecResult:
 
 
 class Application(Protocol):
+    @property
+    def max_op_bytes(self) -> int:
+        """Longer operations never execute (the application refuses them by itself); replicas refuse
+        them at the door too, so an honest primary never orders one."""
+        ...
+
     def execute(self, request: Request, ctx: ExecContext) -> ExecResult:
         """Apply one ordered operation. Bad input returns a typed error result, never raises."""
         ...

@@ -286,6 +286,10 @@ class ChatApp:
 
     # ---- Application protocol -----------------------------------------------------------------
 
+    @property
+    def max_op_bytes(self) -> int:
+        return self.limits.max_op_bytes
+
     def execute(self, request: Request, ctx: ExecContext) -> ExecResult:
         try:
             op = self._parse(request.op)

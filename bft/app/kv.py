@@ -46,6 +46,9 @@ def _parse_int(data: bytes) -> int | None:
 class KVApp:
     """A dict of bytes to bytes with an incremental LtHash digest."""
 
+    # "set", a space, the longest key, a space, the largest value: no longer operation executes.
+    max_op_bytes = 4 + MAX_KEY + 1 + MAX_VALUE
+
     def __init__(self) -> None:
         self._data: dict[bytes, bytes] = {}
         self._hash = LtHash()

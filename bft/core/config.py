@@ -14,7 +14,7 @@ class Params:
     """Protocol parameters. Times are seconds of the driver's clock."""
 
     batch_max_requests: int = 512
-    batch_max_bytes: int = 2 * 1024 * 1024
+    batch_max_bytes: int = 64 * 1024
     max_in_flight: int = 1  # batches proposed but not yet executed
     checkpoint_interval: int = 64  # K: a checkpoint every K sequence numbers
     watermark_window: int = 256  # L: sequence numbers accepted above the stable checkpoint

@@ -11,6 +11,7 @@ change, state transfer, retransmission and restart. docs/PROTOCOL.md walks throu
 
 from __future__ import annotations
 
+import heapq
 import struct
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -76,6 +77,11 @@ VIEW_TIMER = "view"
 
 ReqKey = tuple[bytes, int, int]  # (client key, session, timestamp)
 
+# What a request costs in the primary's fair order beyond its bytes (``Replica._fair_order``): the
+# work every replica does per request whatever its size (a signature check, a reply), in bytes of
+# request it is worth, so a flood of tiny requests is charged for their number too.
+FAIR_REQUEST_COST = 1024
+
 AHEAD_REFUSAL = b"request timestamp too far ahead of the batch time (max_request_ahead_us)"
 """The agreed result of a request whose timestamp is beyond its batch's time + max_request_ahead_us."""
 
@@ -122,6 +128,7 @@ class Replica:
 
     transfer_class: type[Transfer] = Transfer  # the simulator's mutations swap it
     check_epochs: bool = True  # False = the simulator's ``ignore-epochs`` mutation (unsafe on purpose)
+    check_op_size: bool = True  # False = the simulator's ``no-op-door`` mutation
 
     def __init__(
         self,
@@ -191,6 +198,15 @@ class Replica:
         self.pending_bytes = 0
         self._pending_owners: LargestFirst[ClientId] = LargestFirst()  # bytes per client session
         self.proposed: set[ReqKey] = set()
+        # Self-clocked fair queueing in bytes between client keys (``_fair_order``): each pending
+        # request's finish tag, each key's last one (while it has one pending), and the virtual time:
+        # the largest tag this replica proposed, in its own fair order. Not moved by what executes
+        # (a faulty primary orders as it likes) nor by what is dropped for room (a key that got its
+        # own newest request dropped would move every newcomer behind its whole queue). Bounded
+        # with ``pending``.
+        self._fair_tag: dict[ReqKey, int] = {}
+        self._key_finish: dict[bytes, int] = {}
+        self._vtime = 0
         # Pending requests the client sent to this replica itself (not learnt from a PRE-PREPARE
         # or a forward): a backup only sees those when the client went to all, so it answers them
         # at execution even if it is not one of the request's designated repliers. A subset of
@@ -358,6 +374,11 @@ class Replica:
             self.rejected_inputs += 1
             return str(exc)
         req = opened.request
+        if len(req.op) > self.app.max_op_bytes and self.check_op_size:
+            # No honest client sends it (execution would refuse it): refused before it costs any
+            # other replica anything, and never proposed by us.
+            self.rejected_inputs += 1
+            return f"operation exceeds {self.app.max_op_bytes} bytes"
         replica = self._replica_of.get(req.client_key)
         if (replica is not None or req.op == EPOCH_OP) and (
             replica is None or req.op != EPOCH_OP or opened.read_only
@@ -465,6 +486,8 @@ class Replica:
                 return "replica overloaded: too many pending requests"
             self._drop_pending(drop)
         self.pending[key] = opened
+        tag = max(self._vtime, self._key_finish.get(key[0], 0)) + len(opened.raw) + FAIR_REQUEST_COST
+        self._fair_tag[key] = self._key_finish[key[0]] = tag
         self.pending_by_client.setdefault(cid, {})[key] = None
         self.pending_bytes += size
         owners.add(cid, size)
@@ -602,7 +625,7 @@ class Replica:
                 return
             batch = pb.Batch()
             size = 0
-            for key, opened in self._round_robin():
+            for key, opened in self._fair_order():
                 if len(batch.requests) >= self.p.batch_max_requests:
                     break
                 if size + len(opened.raw) > self.p.batch_max_bytes and batch.requests:
@@ -610,6 +633,7 @@ class Replica:
                 batch.requests.append(opened.raw)
                 size += len(opened.raw)
                 self.proposed.add(key)
+                self._vtime = max(self._vtime, self._fair_tag[key])
             if not batch.requests:
                 return
             self._propose(batch, now)
@@ -672,22 +696,22 @@ class Replica:
         self._send(None, pb.PeerMessage(envelope=env, batch=data))
         self._check_prepared(slot, now)
 
-    def _round_robin(self) -> list[tuple[ReqKey, OpenedRequest]]:
-        """Unproposed requests, one per client key in turn (each key's own in arrival order; keys
-        in the order of their oldest waiting request): a key with a thousand queued requests gets
-        one place per round in a batch, like a key with one (Aardvark's fair primary)."""
-        queues: dict[bytes, list[tuple[ReqKey, OpenedRequest]]] = {}
-        for key, opened in self.pending.items():
-            if key not in self.proposed:
-                queues.setdefault(key[0], []).append((key, opened))
-        order: list[tuple[ReqKey, OpenedRequest]] = []
-        rows = list(queues.values())
-        depth = 0
-        while rows and len(order) < self.p.batch_max_requests:
-            rows = [q for q in rows if len(q) > depth]
-            order.extend(q[depth] for q in rows)
-            depth += 1
-        return order
+    def _fair_order(self) -> list[tuple[ReqKey, OpenedRequest]]:
+        """Unproposed requests by finish tag, at most a batch's count: self-clocked fair queueing
+        in bytes between client keys (Golestani, 1994). A request's tag is its key's previous tag,
+        or the virtual time if later, plus its size and ``FAIR_REQUEST_COST``; so a key's own
+        requests keep their order, a key with a thousand queued requests waits its turn like one
+        with a single request (Aardvark's fair primary), and a small request is not held behind
+        large ones that arrived just before it (a flood of 60 KiB sends fills batches up to
+        ``batch_max_bytes``; an honest 1 KiB send arriving after them still goes in the next
+        one). A large request waits at most until the virtual time passes its tag: no starvation."""
+        rows = (
+            (self._fair_tag[key], arrival, key, opened)
+            for arrival, (key, opened) in enumerate(self.pending.items())
+            if key not in self.proposed
+        )
+        first = heapq.nsmallest(self.p.batch_max_requests, rows, key=lambda row: (row[0], row[1]))
+        return [(key, opened) for _, _, key, opened in first]
 
     def _slot(self, seq: int) -> Slot:
         slot = self.slots.get(seq)
@@ -1089,6 +1113,9 @@ class Replica:
                 self.pending_by_client.pop(cid, None)
             self.pending_bytes -= opened.retained_bytes
             self._pending_owners.add(cid, -opened.retained_bytes)
+            tag = self._fair_tag.pop(key)
+            if self._key_finish.get(key[0]) == tag:
+                del self._key_finish[key[0]]
         self.proposed.discard(key)
         self.asked.discard(key)
 

@@ -52,6 +52,7 @@ MUTATIONS = (
     "unbounded-timestamps",
     "unauthenticated-chunks",
     "ignore-epochs",
+    "no-op-door",
 )
 # A primary that holds each PRE-PREPARE for most of the request timer (Aardvark's slow primary):
 # added to a Byzantine replica's behaviours with this probability, from a side random stream so
@@ -64,6 +65,10 @@ PRODUCTION_SHARE = 0.02  # scenarios run with the production Params and a many-c
 # Byzantine replica's behaviours with this probability, drawn from a generator of its own so that
 # the draws above (and the pinned seeds) stay as they were.
 MUTE_SHARE = 0.25
+# A Byzantine client that also sends "big-ops": operations just under the application's cap (each
+# fills a batch of its own) and just over it (refused at the door), from fresh keys, to mixed
+# replicas. Drawn from a generator of its own (the pinned seeds keep their draws).
+BIG_OPS_SHARE = 0.3
 # A replica that keeps the VIEW-CHANGEs it sees and, as a later view's primary, builds a NEW-VIEW
 # on the lowest-epoch ones (a wiped replica's pre-wipe ones, docs/PROTOCOL.md, Epochs): added to a
 # Byzantine replica's behaviours with these probabilities (more often when an honest replica is
@@ -200,6 +205,12 @@ def generate(seed: int, n: int | None = None, mutation: str | None = None, app: 
             spec.victim = rng.choice(honest)
             spec.cut_until = rng.uniform(sc.gst / 2, sc.gst)
         sc.byzantine.append(spec)
+
+    big = random.Random(f"big-ops/{seed}")
+    if mutation == "no-op-door" or (sc.byz_clients and big.random() < BIG_OPS_SHARE):
+        # The door's mutation shows only with a client that sends such operations.
+        sc.byz_clients = 1
+        sc.client_attacks = sorted({*(sc.client_attacks or ["garbage"]), "big-ops"})
 
     side = random.Random(f"slow-primary/{seed}")
     for spec in sc.byzantine:

@@ -33,6 +33,7 @@ from bft.core.events import (
 from bft.core.replica import Replica
 from bft.core.transfer import UncheckedTransfer
 from bft.crypto import (
+    KEY_LEN,
     TAG_LEN,
     AcceptAllVerifier,
     CachingVerifier,
@@ -343,6 +344,13 @@ class Checker:
         caps = self.world.cluster.caps
         if len(data) > caps.peer_message():
             self.fail(f"size: honest r{replica} sent {len(data)} bytes, cap {caps.peer_message()}")
+        if msg.batch and len(msg.batch) > self.world.max_op_bytes:
+            for raw in parse(pb.Batch, msg.batch).requests:
+                if len(raw) > self.world.max_op_bytes:
+                    op = parse(pb.RequestBody, parse(pb.Envelope, raw).body[TAG_LEN + KEY_LEN :]).op
+                    if len(op) > self.world.max_op_bytes:
+                        self.fail(f"door: honest r{replica} proposed an operation of {len(op)} bytes")
+                        return
         if msg.HasField("envelope"):
             kind = peek_kind(msg.envelope, self.world.cluster.cluster_id)
             cap = caps.body.get(kind) if kind is not None else None
@@ -441,6 +449,7 @@ class World:
         self.cluster = ClusterInfo(keys, cluster_id_from(b"sim %d" % sc.seed), params)
         self.signers = signers
         self.app = app_factory(sc.app, sc.preload_bytes)
+        self.max_op_bytes = self.app().max_op_bytes
         quorums: Quorums | None = None
         if sc.mutation == "weak-commit-quorum":
             quorums = WeakCommitQuorums(n, sc.f)
@@ -535,6 +544,8 @@ class World:
                 core.transfer_class = UncheckedTransfer
             if self.sc.mutation == "ignore-epochs":
                 core.check_epochs = False
+            if self.sc.mutation == "no-op-door":
+                core.check_op_size = False
             return core
         behaviours: list[Behaviour] = []
         for name in spec.behaviours:
@@ -914,6 +925,15 @@ class World:
                 body = env.body + b"\x7a\x02pp"
                 out.append(pb.Envelope(body=body, signature=signer.sign(body)).SerializeToString())
                 out.append(raw + b"\x7a\x80\x08" + bytes(1024))
+            elif attack == "big-ops":
+                # Fresh keys, so no per-key quota stops them: two that fill a batch each, two that
+                # no honest replica may queue or propose (the checker's ``on_send``).
+                cap = self.max_op_bytes
+                for k in range(4):
+                    size = cap - rng.randrange(64) if k < 2 else cap + 1 + rng.randrange(64)
+                    op = b"set b%d " % k
+                    fresh = HashSigner(b"big-%d-%d-%d" % (b, rounds, k), self.hash_verifier)
+                    out.append(make_request(fresh, cid, 1, rounds, op + bytes(size - len(op))))
             elif attack == "quota":
                 # Fill the session's quota at the primary, then one more request to the backups only.
                 honest = [i for i, node in enumerate(self.nodes) if node.honest and node.alive]
