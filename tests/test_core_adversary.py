@@ -622,3 +622,127 @@ def test_an_honest_primary_under_steady_load_is_not_suspected() -> None:
         t = round(t + 0.1, 6)
     assert all(r.view == 0 and not r.view_changing for r in reps)
     assert {r.last_executed for r in reps} == {reps[0].last_executed} and reps[0].last_executed >= 25
+
+
+# ---- review of the fair order (46c1c11..a8ef596) ---------------------------------------------
+
+
+class _Dead:
+    """A crashed replica: takes nothing, says nothing."""
+
+    def on_message(self, raw: bytes, now: float) -> None:
+        pass
+
+    def take_outputs(self) -> list[object]:
+        return []
+
+
+def _pipelined_history(reps: list[Replica], hv: HashVerifier, rounds: int, now: float) -> tuple[HashSigner, bytes]:
+    """An honest key with two sessions, one request outstanding per session, each sent to the
+    primary and to backup 1 (a stand-in, or a resend to all): while the primary orders them, backup 1
+    always holds the key's newest request when the next comes. Returns the key and its last request,
+    still pending everywhere (the primary then crashes with it in flight)."""
+    h = HashSigner(b"busy-honest", hv)
+    body = b"set h " + bytes(8 * 1024)
+    raw = make_request(h, CID, 0, 1, body)
+    reps[0].on_request(raw, now)
+    queue: list[tuple[int, object]] = [(0, o) for o in reps[0].take_outputs()]
+    reps[1].on_request(raw, now)
+    queue += [(1, o) for o in reps[1].take_outputs()]
+    for k in range(2, rounds + 1):
+        raw = make_request(h, CID, k % 2, k, body)
+        for i in (0, 1):
+            reps[i].on_request(raw, now)
+            queue += [(i, o) for o in reps[i].take_outputs()]
+        queue = _until_next_batch(reps, queue, now)  # request k-1 executes, k is proposed
+    return h, raw
+
+
+@pytest.mark.parametrize("rounds", [10, 80])
+def test_a_busy_key_is_not_held_behind_a_flood_after_a_view_change(rounds: int) -> None:
+    """A backup's virtual time never moves (it proposes nothing), but a key that always has a request
+    pending there chains its tags on: after ``rounds`` requests of 8 KiB the key's tag at backup 1 is
+    ~rounds x 9 KiB above its virtual time. The primary crashes, backup 1 becomes primary: each of
+    a flood of 60 KiB requests from fresh keys (tag: virtual time + 61 KiB) goes before the busy
+    key's request that was there before all of them, and the wait grows with the key's history."""
+    info, signers, hv = cluster(batch_max_bytes=64 * 1024, watermark_window=32, checkpoint_interval=4)
+    reps = replicas(info, signers, hv)
+    h, last = _pipelined_history(reps, hv, rounds, 0.1)
+    last_key = (h.public_key, rounds % 2, rounds)
+    assert last_key in reps[1].pending
+    # The flood reaches the backups (sent to all: the primary is gone).
+    nodes: list = [_Dead(), *reps[1:]]
+    flood = [HashSigner(b"vc-flood%d" % i, hv) for i in range(12)]
+    for s in flood:
+        raw = make_request(s, CID, 1, 1, b"set f " + bytes(60 * 1024))
+        for r in reps[1:]:
+            r.on_request(raw, 0.2)
+            r.take_outputs()
+    # The primary's crash is noticed: view 1, primary backup 1.
+    outs: dict[int, list[object]] = {}
+    for i in (1, 2, 3):
+        reps[i]._start_view_change(1, 0.3)
+        outs[i] = reps[i].take_outputs()
+    replies = deliver(nodes, outs, 0.3)
+    assert all(r.view == 1 and not r.view_changing for r in reps[1:])
+    seq_of = _batch_seqs(replies)
+    flood_seqs = sorted(seq_of[(s.public_key, 1)] for s in flood)
+    mine = seq_of[(h.public_key, rounds)]
+    # Before the change (keys in order of their oldest waiting request) it went first; fair in bytes
+    # with an up-to-date virtual time it goes in the first batch or two of the new view.
+    assert mine <= flood_seqs[1], (mine, flood_seqs)
+
+
+def test_a_session_whose_newest_request_was_dropped_for_room_keeps_its_order() -> None:
+    """``_drop_pending`` forgets the key's last tag when the dropped request holds it, even though
+    older requests of the key (here of the same session) still wait: the session's next request is
+    tagged from the virtual time, below its older ones, goes first, and the older one is then stale
+    at execution (skipped with no reply). The docstring promises "a key's own requests keep their
+    order"; the old round-robin kept them in arrival order."""
+    info, signers, hv = cluster(batch_max_bytes=64 * 1024, max_pending_bytes=450 * 1024)
+    reps = replicas(info, signers, hv)
+    reps[0].on_request(make_request(HashSigner(b"first", hv), CID, 1, 1, b"set x 1"), 0.1)
+    held = reps[0].take_outputs()  # batch 1 in flight
+    k = HashSigner(b"pipeliner", hv)
+    big = b"set k " + bytes(60 * 1024)
+    assert reps[0].on_request(make_request(k, CID, 1, 1, big), 0.1) is None
+    assert reps[0].on_request(make_request(k, CID, 1, 2, big), 0.1) is None
+    honest = HashSigner(b"newcomer", hv)
+    assert reps[0].on_request(make_request(honest, CID, 1, 1, b"set h " + bytes(40 * 1024)), 0.1) is None
+    assert (k.public_key, 1, 2) not in reps[0].pending  # the session's newest went for room
+    assert reps[0].on_request(make_request(k, CID, 1, 3, b"set k small"), 0.1) is None
+    reps[0]._out = held + reps[0].take_outputs()
+    replies = drive(reps, 0.2)
+    seq_of = _batch_seqs(replies)
+    assert (k.public_key, 1) in seq_of, "timestamp 1 never executed: overtaken by timestamp 3"
+    assert seq_of[(k.public_key, 1)] <= seq_of[(k.public_key, 3)]
+
+
+@pytest.mark.parametrize("per_batch", [6, 12, 24])
+def test_a_large_request_waits_no_longer_than_the_flood_queued_before_it(per_batch: int) -> None:
+    """The starvation test above at a flood rate of ``per_batch`` fresh keys per batch of 4. The virtual
+    time moves one small request's worth (~1.2 KiB) only when every request of that tag has gone, and
+    the next tag collects everything that arrived meanwhile: each level is ``per_batch / 4`` times the
+    last, and a 3 KiB request needs ~3 levels. Round-robin took it in batch 0 or 1 (only keys queued
+    before it went first); here its wait grows geometrically with the overload (at 60 KiB: ~50 levels,
+    bounded only by max_pending_total)."""
+    info, signers, hv = cluster(batch_max_bytes=4 * 1024, batch_max_requests=4, watermark_window=64)
+    reps = replicas(info, signers, hv)
+    big = make_request(HashSigner(b"big", hv), CID, 1, 1, b"set big " + b"v" * 3000)
+    reps[0].on_request(make_request(HashSigner(b"first", hv), CID, 1, 1, b"set x 1"), 0.1)
+    queue: list[tuple[int, object]] = [(0, o) for o in reps[0].take_outputs()]  # batch 1 in flight
+    reps[0].on_request(big, 0.1)
+    went = None
+    for wave in range(40):
+        for i in range(per_batch):
+            reps[0].on_request(
+                make_request(HashSigner(b"s%d.%d" % (wave, i), hv), CID, 1, 1, b"set s 1"), 0.1
+            )
+        queue += [(0, o) for o in reps[0].take_outputs()]
+        queue = _until_next_batch(reps, queue, 0.2)
+        head = queue[0][1]
+        assert isinstance(head, Send)
+        if big in pb.Batch.FromString(pb.PeerMessage.FromString(head.data).batch).requests:
+            went = wave
+            break
+    assert went is not None and went <= 8, went

@@ -486,9 +486,12 @@ class Replica:
                 return "replica overloaded: too many pending requests"
             self._drop_pending(drop)
         self.pending[key] = opened
-        tag = max(self._vtime, self._key_finish.get(key[0], 0)) + len(opened.raw) + FAIR_REQUEST_COST
-        self._fair_tag[key] = self._key_finish[key[0]] = tag
-        self.pending_by_client.setdefault(cid, {})[key] = None
+        # After the session's own last pending request even if the key's last tag was forgotten (its
+        # holder, another of the key's requests, left first): a session's requests keep their order.
+        mine = self.pending_by_client.setdefault(cid, {})
+        last = self._fair_tag[next(reversed(mine))] if mine else 0
+        self._tag(key, opened, max(self._vtime, last))
+        mine[key] = None
         self.pending_bytes += size
         owners.add(cid, size)
         self._remember_opened(opened)
@@ -636,6 +639,14 @@ class Replica:
                 self._vtime = max(self._vtime, self._fair_tag[key])
             if not batch.requests:
                 return
+            # The virtual time is never behind the oldest waiting request's tag: requests that come
+            # later queue behind it, so a large request waits at most for what was queued when it
+            # became the oldest (else, under a flood of small requests from fresh keys faster than
+            # batches take them, the time moved one small request per level and each level held
+            # everything that came while the last drained: a wait geometric in the overload).
+            oldest = next((k for k in self.pending if k not in self.proposed), None)
+            if oldest is not None:
+                self._vtime = max(self._vtime, self._fair_tag[oldest])
             self._propose(batch, now)
         if self.pending or not self.peer_recovery:
             return
@@ -695,6 +706,18 @@ class Replica:
         self._persist(PrePrepareRecord(self.view, seq, digest, env.SerializeToString(), data))
         self._send(None, pb.PeerMessage(envelope=env, batch=data))
         self._check_prepared(slot, now)
+
+    def _tag(self, key: ReqKey, opened: OpenedRequest, floor: int) -> None:
+        tag = max(floor, self._key_finish.get(key[0], 0)) + len(opened.raw) + FAIR_REQUEST_COST
+        self._fair_tag[key] = self._key_finish[key[0]] = tag
+
+    def _retag(self) -> None:
+        """Tags afresh from the virtual time, in arrival order, as if every pending request had just
+        come: as a backup this replica proposed nothing, so its virtual time stood still while a key
+        that always had a request pending chained its tags on, far past it (and past every newcomer's)."""
+        self._key_finish = {}
+        for key, opened in self.pending.items():
+            self._tag(key, opened, self._vtime)
 
     def _fair_order(self) -> list[tuple[ReqKey, OpenedRequest]]:
         """Unproposed requests by finish tag, at most a batch's count: self-clocked fair queueing
@@ -1625,6 +1648,8 @@ class Replica:
             if not self.is_primary and not self.recovering:
                 self._send_prepare(slot)
         self.next_seq = max(max_s, self.last_executed) + 1
+        if self.is_primary:
+            self._retag()
         for slot in list(self.slots.values()):
             self._check_prepared(slot, now)
         self._arm_request_timer(now)
