@@ -637,7 +637,9 @@ class _Dead:
         return []
 
 
-def _pipelined_history(reps: list[Replica], hv: HashVerifier, rounds: int, now: float) -> tuple[HashSigner, bytes]:
+def _pipelined_history(
+    reps: list[Replica], hv: HashVerifier, rounds: int, now: float
+) -> tuple[HashSigner, bytes]:
     """An honest key with two sessions, one request outstanding per session, each sent to the
     primary and to backup 1 (a stand-in, or a resend to all): while the primary orders them, backup 1
     always holds the key's newest request when the next comes. Returns the key and its last request,
@@ -667,7 +669,7 @@ def test_a_busy_key_is_not_held_behind_a_flood_after_a_view_change(rounds: int) 
     key's request that was there before all of them, and the wait grows with the key's history."""
     info, signers, hv = cluster(batch_max_bytes=64 * 1024, watermark_window=32, checkpoint_interval=4)
     reps = replicas(info, signers, hv)
-    h, last = _pipelined_history(reps, hv, rounds, 0.1)
+    h, _last = _pipelined_history(reps, hv, rounds, 0.1)
     last_key = (h.public_key, rounds % 2, rounds)
     assert last_key in reps[1].pending
     # The flood reaches the backups (sent to all: the primary is gone).

@@ -262,3 +262,26 @@ def test_lagging_replica_catches_up_through_junk_and_stalled_transfers() -> None
     r6 = _core(w, 6)
     assert r6.last_executed == _core(w, 2).last_executed and r6.h == _core(w, 2).h
     assert r6.chunks_rejected > 0
+
+
+def test_the_door_check_blames_honest_replicas_only_for_batches_they_made() -> None:
+    """An over-cap operation in a batch an honest replica sends is a violation, unless a faulty
+    replica sent that batch first (an honest one passes it on: a FETCH answer, a re-proposal)."""
+    from bft.crypto import HashSigner
+    from bft.pb.bftchat.v1 import protocol_pb2 as pb
+    from bft.wire import make_request
+
+    world = World(generate(1, 4))
+    cap = world.max_op_bytes
+    raw = make_request(
+        HashSigner(b"big", world.hash_verifier), world.cluster.cluster_id, 1, 1, b"set b " + bytes(cap)
+    )
+    data = pb.PeerMessage(
+        batch=pb.Batch(timestamp_us=1, requests=[raw]).SerializeToString()
+    ).SerializeToString()
+    world.checker.on_send(1, data)
+    assert [v for v in world.checker.violations if "door" in v]
+    world.checker.violations.clear()
+    world.checker.on_byzantine_send(data)
+    world.checker.on_send(1, data)
+    assert not world.checker.violations

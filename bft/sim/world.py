@@ -45,6 +45,7 @@ from bft.crypto import (
     Signer,
     Verifier,
     cluster_id_from,
+    sha256,
 )
 from bft.faults import BEHAVIOURS, Behaviour, ByzantineReplica, Targeted
 from bft.pb.bftchat.v1 import protocol_pb2 as pb
@@ -246,6 +247,7 @@ class Checker:
         self.read_answers: dict[tuple[bytes, int, int], set[tuple[int, bytes]]] = {}
         self.stale_answers: dict[tuple[bytes, int, int], set[tuple[int, bytes]]] = {}
         self.max_honest_seq = 0
+        self.byzantine_batches: set[bytes] = set()  # digests of batches faulty replicas sent
 
     def fail(self, text: str) -> None:
         if len(self.violations) < 20:
@@ -344,7 +346,11 @@ class Checker:
         caps = self.world.cluster.caps
         if len(data) > caps.peer_message():
             self.fail(f"size: honest r{replica} sent {len(data)} bytes, cap {caps.peer_message()}")
-        if msg.batch and len(msg.batch) > self.world.max_op_bytes:
+        if (
+            msg.batch
+            and len(msg.batch) > self.world.max_op_bytes
+            and sha256(msg.batch) not in self.byzantine_batches
+        ):
             for raw in parse(pb.Batch, msg.batch).requests:
                 if len(raw) > self.world.max_op_bytes:
                     op = parse(pb.RequestBody, parse(pb.Envelope, raw).body[TAG_LEN + KEY_LEN :]).op
@@ -357,6 +363,16 @@ class Checker:
             if cap is not None and len(msg.envelope.body) > cap:
                 size = len(msg.envelope.body)
                 self.fail(f"size: honest r{replica} signed a {kind} of {size} bytes > {cap}")
+
+    def on_byzantine_send(self, data: bytes) -> None:
+        """Batches a faulty replica sent: honest replicas pass them on (a FETCH answer, a batch
+        re-proposed in a NEW-VIEW), and the door check above is for batches they made."""
+        try:
+            batch = parse(pb.PeerMessage, data).batch
+        except WireError:
+            return
+        if batch:
+            self.byzantine_batches.add(sha256(batch))
 
     def on_executed(self, replica: int, c: Committed, batch_ts: int) -> None:
         """No request runs with a timestamp beyond its batch's agreed time + max_request_ahead_us."""
@@ -630,6 +646,8 @@ class World:
             if node.honest:
                 self.checker.on_send(node.id, out.data)
                 self._check_amnesia(node, out.data)
+            else:
+                self.checker.on_byzantine_send(out.data)
             targets = [out.to] if out.to is not None else [r for r in range(self.sc.n) if r != node.id]
             for t in targets:
                 self._net(node.id, t, ("msg", t, out.data))
