@@ -489,6 +489,33 @@ def test_a_key_that_loses_its_newest_request_for_room_does_not_move_newcomers_be
     assert seq_of[(honest.public_key, 1)] <= 3  # beside the flood's first two, not after its queue
 
 
+def test_a_small_request_still_goes_in_the_next_batch_when_the_flood_ahead_of_it_has_aged() -> None:
+    """The steady state of the inbox flood: 60 KiB requests queued long enough to have aged (they
+    now go first, oldest first). A batch takes one of them and then whatever smaller still fits,
+    so an honest send arriving now goes in the next batch, not after the aged backlog."""
+    info, signers, hv = cluster(batch_max_bytes=64 * 1024, watermark_window=64, checkpoint_interval=8)
+    reps = replicas(info, signers, hv)
+    reps[0].on_request(make_request(HashSigner(b"first", hv), CID, 1, 1, b"set x 1"), 0.1)
+    queue: list[tuple[int, object]] = [(0, o) for o in reps[0].take_outputs()]
+    for i in range(14):
+        reps[0].on_request(
+            make_request(HashSigner(b"old%d" % i, hv), CID, 1, 1, b"set f " + bytes(60 * 1024)), 0.1
+        )
+    for _ in range(6):  # six batches of one flood request each: the rest have aged
+        queue = _until_next_batch(reps, queue, 0.2)
+    honest = make_request(HashSigner(b"honest", hv), CID, 1, 1, b"set h 1")
+    reps[0].on_request(honest, 0.3)
+    queue += [(0, o) for o in reps[0].take_outputs()]
+    batches = []
+    for _ in range(2):
+        queue = _until_next_batch(reps, queue, 0.3)
+        head = queue[0][1]
+        assert isinstance(head, Send)
+        batches.append(list(pb.Batch.FromString(pb.PeerMessage.FromString(head.data).batch).requests))
+    assert honest in batches[0] + batches[1], [len(b) for b in batches]  # the one in flight, or the next
+    assert all(len(b) <= 2 for b in batches)
+
+
 class _SmallOpsApp(KVApp):
     max_op_bytes = 100
 

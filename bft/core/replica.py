@@ -81,6 +81,10 @@ ReqKey = tuple[bytes, int, int]  # (client key, session, timestamp)
 # work every replica does per request whatever its size (a signature check, a reply), in bytes of
 # request it is worth, so a flood of tiny requests is charged for their number too.
 FAIR_REQUEST_COST = 1024
+# A request that has waited while this many batches' worth (``batch_max_bytes``) of work was
+# proposed goes before any fair-order one (``Replica._fair_order``): its wait is bounded whatever
+# arrives after it.
+FAIR_AGE_BATCHES = 4
 
 AHEAD_REFUSAL = b"request timestamp too far ahead of the batch time (max_request_ahead_us)"
 """The agreed result of a request whose timestamp is beyond its batch's time + max_request_ahead_us."""
@@ -207,6 +211,10 @@ class Replica:
         self._fair_tag: dict[ReqKey, int] = {}
         self._key_finish: dict[bytes, int] = {}
         self._vtime = 0
+        # Work proposed by this replica (bytes + FAIR_REQUEST_COST per request), and its value when
+        # each pending request came: what ages a request (FAIR_AGE_BATCHES).
+        self._work = 0
+        self._arrived_work: dict[ReqKey, int] = {}
         # Pending requests the client sent to this replica itself (not learnt from a PRE-PREPARE
         # or a forward): a backup only sees those when the client went to all, so it answers them
         # at execution even if it is not one of the request's designated repliers. A subset of
@@ -628,25 +636,23 @@ class Replica:
                 return
             batch = pb.Batch()
             size = 0
+            held: set[ClientId] = set()  # sessions with a request that did not fit: none of theirs after it
             for key, opened in self._fair_order():
                 if len(batch.requests) >= self.p.batch_max_requests:
                     break
+                cid = (key[0], key[1])
+                if cid in held:
+                    continue
                 if size + len(opened.raw) > self.p.batch_max_bytes and batch.requests:
-                    break
+                    held.add(cid)  # smaller requests of others may still fit
+                    continue
                 batch.requests.append(opened.raw)
                 size += len(opened.raw)
                 self.proposed.add(key)
                 self._vtime = max(self._vtime, self._fair_tag[key])
+                self._work += len(opened.raw) + FAIR_REQUEST_COST
             if not batch.requests:
                 return
-            # The virtual time is never behind the oldest waiting request's tag: requests that come
-            # later queue behind it, so a large request waits at most for what was queued when it
-            # became the oldest (else, under a flood of small requests from fresh keys faster than
-            # batches take them, the time moved one small request per level and each level held
-            # everything that came while the last drained: a wait geometric in the overload).
-            oldest = next((k for k in self.pending if k not in self.proposed), None)
-            if oldest is not None:
-                self._vtime = max(self._vtime, self._fair_tag[oldest])
             self._propose(batch, now)
         if self.pending or not self.peer_recovery:
             return
@@ -710,6 +716,7 @@ class Replica:
     def _tag(self, key: ReqKey, opened: OpenedRequest, floor: int) -> None:
         tag = max(floor, self._key_finish.get(key[0], 0)) + len(opened.raw) + FAIR_REQUEST_COST
         self._fair_tag[key] = self._key_finish[key[0]] = tag
+        self._arrived_work[key] = self._work
 
     def _retag(self) -> None:
         """Tags afresh from the virtual time, in arrival order, as if every pending request had just
@@ -720,21 +727,31 @@ class Replica:
             self._tag(key, opened, self._vtime)
 
     def _fair_order(self) -> list[tuple[ReqKey, OpenedRequest]]:
-        """Unproposed requests by finish tag, at most a batch's count: self-clocked fair queueing
-        in bytes between client keys (Golestani, 1994). A request's tag is its key's previous tag,
-        or the virtual time if later, plus its size and ``FAIR_REQUEST_COST``; so a key's own
-        requests keep their order, a key with a thousand queued requests waits its turn like one
-        with a single request (Aardvark's fair primary), and a small request is not held behind
-        large ones that arrived just before it (a flood of 60 KiB sends fills batches up to
-        ``batch_max_bytes``; an honest 1 KiB send arriving after them still goes in the next
-        one). A large request waits at most until the virtual time passes its tag: no starvation."""
-        rows = (
-            (self._fair_tag[key], arrival, key, opened)
-            for arrival, (key, opened) in enumerate(self.pending.items())
-            if key not in self.proposed
-        )
-        first = heapq.nsmallest(self.p.batch_max_requests, rows, key=lambda row: (row[0], row[1]))
-        return [(key, opened) for _, _, key, opened in first]
+        """Unproposed requests in the order batches take them: first those that have waited while
+        ``FAIR_AGE_BATCHES`` batches' worth of work was proposed, oldest first; then the rest by
+        finish tag, self-clocked fair queueing in bytes between client keys (Golestani, 1994). A
+        request's tag is its key's (and its session's) previous tag, or the virtual time if later,
+        plus its size and ``FAIR_REQUEST_COST``. So a key with a thousand queued requests waits
+        its turn like one with a single request (Aardvark's fair primary); a small request is not
+        held behind large ones that arrived just before it (a flood of 60 KiB sends: an honest
+        1 KiB send still goes in the next batch); and ageing bounds any request's wait, which fair
+        order alone does not when small requests from ever new keys arrive faster than batches
+        take them (the virtual time then climbs one small request per level, and each level holds
+        all that came while the last one drained). Each session's requests keep their order."""
+        limit = 2 * self.p.batch_max_requests
+        due = self._work - FAIR_AGE_BATCHES * self.p.batch_max_bytes
+        aged: list[tuple[ReqKey, OpenedRequest]] = []
+        rows: list[tuple[int, int, ReqKey, OpenedRequest]] = []
+        for arrival, (key, opened) in enumerate(self.pending.items()):
+            if key in self.proposed:
+                continue
+            if self._arrived_work[key] <= due:
+                if len(aged) < limit:
+                    aged.append((key, opened))
+            else:
+                rows.append((self._fair_tag[key], arrival, key, opened))
+        first = heapq.nsmallest(limit - len(aged), rows, key=lambda row: (row[0], row[1]))
+        return aged + [(key, opened) for _, _, key, opened in first]
 
     def _slot(self, seq: int) -> Slot:
         slot = self.slots.get(seq)
@@ -1137,6 +1154,7 @@ class Replica:
             self.pending_bytes -= opened.retained_bytes
             self._pending_owners.add(cid, -opened.retained_bytes)
             tag = self._fair_tag.pop(key)
+            del self._arrived_work[key]
             if self._key_finish.get(key[0]) == tag:
                 del self._key_finish[key[0]]
         self.proposed.discard(key)
