@@ -17,6 +17,7 @@ import ipaddress
 import os
 import tomllib
 import typing
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NoReturn
@@ -124,6 +125,21 @@ def add_config_argument(parser: argparse.ArgumentParser, what: str = "the cluste
     parser.add_argument(
         "--config", metavar="PATH", required=env is None, default=env, help=f"{what} ({where})"
     )
+
+
+def parse_protocol(settings: Sequence[str], where: str = "--protocol") -> Params:
+    """Protocol parameters from ``KEY=VALUE`` strings (TOML values), checked as the ``[protocol]``
+    table of a config is (the bench's ``--protocol``)."""
+    table: dict[str, Any] = {}
+    for setting in settings:
+        key, sep, value = setting.partition("=")
+        if not sep:
+            raise ConfigError(f"{where}: {setting!r}: expected KEY=VALUE")
+        try:
+            table.update(tomllib.loads(f"{key.strip()} = {value.strip()}"))
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{where}: {setting!r}: {exc}") from None
+    return _Parser(Path(where))._params(table)
 
 
 def load_config(path: str | Path) -> ClusterConfig:

@@ -342,3 +342,20 @@ def test_construction_validates_too(tmp_path: Path) -> None:
         dataclasses.replace(cfg, replicas=tuple(reversed(cfg.replicas)))
     with pytest.raises(ConfigError, match="must be 3f"):
         dataclasses.replace(cfg, f=2)
+
+
+def test_protocol_settings_from_the_command_line_are_checked_like_the_config_table() -> None:
+    """``bftchat-bench --protocol KEY=VALUE``: the same names, types and checks as ``[protocol]``."""
+    from bft.clusterconf import parse_protocol
+
+    p = parse_protocol(["state_pages=131072", "vote_relay = false", "view_change_timeout=1.5"])
+    assert (p.state_pages, p.vote_relay, p.view_change_timeout) == (131072, False, 1.5)
+    for bad, says in [
+        (["state_page=4"], "unknown protocol parameter"),
+        (["state_pages"], "expected KEY=VALUE"),
+        (["state_pages=3"], "power of two"),
+        (["batch_max_bytes=1.5"], "must be an integer"),
+        (["vote_relay=yes"], "--protocol"),
+    ]:
+        with pytest.raises(ConfigError, match=says):
+            parse_protocol(bad)

@@ -709,6 +709,9 @@ class Point:
     view_change_timeout_s: float | None = None  # the cluster's initial view-change timeout
     # Added with the session port (keys above are unchanged):
     transport: str = "auto"  # client sessions: "auto" (session ports) or "grpc" (--transport)
+    # Added with --protocol (keys above are unchanged): the protocol parameters set on the command
+    # line, as given (the rest are the defaults).
+    protocol: dict[str, Any] | None = None
 
 
 @dataclass
@@ -1036,6 +1039,17 @@ def default_processes(clients: int) -> int:
 # ---------------------------------------------------------------- clusters and the baseline server
 
 
+def _protocol_table(settings: Sequence[str]) -> dict[str, Any]:
+    """``--protocol`` as a table for the JSON rows (values as TOML reads them)."""
+    import tomllib
+
+    table: dict[str, Any] = {}
+    for setting in settings:
+        key, _, value = setting.partition("=")
+        table.update(tomllib.loads(f"{key.strip()} = {value.strip()}"))
+    return table
+
+
 @contextlib.contextmanager
 def bench_cluster(
     n: int,
@@ -1044,9 +1058,11 @@ def bench_cluster(
     out: IO[str],
     preload: tuple[int, int] = (0, 0),
     transport: str = "auto",
+    params: Any = None,
 ) -> Iterator[tuple[Any, list[int], list[int]]]:
     """A fresh local cluster (as bftchat-cluster makes it) with metrics ports; (config, pids, ports).
-    ``preload`` = (accounts, messages) installs that state first (``bft.tools.preload``)."""
+    ``preload`` = (accounts, messages) installs that state first (``bft.tools.preload``);
+    ``params``: its protocol parameters (``--protocol``; None: the defaults)."""
     from bft.tools.cluster import LocalCluster, StatusBoard, ensure_cluster
 
     taken: set[int] = set()
@@ -1058,6 +1074,7 @@ def bench_cluster(
         peer_base_port=free_base(n, taken),
         metrics_base_port=free_base(n, taken),
         session_base_port=free_base(n, taken),
+        params=params,
     )
     extra = ("--grpc-sessions",) if transport == "grpc" else ()
     cluster = LocalCluster(directory, config, insecure=insecure, log_level="WARNING", extra_args=extra)
@@ -1446,6 +1463,15 @@ def build_parser() -> argparse.ArgumentParser:
         "(default 0)",
     )
     p.add_argument(
+        "--protocol",
+        action="append",
+        default=None,
+        metavar="KEY=VALUE",
+        help="a protocol parameter of the clusters the bench starts, as in a config's [protocol] "
+        "table (docs/OPERATIONS.md), e.g. state_pages=131072; repeatable; JSON key protocol "
+        "(default: none, the defaults of bft/core/config.py)",
+    )
+    p.add_argument(
         "--failover",
         choices=["kill", "stop"],
         default=None,
@@ -1486,6 +1512,16 @@ def run(args: argparse.Namespace) -> int:
     sizes = preload_sizes(args.preload_accounts, args.preload_messages)
     if any(a or m for a, m in sizes) and args.config:
         raise UsageError("--preload-* builds its own clusters: it cannot be used with --config")
+    if args.protocol and args.config:
+        raise UsageError("--protocol sets up the clusters the bench starts: it cannot be used with --config")
+    args.params = None
+    if args.protocol:
+        from bft.clusterconf import ConfigError, parse_protocol
+
+        try:
+            args.params = parse_protocol(args.protocol)
+        except ConfigError as exc:
+            raise UsageError(str(exc)) from None
     if args.failover and not 0 < fault_at < args.seconds:
         raise UsageError("--failover-at must be inside the window (0 < S < --seconds)")
     config = None
@@ -1532,11 +1568,12 @@ def run(args: argparse.Namespace) -> int:
                         file=out,
                     )
             else:
-                ctx = bench_cluster(n, where, args.insecure, out, preload, args.transport)
+                ctx = bench_cluster(n, where, args.insecure, out, preload, args.transport, args.params)
             fresh = args.failover is not None
             for c, (cfg, pids, ports) in _clusters(ctx, args.clients, fresh, n, where, preload, args, out):
                 procs = args.processes or default_processes(c)
                 point = Point("bft", n, c, procs, args.seconds, args.size, transport=args.transport)
+                point.protocol = _protocol_table(args.protocol) if args.protocol else None
                 point.preload_accounts, point.preload_messages = preload
                 tag = os.urandom(4).hex()
                 extra = {"config": str(cfg.path), "insecure": args.insecure, "transport": args.transport}
@@ -1606,7 +1643,9 @@ def _clusters(
                 yield c, cluster
         return
     for k, c in enumerate(clients):
-        with bench_cluster(n, work / f"point-{k}", args.insecure, out, preload, args.transport) as cluster:
+        with bench_cluster(
+            n, work / f"point-{k}", args.insecure, out, preload, args.transport, args.params
+        ) as cluster:
             yield c, cluster
 
 
