@@ -22,7 +22,14 @@ EXISTING_KEYS = {
     "baseline_p99_ms", "baseline_cpu_per_op_ms", "sign_us", "verify_us", "floor_cpu_us", "floor_ops",
     "floor_ratio", "cpu_ratio", "cores",
 }  # fmt: skip
-NEW_KEYS = {"outage_from_s", "timeline", "timeline_bucket_s", "view_change_timeout_s", "transport", "protocol"}
+NEW_KEYS = {
+    "outage_from_s",
+    "timeline",
+    "timeline_bucket_s",
+    "view_change_timeout_s",
+    "transport",
+    "protocol",
+}
 
 needs_matplotlib = pytest.mark.skipif(
     importlib.util.find_spec("matplotlib") is None,
