@@ -561,9 +561,14 @@ def _until_next_batch(
     return queue
 
 
-def test_a_large_request_is_not_starved_by_a_stream_of_small_ones() -> None:
-    """Fair order is in bytes with the virtual time moving on: while small requests from ever new
-    keys arrive faster than batches take them, a large request still goes within a few batches."""
+@pytest.mark.parametrize("per_batch", [6, 12, 24])
+def test_a_large_request_is_not_starved_by_a_stream_of_small_ones(per_batch: int) -> None:
+    """Small requests from ``per_batch`` fresh keys arrive per batch of 4, faster than batches take
+    them; a 3 KiB request that came before them still goes within a few batches. Smallest first
+    would never take it. Fair order alone took it late and later the faster the flood (the virtual
+    time climbs one small request's worth per level, each level holding what came while the last
+    drained: batch 39 at 12 per batch, not within 40 at 24, the review's finding); ageing bounds
+    the wait (``FAIR_AGE_BATCHES``)."""
     info, signers, hv = cluster(batch_max_bytes=4 * 1024, batch_max_requests=4, watermark_window=64)
     reps = replicas(info, signers, hv)
     big = make_request(HashSigner(b"big", hv), CID, 1, 1, b"set big " + b"v" * 3000)
@@ -571,8 +576,8 @@ def test_a_large_request_is_not_starved_by_a_stream_of_small_ones() -> None:
     queue: list[tuple[int, object]] = [(0, o) for o in reps[0].take_outputs()]  # batch 1 in flight
     reps[0].on_request(big, 0.1)
     batches: list[list[bytes]] = []
-    for wave in range(12):
-        for i in range(6):  # six new keys per batch, four requests per batch
+    for wave in range(40):
+        for i in range(per_batch):
             reps[0].on_request(
                 make_request(HashSigner(b"s%d.%d" % (wave, i), hv), CID, 1, 1, b"set s 1"), 0.1
             )
@@ -581,12 +586,10 @@ def test_a_large_request_is_not_starved_by_a_stream_of_small_ones() -> None:
         head = queue[0][1]
         assert isinstance(head, Send)
         batches.append(list(pb.Batch.FromString(pb.PeerMessage.FromString(head.data).batch).requests))
-    went = [n for n, requests in enumerate(batches) if big in requests]
-    # Smallest first would never take it. Fair in bytes, it goes once the virtual time passes its
-    # tag (about five small requests' worth past the time it came), behind the small ones queued
-    # before that: the seventh batch here.
-    assert went and went[0] <= 8, [len(b) for b in batches]
-    assert all(len(b) == 4 for b in batches if big not in b)
+        if big in batches[-1]:
+            break
+    assert big in batches[-1] and len(batches) <= 9, len(batches)
+    assert all(len(b) == 4 for b in batches[:-1])  # the flood's batches were full meanwhile
 
 
 # ---- a slow primary (Aardvark's pre-prepare delay) --------------------------------------------
@@ -745,33 +748,3 @@ def test_a_session_whose_newest_request_was_dropped_for_room_keeps_its_order() -
     seq_of = _batch_seqs(replies)
     assert (k.public_key, 1) in seq_of, "timestamp 1 never executed: overtaken by timestamp 3"
     assert seq_of[(k.public_key, 1)] <= seq_of[(k.public_key, 3)]
-
-
-@pytest.mark.parametrize("per_batch", [6, 12, 24])
-def test_a_large_request_waits_no_longer_than_the_flood_queued_before_it(per_batch: int) -> None:
-    """The starvation test above at a flood rate of ``per_batch`` fresh keys per batch of 4. The virtual
-    time moves one small request's worth (~1.2 KiB) only when every request of that tag has gone, and
-    the next tag collects everything that arrived meanwhile: each level is ``per_batch / 4`` times the
-    last, and a 3 KiB request needs ~3 levels. Round-robin took it in batch 0 or 1 (only keys queued
-    before it went first); here its wait grows geometrically with the overload (at 60 KiB: ~50 levels,
-    bounded only by max_pending_total)."""
-    info, signers, hv = cluster(batch_max_bytes=4 * 1024, batch_max_requests=4, watermark_window=64)
-    reps = replicas(info, signers, hv)
-    big = make_request(HashSigner(b"big", hv), CID, 1, 1, b"set big " + b"v" * 3000)
-    reps[0].on_request(make_request(HashSigner(b"first", hv), CID, 1, 1, b"set x 1"), 0.1)
-    queue: list[tuple[int, object]] = [(0, o) for o in reps[0].take_outputs()]  # batch 1 in flight
-    reps[0].on_request(big, 0.1)
-    went = None
-    for wave in range(40):
-        for i in range(per_batch):
-            reps[0].on_request(
-                make_request(HashSigner(b"s%d.%d" % (wave, i), hv), CID, 1, 1, b"set s 1"), 0.1
-            )
-        queue += [(0, o) for o in reps[0].take_outputs()]
-        queue = _until_next_batch(reps, queue, 0.2)
-        head = queue[0][1]
-        assert isinstance(head, Send)
-        if big in pb.Batch.FromString(pb.PeerMessage.FromString(head.data).batch).requests:
-            went = wave
-            break
-    assert went is not None and went <= 8, went
