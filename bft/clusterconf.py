@@ -127,9 +127,8 @@ def add_config_argument(parser: argparse.ArgumentParser, what: str = "the cluste
     )
 
 
-def parse_protocol(settings: Sequence[str], where: str = "--protocol") -> Params:
-    """Protocol parameters from ``KEY=VALUE`` strings (TOML values), checked as the ``[protocol]``
-    table of a config is (the bench's ``--protocol``)."""
+def protocol_table(settings: Sequence[str], where: str = "--protocol") -> dict[str, Any]:
+    """``KEY=VALUE`` strings (TOML values) as a ``[protocol]`` table, not yet checked."""
     table: dict[str, Any] = {}
     for setting in settings:
         key, sep, value = setting.partition("=")
@@ -139,7 +138,13 @@ def parse_protocol(settings: Sequence[str], where: str = "--protocol") -> Params
             table.update(tomllib.loads(f"{key.strip()} = {value.strip()}"))
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"{where}: {setting!r}: {exc}") from None
-    return _Parser(Path(where))._params(table)
+    return table
+
+
+def parse_protocol(settings: Sequence[str], where: str = "--protocol") -> Params:
+    """Protocol parameters from ``KEY=VALUE`` strings, checked as the ``[protocol]`` table of a
+    config is (the bench's ``--protocol``)."""
+    return _Parser(Path(where))._params(protocol_table(settings, where))
 
 
 def load_config(path: str | Path) -> ClusterConfig:

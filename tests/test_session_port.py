@@ -15,6 +15,7 @@ import socket
 import ssl
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from cluster_helper import Cluster, run
@@ -274,33 +275,40 @@ def test_a_refused_tls_client_that_never_says_goodbye_holds_no_descriptor(cluste
     assert run(scenario(), 30) <= 3  # type: ignore[operator]
 
 
-def test_a_refused_client_backs_off_instead_of_reconnecting_at_once() -> None:
-    """A session port that refuses every session: the client's reconnections back off (0.05 s
-    doubling to 1 s), they do not come ~25 times a second."""
+async def _refusing_session(why: str) -> tuple[Any, Any, list[int]]:
+    """A session port that refuses every session with ``why``, and a client session against it
+    (four replicas, all that port): (server, session, [sessions accepted])."""
     from bft.core.config import ClusterInfo
     from bft.crypto import Ed25519Signer
     from client.session import ClusterSession
 
+    accepted = [0]
+
+    async def refuse(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        accepted[0] += 1
+        writer.write(encode_frame(spb.ServerFrame(refused=why).SerializeToString()))
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(refuse, "127.0.0.1", 0)
+    where = f"127.0.0.1:{server.sockets[0].getsockname()[1]}"
+    info = ClusterInfo(tuple(Ed25519Signer.generate().public_key for _ in range(4)), bytes(16))
+    session = ClusterSession(info, [where] * 4, Ed25519Signer.generate(), session_endpoints=[where] * 4)
+    await session.connect()
+    return server, session, accepted
+
+
+def test_a_refused_client_backs_off_instead_of_reconnecting_at_once() -> None:
+    """A session port that refuses every session: the client's reconnections back off (0.05 s
+    doubling to 1 s), they do not come ~25 times a second."""
+
     async def scenario() -> int:
-        accepted = 0
-
-        async def refuse(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            nonlocal accepted
-            accepted += 1
-            writer.write(encode_frame(spb.ServerFrame(refused="full").SerializeToString()))
-            await writer.drain()
-            writer.close()
-
-        server = await asyncio.start_server(refuse, "127.0.0.1", 0)
-        where = f"127.0.0.1:{server.sockets[0].getsockname()[1]}"
-        info = ClusterInfo(tuple(Ed25519Signer.generate().public_key for _ in range(4)), bytes(16))
-        session = ClusterSession(info, [where] * 4, Ed25519Signer.generate(), session_endpoints=[where] * 4)
-        await session.connect()
+        server, session, accepted = await _refusing_session("full")
         await asyncio.sleep(3.0)
         assert "refused the session: full" in session.conns[0].last_error
         await session.close()
         server.close()
-        return accepted
+        return accepted[0]
 
     accepted = run(scenario(), 30)
     assert accepted <= 4 * 10, accepted  # four streams; without the back-off ~70 each
@@ -394,22 +402,9 @@ def test_a_replicas_refusal_text_is_shortened_and_printable() -> None:
     """A faulty replica's ``refused`` reason may be anything up to a 64 MiB frame: the client keeps
     a short, printable version of it (it ends up in the one-line "cluster unreachable" error), not
     terminal escapes or megabytes."""
-    from bft.core.config import ClusterInfo
-    from bft.crypto import Ed25519Signer
-    from client.session import ClusterSession
 
     async def scenario() -> str:
-        async def refuse(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            why = "\x1b[2J\x1b]0;owned\x07" + "x" * 100_000
-            writer.write(encode_frame(spb.ServerFrame(refused=why).SerializeToString()))
-            await writer.drain()
-            writer.close()
-
-        server = await asyncio.start_server(refuse, "127.0.0.1", 0)
-        where = f"127.0.0.1:{server.sockets[0].getsockname()[1]}"
-        info = ClusterInfo(tuple(Ed25519Signer.generate().public_key for _ in range(4)), bytes(16))
-        session = ClusterSession(info, [where] * 4, Ed25519Signer.generate(), session_endpoints=[where] * 4)
-        await session.connect()
+        server, session, _ = await _refusing_session("\x1b[2J\x1b]0;owned\x07" + "x" * 100_000)
         deadline = time.monotonic() + 10
         while "refused" not in session.conns[0].last_error and time.monotonic() < deadline:
             await asyncio.sleep(0.05)

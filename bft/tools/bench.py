@@ -1039,17 +1039,6 @@ def default_processes(clients: int) -> int:
 # ---------------------------------------------------------------- clusters and the baseline server
 
 
-def _protocol_table(settings: Sequence[str]) -> dict[str, Any]:
-    """``--protocol`` as a table for the JSON rows (values as TOML reads them)."""
-    import tomllib
-
-    table: dict[str, Any] = {}
-    for setting in settings:
-        key, _, value = setting.partition("=")
-        table.update(tomllib.loads(f"{key.strip()} = {value.strip()}"))
-    return table
-
-
 @contextlib.contextmanager
 def bench_cluster(
     n: int,
@@ -1514,12 +1503,13 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError("--preload-* builds its own clusters: it cannot be used with --config")
     if args.protocol and args.config:
         raise UsageError("--protocol sets up the clusters the bench starts: it cannot be used with --config")
-    args.params = None
+    args.params = args.protocol_table = None
     if args.protocol:
-        from bft.clusterconf import ConfigError, parse_protocol
+        from bft.clusterconf import ConfigError, parse_protocol, protocol_table
 
         try:
             args.params = parse_protocol(args.protocol)
+            args.protocol_table = protocol_table(args.protocol)  # for the JSON rows, as given
         except ConfigError as exc:
             raise UsageError(str(exc)) from None
     if args.failover and not 0 < fault_at < args.seconds:
@@ -1573,7 +1563,7 @@ def run(args: argparse.Namespace) -> int:
             for c, (cfg, pids, ports) in _clusters(ctx, args.clients, fresh, n, where, preload, args, out):
                 procs = args.processes or default_processes(c)
                 point = Point("bft", n, c, procs, args.seconds, args.size, transport=args.transport)
-                point.protocol = _protocol_table(args.protocol) if args.protocol else None
+                point.protocol = args.protocol_table
                 point.preload_accounts, point.preload_messages = preload
                 tag = os.urandom(4).hex()
                 extra = {"config": str(cfg.path), "insecure": args.insecure, "transport": args.transport}
